@@ -62,6 +62,17 @@ impl fmt::Display for TaskStatus {
 /// JSON: `{"taskNo","status","progress","message","resultUrl"?,"errorMessage"?}`; the
 /// optional fields are omitted when absent, never `null`. `progress` is 0..=100 and a
 /// document with a larger value is rejected.
+///
+/// ```
+/// use taskpulse_shared::{TaskProgressDto, TaskStatus};
+///
+/// let update = TaskProgressDto::new("T-1", TaskStatus::Processing, 40, "sampling");
+/// assert_eq!(
+///     serde_json::to_string(&update)?,
+///     r#"{"taskNo":"T-1","status":"processing","progress":40,"message":"sampling"}"#
+/// );
+/// # Ok::<(), serde_json::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskProgressDto {

@@ -1,1 +1,127 @@
-fn main() {}
+//! `cargo xtask`: the project's commands. `run` starts the product, `test` runs every check,
+//! `fuzz` and `bench` run the long measurements. Each installs what it needs first.
+
+mod install;
+mod test;
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+  run [SERVER ARGS...]   install what is missing, build the UI, start the server
+                         (http://127.0.0.1:8080 unless --listen is given)
+  test                   install test prerequisites, then fmt, clippy, every test;
+                         ends with 'N passed, N failed'
+  fuzz [SECONDS]         fuzz the STOMP decoder (default 300 s)
+  bench                  run the codec benchmarks (criterion)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("run") => run(&args[1..]),
+        Some("test") => test::run(),
+        Some("fuzz") => fuzz(args.get(1).map(String::as_str)),
+        Some("bench") => bench(),
+        Some("help" | "--help" | "-h") => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        _ => Err(format!("unknown or missing command\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (the parent of this crate's directory).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(root());
+    command
+}
+
+/// Runs a command to completion, failing with its description if it does not succeed.
+fn status(command: &mut Command, what: &str) -> Result<(), String> {
+    println!("xtask: {what}");
+    match command.status() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!("{what} failed ({status})")),
+        Err(err) => Err(format!("{what}: cannot start {:?}: {err}", command.get_program())),
+    }
+}
+
+/// Builds the Yew frontend in release mode into `frontend/dist`.
+fn build_frontend() -> Result<PathBuf, String> {
+    install::wasm_target()?;
+    install::wasm_bindgen_cli()?;
+    install::trunk()?;
+    let frontend = root().join("frontend");
+    status(
+        Command::new(install::cargo_bin("trunk"))
+            .args(["build", "--release", "--offline"])
+            .env("PATH", install::path_with_cargo_bin())
+            .current_dir(&frontend),
+        "building the web UI (trunk build --release)",
+    )?;
+    Ok(frontend.join("dist"))
+}
+
+fn run(server_args: &[String]) -> Result<(), String> {
+    let dist = build_frontend()?;
+    status(
+        cargo().args(["build", "--release", "-p", "taskpulse-server"]),
+        "building the server (release)",
+    )?;
+    let has_listen = server_args.iter().any(|a| a.starts_with("--listen"));
+    let listen = if has_listen { None } else { Some("127.0.0.1:8080") };
+    println!(
+        "xtask: starting TaskPulse at http://{} (ctrl-c to stop)",
+        listen.unwrap_or("the --listen address")
+    );
+    let mut server = Command::new(root().join("target/release/taskpulse-server"));
+    server.current_dir(root()).arg("--ui-dir").arg(&dist);
+    if let Some(addr) = listen {
+        server.args(["--listen", addr]);
+    }
+    status(server.args(server_args), "running the server")
+}
+
+fn fuzz(seconds: Option<&str>) -> Result<(), String> {
+    let seconds: u64 =
+        seconds.unwrap_or("300").parse().map_err(|_| "fuzz takes a number of seconds")?;
+    install::cargo_fuzz()?;
+    // cargo-fuzz needs nightly flags; this machine has one stable toolchain, so
+    // RUSTC_BOOTSTRAP unlocks them. No sanitizer: stable ships no ASan runtime.
+    status(
+        cargo()
+            .current_dir(root().join("shared"))
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args(["fuzz", "run", "--sanitizer", "none", "decode", "--"])
+            .arg(format!("-max_total_time={seconds}"))
+            .arg("-max_len=4096"),
+        &format!("fuzzing the STOMP decoder for {seconds} s"),
+    )
+}
+
+fn bench() -> Result<(), String> {
+    status(
+        cargo().args(["bench", "-p", "taskpulse-shared", "--bench", "codec"]),
+        "codec benchmarks",
+    )
+}

@@ -155,6 +155,20 @@ enum State {
 /// [`Decoder::set_version`] (1.2 until told otherwise); CONNECT, STOMP and CONNECTED headers
 /// are never unescaped. After an error the decoder's state is unspecified: close the
 /// connection.
+///
+/// ```
+/// use taskpulse_shared::stomp::{Command, Decoder};
+///
+/// let mut decoder = Decoder::default();
+/// decoder.feed(b"\nSEND\ndestination:/queue/a\n\nhel");
+/// assert_eq!(decoder.decode(), Ok(None)); // incomplete is not an error
+/// decoder.feed(b"lo\0");
+/// let frame = decoder.decode()?.expect("a whole frame");
+/// assert_eq!(frame.command, Command::Send);
+/// assert_eq!(frame.header("destination"), Some("/queue/a"));
+/// assert_eq!(&frame.body[..], b"hello");
+/// # Ok::<(), taskpulse_shared::stomp::DecodeError>(())
+/// ```
 #[derive(Debug)]
 pub struct Decoder {
     buf: BytesMut,

@@ -1,0 +1,332 @@
+//! `cargo xtask test`: every check the project has, in one run, with one summary line.
+//!
+//! Test counts come from each runner's own summary (nextest, libtest, wasm-bindgen-test);
+//! a check that is not a test runner (fmt, clippy, the page smoke test) counts as one.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    net::TcpStream,
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{build_frontend, cargo, install, root};
+
+/// Tallies of one run.
+#[derive(Default)]
+struct Tally {
+    passed: usize,
+    failed: usize,
+    failures: Vec<String>,
+}
+
+impl Tally {
+    fn check(&mut self, name: &str, result: Result<(), String>) {
+        match result {
+            Ok(()) => self.passed += 1,
+            Err(why) => self.fail(name, &why),
+        }
+    }
+
+    fn fail(&mut self, name: &str, why: &str) {
+        eprintln!("xtask: FAILED {name}: {why}");
+        self.failed += 1;
+        self.failures.push(name.to_owned());
+    }
+
+    /// Adds a test runner's counts; a runner that failed without reporting counts as a failure.
+    fn runner(&mut self, name: &str, output: Result<String, String>) {
+        let (text, ok) = match output {
+            Ok(text) => (text, true),
+            Err(text) => (text, false),
+        };
+        let (passed, failed) = counts(&text);
+        self.passed += passed;
+        self.failed += failed;
+        if failed > 0 {
+            self.failures.push(name.to_owned());
+        } else if !ok {
+            self.fail(name, "the runner failed before reporting a failed test");
+        } else if passed == 0 {
+            self.fail(name, "the runner reported no test at all");
+        }
+    }
+}
+
+/// Sums `N passed` / `N failed` from libtest (`test result: ok. 3 passed; 0 failed`) and
+/// nextest (`Summary [..] 25 tests run: 24 passed, 1 failed, 0 skipped`) summary lines.
+fn counts(text: &str) -> (usize, usize) {
+    let mut total = (0, 0);
+    for line in text.lines() {
+        let line = line.trim();
+        let summary = line.starts_with("test result:") || line.starts_with("Summary [");
+        if !summary {
+            continue;
+        }
+        let words: Vec<&str> =
+            line.split(|c: char| c.is_whitespace() || c == ';' || c == ',').collect();
+        for pair in words.windows(2) {
+            let number = pair[0].parse::<usize>();
+            match (number, pair[1]) {
+                (Ok(n), "passed") => total.0 += n,
+                (Ok(n), "failed") => total.1 += n,
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
+pub(crate) fn run() -> Result<(), String> {
+    let started = Instant::now();
+    install::test_packages()?;
+    install::wasm_target()?;
+    install::nextest()?;
+    install::wasm_bindgen_cli()?;
+
+    let mut tally = Tally::default();
+    tally.check("cargo fmt --check", quiet(cargo().args(["fmt", "--all", "--", "--check"])));
+    tally.check(
+        "clippy (native)",
+        quiet(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])),
+    );
+    // What ships to browsers, checked for the target it ships to. shared's own tests stay
+    // native: proptest does not build for wasm32.
+    let wasm_clippy = |packages: &[&str], targets: &[&str]| {
+        let mut command = cargo();
+        command.args(["clippy", "--target", "wasm32-unknown-unknown"]);
+        for package in packages {
+            command.args(["-p", package]);
+        }
+        quiet(command.args(targets).args(["--", "-D", "warnings"]))
+    };
+    tally.check(
+        "clippy (wasm32)",
+        wasm_clippy(
+            &["taskpulse-shared", "taskpulse-client", "taskpulse-frontend"],
+            &["--lib", "--bins"],
+        )
+        .and_then(|()| wasm_clippy(&["taskpulse-client"], &["--tests"])),
+    );
+    tally.runner(
+        "native tests (nextest)",
+        captured(cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"])),
+    );
+    tally.runner("doc tests", captured(cargo().args(["test", "--workspace", "--doc"])));
+    tally.runner(
+        "wasm tests in headless Chromium",
+        captured(
+            cargo()
+                .args(["test", "-p", "taskpulse-client", "--target", "wasm32-unknown-unknown"])
+                .env("PATH", install::path_with_cargo_bin())
+                .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", "wasm-bindgen-test-runner")
+                .env("CHROMEDRIVER", "/usr/bin/chromedriver")
+                .env("WASM_BINDGEN_TEST_TIMEOUT", "120"),
+        ),
+    );
+    tally.check("UI served and rendered in headless Chromium", ui_smoke());
+
+    println!("xtask: finished in {} s", started.elapsed().as_secs());
+    if !tally.failures.is_empty() {
+        println!("xtask: failed: {}", tally.failures.join(", "));
+    }
+    println!("{} passed, {} failed", tally.passed, tally.failed);
+    if tally.failed == 0 && tally.failures.is_empty() {
+        Ok(())
+    } else {
+        Err("some checks failed".into())
+    }
+}
+
+/// Runs a check, showing its output; the error is its exit status.
+fn quiet(command: &mut Command) -> Result<(), String> {
+    let status = command.status().map_err(|e| format!("cannot start: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("exited with {status}")) }
+}
+
+/// Runs a test runner, echoing its output as it comes and returning it for counting:
+/// `Ok(output)` on success, `Err(output)` on failure.
+fn captured(command: &mut Command) -> Result<String, String> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start: {e}"))?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let pipes: Vec<Box<dyn Read + Send>> = vec![
+        Box::new(child.stdout.take().expect("piped stdout")),
+        Box::new(child.stderr.take().expect("piped stderr")),
+    ];
+    let readers: Vec<_> = pipes
+        .into_iter()
+        .map(|pipe| {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    println!("{line}");
+                    let _ = tx.send(line);
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    let text: Vec<String> = rx.iter().collect();
+    for reader in readers {
+        let _ = reader.join();
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let text = text.join("\n");
+    if status.success() { Ok(text) } else { Err(text) }
+}
+
+/// Builds the UI, starts the real server on an ephemeral port, and has headless Chromium
+/// load `/` and run the wasm app: the rendered DOM must hold what only the app writes.
+fn ui_smoke() -> Result<(), String> {
+    let dist = build_frontend()?;
+    let status = cargo().args(["build", "-p", "taskpulse-server"]).status();
+    if !status.is_ok_and(|s| s.success()) {
+        return Err("the server did not build".into());
+    }
+    let data = tempdir("taskpulse-smoke-data")?;
+    let mut server =
+        ServerProcess::start(&root().join("target/debug/taskpulse-server"), &dist, &data)?;
+    let url = format!("http://{}/", server.addr);
+    let health = http_get(&server.addr, "/healthz")?;
+    if !health.contains("\"status\":\"ok\"") {
+        return Err(format!("/healthz answered {health:?}"));
+    }
+    let profile = tempdir("taskpulse-smoke-chromium")?;
+    let shot = root().join("artifacts/ui-smoke.png");
+    let _ = std::fs::create_dir_all(root().join("artifacts"));
+    let out = Command::new("chromium")
+        .args(CHROMIUM_FLAGS)
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(["--virtual-time-budget=10000", "--window-size=1024,768", "--dump-dom"])
+        .arg(&url)
+        .output()
+        .map_err(|e| format!("cannot start chromium: {e}"))?;
+    let _ = Command::new("chromium")
+        .args(CHROMIUM_FLAGS)
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(["--virtual-time-budget=10000", "--window-size=1024,768"])
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(&url)
+        .output();
+    server.stop();
+    let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_dir_all(&profile);
+    let dom = String::from_utf8_lossy(&out.stdout);
+    // The status list is produced by the wasm app from `shared`, not by index.html.
+    if dom.contains("<h1>TaskPulse</h1>") && dom.contains("<li>processing</li>") {
+        println!("xtask: the UI rendered in Chromium; screenshot at {}", shot.display());
+        Ok(())
+    } else {
+        Err(format!(
+            "Chromium did not render the app at {url}; DOM was:\n{dom}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Flags Chromium needs on this machine: headless, no sandbox as root, no network chatter.
+const CHROMIUM_FLAGS: [&str; 9] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-extensions",
+];
+
+fn tempdir(prefix: &str) -> Result<std::path::PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// The server binary running on `127.0.0.1:0`; its address is read from its ready line.
+struct ServerProcess {
+    child: Child,
+    addr: String,
+}
+
+impl ServerProcess {
+    fn start(binary: &Path, ui_dir: &Path, data_dir: &Path) -> Result<ServerProcess, String> {
+        let mut child = Command::new(binary)
+            .args(["--listen", "127.0.0.1:0", "--ui-dir"])
+            .arg(ui_dir)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("http://") {
+                    let addr: String = line[at + 7..]
+                        .chars()
+                        .take_while(|c| !c.is_whitespace() && *c != '\u{1b}' && *c != '/')
+                        .collect();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => Ok(ServerProcess { child, addr }),
+            Err(_) => {
+                let _ = child.kill();
+                Err("the server did not report its address within 30 s".into())
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A minimal HTTP/1.1 GET, enough to probe `/healthz` without an HTTP client crate.
+fn http_get(addr: &str, path: &str) -> Result<String, String> {
+    use std::io::Write;
+    let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::counts;
+
+    #[test]
+    fn counts_read_libtest_and_nextest_summaries() {
+        let text = "\
+running 3 tests
+test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out
+     Summary [   6.360s] 25 tests run: 24 passed, 1 failed, 0 skipped
+test result: FAILED. 1 passed; 2 failed; 0 ignored
+some line with 9 passed that is not a summary";
+        assert_eq!(counts(text), (28, 3));
+    }
+}
