@@ -29,7 +29,7 @@ fn decode_all(
 fn frame(command: Command, headers: &[(&str, &str)], body: &[u8]) -> Frame {
     Frame {
         command,
-        headers: headers.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect(),
+        headers: headers.iter().copied().collect(),
         body: Bytes::copy_from_slice(body),
     }
 }
@@ -408,10 +408,11 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
         any::<bool>(),
     )
         .prop_map(|(command, headers, body, with_length)| {
+            let headers =
+                headers.into_iter().filter(|(name, _)| name != "content-length").collect();
             let mut frame = Frame { command, headers, body: Bytes::from(body) };
-            frame.headers.retain(|(name, _)| name != "content-length");
             if with_length || frame.body.contains(&0) {
-                frame.headers.push(("content-length".into(), frame.body.len().to_string()));
+                frame.headers.push("content-length", &frame.body.len().to_string());
             }
             frame
         })

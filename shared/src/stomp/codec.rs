@@ -6,7 +6,9 @@
 use bytes::{Buf, Bytes, BytesMut};
 use memchr::memchr;
 
-use super::frame::{Command, Frame, Version};
+use std::borrow::Cow;
+
+use super::frame::{Command, Frame, Headers, Version};
 
 /// Bounds on inbound frames. Every buffer the decoder keeps is bounded by these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +142,7 @@ enum State {
     /// Headers parsed; waiting for the body and its NUL.
     Body {
         command: Command,
-        headers: Vec<(String, String)>,
+        headers: Headers,
         body_start: usize,
         content_length: Option<usize>,
         /// Without content-length: bytes from `body_start` known to hold no NUL.
@@ -345,10 +347,7 @@ fn check_line(limits: &Limits, len: usize) -> Result<(), DecodeError> {
 }
 
 /// Parses a complete header block (command line, header lines, blank line).
-fn parse_head(
-    head: &[u8],
-    version: Version,
-) -> Result<(Command, Vec<(String, String)>), DecodeError> {
+fn parse_head(head: &[u8], version: Version) -> Result<(Command, Headers), DecodeError> {
     let mut lines =
         head.split(|&b| b == b'\n').map(|line| line.strip_suffix(b"\r").unwrap_or(line));
     let command_line = lines.next().unwrap_or_default();
@@ -356,26 +355,30 @@ fn parse_head(
         DecodeError::UnknownCommand(String::from_utf8_lossy(command_line).into_owned())
     })?;
     let unescape = version > Version::V1_0 && command.escapes_headers();
-    let mut headers = Vec::new();
+    let mut headers = Headers::with_capacity(16, head.len());
     for line in lines.take_while(|line| !line.is_empty()) {
         let line = std::str::from_utf8(line).map_err(|_| DecodeError::NonUtf8("header line"))?;
         let (name, value) =
             line.split_once(':').ok_or_else(|| DecodeError::MissingColon(line.to_owned()))?;
         if unescape {
-            headers.push((
-                unescape_header(name, line, version)?,
-                unescape_header(value, line, version)?,
-            ));
+            headers.push(
+                &unescape_header(name, line, version)?,
+                &unescape_header(value, line, version)?,
+            );
         } else {
-            headers.push((name.to_owned(), value.to_owned()));
+            headers.push(name, value);
         }
     }
     Ok((command, headers))
 }
 
-fn unescape_header(text: &str, line: &str, version: Version) -> Result<String, DecodeError> {
+fn unescape_header<'a>(
+    text: &'a str,
+    line: &str,
+    version: Version,
+) -> Result<Cow<'a, str>, DecodeError> {
     if !text.contains('\\') {
-        return Ok(text.to_owned());
+        return Ok(Cow::Borrowed(text));
     }
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();
@@ -398,18 +401,22 @@ fn unescape_header(text: &str, line: &str, version: Version) -> Result<String, D
             }
         }
     }
-    Ok(out)
+    Ok(Cow::Owned(out))
 }
 
-fn content_length(headers: &[(String, String)]) -> Result<Option<usize>, DecodeError> {
-    let Some((_, value)) = headers.iter().find(|(n, _)| n == "content-length") else {
-        return Ok(None);
-    };
-    let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
-    match value.parse() {
-        Ok(len) if digits => Ok(Some(len)),
-        _ => Err(DecodeError::InvalidContentLength(value.clone())),
+fn content_length(headers: &Headers) -> Result<Option<usize>, DecodeError> {
+    match headers.get("content-length") {
+        None => Ok(None),
+        Some(value) => parse_content_length(value)
+            .map(Some)
+            .ok_or_else(|| DecodeError::InvalidContentLength(value.to_owned())),
     }
+}
+
+/// A content-length is decimal digits only: no sign, no spaces.
+fn parse_content_length(value: &str) -> Option<usize> {
+    let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+    value.parse().ok().filter(|_| digits)
 }
 
 /// Writes `frame` as `version` bytes onto `out`: command, headers in order (escaped where
@@ -419,7 +426,7 @@ fn content_length(headers: &[(String, String)]) -> Result<Option<usize>, DecodeE
 /// An [`EncodeError`] if the frame cannot be written faithfully; `out` is then unchanged.
 pub fn encode(frame: &Frame, version: Version, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let escape = version > Version::V1_0 && frame.command.escapes_headers();
-    for (name, value) in &frame.headers {
+    for (name, value) in frame.headers.iter() {
         let representable = if escape {
             version >= Version::V1_2 || !value.ends_with('\r')
         } else {
@@ -427,14 +434,14 @@ pub fn encode(frame: &Frame, version: Version, out: &mut Vec<u8>) -> Result<(), 
         };
         if !representable {
             return Err(EncodeError::UnrepresentableHeader {
-                name: name.clone(),
+                name: name.to_owned(),
                 command: frame.command,
                 version,
             });
         }
     }
     match frame.header("content-length") {
-        Some(declared) if declared.parse::<usize>() != Ok(frame.body.len()) => {
+        Some(declared) if parse_content_length(declared) != Some(frame.body.len()) => {
             return Err(EncodeError::ContentLengthMismatch {
                 declared: declared.to_owned(),
                 actual: frame.body.len(),
@@ -449,7 +456,7 @@ pub fn encode(frame: &Frame, version: Version, out: &mut Vec<u8>) -> Result<(), 
     out.reserve(encoded_len_hint(frame));
     out.extend_from_slice(frame.command.as_str().as_bytes());
     out.push(b'\n');
-    for (name, value) in &frame.headers {
+    for (name, value) in frame.headers.iter() {
         write_header_text(out, name, escape, version);
         out.push(b':');
         write_header_text(out, value, escape, version);

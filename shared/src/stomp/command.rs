@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 
-use super::frame::{Command, Frame, Version};
+use super::frame::{Command, Frame, Headers, Version};
 
 /// Why a frame is not a valid command of its version.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -120,13 +120,13 @@ pub struct Connect {
     pub heart_beat: HeartBeat,
     /// Every header as sent, for credentials (`Authorization`, `login`, `passcode`) and labels
     /// (`clientId`).
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
 }
 
 impl Connect {
     /// The first header called `name`.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers.get(name)
     }
 }
 
@@ -138,7 +138,7 @@ pub struct Send {
     /// The transaction it belongs to, if any.
     pub transaction: Option<String>,
     /// Every header as sent (user headers pass through to subscribers).
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     /// The payload.
     pub body: Bytes,
 }
@@ -153,7 +153,7 @@ pub struct Subscribe {
     /// How messages are acknowledged.
     pub ack: AckMode,
     /// Every header as sent (for extensions such as resume positions).
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
 }
 
 /// ACK or NACK.
@@ -368,7 +368,7 @@ pub enum ServerCommand {
         /// The `ack` id, when the subscription needs acknowledging.
         ack: Option<String>,
         /// Further headers (content-type, user headers, extensions), in order.
-        headers: Vec<(String, String)>,
+        headers: Headers,
         /// The payload; `content-length` is always written.
         body: Bytes,
     },
@@ -399,7 +399,7 @@ impl ServerCommand {
                 let optional = [("server", server), ("session", session), ("user-name", user_name)];
                 for (name, value) in optional {
                     if let Some(value) = value {
-                        frame.headers.push((name.to_owned(), value));
+                        frame.headers.push(name, &value);
                     }
                 }
                 frame
@@ -417,10 +417,10 @@ impl ServerCommand {
                     .with_header("message-id", message_id)
                     .with_header("subscription", subscription);
                 if let Some(ack) = ack {
-                    frame.headers.push(("ack".to_owned(), ack));
+                    frame.headers.push("ack", &ack);
                 }
-                frame.headers.extend(headers.into_iter().filter(|(n, _)| n != "content-length"));
-                frame.headers.push(("content-length".to_owned(), body.len().to_string()));
+                frame.headers.extend(headers.iter().filter(|(n, _)| *n != "content-length"));
+                frame.headers.push("content-length", &body.len().to_string());
                 frame.with_body(body)
             }
             ServerCommand::Receipt { receipt_id } => {
@@ -429,10 +429,10 @@ impl ServerCommand {
             ServerCommand::Error { message, receipt_id, body } => {
                 let mut frame = Frame::new(Command::Error).with_header("message", message);
                 if let Some(id) = receipt_id {
-                    frame.headers.push(("receipt-id".to_owned(), id));
+                    frame.headers.push("receipt-id", &id);
                 }
-                frame.headers.push(("content-type".to_owned(), "text/plain".to_owned()));
-                frame.headers.push(("content-length".to_owned(), body.len().to_string()));
+                frame.headers.push("content-type", "text/plain");
+                frame.headers.push("content-length", &body.len().to_string());
                 frame.with_body(body)
             }
         }
@@ -477,11 +477,7 @@ impl ServerCommand {
                 };
                 let ack = req.optional("ack");
                 let standard = ["destination", "message-id", "subscription", "ack"];
-                let headers = frame
-                    .headers
-                    .into_iter()
-                    .filter(|(n, _)| !standard.contains(&n.as_str()))
-                    .collect();
+                let headers = frame.headers.iter().filter(|(n, _)| !standard.contains(n)).collect();
                 ServerCommand::Message {
                     destination,
                     message_id,
@@ -646,7 +642,7 @@ mod tests {
                 message_id: "m-1".into(),
                 subscription: "sub-0".into(),
                 ack: Some("a-1".into()),
-                headers: vec![("content-type".into(), "application/json".into())],
+                headers: [("content-type", "application/json")].into_iter().collect(),
                 body: Bytes::from_static(b"{}"),
             },
             ServerCommand::Receipt { receipt_id: "r-1".into() },
@@ -660,7 +656,7 @@ mod tests {
             let frame = command.clone().into_frame();
             let mut back = ServerCommand::parse(frame, Version::V1_2).unwrap();
             if let ServerCommand::Message { headers, .. } = &mut back {
-                headers.retain(|(n, _)| n != "content-length");
+                *headers = headers.iter().filter(|(n, _)| *n != "content-length").collect();
             }
             assert_eq!(back, command);
         }
@@ -673,7 +669,7 @@ mod tests {
             message_id: "1".into(),
             subscription: "s".into(),
             ack: None,
-            headers: vec![("content-length".into(), "999".into())],
+            headers: [("content-length", "999")].into_iter().collect(),
             body: Bytes::from_static(b"a\0b"),
         }
         .into_frame();

@@ -163,14 +163,94 @@ impl fmt::Display for Command {
     }
 }
 
-/// One STOMP frame. Headers keep their wire order, repeated names included; lookups with
-/// [`Frame::header`] see only the first, as the specification requires.
+/// A frame's headers: `(name, value)` pairs in wire order, unescaped, repeats included.
+///
+/// Stored as one text buffer plus offsets, so that decoding a frame costs two allocations
+/// however many headers it has. [`Headers::get`] returns the first of repeated names, as
+/// the specification requires.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Headers {
+    text: String,
+    /// `(name start, value start, value end)` in `text`, one per header.
+    spans: Vec<(u32, u32, u32)>,
+}
+
+impl Headers {
+    /// No headers.
+    pub fn new() -> Headers {
+        Headers::default()
+    }
+
+    /// Room for `headers` headers totalling `bytes` octets of text.
+    pub fn with_capacity(headers: usize, bytes: usize) -> Headers {
+        Headers { text: String::with_capacity(bytes), spans: Vec::with_capacity(headers) }
+    }
+
+    /// Appends a header.
+    ///
+    /// # Panics
+    /// If the headers would exceed 4 GiB of text, far beyond any frame limit.
+    pub fn push(&mut self, name: &str, value: &str) {
+        let offset = |text: &String| u32::try_from(text.len()).expect("headers under 4 GiB");
+        let start = offset(&self.text);
+        self.text.push_str(name);
+        let middle = offset(&self.text);
+        self.text.push_str(value);
+        self.spans.push((start, middle, offset(&self.text)));
+    }
+
+    /// The value of the first header called `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// Every `(name, value)` in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
+        self.spans.iter().map(|&(start, middle, end)| {
+            (&self.text[start as usize..middle as usize], &self.text[middle as usize..end as usize])
+        })
+    }
+
+    /// How many headers, repeats included.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// True when there is no header.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(pairs: I) -> Headers {
+        let mut headers = Headers::new();
+        headers.extend(pairs);
+        headers
+    }
+}
+
+impl<N: AsRef<str>, V: AsRef<str>> Extend<(N, V)> for Headers {
+    fn extend<I: IntoIterator<Item = (N, V)>>(&mut self, pairs: I) {
+        for (name, value) in pairs {
+            self.push(name.as_ref(), value.as_ref());
+        }
+    }
+}
+
+/// One STOMP frame: a command, [`Headers`] in wire order and a body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     /// The command line.
     pub command: Command,
-    /// `(name, value)` pairs in wire order, unescaped.
-    pub headers: Vec<(String, String)>,
+    /// The headers, unescaped, in wire order.
+    pub headers: Headers,
     /// The body, possibly empty; may contain NUL octets when `content-length` is set.
     pub body: Bytes,
 }
@@ -178,13 +258,13 @@ pub struct Frame {
 impl Frame {
     /// A frame with no headers and an empty body.
     pub fn new(command: Command) -> Frame {
-        Frame { command, headers: Vec::new(), body: Bytes::new() }
+        Frame { command, headers: Headers::new(), body: Bytes::new() }
     }
 
     /// Appends a header (builder style).
     #[must_use]
-    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Frame {
-        self.headers.push((name.into(), value.into()));
+    pub fn with_header(mut self, name: impl AsRef<str>, value: impl AsRef<str>) -> Frame {
+        self.headers.push(name.as_ref(), value.as_ref());
         self
     }
 
@@ -197,7 +277,7 @@ impl Frame {
 
     /// The value of the first header called `name`.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers.get(name)
     }
 
     /// The body as text, if it is UTF-8.
@@ -240,5 +320,14 @@ mod tests {
         let f = Frame::new(Command::Send).with_header("a", "1").with_header("a", "2");
         assert_eq!(f.header("a"), Some("1"));
         assert_eq!(f.header("b"), None);
+        let pairs: Vec<_> = f.headers.iter().collect();
+        assert_eq!(pairs, [("a", "1"), ("a", "2")]);
+    }
+
+    #[test]
+    fn headers_keep_empty_names_and_values_apart() {
+        let headers: Headers = [("", "x"), ("y", ""), ("", "")].into_iter().collect();
+        assert_eq!(headers.iter().collect::<Vec<_>>(), [("", "x"), ("y", ""), ("", "")]);
+        assert_eq!(format!("{headers:?}"), r#"[("", "x"), ("y", ""), ("", "")]"#);
     }
 }

@@ -12,4 +12,4 @@ pub use command::{
     AckMode, Acknowledge, ClientCommand, ClientFrame, CommandError, Connect, HeartBeat, Send,
     ServerCommand, Subscribe,
 };
-pub use frame::{Command, Frame, Version};
+pub use frame::{Command, Frame, Headers, Version};
