@@ -321,6 +321,26 @@ fn a_body_without_nul_fails_once_it_passes_the_frame_limit() {
 }
 
 #[test]
+fn a_whole_frame_over_the_limit_is_refused_even_when_its_nul_arrived() {
+    // Found by the fuzzer: the size was only checked while the NUL was still missing.
+    let limits = Limits { max_frame_bytes: 64, ..Limits::default() };
+    let mut input = b"SEND\ndestination:/q\n\n".to_vec();
+    input.extend_from_slice(&[b'x'; 43]);
+    input.push(0);
+    assert_eq!(input.len(), 65);
+    for chunk in [usize::MAX, 1, 10] {
+        let got = decode_all(&input, Version::V1_2, limits, chunk);
+        assert_eq!(
+            got,
+            Err(DecodeError::FrameTooLarge { limit: 64, actual: 65 }),
+            "chunks of {chunk}"
+        );
+    }
+    input.remove(21);
+    assert_eq!(decode_all(&input, Version::V1_2, limits, usize::MAX).unwrap().len(), 1);
+}
+
+#[test]
 fn version_switch_applies_to_later_frames() {
     let mut decoder = Decoder::new(Version::V1_0, Limits::default());
     decoder.feed(b"SEND\nk:a\\cb\n\n\0");

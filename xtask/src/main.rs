@@ -106,13 +106,20 @@ fn fuzz(seconds: Option<&str>) -> Result<(), String> {
     let seconds: u64 =
         seconds.unwrap_or("300").parse().map_err(|_| "fuzz takes a number of seconds")?;
     install::cargo_fuzz()?;
+    let corpus = root().join("shared/fuzz/corpus/decode");
+    std::fs::create_dir_all(&corpus)
+        .map_err(|e| format!("cannot create {}: {e}", corpus.display()))?;
     // cargo-fuzz needs nightly flags; this machine has one stable toolchain, so
     // RUSTC_BOOTSTRAP unlocks them. No sanitizer: stable ships no ASan runtime.
     status(
         cargo()
             .current_dir(root().join("shared"))
             .env("RUSTC_BOOTSTRAP", "1")
-            .args(["fuzz", "run", "--sanitizer", "none", "decode", "--"])
+            .args(["fuzz", "run", "--sanitizer", "none", "decode"])
+            // New inputs go to the (ignored) corpus; the committed seeds are read only.
+            .arg(&corpus)
+            .arg(root().join("shared/fuzz/seeds"))
+            .arg("--")
             .arg(format!("-max_total_time={seconds}"))
             .arg("-max_len=4096"),
         &format!("fuzzing the STOMP decoder for {seconds} s"),

@@ -254,6 +254,10 @@ impl Decoder {
                 end
             }
             None => match memchr(0, &self.buf[body_start + *scanned..]) {
+                // The NUL may arrive in the same read as the rest: the limit still holds.
+                Some(at) if body_start + *scanned + at >= self.limits.max_frame_bytes => {
+                    return Err(too_large(&self.limits, body_start + *scanned + at + 1));
+                }
                 Some(at) => body_start + *scanned + at,
                 None => {
                     *scanned = self.buf.len() - body_start;
