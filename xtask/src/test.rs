@@ -137,7 +137,7 @@ pub(crate) fn run() -> Result<(), String> {
     if tally.failed == 0 && tally.failures.is_empty() {
         Ok(())
     } else {
-        Err("some checks failed".into())
+        Err(String::new())
     }
 }
 
