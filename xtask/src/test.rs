@@ -134,11 +134,7 @@ pub(crate) fn run() -> Result<(), String> {
         println!("xtask: failed: {}", tally.failures.join(", "));
     }
     println!("{} passed, {} failed", tally.passed, tally.failed);
-    if tally.failed == 0 && tally.failures.is_empty() {
-        Ok(())
-    } else {
-        Err(String::new())
-    }
+    if tally.failed == 0 && tally.failures.is_empty() { Ok(()) } else { Err(String::new()) }
 }
 
 /// Runs a check, showing its output; the error is its exit status.

@@ -228,6 +228,24 @@ impl<'a> Required<'a> {
     fn optional(&self, header: &str) -> Option<String> {
         self.frame.header(header).map(str::to_owned)
     }
+
+    /// An optional header read with `parse`: `default` when absent, an error naming
+    /// `reason` when present but unreadable.
+    fn parsed<T>(
+        &self,
+        header: &'static str,
+        parse: impl FnOnce(&str) -> Option<T>,
+        default: T,
+        reason: &'static str,
+    ) -> Result<T, CommandError> {
+        let Some(text) = self.frame.header(header) else { return Ok(default) };
+        parse(text).ok_or_else(|| CommandError::InvalidHeader {
+            command: self.frame.command,
+            header,
+            value: text.to_owned(),
+            reason,
+        })
+    }
 }
 
 impl ClientFrame {
@@ -245,17 +263,12 @@ impl ClientFrame {
                     None => vec![Version::V1_0],
                     Some(list) => list.split(',').filter_map(Version::parse).collect(),
                 };
-                let heart_beat = match frame.header("heart-beat") {
-                    None => HeartBeat::default(),
-                    Some(text) => {
-                        HeartBeat::parse(text).ok_or_else(|| CommandError::InvalidHeader {
-                            command: frame.command,
-                            header: "heart-beat",
-                            value: text.to_owned(),
-                            reason: "expected two millisecond counts, as in 4000,4000",
-                        })?
-                    }
-                };
+                let heart_beat = req.parsed(
+                    "heart-beat",
+                    HeartBeat::parse,
+                    HeartBeat::default(),
+                    "expected two millisecond counts, as in 4000,4000",
+                )?;
                 ClientCommand::Connect(Connect {
                     accept_version,
                     host: req.optional("host"),
@@ -276,17 +289,12 @@ impl ClientFrame {
                 } else {
                     req.optional("id").unwrap_or_else(|| destination.clone())
                 };
-                let ack = match frame.header("ack") {
-                    None => AckMode::Auto,
-                    Some(text) => {
-                        AckMode::parse(text).ok_or_else(|| CommandError::InvalidHeader {
-                            command: Command::Subscribe,
-                            header: "ack",
-                            value: text.to_owned(),
-                            reason: "expected auto, client or client-individual",
-                        })?
-                    }
-                };
+                let ack = req.parsed(
+                    "ack",
+                    AckMode::parse,
+                    AckMode::Auto,
+                    "expected auto, client or client-individual",
+                )?;
                 ClientCommand::Subscribe(Subscribe { destination, id, ack, headers: frame.headers })
             }
             Command::Unsubscribe => {
@@ -446,17 +454,12 @@ impl ServerCommand {
         let req = Required { frame: &frame };
         Ok(match frame.command {
             Command::Connected => {
-                let version = match frame.header("version") {
-                    None => Version::V1_0,
-                    Some(text) => {
-                        Version::parse(text).ok_or_else(|| CommandError::InvalidHeader {
-                            command: Command::Connected,
-                            header: "version",
-                            value: text.to_owned(),
-                            reason: "expected 1.0, 1.1 or 1.2",
-                        })?
-                    }
-                };
+                let version = req.parsed(
+                    "version",
+                    Version::parse,
+                    Version::V1_0,
+                    "expected 1.0, 1.1 or 1.2",
+                )?;
                 let heart_beat =
                     frame.header("heart-beat").and_then(HeartBeat::parse).unwrap_or_default();
                 ServerCommand::Connected {
