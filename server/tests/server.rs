@@ -12,6 +12,8 @@ use tokio::{
 };
 
 struct TestServer {
+    /// Kept so that the directories live as long as the server.
+    _dirs: Vec<tempfile::TempDir>,
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     handle: JoinHandle<std::io::Result<()>>,
@@ -27,7 +29,19 @@ impl TestServer {
         let handle = tokio::spawn(taskpulse_server::run(listener, config, async {
             let _ = stopped.await;
         }));
-        TestServer { addr, stop: Some(stop), handle }
+        TestServer { _dirs: Vec::new(), addr, stop: Some(stop), handle }
+    }
+
+    /// A server with a fresh data directory and a UI directory holding `index.html` and
+    /// `app.js`.
+    async fn with_ui() -> TestServer {
+        let (data, ui) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::write(ui.path().join("index.html"), "<!doctype html><title>TaskPulse UI</title>")
+            .unwrap();
+        std::fs::write(ui.path().join("app.js"), "console.log('app')").unwrap();
+        let mut server = TestServer::start(data.path(), ui.path()).await;
+        server._dirs = vec![data, ui];
+        server
     }
 
     /// Sends a GET and returns (status code, body).
@@ -48,18 +62,9 @@ impl TestServer {
     }
 }
 
-fn ui_dir_with_index() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("index.html"), "<!doctype html><title>TaskPulse UI</title>")
-        .unwrap();
-    std::fs::write(dir.path().join("app.js"), "console.log('app')").unwrap();
-    dir
-}
-
 #[tokio::test]
 async fn healthz_answers_ok_with_the_version() {
-    let (data, ui) = (tempfile::tempdir().unwrap(), ui_dir_with_index());
-    let server = TestServer::start(data.path(), ui.path()).await;
+    let server = TestServer::with_ui().await;
     let (status, body) = server.get("/healthz").await;
     assert_eq!(status, 200);
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -70,8 +75,7 @@ async fn healthz_answers_ok_with_the_version() {
 
 #[tokio::test]
 async fn serves_the_ui_and_falls_back_to_index_for_app_routes() {
-    let (data, ui) = (tempfile::tempdir().unwrap(), ui_dir_with_index());
-    let server = TestServer::start(data.path(), ui.path()).await;
+    let server = TestServer::with_ui().await;
     let (status, body) = server.get("/").await;
     assert_eq!((status, body.contains("TaskPulse UI")), (200, true), "{body}");
     let (status, body) = server.get("/app.js").await;
@@ -83,8 +87,7 @@ async fn serves_the_ui_and_falls_back_to_index_for_app_routes() {
 
 #[tokio::test]
 async fn unknown_api_paths_get_a_json_404_that_names_the_path() {
-    let (data, ui) = (tempfile::tempdir().unwrap(), ui_dir_with_index());
-    let server = TestServer::start(data.path(), ui.path()).await;
+    let server = TestServer::with_ui().await;
     let (status, body) = server.get("/api/nothing/here").await;
     assert_eq!(status, 404);
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();

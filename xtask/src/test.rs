@@ -197,20 +197,18 @@ fn ui_smoke() -> Result<(), String> {
     let profile = tempdir("taskpulse-smoke-chromium")?;
     let shot = root().join("artifacts/ui-smoke.png");
     let _ = std::fs::create_dir_all(root().join("artifacts"));
-    let out = Command::new("chromium")
-        .args(CHROMIUM_FLAGS)
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(["--virtual-time-budget=10000", "--window-size=1024,768", "--dump-dom"])
-        .arg(&url)
-        .output()
-        .map_err(|e| format!("cannot start chromium: {e}"))?;
-    let _ = Command::new("chromium")
-        .args(CHROMIUM_FLAGS)
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(["--virtual-time-budget=10000", "--window-size=1024,768"])
-        .arg(format!("--screenshot={}", shot.display()))
-        .arg(&url)
-        .output();
+    // One Chromium run cannot both dump the DOM and take a screenshot.
+    let chromium = |output: &str| {
+        Command::new("chromium")
+            .args(CHROMIUM_FLAGS)
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(["--virtual-time-budget=10000", "--window-size=1024,768", output])
+            .arg(&url)
+            .output()
+            .map_err(|e| format!("cannot start chromium: {e}"))
+    };
+    let out = chromium("--dump-dom")?;
+    let _ = chromium(&format!("--screenshot={}", shot.display()));
     server.stop();
     let _ = std::fs::remove_dir_all(&data);
     let _ = std::fs::remove_dir_all(&profile);
