@@ -253,20 +253,25 @@ impl Decoder {
                 }
                 end
             }
-            None => match memchr(0, &self.buf[body_start + *scanned..]) {
-                // The NUL may arrive in the same read as the rest: the limit still holds.
-                Some(at) if body_start + *scanned + at >= self.limits.max_frame_bytes => {
-                    return Err(too_large(&self.limits, body_start + *scanned + at + 1));
-                }
-                Some(at) => body_start + *scanned + at,
-                None => {
-                    *scanned = self.buf.len() - body_start;
-                    if self.buf.len() >= self.limits.max_frame_bytes {
-                        return Err(too_large(&self.limits, self.buf.len() + 1));
+            None => {
+                // A frame may not extend past the limit, so its NUL is only looked for
+                // within it, however much input arrived in one read.
+                let from = body_start + *scanned;
+                let window_end = self.buf.len().min(self.limits.max_frame_bytes);
+                match memchr(0, &self.buf[from..window_end]) {
+                    Some(at) => from + at,
+                    None if self.buf.len() >= self.limits.max_frame_bytes => {
+                        return Err(too_large(
+                            &self.limits,
+                            self.limits.max_frame_bytes.saturating_add(1),
+                        ));
                     }
-                    return Ok(None);
+                    None => {
+                        *scanned = window_end - body_start;
+                        return Ok(None);
+                    }
                 }
-            },
+            }
         };
         let State::Body { command, headers, .. } =
             std::mem::replace(&mut self.state, State::Head { line_start: 0, lines: 0 })
