@@ -1,17 +1,67 @@
-//! The server's settings: one typed struct, filled from flags and `TASKPULSE_*` variables.
+//! The server's settings: one typed [`Config`], from flags, an optional TOML file and
+//! `TASKPULSE_<SECTION>_<KEY>` variables (in rising precedence), validated at start-up.
 //!
-//! Unknown flags and invalid values stop start-up with a message that names them (clap).
+//! Unknown keys and invalid values stop start-up with a message that names them.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
-/// Every setting the server reads at start-up.
+use serde::{Deserialize, Serialize};
+
+/// Every setting, as `--help` shows it. Kept beside the structs; a test checks that each key
+/// of [`Settings`] is listed here.
+pub const SETTINGS_HELP: &str = "\
+Settings (TOML file given by --config, each also an environment variable
+TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the file):
+
+[jwt]
+  secret = \"\"              HS256 signing secret (TASKPULSE_JWT_SECRET). Empty: one is
+                           generated once and kept in <data-dir>/jwt-secret
+  algorithm = \"HS256\"      HS256, RS256 or ES256; tokens with any other alg are refused
+  public_key_file = \"\"     PEM public key for RS256/ES256
+  issuer = \"\"              required `iss` claim, if set
+  audience = \"\"            required `aud` claim, if set
+  leeway_s = 5             clock skew allowed on exp/nbf, seconds
+
+[auth]
+  users = []               login/passcode users, e.g. [{ login = \"guest\", passcode = \"guest\" }]
+                           (off by default)
+
+[authorization]
+  send = [\"/queue/**\", \"/topic/chat.**\"]
+                           destinations every user may SEND to (`*` one segment, `**` any rest;
+                           /app/** is always allowed, it is routed to the server's handlers)
+  send_by_user = {}        extra patterns per principal, e.g. { backend = [\"/topic/**\"] }
+
+[stomp]
+  connect_timeout_ms = 10000   close connections that have not sent CONNECT by then
+  heartbeat_min_ms = 1000      heart-beat intervals a client proposes are clamped to
+  heartbeat_max_ms = 60000     [min, max]; a client offering 0 gets none
+  heartbeat_tolerance = 2.0    silence allowed = negotiated interval x tolerance
+  always_binary = false        send every frame as a binary WebSocket message
+  queue_pending = 10000        messages a /queue/** destination keeps while nobody consumes
+
+[limits]
+  frame_size = 65536               largest inbound frame, bytes
+  headers = 64                     headers per inbound frame
+  header_line = 8192               longest header line, bytes
+  subscriptions_per_connection = 256
+  connections_per_user = 32
+  unacked_per_subscription = 1024  client/client-individual deliveries awaiting ACK
+  outbound_buffer = 1048576        bytes waiting to be written to one connection; beyond it
+                                   task progress is coalesced, anything else disconnects
+  ws_read_buffer = 4096            WebSocket read buffer per connection, bytes
+  ws_write_buffer = 4096           WebSocket write buffer per connection, bytes
+";
+
+/// The command line. Everything else comes from [`Settings`].
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "taskpulse-server",
     version,
-    about = "TaskPulse: real-time task progress over STOMP"
+    about = "TaskPulse: real-time task progress over STOMP",
+    after_help = SETTINGS_HELP
 )]
-pub struct Config {
+pub struct Cli {
     /// Address to listen on.
     #[arg(long, env = "TASKPULSE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -23,4 +73,400 @@ pub struct Config {
     /// Directory holding the built web UI (trunk's dist); served at `/`.
     #[arg(long, env = "TASKPULSE_UI_DIR", default_value = "./frontend/dist")]
     pub ui_dir: PathBuf,
+
+    /// TOML file with the settings listed below.
+    #[arg(long, env = "TASKPULSE_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// Variables that are flags, not `<SECTION>_<KEY>` settings.
+const FLAG_VARIABLES: [&str; 4] = ["LISTEN", "DATA_DIR", "UI_DIR", "CONFIG"];
+
+/// Everything the server reads at start-up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory for durable state.
+    pub data_dir: PathBuf,
+    /// Directory holding the built web UI.
+    pub ui_dir: PathBuf,
+    /// The sectioned settings.
+    pub settings: Settings,
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The `--config` file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file or a variable has an unknown key or a bad value.
+    #[error("invalid setting in {origin}: {message}")]
+    Invalid {
+        /// Which file or variables.
+        origin: String,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+}
+
+impl Config {
+    /// A configuration with default settings.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Config {
+        Config {
+            listen,
+            data_dir,
+            ui_dir: PathBuf::from("./frontend/dist"),
+            settings: Settings::default(),
+        }
+    }
+
+    /// Reads the `--config` file named by `cli`, then overlays the `TASKPULSE_*` entries of
+    /// `env`.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file or variable and the key.
+    pub fn load(
+        cli: Cli,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = toml::Table::new();
+        let mut origin = String::from("defaults");
+        if let Some(path) = &cli.config {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+            origin = path.display().to_string();
+            table = text.parse::<toml::Table>().map_err(|e| ConfigError::Invalid {
+                origin: origin.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        let settings = Settings::deserialize(table)
+            .map_err(|e| ConfigError::Invalid { origin, message: e.to_string() })?;
+        let settings = overlay_env(settings, env)?;
+        settings.validate()?;
+        Ok(Config { listen: cli.listen, data_dir: cli.data_dir, ui_dir: cli.ui_dir, settings })
+    }
+}
+
+/// Applies `TASKPULSE_<SECTION>_<KEY>=value` on top of `settings`. A value is read as a TOML
+/// value when it parses as one (numbers, booleans, arrays, inline tables), else as a string.
+fn overlay_env(
+    settings: Settings,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Settings, ConfigError> {
+    let toml::Value::Table(mut table) =
+        toml::Value::try_from(&settings).expect("settings serialize to a table")
+    else {
+        unreachable!("settings are a struct")
+    };
+    let mut seen = Vec::new();
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("TASKPULSE_") else { continue };
+        if FLAG_VARIABLES.contains(&rest) {
+            continue;
+        }
+        let invalid = |message: String| ConfigError::Invalid { origin: name.clone(), message };
+        let lower = rest.to_ascii_lowercase();
+        let Some((section, key)) = lower.split_once('_') else {
+            return Err(invalid(format!(
+                "unknown setting {name}: expected TASKPULSE_<SECTION>_<KEY>"
+            )));
+        };
+        let Some(toml::Value::Table(entries)) = table.get_mut(section) else {
+            return Err(invalid(format!("unknown section `{section}`")));
+        };
+        if !entries.contains_key(key) {
+            return Err(invalid(format!("unknown key `{key}` in section `{section}`")));
+        }
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.clone()));
+        // A string setting given a number-looking value stays a string.
+        let parsed = match (&entries[key], parsed) {
+            (toml::Value::String(_), toml::Value::String(s)) => toml::Value::String(s),
+            (toml::Value::String(_), _) => toml::Value::String(value.clone()),
+            (_, other) => other,
+        };
+        entries.insert(key.to_owned(), parsed);
+        seen.push(name);
+    }
+    Settings::deserialize(table).map_err(|e| ConfigError::Invalid {
+        origin: if seen.is_empty() { "environment".into() } else { seen.join(", ") },
+        message: e.to_string(),
+    })
+}
+
+/// The sectioned settings of [`SETTINGS_HELP`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Token validation.
+    pub jwt: JwtSettings,
+    /// Configured login/passcode users.
+    pub auth: AuthSettings,
+    /// Who may SEND where.
+    pub authorization: AuthorizationSettings,
+    /// Protocol timing and behaviour.
+    pub stomp: StompSettings,
+    /// Resource limits.
+    pub limits: LimitSettings,
+}
+
+impl Settings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            origin: "settings".into(),
+            message: format!("{key}: {message}"),
+        };
+        if !["HS256", "RS256", "ES256"].contains(&self.jwt.algorithm.as_str()) {
+            return Err(invalid("jwt.algorithm", "expected HS256, RS256 or ES256"));
+        }
+        if self.jwt.algorithm != "HS256" && self.jwt.public_key_file.as_os_str().is_empty() {
+            return Err(invalid("jwt.public_key_file", "required for RS256 and ES256"));
+        }
+        if self.stomp.heartbeat_min_ms > self.stomp.heartbeat_max_ms {
+            return Err(invalid("stomp.heartbeat_min_ms", "must not exceed heartbeat_max_ms"));
+        }
+        if self.stomp.heartbeat_tolerance.is_nan() || self.stomp.heartbeat_tolerance < 1.0 {
+            return Err(invalid("stomp.heartbeat_tolerance", "must be at least 1.0"));
+        }
+        if self.limits.frame_size < 1024 {
+            return Err(invalid("limits.frame_size", "must be at least 1024 bytes"));
+        }
+        for pattern in self.authorization.patterns() {
+            if !pattern.starts_with('/') {
+                return Err(invalid(
+                    "authorization",
+                    &format!("pattern {pattern:?} must start with /"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[jwt]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtSettings {
+    /// HS256 secret; empty means generated and kept in the data directory.
+    pub secret: String,
+    /// The one algorithm accepted.
+    pub algorithm: String,
+    /// PEM public key for RS256/ES256.
+    pub public_key_file: PathBuf,
+    /// Required issuer, if not empty.
+    pub issuer: String,
+    /// Required audience, if not empty.
+    pub audience: String,
+    /// Allowed clock skew, seconds.
+    pub leeway_s: u64,
+}
+
+impl Default for JwtSettings {
+    fn default() -> Self {
+        JwtSettings {
+            secret: String::new(),
+            algorithm: "HS256".into(),
+            public_key_file: PathBuf::new(),
+            issuer: String::new(),
+            audience: String::new(),
+            leeway_s: 5,
+        }
+    }
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// RabbitMQ-style users.
+    pub users: Vec<ConfigUser>,
+}
+
+/// A login/passcode user from the configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigUser {
+    /// The `login` header and the principal.
+    pub login: String,
+    /// The `passcode` header.
+    pub passcode: String,
+}
+
+/// `[authorization]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthorizationSettings {
+    /// Patterns everyone may SEND to.
+    pub send: Vec<String>,
+    /// Further patterns per principal.
+    pub send_by_user: BTreeMap<String, Vec<String>>,
+}
+
+impl AuthorizationSettings {
+    fn patterns(&self) -> impl Iterator<Item = &String> {
+        self.send.iter().chain(self.send_by_user.values().flatten())
+    }
+}
+
+impl Default for AuthorizationSettings {
+    fn default() -> Self {
+        AuthorizationSettings {
+            send: vec!["/queue/**".into(), "/topic/chat.**".into()],
+            send_by_user: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[stomp]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StompSettings {
+    /// Deadline for CONNECT after the WebSocket opens.
+    pub connect_timeout_ms: u64,
+    /// Lower bound on negotiated heart-beat intervals.
+    pub heartbeat_min_ms: u32,
+    /// Upper bound on negotiated heart-beat intervals.
+    pub heartbeat_max_ms: u32,
+    /// Silence allowed, as a multiple of the negotiated interval.
+    pub heartbeat_tolerance: f64,
+    /// Send every frame as a binary message.
+    pub always_binary: bool,
+    /// Messages a queue keeps while it has no consumer.
+    pub queue_pending: usize,
+}
+
+impl Default for StompSettings {
+    fn default() -> Self {
+        StompSettings {
+            connect_timeout_ms: 10_000,
+            heartbeat_min_ms: 1_000,
+            heartbeat_max_ms: 60_000,
+            heartbeat_tolerance: 2.0,
+            always_binary: false,
+            queue_pending: 10_000,
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Largest inbound frame.
+    pub frame_size: usize,
+    /// Headers per inbound frame.
+    pub headers: usize,
+    /// Longest header line.
+    pub header_line: usize,
+    /// Subscriptions one connection may hold.
+    pub subscriptions_per_connection: usize,
+    /// Connections one principal may hold.
+    pub connections_per_user: usize,
+    /// Deliveries awaiting ACK per subscription.
+    pub unacked_per_subscription: usize,
+    /// Bytes waiting to be written to one connection.
+    pub outbound_buffer: usize,
+    /// WebSocket read buffer per connection.
+    pub ws_read_buffer: usize,
+    /// WebSocket write buffer per connection.
+    pub ws_write_buffer: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            frame_size: 64 * 1024,
+            headers: 64,
+            header_line: 8 * 1024,
+            subscriptions_per_connection: 256,
+            connections_per_user: 32,
+            unacked_per_subscription: 1024,
+            outbound_buffer: 1024 * 1024,
+            ws_read_buffer: 4096,
+            ws_write_buffer: 4096,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(config: Option<PathBuf>) -> Cli {
+        Cli {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: "data".into(),
+            ui_dir: "ui".into(),
+            config,
+        }
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn every_setting_is_in_the_help() {
+        let toml::Value::Table(sections) = toml::Value::try_from(Settings::default()).unwrap()
+        else {
+            panic!()
+        };
+        for (section, keys) in sections {
+            assert!(SETTINGS_HELP.contains(&format!("[{section}]")), "section {section}");
+            for key in keys.as_table().unwrap().keys() {
+                assert!(SETTINGS_HELP.contains(&format!("  {key} = ")), "{section}.{key}");
+            }
+        }
+    }
+
+    #[test]
+    fn environment_overrides_file_and_is_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("taskpulse.toml");
+        std::fs::write(&file, "[stomp]\nheartbeat_max_ms = 30000\n[jwt]\nsecret = \"file\"\n")
+            .unwrap();
+        let config = Config::load(
+            cli(Some(file)),
+            env(&[
+                ("TASKPULSE_JWT_SECRET", "12345"),
+                ("TASKPULSE_LIMITS_FRAME_SIZE", "2048"),
+                ("TASKPULSE_AUTHORIZATION_SEND", "[\"/topic/**\"]"),
+                ("TASKPULSE_LISTEN", "ignored-here"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.settings.jwt.secret, "12345");
+        assert_eq!(config.settings.stomp.heartbeat_max_ms, 30_000);
+        assert_eq!(config.settings.limits.frame_size, 2048);
+        assert_eq!(config.settings.authorization.send, ["/topic/**"]);
+    }
+
+    #[test]
+    fn unknown_or_invalid_settings_are_named() {
+        let err =
+            |pairs: &[(&str, &str)]| Config::load(cli(None), env(pairs)).unwrap_err().to_string();
+        assert!(err(&[("TASKPULSE_LIMITS_FRAMESIZE", "1")]).contains("unknown key `framesize`"));
+        assert!(err(&[("TASKPULSE_NOPE_X", "1")]).contains("unknown section `nope`"));
+        let bad = err(&[("TASKPULSE_LIMITS_FRAME_SIZE", "big")]);
+        assert!(bad.contains("TASKPULSE_LIMITS_FRAME_SIZE") && bad.contains("frame_size"), "{bad}");
+        assert!(err(&[("TASKPULSE_JWT_ALGORITHM", "none")]).contains("jwt.algorithm"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[stomp]\nheartbeat_mx_ms = 1\n").unwrap();
+        let message = Config::load(cli(Some(file)), env(&[])).unwrap_err().to_string();
+        assert!(message.contains("heartbeat_mx_ms"), "{message}");
+    }
 }

@@ -1,36 +1,85 @@
 //! The TaskPulse server as a library: [`app`] builds the HTTP router, [`run`] serves it.
 //!
-//! `main.rs` only parses [`Config`] and calls [`run`]; tests call [`run`] on `127.0.0.1:0`
-//! or send requests straight to [`app`].
+//! `main.rs` only loads the [`Config`] and calls [`run`]; tests call [`run`] on `127.0.0.1:0`
+//! (registering handlers on the [`broker::Broker`] first if they need to) or send requests
+//! straight to [`app`].
 
+pub mod broker;
 mod config;
 mod error;
 mod web;
+mod ws;
 
-use std::{future::Future, io, sync::Arc};
+use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 
-pub use config::Config;
+pub use config::{
+    AuthSettings, AuthorizationSettings, Cli, Config, ConfigError, ConfigUser, JwtSettings,
+    LimitSettings, SETTINGS_HELP, Settings, StompSettings,
+};
 pub use error::AppError;
 use tokio::net::TcpListener;
 pub use web::app;
 
-/// Shared, read-mostly state handed to every request handler.
+use crate::broker::{Authenticator, Broker, KeyError};
+
+/// Shared state handed to every request handler.
 #[derive(Debug, Clone)]
 pub struct AppState {
     /// The settings the server started with.
     pub config: Arc<Config>,
+    /// The STOMP broker.
+    pub broker: Broker,
 }
 
-/// Serves [`app`] on `listener` until `shutdown` completes, then drains open requests.
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The JWT settings are unusable.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+}
+
+impl AppState {
+    /// Creates the data directory and the broker.
+    ///
+    /// # Errors
+    /// A [`StartError`] naming what is missing or invalid.
+    pub fn new(config: Config) -> Result<AppState, StartError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
+        let settings = &config.settings;
+        let auth = Authenticator::new(&settings.jwt, &settings.auth, &config.data_dir)?;
+        let broker = Broker::new(settings.clone(), auth);
+        Ok(AppState { config: Arc::new(config), broker })
+    }
+}
+
+/// How long STOMP sessions get to receive their shutdown ERROR.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Serves [`app`] on `listener` until `shutdown` completes; then tells every STOMP session
+/// that the server is shutting down and drains open requests.
 ///
 /// # Errors
-/// Creating the data directory or accepting connections failed.
+/// Accepting connections failed.
 pub async fn run(
     listener: TcpListener,
-    config: Config,
+    state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)?;
-    let state = AppState { config: Arc::new(config) };
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+    let broker = state.broker.clone();
+    let shutdown = async move {
+        shutdown.await;
+        broker.shutdown("server is shutting down", SHUTDOWN_GRACE).await;
+    };
+    let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service).with_graceful_shutdown(shutdown).await
 }

@@ -2,7 +2,7 @@
 //! SIGTERM or ctrl-c.
 
 use clap::Parser;
-use taskpulse_server::Config;
+use taskpulse_server::{AppState, Cli, Config};
 use tokio::net::TcpListener;
 
 #[tokio::main]
@@ -13,7 +13,13 @@ async fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| "info,tower_http=warn".into()),
         )
         .init();
-    let config = Config::parse();
+    let config = match Config::load(Cli::parse(), std::env::vars()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("taskpulse-server: {err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let listener = match TcpListener::bind(config.listen).await {
         Ok(listener) => listener,
         Err(err) => {
@@ -21,9 +27,17 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let addr = listener.local_addr().map_or_else(|_| config.listen.to_string(), |a| a.to_string());
+    let listen = config.listen;
+    let state = match AppState::new(config) {
+        Ok(state) => state,
+        Err(err) => {
+            tracing::error!("cannot start: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let addr = listener.local_addr().map_or_else(|_| listen.to_string(), |a| a.to_string());
     tracing::info!("TaskPulse listening on http://{addr}");
-    match taskpulse_server::run(listener, config, shutdown_signal()).await {
+    match taskpulse_server::run(listener, state, shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("TaskPulse stopped");
             std::process::ExitCode::SUCCESS

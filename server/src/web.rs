@@ -1,4 +1,5 @@
-//! HTTP routes: health, the API namespace, and the single-page UI with its fallback.
+//! HTTP routes: health, the STOMP WebSocket at `/ws`, the API namespace, and the
+//! single-page UI with its fallback.
 
 use axum::{
     Json, Router,
@@ -16,6 +17,7 @@ pub fn app(state: AppState) -> Router {
     let ui_dir = state.config.ui_dir.clone();
     let routes = Router::new()
         .route("/healthz", get(healthz))
+        .route("/ws", get(crate::ws::upgrade))
         .route("/api", get(unknown_api))
         .route("/api/{*rest}", get(unknown_api).post(unknown_api));
     let routes = if ui_dir.join("index.html").is_file() {

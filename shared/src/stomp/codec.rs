@@ -434,20 +434,8 @@ fn parse_content_length(value: &str) -> Option<usize> {
 /// # Errors
 /// An [`EncodeError`] if the frame cannot be written faithfully; `out` is then unchanged.
 pub fn encode(frame: &Frame, version: Version, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-    let escape = version > Version::V1_0 && frame.command.escapes_headers();
     for (name, value) in frame.headers.iter() {
-        let representable = if escape {
-            version >= Version::V1_2 || !value.ends_with('\r')
-        } else {
-            !name.contains([':', '\n']) && !value.contains('\n') && !value.ends_with('\r')
-        };
-        if !representable {
-            return Err(EncodeError::UnrepresentableHeader {
-                name: name.to_owned(),
-                command: frame.command,
-                version,
-            });
-        }
+        check_header(name, value, frame.command, version)?;
     }
     match frame.header("content-length") {
         Some(declared) if parse_content_length(declared) != Some(frame.body.len()) => {
@@ -465,11 +453,9 @@ pub fn encode(frame: &Frame, version: Version, out: &mut Vec<u8>) -> Result<(), 
     out.reserve(encoded_len_hint(frame));
     out.extend_from_slice(frame.command.as_str().as_bytes());
     out.push(b'\n');
+    let escape = escapes(frame.command, version);
     for (name, value) in frame.headers.iter() {
-        write_header_text(out, name, escape, version);
-        out.push(b':');
-        write_header_text(out, value, escape, version);
-        out.push(b'\n');
+        write_header(out, name, value, escape, version);
     }
     out.push(b'\n');
     out.extend_from_slice(&frame.body);
@@ -492,6 +478,54 @@ impl Frame {
 fn encoded_len_hint(frame: &Frame) -> usize {
     let headers: usize = frame.headers.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
     frame.command.as_str().len() + headers + frame.body.len() + 3
+}
+
+/// Writes one `name:value` header line of a `command` frame as `version` bytes, escaped
+/// as [`encode`] would. For servers that splice per-recipient headers (`subscription`, `ack`)
+/// in front of a frame encoded once for many recipients.
+///
+/// # Errors
+/// [`EncodeError::UnrepresentableHeader`] if the header cannot be written; `out` is then
+/// unchanged.
+pub fn encode_header(
+    name: &str,
+    value: &str,
+    command: Command,
+    version: Version,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    check_header(name, value, command, version)?;
+    write_header(out, name, value, escapes(command, version), version);
+    Ok(())
+}
+
+fn escapes(command: Command, version: Version) -> bool {
+    version > Version::V1_0 && command.escapes_headers()
+}
+
+fn check_header(
+    name: &str,
+    value: &str,
+    command: Command,
+    version: Version,
+) -> Result<(), EncodeError> {
+    let representable = if escapes(command, version) {
+        version >= Version::V1_2 || !value.ends_with('\r')
+    } else {
+        !name.contains([':', '\n']) && !value.contains('\n') && !value.ends_with('\r')
+    };
+    if representable {
+        Ok(())
+    } else {
+        Err(EncodeError::UnrepresentableHeader { name: name.to_owned(), command, version })
+    }
+}
+
+fn write_header(out: &mut Vec<u8>, name: &str, value: &str, escape: bool, version: Version) {
+    write_header_text(out, name, escape, version);
+    out.push(b':');
+    write_header_text(out, value, escape, version);
+    out.push(b'\n');
 }
 
 fn write_header_text(out: &mut Vec<u8>, text: &str, escape: bool, version: Version) {

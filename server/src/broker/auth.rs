@@ -1,0 +1,205 @@
+//! Who is connecting: JWTs from CONNECT headers or the WebSocket URL, and configured
+//! login/passcode users. Failures carry a reason for the log, never for the client.
+
+use std::{collections::HashMap, path::Path};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use taskpulse_shared::stomp::Connect;
+
+use crate::config::{AuthSettings, JwtSettings};
+
+/// The claims TaskPulse reads (and writes, for tokens it issues).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// The principal.
+    pub sub: String,
+    /// Expiry, seconds since the epoch.
+    pub exp: u64,
+    /// Not before, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Issued at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// Token id, for revocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+}
+
+/// An authenticated principal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The user name (`sub`, or the configured login).
+    pub name: String,
+    /// The token's `jti`, when it had one.
+    pub token_id: Option<String>,
+}
+
+/// Why authentication failed. Logged; the client only sees "authentication failed".
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No Authorization header, passcode or access_token.
+    #[error("no credentials: expected Authorization: Bearer, login/passcode or access_token")]
+    NoCredentials,
+    /// The token did not validate.
+    #[error("invalid token: {0}")]
+    Token(#[from] jsonwebtoken::errors::Error),
+    /// The token's `sub` is empty or contains control characters.
+    #[error("invalid principal {0:?} in token")]
+    BadPrincipal(String),
+    /// A configured login with the wrong passcode.
+    #[error("wrong passcode for configured user {0:?}")]
+    WrongPasscode(String),
+}
+
+/// Why the authentication settings are unusable.
+#[derive(Debug, thiserror::Error)]
+#[error("jwt settings: {0}")]
+pub struct KeyError(String);
+
+/// Validates credentials against the configured keys and users.
+pub struct Authenticator {
+    algorithm: Algorithm,
+    decoding: DecodingKey,
+    /// Present for HS256, so the server can issue tokens with the same secret.
+    encoding: Option<EncodingKey>,
+    validation: Validation,
+    users: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator").field("algorithm", &self.algorithm).finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    /// Builds the validator. An empty HS256 secret is generated once and kept in
+    /// `data_dir/jwt-secret`.
+    ///
+    /// # Errors
+    /// The public key file is missing or not a PEM key of the configured algorithm, or the
+    /// secret file cannot be written.
+    pub fn new(jwt: &JwtSettings, auth: &AuthSettings, data_dir: &Path) -> Result<Self, KeyError> {
+        let (algorithm, decoding, encoding) = match jwt.algorithm.as_str() {
+            "HS256" => {
+                let secret = if jwt.secret.is_empty() {
+                    stored_secret(data_dir)?
+                } else {
+                    jwt.secret.clone().into_bytes()
+                };
+                (
+                    Algorithm::HS256,
+                    DecodingKey::from_secret(&secret),
+                    Some(EncodingKey::from_secret(&secret)),
+                )
+            }
+            name => {
+                let path = &jwt.public_key_file;
+                let pem = std::fs::read(path)
+                    .map_err(|e| KeyError(format!("cannot read {}: {e}", path.display())))?;
+                let (algorithm, key) = if name == "RS256" {
+                    (Algorithm::RS256, DecodingKey::from_rsa_pem(&pem))
+                } else {
+                    (Algorithm::ES256, DecodingKey::from_ec_pem(&pem))
+                };
+                let key = key.map_err(|e| KeyError(format!("{}: {e}", path.display())))?;
+                (algorithm, key, None)
+            }
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = jwt.leeway_s;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        if jwt.issuer.is_empty() {
+            validation.iss = None;
+        } else {
+            validation.set_issuer(&[&jwt.issuer]);
+        }
+        if jwt.audience.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&[&jwt.audience]);
+        }
+        let users = auth.users.iter().map(|u| (u.login.clone(), u.passcode.clone())).collect();
+        Ok(Authenticator { algorithm, decoding, encoding, validation, users })
+    }
+
+    /// Authenticates a CONNECT: `Authorization: Bearer`, then configured `login`/`passcode`,
+    /// then a token in `passcode`, then the URL's `access_token`.
+    ///
+    /// # Errors
+    /// An [`AuthError`] saying why, for the log.
+    pub fn authenticate(
+        &self,
+        connect: &Connect,
+        access_token: Option<&str>,
+    ) -> Result<Principal, AuthError> {
+        let bearer =
+            connect.header("Authorization").or_else(|| connect.header("authorization")).and_then(
+                |value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")),
+            );
+        if let Some(token) = bearer {
+            return self.validate(token.trim());
+        }
+        if let (Some(login), Some(passcode)) = (connect.header("login"), connect.header("passcode"))
+            && let Some(expected) = self.users.get(login)
+        {
+            return if constant_time_eq(expected.as_bytes(), passcode.as_bytes()) {
+                Ok(Principal { name: login.to_owned(), token_id: None })
+            } else {
+                Err(AuthError::WrongPasscode(login.to_owned()))
+            };
+        }
+        if let Some(token) = connect.header("passcode").filter(|p| p.matches('.').count() == 2) {
+            return self.validate(token);
+        }
+        match access_token {
+            Some(token) => self.validate(token),
+            None => Err(AuthError::NoCredentials),
+        }
+    }
+
+    /// Validates one token.
+    ///
+    /// # Errors
+    /// An [`AuthError`] saying why.
+    pub fn validate(&self, token: &str) -> Result<Principal, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)?;
+        let sub = data.claims.sub;
+        if sub.is_empty() || sub.chars().any(char::is_control) {
+            return Err(AuthError::BadPrincipal(sub));
+        }
+        Ok(Principal { name: sub, token_id: data.claims.jti })
+    }
+
+    /// Signs `claims` with the HS256 secret; `None` when tokens are validated with a public
+    /// key (they are then issued elsewhere).
+    pub fn issue(&self, claims: &Claims) -> Option<String> {
+        let key = self.encoding.as_ref()?;
+        jsonwebtoken::encode(&Header::new(self.algorithm), claims, key).ok()
+    }
+}
+
+/// Reads `data_dir/jwt-secret`, creating it with 32 random bytes (hex) the first time.
+fn stored_secret(data_dir: &Path) -> Result<Vec<u8>, KeyError> {
+    let path = data_dir.join("jwt-secret");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().as_bytes().to_vec()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(KeyError(format!("cannot read {}: {e}", path.display()))),
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| KeyError(format!("no randomness: {e}")))?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::create_dir_all(data_dir)
+        .and_then(|()| std::fs::write(&path, &hex))
+        .map_err(|e| KeyError(format!("cannot write {}: {e}", path.display())))?;
+    Ok(hex.into_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

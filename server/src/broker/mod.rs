@@ -1,0 +1,472 @@
+//! The STOMP broker core: sessions, subscriptions, routing and queues, independent of axum
+//! and of the transport. A transport feeds bytes to a [`Session`] and drains its [`Outbox`].
+//!
+//! The rest of the server talks to it through [`Broker::send_to_user`] and
+//! [`Broker::publish`], and handles `/app/**` SENDs with [`Broker::register_app`].
+
+mod auth;
+mod destination;
+mod message;
+mod outbox;
+mod session;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+pub use auth::{AuthError, Authenticator, Claims, KeyError, Principal};
+use bytes::Bytes;
+pub use destination::{Destination, DestinationError, pattern_matches};
+pub use message::{Coalesce, Publication};
+use message::{Message, is_protocol_header};
+pub use outbox::{Delivery, Outbox, Outgoing};
+use outbox::{Leftovers, Unacked};
+pub use session::{Flow, Session, TransportInfo};
+use taskpulse_shared::stomp::{AckMode, Headers};
+
+use crate::config::Settings;
+
+/// A SEND to `/app/**`, as an application handler sees it.
+#[derive(Debug, Clone)]
+pub struct AppMessage {
+    /// The authenticated sender.
+    pub principal: String,
+    /// The destination, e.g. `/app/tasks.cancel`.
+    pub destination: String,
+    /// Every header of the SEND.
+    pub headers: Headers,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// Handles SENDs to one `/app/**` pattern. An `Err` becomes the ERROR frame's message.
+pub type AppHandler = Arc<dyn Fn(AppMessage) -> Result<(), String> + Send + Sync>;
+
+/// Why the broker refused to route a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// The destination is not valid.
+    #[error(transparent)]
+    Destination(#[from] DestinationError),
+    /// The principal may not send there.
+    #[error("{principal:?} may not send to {destination:?} (see [authorization] in the settings)")]
+    Forbidden {
+        /// Who tried.
+        principal: String,
+        /// Where to.
+        destination: String,
+    },
+    /// A queue with no consumer is holding its maximum of messages.
+    #[error("queue {queue:?} is full: {limit} messages are waiting for a consumer")]
+    QueueFull {
+        /// The queue.
+        queue: String,
+        /// `stomp.queue_pending`.
+        limit: usize,
+    },
+    /// No handler is registered for an `/app/**` destination.
+    #[error("no application handler for {0:?}")]
+    NoHandler(String),
+    /// The handler refused the message.
+    #[error("{destination}: {reason}")]
+    Handler {
+        /// The destination.
+        destination: String,
+        /// The handler's message.
+        reason: String,
+    },
+}
+
+/// A subscription as the router sees it.
+#[derive(Debug, Clone)]
+struct Subscriber {
+    outbox: Arc<Outbox>,
+    sub: Arc<str>,
+    ack: AckMode,
+}
+
+/// A `/queue/**` destination: messages waiting for a consumer and the consumers in turn.
+#[derive(Debug, Default)]
+struct Queue {
+    pending: VecDeque<Arc<Message>>,
+    consumers: Vec<Subscriber>,
+    next: usize,
+}
+
+/// A connected session: its principal and its outbox.
+type OpenSession = (Arc<str>, Arc<Outbox>);
+
+/// Key of fan-out routes: a topic name, or a user's private path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum RouteKey {
+    Topic(String),
+    User(String, String),
+}
+
+/// The broker. Cheap to clone; all clones are the same broker.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: Settings,
+    auth: Authenticator,
+    /// Topics and user destinations: every subscriber gets every message.
+    routes: RwLock<HashMap<RouteKey, Vec<Subscriber>>>,
+    queues: Mutex<HashMap<Arc<str>, Queue>>,
+    /// Open sessions, for connection limits and shutdown.
+    sessions: Mutex<HashMap<u64, OpenSession>>,
+    apps: RwLock<Vec<(String, AppHandler)>>,
+    next_session: AtomicU64,
+    next_message: AtomicU64,
+    /// Distinguishes ids of this process from those of earlier runs.
+    instance: String,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("instance", &self.inner.instance).finish_non_exhaustive()
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock<T>(lock: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    lock.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Broker {
+    /// A broker with the given settings and authenticator.
+    pub fn new(settings: Settings, auth: Authenticator) -> Broker {
+        let mut seed = [0u8; 4];
+        // Only a label; a failure to get randomness leaves it zero.
+        let _ = getrandom::fill(&mut seed);
+        Broker {
+            inner: Arc::new(Inner {
+                settings,
+                auth,
+                routes: RwLock::default(),
+                queues: Mutex::default(),
+                sessions: Mutex::default(),
+                apps: RwLock::default(),
+                next_session: AtomicU64::new(1),
+                next_message: AtomicU64::new(1),
+                instance: seed.iter().map(|b| format!("{b:02x}")).collect(),
+            }),
+        }
+    }
+
+    /// The settings the broker runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// The token validator (the task service issues tokens with it).
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.inner.auth
+    }
+
+    /// Sends `publication` to every session of `user` subscribed to `/user{path}`, e.g.
+    /// `send_to_user("alice", "/queue/tasks-progress", …)`. Returns the number of
+    /// subscriptions it was handed to.
+    pub fn send_to_user(&self, user: &str, path: &str, publication: Publication) -> usize {
+        let destination = Destination::User { user: user.to_owned(), path: path.to_owned() };
+        self.fan_out(&destination, publication)
+    }
+
+    /// Publishes to a `/topic/**` or `/queue/**` destination (or `/user/{name}/…`) on the
+    /// server's behalf: no authorization rule applies.
+    ///
+    /// # Errors
+    /// The destination is invalid or the queue is full.
+    pub fn publish(
+        &self,
+        destination: &str,
+        publication: Publication,
+    ) -> Result<usize, RouteError> {
+        let destination = match destination.strip_prefix("/user/").and_then(|r| r.split_once('/')) {
+            Some((user, _)) => Destination::resolve(destination, user)?,
+            None => Destination::resolve(destination, "")?,
+        };
+        self.route(&destination, publication)
+    }
+
+    /// Registers `handler` for SENDs to destinations matching `pattern` (e.g.
+    /// `/app/tasks.cancel` or `/app/chat.**`).
+    pub fn register_app(&self, pattern: &str, handler: AppHandler) {
+        write(&self.inner.apps).push((pattern.to_owned(), handler));
+    }
+
+    /// Closes every session with an ERROR saying why, and waits (up to `grace`) until their
+    /// transports have let go.
+    pub async fn shutdown(&self, reason: &str, grace: Duration) {
+        let open: Vec<Arc<Outbox>> =
+            lock(&self.inner.sessions).values().map(|(_, o)| o.clone()).collect();
+        for outbox in open {
+            outbox.fail(reason, None, format!("The server closed this connection: {reason}."));
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while !lock(&self.inner.sessions).is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Number of open STOMP sessions.
+    pub fn session_count(&self) -> usize {
+        lock(&self.inner.sessions).len()
+    }
+
+    fn next_session_id(&self) -> u64 {
+        self.inner.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn session_label(&self, id: u64) -> String {
+        format!("{}-{id}", self.inner.instance)
+    }
+
+    fn message(&self, destination: &Destination, publication: Publication) -> Arc<Message> {
+        let n = self.inner.next_message.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{n}", self.inner.instance);
+        Arc::new(Message::new(id, destination.public_name(), publication))
+    }
+
+    /// Registers a connected session; refuses it beyond `limits.connections_per_user`.
+    fn attach(&self, principal: &Arc<str>, outbox: &Arc<Outbox>) -> Result<(), String> {
+        let limit = self.inner.settings.limits.connections_per_user;
+        let mut sessions = lock(&self.inner.sessions);
+        let open = sessions.values().filter(|(user, _)| user == principal).count();
+        if open >= limit {
+            return Err(format!(
+                "{principal:?} already has {open} open connections (limits.connections_per_user = {limit})"
+            ));
+        }
+        sessions.insert(outbox.id, (principal.clone(), outbox.clone()));
+        Ok(())
+    }
+
+    fn detach(&self, id: u64) {
+        lock(&self.inner.sessions).remove(&id);
+    }
+
+    fn may_send(&self, principal: &str, destination: &Destination) -> bool {
+        let name = destination.to_string();
+        let rules = &self.inner.settings.authorization;
+        let own = rules.send_by_user.get(principal).into_iter().flatten();
+        rules.send.iter().chain(own).any(|pattern| pattern_matches(pattern, &name))
+    }
+
+    /// A client's SEND: authorized, then routed or handed to an application handler.
+    fn client_send(
+        &self,
+        principal: &str,
+        destination: &str,
+        headers: Headers,
+        body: Bytes,
+    ) -> Result<(), RouteError> {
+        let resolved = match Destination::resolve(destination, principal) {
+            // Sending to another user's private destination is a matter of authorization.
+            Err(DestinationError::ForeignUser { .. }) => {
+                let rest = &destination["/user/".len()..];
+                let (user, _) = rest.split_once('/').unwrap_or((rest, ""));
+                Destination::resolve(destination, user)?
+            }
+            other => other?,
+        };
+        if let Destination::App(name) = &resolved {
+            let handler = read(&self.inner.apps)
+                .iter()
+                .find(|(pattern, _)| pattern_matches(pattern, name))
+                .map(|(_, h)| h.clone())
+                .ok_or_else(|| RouteError::NoHandler(name.clone()))?;
+            let message = AppMessage {
+                principal: principal.to_owned(),
+                destination: name.clone(),
+                headers,
+                body,
+            };
+            return handler(message)
+                .map_err(|reason| RouteError::Handler { destination: name.clone(), reason });
+        }
+        if !self.may_send(principal, &resolved) {
+            return Err(RouteError::Forbidden {
+                principal: principal.to_owned(),
+                destination: destination.to_owned(),
+            });
+        }
+        let mut publication = Publication { headers: Headers::new(), body, coalesce: None };
+        publication.headers.extend(headers.iter().filter(|(n, _)| !is_protocol_header(n)));
+        self.route(&resolved, publication).map(|_| ())
+    }
+
+    fn route(
+        &self,
+        destination: &Destination,
+        publication: Publication,
+    ) -> Result<usize, RouteError> {
+        match destination {
+            Destination::Queue(name) => self.enqueue(name, publication),
+            Destination::App(name) => Err(RouteError::NoHandler(name.clone())),
+            _ => Ok(self.fan_out(destination, publication)),
+        }
+    }
+
+    fn route_key(destination: &Destination) -> Option<RouteKey> {
+        match destination {
+            Destination::Topic(name) => Some(RouteKey::Topic(name.clone())),
+            Destination::User { user, path } => Some(RouteKey::User(user.clone(), path.clone())),
+            Destination::Queue(_) | Destination::App(_) => None,
+        }
+    }
+
+    fn fan_out(&self, destination: &Destination, publication: Publication) -> usize {
+        let Some(key) = Self::route_key(destination) else { return 0 };
+        let routes = read(&self.inner.routes);
+        let Some(subscribers) = routes.get(&key).filter(|s| !s.is_empty()) else { return 0 };
+        let message = self.message(destination, publication);
+        let mut handed = 0;
+        for s in subscribers {
+            match s.outbox.deliver(&s.sub, s.ack, &message, None) {
+                Delivery::Queued | Delivery::Coalesced => handed += 1,
+                Delivery::AckLimit => {
+                    let limit = self.inner.settings.limits.unacked_per_subscription;
+                    s.outbox.fail(
+                        "too many unacknowledged messages",
+                        None,
+                        format!(
+                            "Subscription {:?} has {limit} messages awaiting ACK \
+                             (limits.unacked_per_subscription).",
+                            &*s.sub
+                        ),
+                    );
+                }
+                Delivery::Closed => {}
+            }
+        }
+        handed
+    }
+
+    fn enqueue(&self, name: &str, publication: Publication) -> Result<usize, RouteError> {
+        let message = self.message(&Destination::Queue(name.to_owned()), publication);
+        let limit = self.inner.settings.stomp.queue_pending;
+        let mut queues = lock(&self.inner.queues);
+        let queue = queues.entry(Arc::from(name)).or_default();
+        if queue.pending.len() >= limit {
+            return Err(RouteError::QueueFull { queue: name.to_owned(), limit });
+        }
+        queue.pending.push_back(message);
+        let key: Arc<str> = Arc::from(name);
+        Ok(dispatch(&key, queue, None))
+    }
+
+    fn subscribe(&self, destination: &Destination, subscriber: Subscriber) {
+        if let Destination::Queue(name) = destination {
+            let key: Arc<str> = Arc::from(name.as_str());
+            let mut queues = lock(&self.inner.queues);
+            let queue = queues.entry(key.clone()).or_default();
+            queue.consumers.push(subscriber);
+            dispatch(&key, queue, None);
+        } else if let Some(key) = Self::route_key(destination) {
+            write(&self.inner.routes).entry(key).or_default().push(subscriber);
+        }
+    }
+
+    fn unsubscribe(&self, destination: &Destination, outbox: u64, sub: &str) {
+        let keep = |s: &Subscriber| !(s.outbox.id == outbox && &*s.sub == sub);
+        if let Destination::Queue(name) = destination {
+            let mut queues = lock(&self.inner.queues);
+            if let Some(queue) = queues.get_mut(name.as_str()) {
+                queue.consumers.retain(keep);
+                if queue.consumers.is_empty() && queue.pending.is_empty() {
+                    queues.remove(name.as_str());
+                }
+            }
+        } else if let Some(key) = Self::route_key(destination) {
+            let mut routes = write(&self.inner.routes);
+            if let Some(subscribers) = routes.get_mut(&key) {
+                subscribers.retain(keep);
+                if subscribers.is_empty() {
+                    routes.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// ACKed or NACKed deliveries: queue consumers have room again; NACKed queue messages go
+    /// to another consumer, marked redelivered.
+    fn settled(&self, settled: Vec<Unacked>, nack: bool, from: u64) {
+        let mut queues = lock(&self.inner.queues);
+        let mut touched: Vec<Arc<str>> = Vec::new();
+        for Unacked { message, queue, .. } in settled {
+            let Some(name) = queue else { continue };
+            if nack && let Some(q) = queues.get_mut(&name) {
+                q.pending.push_front(Arc::new(message.redelivery()));
+                dispatch(&name, q, Some(from));
+            }
+            if !touched.contains(&name) {
+                touched.push(name);
+            }
+        }
+        for name in touched {
+            if let Some(q) = queues.get_mut(&name) {
+                dispatch(&name, q, None);
+            }
+        }
+    }
+
+    /// Queue messages a closed or unsubscribed consumer never acknowledged.
+    fn redeliver(&self, leftovers: Leftovers) {
+        if leftovers.redeliver.is_empty() {
+            return;
+        }
+        let mut queues = lock(&self.inner.queues);
+        // Oldest first at the front: push in reverse.
+        for (name, message) in leftovers.redeliver.into_iter().rev() {
+            queues.entry(name).or_default().pending.push_front(Arc::new(message.redelivery()));
+        }
+        let names: Vec<Arc<str>> = queues.keys().cloned().collect();
+        for name in names {
+            if let Some(q) = queues.get_mut(&name) {
+                dispatch(&name, q, None);
+            }
+        }
+    }
+}
+
+/// Hands a queue's pending messages to its consumers in turn, skipping full or closing ones
+/// (and `exclude`, the consumer that just NACKed). Returns how many were handed out.
+fn dispatch(name: &Arc<str>, queue: &mut Queue, exclude: Option<u64>) -> usize {
+    let mut handed = 0;
+    queue.consumers.retain(|c| !c.outbox.is_closed());
+    'messages: while let Some(message) = queue.pending.front().cloned() {
+        let n = queue.consumers.len();
+        for i in 0..n {
+            let idx = (queue.next + i) % n;
+            let consumer = &queue.consumers[idx];
+            if exclude == Some(consumer.outbox.id) && n > 1 {
+                continue;
+            }
+            if let Delivery::Queued | Delivery::Coalesced =
+                consumer.outbox.deliver(&consumer.sub, consumer.ack, &message, Some(name))
+            {
+                queue.pending.pop_front();
+                queue.next = idx + 1;
+                handed += 1;
+                continue 'messages;
+            }
+        }
+        break;
+    }
+    handed
+}

@@ -1,0 +1,479 @@
+//! One connection's outbound side as the broker sees it: a bounded queue of frames and
+//! deliveries that a transport drains, plus the deliveries still awaiting ACK.
+//!
+//! Publishers push from any thread; one mutex per connection keeps the queue, the byte count
+//! and the unacknowledged set consistent (held for a push or a drain, never across I/O).
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use taskpulse_shared::stomp::{AckMode, Command, ServerCommand, Version, encode_header};
+use tokio::sync::Notify;
+
+use super::message::{MESSAGE_LINE, Message};
+
+/// Something to write to the client.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A control frame (CONNECTED, RECEIPT, ERROR), already encoded.
+    Frame(Bytes),
+    /// A MESSAGE for subscription `sub`, with an `ack` id when it must be acknowledged.
+    Deliver {
+        /// The subscription id.
+        sub: Arc<str>,
+        /// The `ack` header value, for client and client-individual subscriptions.
+        ack: Option<u64>,
+        /// What to deliver.
+        message: Arc<Message>,
+    },
+    /// Close the connection after writing everything before this.
+    Close,
+}
+
+impl Outgoing {
+    /// The bytes to write and whether they form valid UTF-8.
+    pub fn encode(&self, version: Version, out: &mut Vec<u8>) -> Option<bool> {
+        match self {
+            Outgoing::Frame(bytes) => {
+                out.extend_from_slice(bytes);
+                Some(std::str::from_utf8(bytes).is_ok())
+            }
+            Outgoing::Deliver { sub, ack, message } => {
+                let tail = message.tail(version)?;
+                out.extend_from_slice(MESSAGE_LINE);
+                encode_header("subscription", sub, Command::Message, version, out).ok()?;
+                if let Some(ack) = ack {
+                    let id = ack.to_string();
+                    encode_header("ack", &id, Command::Message, version, out).ok()?;
+                }
+                out.extend_from_slice(tail);
+                Some(message.text)
+            }
+            Outgoing::Close => None,
+        }
+    }
+}
+
+/// Result of handing a message to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Queued for writing.
+    Queued,
+    /// Merged into an older, still unwritten progress message of the same key.
+    Coalesced,
+    /// The subscription already has its maximum of unacknowledged messages.
+    AckLimit,
+    /// The connection is closing; the message was not taken.
+    Closed,
+}
+
+/// A delivery awaiting ACK.
+#[derive(Debug, Clone)]
+pub struct Unacked {
+    /// Subscription id.
+    pub sub: Arc<str>,
+    /// The message.
+    pub message: Arc<Message>,
+    /// The queue it came from, for redelivery.
+    pub queue: Option<Arc<str>>,
+}
+
+/// What a closing connection leaves behind: queue messages that were not acknowledged.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// `(queue, message)` pairs to redeliver.
+    pub redeliver: Vec<(Arc<str>, Arc<Message>)>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    items: VecDeque<Outgoing>,
+    bytes: usize,
+    closed: bool,
+    version: Option<Version>,
+    heartbeat_every: Duration,
+    next_ack: u64,
+    unacked: BTreeMap<u64, Unacked>,
+    unacked_per_sub: HashMap<Arc<str>, usize>,
+}
+
+/// One connection's outbound queue; shared by the broker and the transport.
+#[derive(Debug)]
+pub struct Outbox {
+    /// Connection id, unique within the process.
+    pub id: u64,
+    buffer_limit: usize,
+    unacked_limit: usize,
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+impl Outbox {
+    /// An empty outbox with the given limits (bytes waiting, unacked per subscription).
+    pub fn new(id: u64, buffer_limit: usize, unacked_limit: usize) -> Outbox {
+        Outbox { id, buffer_limit, unacked_limit, state: Mutex::default(), wake: Notify::new() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves no invariant half-updated that matters more
+        // than keeping the connection's other users running.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sets the version frames are encoded in and how often the writer sends a heart-beat
+    /// during silence (at CONNECT; zero for never).
+    pub fn set_connected(&self, version: Version, heartbeat_every: Duration) {
+        let mut state = self.lock();
+        state.version = Some(version);
+        state.heartbeat_every = heartbeat_every;
+    }
+
+    /// How long the writer may stay silent before it sends a heart-beat; zero for never.
+    pub fn heartbeat_every(&self) -> Duration {
+        self.lock().heartbeat_every
+    }
+
+    /// The version, once connected.
+    pub fn version(&self) -> Option<Version> {
+        self.lock().version
+    }
+
+    /// Queues a control frame. Ignored once the outbox is closed.
+    pub fn send(&self, command: ServerCommand) {
+        let bytes = command
+            .into_frame()
+            .to_bytes(self.version().unwrap_or(Version::V1_2))
+            .expect("server control frames are representable");
+        self.push(Outgoing::Frame(bytes), 0);
+    }
+
+    /// Queues an ERROR and then the close; nothing is accepted afterwards. Pending
+    /// deliveries that were not written are dropped (queue messages among them come back
+    /// from [`Outbox::finish`] for redelivery), so the ERROR goes out at once even to a
+    /// consumer that fell behind.
+    pub fn fail(&self, message: &str, receipt_id: Option<String>, body: String) {
+        let bytes = ServerCommand::Error { message: message.to_owned(), receipt_id, body }
+            .into_frame()
+            .to_bytes(self.version().unwrap_or(Version::V1_2))
+            .expect("server ERROR frames are representable");
+        let mut state = self.lock();
+        if state.closed {
+            return;
+        }
+        let dropped: VecDeque<Outgoing> = std::mem::take(&mut state.items);
+        state.bytes = 0;
+        state.items.push_back(Outgoing::Frame(bytes));
+        state.items.push_back(Outgoing::Close);
+        state.closed = true;
+        // Unwritten deliveries of queues stay in `unacked` only if they needed an ACK;
+        // keep auto ones too so that `finish` returns them.
+        for item in dropped {
+            if let Outgoing::Deliver { sub, ack: None, message } = item
+                && message_queue(&message).is_some()
+            {
+                let id = state.next_ack;
+                state.next_ack += 1;
+                let queue = message_queue(&message);
+                state.unacked.insert(id, Unacked { sub, message, queue });
+            }
+        }
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// Queues the close after everything already queued (DISCONNECT).
+    pub fn close(&self) {
+        self.push(Outgoing::Close, 0);
+        self.lock().closed = true;
+    }
+
+    fn push(&self, item: Outgoing, cost: usize) {
+        let mut state = self.lock();
+        if state.closed {
+            return;
+        }
+        state.bytes += cost;
+        state.items.push_back(item);
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// Hands `message` to subscription `sub`. When the buffer is over its limit, a
+    /// replaceable message overwrites the newest unwritten one of the same key if that one is
+    /// replaceable too; otherwise the connection fails with an ERROR naming the limit.
+    pub fn deliver(
+        &self,
+        sub: &Arc<str>,
+        mode: AckMode,
+        message: &Arc<Message>,
+        queue: Option<&Arc<str>>,
+    ) -> Delivery {
+        let cost = message.cost();
+        let mut state = self.lock();
+        if state.closed {
+            return Delivery::Closed;
+        }
+        if mode != AckMode::Auto
+            && state.unacked_per_sub.get(sub).copied().unwrap_or(0) >= self.unacked_limit
+        {
+            return Delivery::AckLimit;
+        }
+        if state.bytes + cost > self.buffer_limit {
+            if let Some(coalesced) = coalesce(&mut state, sub, message) {
+                return coalesced;
+            }
+            drop(state);
+            let limit = self.buffer_limit;
+            self.fail(
+                "slow consumer",
+                None,
+                format!(
+                    "More than {limit} bytes were waiting to be sent to this connection \
+                     (limits.outbound_buffer). Messages that cannot be merged are not dropped \
+                     silently, so the connection is closed; reconnect and resubscribe."
+                ),
+            );
+            return Delivery::Closed;
+        }
+        let ack = if mode == AckMode::Auto {
+            None
+        } else {
+            let id = state.next_ack;
+            state.next_ack += 1;
+            let unacked =
+                Unacked { sub: sub.clone(), message: message.clone(), queue: queue.cloned() };
+            state.unacked.insert(id, unacked);
+            *state.unacked_per_sub.entry(sub.clone()).or_default() += 1;
+            Some(id)
+        };
+        state.bytes += cost;
+        state.items.push_back(Outgoing::Deliver {
+            sub: sub.clone(),
+            ack,
+            message: message.clone(),
+        });
+        drop(state);
+        self.wake.notify_one();
+        Delivery::Queued
+    }
+
+    /// Takes everything queued (for the writer), or waits until something is.
+    pub async fn next_batch(&self, batch: &mut VecDeque<Outgoing>) {
+        loop {
+            let notified = self.wake.notified();
+            {
+                let mut state = self.lock();
+                if !state.items.is_empty() {
+                    std::mem::swap(&mut state.items, batch);
+                    state.bytes = 0;
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Settles the delivery with ack id `id` (and, when `cumulative` says so for its
+    /// subscription, every earlier one of that subscription). Returns the settled deliveries,
+    /// or `None` if `id` is unknown.
+    pub fn settle_with(&self, id: u64, cumulative: impl Fn(&str) -> bool) -> Option<Vec<Unacked>> {
+        let mut state = self.lock();
+        let target = state.unacked.remove(&id)?;
+        let mut settled = Vec::new();
+        if cumulative(&target.sub) {
+            let earlier: Vec<u64> = state
+                .unacked
+                .range(..id)
+                .filter(|(_, u)| u.sub == target.sub)
+                .map(|(k, _)| *k)
+                .collect();
+            for key in earlier {
+                settled.extend(state.unacked.remove(&key));
+            }
+        }
+        settled.push(target);
+        for unacked in &settled {
+            if let Some(count) = state.unacked_per_sub.get_mut(&unacked.sub) {
+                *count = count.saturating_sub(1);
+            }
+        }
+        Some(settled)
+    }
+
+    /// Finds the ack id of an unacknowledged delivery by `message-id` (STOMP 1.0/1.1 ACKs),
+    /// optionally within one subscription.
+    pub fn find_ack(&self, message_id: &str, sub: Option<&str>) -> Option<u64> {
+        let state = self.lock();
+        state
+            .unacked
+            .iter()
+            .find(|(_, u)| u.message.id == message_id && sub.is_none_or(|s| *u.sub == *s))
+            .map(|(id, _)| *id)
+    }
+
+    /// Forgets a subscription's pending deliveries (UNSUBSCRIBE); returns queue messages
+    /// among them for redelivery.
+    pub fn drop_subscription(&self, sub: &str) -> Leftovers {
+        let mut state = self.lock();
+        let ids: Vec<u64> =
+            state.unacked.iter().filter(|(_, u)| &*u.sub == sub).map(|(k, _)| *k).collect();
+        let mut leftovers = Leftovers::default();
+        for id in ids {
+            if let Some(Unacked { message, queue: Some(queue), .. }) = state.unacked.remove(&id) {
+                leftovers.redeliver.push((queue, message));
+            }
+        }
+        state.unacked_per_sub.remove(sub);
+        leftovers
+    }
+
+    /// Closes the outbox for good and returns the queue messages never acknowledged or
+    /// never written.
+    pub fn finish(&self) -> Leftovers {
+        let mut state = self.lock();
+        state.closed = true;
+        let mut leftovers = Leftovers::default();
+        for (_, unacked) in std::mem::take(&mut state.unacked) {
+            if let Some(queue) = unacked.queue {
+                leftovers.redeliver.push((queue, unacked.message));
+            }
+        }
+        for item in std::mem::take(&mut state.items) {
+            if let Outgoing::Deliver { ack: None, message, .. } = item
+                && let Some(queue) = message_queue(&message)
+            {
+                leftovers.redeliver.push((queue, message));
+            }
+        }
+        state.unacked_per_sub.clear();
+        leftovers
+    }
+
+    /// Whether the outbox accepts no more messages.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+}
+
+/// Queue messages are the ones whose destination is a `/queue/…`.
+fn message_queue(message: &Message) -> Option<Arc<str>> {
+    message.destination.starts_with("/queue/").then(|| Arc::from(message.destination.as_str()))
+}
+
+fn coalesce(state: &mut State, sub: &Arc<str>, message: &Arc<Message>) -> Option<Delivery> {
+    let new = message.coalesce.as_ref().filter(|c| c.replaceable)?;
+    // The newest unwritten message about the same key decides: a status change is kept.
+    let older = state.items.iter_mut().rev().find_map(|item| match item {
+        Outgoing::Deliver { sub: s, ack: None, message: m }
+            if s == sub && m.coalesce.as_ref().is_some_and(|c| c.key == new.key) =>
+        {
+            Some(m)
+        }
+        _ => None,
+    })?;
+    if !older.coalesce.as_ref().is_some_and(|c| c.replaceable) {
+        return None;
+    }
+    *older = message.clone();
+    Some(Delivery::Coalesced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::{Coalesce, Publication};
+
+    fn progress(task: &str, value: u32, replaceable: bool) -> Arc<Message> {
+        let body = format!(r#"{{"taskNo":"{task}","progress":{value}}}"#);
+        let publication =
+            Publication::json(body).coalesce(Coalesce { key: Arc::from(task), replaceable });
+        Arc::new(Message::new(
+            format!("m{value}"),
+            "/user/queue/tasks-progress".into(),
+            publication,
+        ))
+    }
+
+    fn bodies(outbox: &Outbox) -> Vec<String> {
+        let state = outbox.lock();
+        state
+            .items
+            .iter()
+            .map(|item| match item {
+                Outgoing::Deliver { message, .. } => {
+                    String::from_utf8(message.body.to_vec()).unwrap()
+                }
+                Outgoing::Frame(bytes) => {
+                    String::from_utf8_lossy(bytes).lines().next().unwrap().to_owned()
+                }
+                Outgoing::Close => "CLOSE".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_full_buffer_merges_progress_but_keeps_status_changes() {
+        let sub: Arc<str> = Arc::from("s");
+        let one = progress("T1", 0, false).cost();
+        let outbox = Outbox::new(1, one * 3 + 4, 10);
+        let deliver = |m: Arc<Message>| outbox.deliver(&sub, AckMode::Auto, &m, None);
+        assert_eq!(deliver(progress("T1", 0, false)), Delivery::Queued); // status: processing
+        assert_eq!(deliver(progress("T1", 10, true)), Delivery::Queued);
+        assert_eq!(deliver(progress("T2", 5, true)), Delivery::Queued);
+        // Full: newer progress replaces the newest unwritten one of the same task.
+        assert_eq!(deliver(progress("T1", 20, true)), Delivery::Coalesced);
+        assert_eq!(deliver(progress("T2", 50, true)), Delivery::Coalesced);
+        assert_eq!(
+            bodies(&outbox),
+            [
+                r#"{"taskNo":"T1","progress":0}"#,
+                r#"{"taskNo":"T1","progress":20}"#,
+                r#"{"taskNo":"T2","progress":50}"#
+            ]
+        );
+        // A status change cannot be merged: the connection fails with an ERROR saying why.
+        assert_eq!(deliver(progress("T1", 100, false)), Delivery::Closed);
+        let items = bodies(&outbox);
+        assert_eq!(items.len(), 2);
+        assert_eq!((items[0].as_str(), items[1].as_str()), ("ERROR", "CLOSE"));
+        assert!(outbox.is_closed());
+    }
+
+    #[test]
+    fn progress_never_merges_across_a_status_change() {
+        let sub: Arc<str> = Arc::from("s");
+        let one = progress("T1", 0, false).cost();
+        let outbox = Outbox::new(1, one * 2 + 4, 10);
+        let deliver = |m: Arc<Message>| outbox.deliver(&sub, AckMode::Auto, &m, None);
+        deliver(progress("T1", 10, true));
+        deliver(progress("T1", 0, false)); // e.g. "failed" after a progress value
+        // The newest T1 item is a status change: merging into the older progress would
+        // reorder them, so the connection is cut instead.
+        assert_eq!(deliver(progress("T1", 30, true)), Delivery::Closed);
+    }
+
+    #[test]
+    fn unacked_deliveries_settle_individually_or_cumulatively() {
+        let sub: Arc<str> = Arc::from("s");
+        let outbox = Outbox::new(1, usize::MAX, 3);
+        let queue: Arc<str> = Arc::from("/queue/q");
+        for n in 0..3 {
+            let m = progress("T", n, false);
+            assert_eq!(outbox.deliver(&sub, AckMode::Client, &m, Some(&queue)), Delivery::Queued);
+        }
+        assert_eq!(
+            outbox.deliver(&sub, AckMode::Client, &progress("T", 9, false), None),
+            Delivery::AckLimit
+        );
+        let settled = outbox.settle_with(1, |_| true).unwrap();
+        assert_eq!(settled.len(), 2, "ack 1 also settles ack 0");
+        assert!(outbox.settle_with(0, |_| true).is_none());
+        assert_eq!(outbox.find_ack("m2", Some("s")), Some(2));
+        let leftovers = outbox.finish();
+        assert_eq!(leftovers.redeliver.len(), 1, "the unacknowledged queue message comes back");
+    }
+}

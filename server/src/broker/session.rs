@@ -1,0 +1,528 @@
+//! One STOMP connection's state machine: bytes in, effects on the broker and frames queued
+//! in the [`Outbox`]. No sockets and no clocks here; the transport owns both and reports
+//! timeouts, so this is testable by feeding bytes.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use taskpulse_shared::stomp::{
+    AckMode, Acknowledge, ClientCommand, ClientFrame, Connect, DecodeError, Decoder, Frame,
+    HeartBeat, Limits, Send, ServerCommand, Subscribe, Version,
+};
+
+use super::{Broker, Destination, Outbox, RouteError, Subscriber};
+
+/// What the transport knows about the connection before CONNECT.
+#[derive(Debug, Clone, Default)]
+pub struct TransportInfo {
+    /// The negotiated WebSocket subprotocol's version (`v12.stomp` -> 1.2), if any.
+    pub subprotocol: Option<Version>,
+    /// An `access_token` query parameter, for clients that cannot set headers.
+    pub access_token: Option<String>,
+    /// The peer, for logs.
+    pub peer: String,
+}
+
+/// Whether the transport should keep reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep going.
+    Continue,
+    /// The session is over: stop reading, let the writer finish the outbox, close.
+    Close,
+}
+
+#[derive(Debug)]
+struct Subscription {
+    destination: Destination,
+    ack: AckMode,
+}
+
+/// A SEND or ACK/NACK held back until its transaction commits.
+#[derive(Debug)]
+enum Deferred {
+    Send(Send),
+    Settle(Acknowledge, bool),
+}
+
+#[derive(Debug)]
+struct Connected {
+    principal: Arc<str>,
+    version: Version,
+    send_every: Duration,
+    expect_within: Duration,
+    subscriptions: HashMap<String, Subscription>,
+    transactions: HashMap<String, Vec<Deferred>>,
+}
+
+/// One client's session.
+#[derive(Debug)]
+pub struct Session {
+    broker: Broker,
+    outbox: Arc<Outbox>,
+    decoder: Decoder,
+    transport: TransportInfo,
+    connected: Option<Connected>,
+    closed: bool,
+}
+
+/// A problem with a client frame: ERROR `message`, and the body explaining it.
+struct Refusal {
+    message: &'static str,
+    body: String,
+}
+
+fn refuse(message: &'static str, body: impl Into<String>) -> Refusal {
+    Refusal { message, body: body.into() }
+}
+
+impl From<RouteError> for Refusal {
+    fn from(error: RouteError) -> Refusal {
+        let message = match &error {
+            RouteError::Destination(_) => "invalid destination",
+            RouteError::Forbidden { .. } => "not allowed",
+            RouteError::QueueFull { .. } => "queue full",
+            RouteError::NoHandler(_) => "unknown destination",
+            RouteError::Handler { .. } => "rejected by the application",
+        };
+        refuse(message, error.to_string())
+    }
+}
+
+impl Session {
+    /// A session awaiting CONNECT.
+    pub fn new(broker: Broker, transport: TransportInfo) -> Session {
+        let limits = &broker.settings().limits;
+        let decoder = Decoder::new(
+            Version::V1_2,
+            Limits {
+                max_frame_bytes: limits.frame_size,
+                max_headers: limits.headers,
+                max_header_line_bytes: limits.header_line,
+            },
+        );
+        let outbox = Arc::new(Outbox::new(
+            broker.next_session_id(),
+            limits.outbound_buffer,
+            limits.unacked_per_subscription,
+        ));
+        Session { broker, outbox, decoder, transport, connected: None, closed: false }
+    }
+
+    /// The queue the transport writes from.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// The principal, once connected.
+    pub fn principal(&self) -> Option<&str> {
+        self.connected.as_ref().map(|c| &*c.principal)
+    }
+
+    /// `(send a heart-beat after this much silence, close after this much silence)`; zero
+    /// durations mean never. Known after CONNECT.
+    pub fn heartbeat(&self) -> (Duration, Duration) {
+        self.connected.as_ref().map_or((Duration::ZERO, Duration::ZERO), |c| {
+            let tolerance = self.broker.settings().stomp.heartbeat_tolerance;
+            (c.send_every, c.expect_within.mul_f64(tolerance))
+        })
+    }
+
+    /// Feeds bytes received from the client.
+    pub fn on_bytes(&mut self, bytes: &[u8]) -> Flow {
+        if self.closed {
+            return Flow::Close;
+        }
+        self.decoder.feed(bytes);
+        loop {
+            match self.decoder.decode() {
+                Ok(Some(frame)) => {
+                    if self.on_frame(frame) == Flow::Close {
+                        return Flow::Close;
+                    }
+                }
+                Ok(None) => return Flow::Continue,
+                Err(error) => return self.malformed(&error),
+            }
+        }
+    }
+
+    /// The client closed its side; an incomplete frame is reported in the log.
+    pub fn on_eof(&mut self) {
+        if let Err(error) = self.decoder.finish() {
+            tracing::debug!(peer = %self.transport.peer, %error, "connection ended mid-frame");
+        }
+        self.closed = true;
+    }
+
+    /// No CONNECT arrived in time.
+    pub fn connect_timeout(&mut self) -> Flow {
+        let ms = self.broker.settings().stomp.connect_timeout_ms;
+        self.fail(
+            refuse("connect timeout", format!("No CONNECT frame arrived within {ms} ms.")),
+            None,
+        )
+    }
+
+    /// Nothing arrived for longer than the negotiated heart-beat allows.
+    pub fn heartbeat_timeout(&mut self) -> Flow {
+        let (_, within) = self.heartbeat();
+        self.fail(
+            refuse(
+                "heart-beat timeout",
+                format!("Nothing was received from the client for {} ms.", within.as_millis()),
+            ),
+            None,
+        )
+    }
+
+    /// A transport-level problem the client should hear about (e.g. an oversize WebSocket
+    /// message).
+    pub fn transport_error(&mut self, message: &'static str, body: String) -> Flow {
+        self.fail(refuse(message, body), None)
+    }
+
+    fn malformed(&mut self, error: &DecodeError) -> Flow {
+        let message = match error {
+            DecodeError::FrameTooLarge { .. } => "frame too large",
+            DecodeError::TooManyHeaders { .. } => "too many headers",
+            DecodeError::HeaderLineTooLong { .. } => "header line too long",
+            _ => "malformed frame",
+        };
+        self.fail(refuse(message, error.to_string()), None)
+    }
+
+    fn fail(&mut self, refusal: Refusal, receipt: Option<String>) -> Flow {
+        tracing::debug!(peer = %self.transport.peer, error = refusal.message, detail = %refusal.body, "closing session");
+        self.outbox.fail(refusal.message, receipt, refusal.body);
+        self.closed = true;
+        Flow::Close
+    }
+
+    fn on_frame(&mut self, frame: Frame) -> Flow {
+        let receipt = frame.header("receipt").map(str::to_owned);
+        let result = match self.connected.as_ref().map(|c| c.version) {
+            None => self.on_connect(frame),
+            Some(version) => match ClientFrame::parse(frame, version) {
+                Err(error) => Err(refuse("malformed frame", error.to_string())),
+                Ok(parsed) => self.on_command(parsed.command),
+            },
+        };
+        match result {
+            Err(refusal) => self.fail(refusal, receipt),
+            Ok(flow) => {
+                if let Some(receipt_id) = receipt {
+                    self.outbox.send(ServerCommand::Receipt { receipt_id });
+                }
+                if flow == Flow::Close {
+                    self.outbox.close();
+                    self.closed = true;
+                }
+                flow
+            }
+        }
+    }
+
+    fn on_connect(&mut self, frame: Frame) -> Result<Flow, Refusal> {
+        let command = frame.command;
+        let parsed = ClientFrame::parse(frame, Version::V1_2)
+            .map_err(|e| refuse("malformed frame", e.to_string()))?;
+        let ClientCommand::Connect(connect) = parsed.command else {
+            return Err(refuse(
+                "not connected",
+                format!("The first frame must be CONNECT or STOMP, not {command}."),
+            ));
+        };
+        let version = self.negotiate_version(&connect)?;
+        let principal = match self
+            .broker
+            .authenticator()
+            .authenticate(&connect, self.transport.access_token.as_deref())
+        {
+            Ok(principal) => principal,
+            Err(reason) => {
+                tracing::info!(peer = %self.transport.peer, %reason, "STOMP authentication failed");
+                return Err(refuse("authentication failed", "The credentials were not accepted."));
+            }
+        };
+        let principal: Arc<str> = Arc::from(principal.name);
+        self.broker
+            .attach(&principal, &self.outbox)
+            .map_err(|reason| refuse("too many connections", reason))?;
+
+        let stomp = &self.broker.settings().stomp;
+        let clamp = |ms: u32| {
+            if ms == 0 { 0 } else { ms.clamp(stomp.heartbeat_min_ms, stomp.heartbeat_max_ms) }
+        };
+        let offer = connect.heart_beat;
+        let local =
+            HeartBeat { send_ms: clamp(offer.receive_ms), receive_ms: clamp(offer.send_ms) };
+        let (send_every, expect_within) =
+            if version == Version::V1_0 { (0, 0) } else { HeartBeat::negotiate(local, offer) };
+        self.decoder.set_version(version);
+        self.outbox.set_connected(version, Duration::from_millis(send_every.into()));
+        let label = connect.header("clientId").map(str::to_owned);
+        tracing::debug!(peer = %self.transport.peer, user = %principal, client_id = ?label, %version, "STOMP session opened");
+        self.outbox.send(ServerCommand::Connected {
+            version,
+            heart_beat: if version == Version::V1_0 { HeartBeat::default() } else { local },
+            server: Some(concat!("TaskPulse/", env!("CARGO_PKG_VERSION")).to_owned()),
+            session: Some(self.broker.session_label(self.outbox.id)),
+            user_name: Some(principal.to_string()),
+        });
+        self.connected = Some(Connected {
+            principal,
+            version,
+            send_every: Duration::from_millis(send_every.into()),
+            expect_within: Duration::from_millis(expect_within.into()),
+            subscriptions: HashMap::new(),
+            transactions: HashMap::new(),
+        });
+        Ok(Flow::Continue)
+    }
+
+    /// The highest version both accept; a WebSocket subprotocol caps it.
+    fn negotiate_version(&self, connect: &Connect) -> Result<Version, Refusal> {
+        let cap = self.transport.subprotocol.unwrap_or(Version::V1_2);
+        connect.accept_version.iter().copied().filter(|v| *v <= cap).max().ok_or_else(|| {
+            let offered: Vec<&str> = connect.accept_version.iter().map(|v| v.as_str()).collect();
+            refuse(
+                "unsupported version",
+                format!(
+                    "None of the offered versions [{}] is supported at most {cap}; this server speaks 1.0, 1.1 and 1.2.",
+                    offered.join(",")
+                ),
+            )
+        })
+    }
+
+    fn on_command(&mut self, command: ClientCommand) -> Result<Flow, Refusal> {
+        let connected = self.connected.as_mut().expect("commands arrive after CONNECT");
+        match command {
+            ClientCommand::Connect(_) => {
+                return Err(refuse("already connected", "This session is already connected."));
+            }
+            ClientCommand::Send(send) => match send.transaction.clone() {
+                Some(tx) => in_transaction(connected, &tx)?.push(Deferred::Send(send)),
+                None => self.apply_send(send)?,
+            },
+            ClientCommand::Subscribe(subscribe) => self.subscribe(subscribe)?,
+            ClientCommand::Unsubscribe { id } => {
+                let Some(subscription) = connected.subscriptions.remove(&id) else {
+                    return Err(refuse(
+                        "unknown subscription",
+                        format!("No subscription has id {id:?}."),
+                    ));
+                };
+                self.broker.unsubscribe(&subscription.destination, self.outbox.id, &id);
+                self.broker.redeliver(self.outbox.drop_subscription(&id));
+            }
+            ClientCommand::Ack(ack) => match ack.transaction.clone() {
+                Some(tx) => in_transaction(connected, &tx)?.push(Deferred::Settle(ack, false)),
+                None => self.settle(&ack, false)?,
+            },
+            ClientCommand::Nack(nack) => match nack.transaction.clone() {
+                Some(tx) => in_transaction(connected, &tx)?.push(Deferred::Settle(nack, true)),
+                None => self.settle(&nack, true)?,
+            },
+            ClientCommand::Begin { transaction } => {
+                if connected.transactions.contains_key(&transaction) {
+                    return Err(refuse(
+                        "transaction already begun",
+                        format!("Transaction {transaction:?} is already open."),
+                    ));
+                }
+                connected.transactions.insert(transaction, Vec::new());
+            }
+            ClientCommand::Commit { transaction } => {
+                let deferred = take_transaction(connected, &transaction)?;
+                for action in deferred {
+                    match action {
+                        Deferred::Send(send) => self.apply_send(send)?,
+                        Deferred::Settle(ack, nack) => self.settle(&ack, nack)?,
+                    }
+                }
+            }
+            ClientCommand::Abort { transaction } => {
+                take_transaction(connected, &transaction)?;
+            }
+            ClientCommand::Disconnect => return Ok(Flow::Close),
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn apply_send(&mut self, send: Send) -> Result<(), Refusal> {
+        let principal = self.principal().expect("connected").to_owned();
+        self.broker.client_send(&principal, &send.destination, send.headers, send.body)?;
+        Ok(())
+    }
+
+    fn subscribe(&mut self, subscribe: Subscribe) -> Result<(), Refusal> {
+        let limit = self.broker.settings().limits.subscriptions_per_connection;
+        let connected = self.connected.as_mut().expect("connected");
+        let destination = Destination::resolve(&subscribe.destination, &connected.principal)
+            .map_err(|e| refuse("invalid destination", e.to_string()))?;
+        if let Destination::App(name) = &destination {
+            return Err(refuse(
+                "invalid destination",
+                format!(
+                    "{name:?} is handled by the server; /app/** destinations cannot be subscribed to."
+                ),
+            ));
+        }
+        if connected.subscriptions.contains_key(&subscribe.id) {
+            return Err(refuse(
+                "duplicate subscription",
+                format!(
+                    "A subscription with id {:?} already exists on this connection.",
+                    subscribe.id
+                ),
+            ));
+        }
+        if connected.subscriptions.len() >= limit {
+            return Err(refuse(
+                "too many subscriptions",
+                format!(
+                    "This connection already has {limit} subscriptions (limits.subscriptions_per_connection)."
+                ),
+            ));
+        }
+        let subscriber = Subscriber {
+            outbox: self.outbox.clone(),
+            sub: Arc::from(subscribe.id.as_str()),
+            ack: subscribe.ack,
+        };
+        connected.subscriptions.insert(
+            subscribe.id,
+            Subscription { destination: destination.clone(), ack: subscribe.ack },
+        );
+        self.broker.subscribe(&destination, subscriber);
+        Ok(())
+    }
+
+    fn settle(&mut self, ack: &Acknowledge, nack: bool) -> Result<(), Refusal> {
+        let connected = self.connected.as_ref().expect("connected");
+        let unknown = || {
+            refuse(
+                "unknown message",
+                format!("No delivery awaiting acknowledgement has id {:?}.", ack.id),
+            )
+        };
+        let id = if connected.version >= Version::V1_2 {
+            ack.id.parse::<u64>().map_err(|_| unknown())?
+        } else {
+            self.outbox.find_ack(&ack.id, ack.subscription.as_deref()).ok_or_else(unknown)?
+        };
+        // Cumulative ACK applies to `client` subscriptions; which one is known from the id.
+        let cumulative =
+            |sub: &str| connected.subscriptions.get(sub).is_some_and(|s| s.ack == AckMode::Client);
+        let settled = self.outbox.settle_with(id, cumulative).ok_or_else(unknown)?;
+        self.broker.settled(settled, nack, self.outbox.id);
+        Ok(())
+    }
+
+    /// Leaves the broker: subscriptions removed, unacknowledged queue messages redelivered.
+    pub fn end(mut self) {
+        if let Some(connected) = self.connected.take() {
+            for (id, subscription) in &connected.subscriptions {
+                self.broker.unsubscribe(&subscription.destination, self.outbox.id, id);
+            }
+            self.broker.detach(self.outbox.id);
+        }
+        self.broker.redeliver(self.outbox.finish());
+    }
+}
+
+fn in_transaction<'a>(
+    connected: &'a mut Connected,
+    tx: &str,
+) -> Result<&'a mut Vec<Deferred>, Refusal> {
+    connected.transactions.get_mut(tx).ok_or_else(|| unknown_transaction(tx))
+}
+
+fn take_transaction(connected: &mut Connected, tx: &str) -> Result<Vec<Deferred>, Refusal> {
+    connected.transactions.remove(tx).ok_or_else(|| unknown_transaction(tx))
+}
+
+fn unknown_transaction(tx: &str) -> Refusal {
+    refuse("unknown transaction", format!("No transaction {tx:?} was begun on this connection."))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use taskpulse_shared::stomp::Command;
+
+    use super::*;
+    use crate::{
+        broker::{Authenticator, Claims, Publication},
+        config::Settings,
+    };
+
+    fn broker() -> Broker {
+        let mut settings = Settings::default();
+        settings.jwt.secret = "unit".into();
+        let auth =
+            Authenticator::new(&settings.jwt, &settings.auth, std::path::Path::new(".")).unwrap();
+        Broker::new(settings, auth)
+    }
+
+    /// Drains the outbox as a transport would and returns each frame's first line.
+    async fn written(session: &Session) -> Vec<String> {
+        let mut batch = VecDeque::new();
+        session.outbox().next_batch(&mut batch).await;
+        batch
+            .iter()
+            .map(|item| {
+                let mut out = Vec::new();
+                match item.encode(Version::V1_2, &mut out) {
+                    Some(_) => String::from_utf8_lossy(&out).lines().next().unwrap().to_owned(),
+                    None => "CLOSE".into(),
+                }
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn connect_subscribe_deliver_disconnect_without_a_socket() {
+        let broker = broker();
+        let token = broker.authenticator().issue(&Claims {
+            sub: "alice".into(),
+            exp: u64::MAX / 2,
+            nbf: None,
+            iat: None,
+            jti: None,
+        });
+        let mut session = Session::new(broker.clone(), TransportInfo::default());
+        let connect =
+            format!("CONNECT\naccept-version:1.2\nAuthorization:Bearer {}\n\n\0", token.unwrap());
+        assert_eq!(session.on_bytes(connect.as_bytes()), Flow::Continue);
+        assert_eq!(session.principal(), Some("alice"));
+        let subscribe = "SUBSCRIBE\nid:0\ndestination:/user/queue/tasks-progress\nreceipt:r\n\n\0";
+        assert_eq!(session.on_bytes(subscribe.as_bytes()), Flow::Continue);
+        assert_eq!(written(&session).await, ["CONNECTED", "RECEIPT"]);
+
+        assert_eq!(
+            broker.send_to_user("alice", "/queue/tasks-progress", Publication::json("{}")),
+            1
+        );
+        assert_eq!(broker.send_to_user("bob", "/queue/tasks-progress", Publication::json("{}")), 0);
+        assert_eq!(written(&session).await, ["MESSAGE"]);
+
+        assert_eq!(session.on_bytes(b"DISCONNECT\nreceipt:bye\n\n\0"), Flow::Close);
+        assert_eq!(written(&session).await, ["RECEIPT", "CLOSE"]);
+        session.end();
+        assert_eq!(broker.session_count(), 0);
+        assert_eq!(
+            broker.send_to_user("alice", "/queue/tasks-progress", Publication::json("{}")),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bad_frame_before_connect_is_an_error() {
+        let mut session = Session::new(broker(), TransportInfo::default());
+        assert_eq!(session.on_bytes(b"SEND\ndestination:/queue/a\n\n\0"), Flow::Close);
+        assert_eq!(written(&session).await, [Command::Error.as_str(), "CLOSE"]);
+    }
+}

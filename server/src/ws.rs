@@ -1,0 +1,190 @@
+//! The WebSocket transport at `/ws`: negotiates the STOMP subprotocol, feeds received bytes
+//! to a [`Session`], writes its [`Outbox`], and keeps the clocks (CONNECT deadline,
+//! heart-beats) the session itself does not have.
+
+use std::{collections::VecDeque, net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{
+    Extension,
+    extract::{
+        ConnectInfo, Query, State,
+        ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
+    },
+    response::Response,
+};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt, stream::SplitSink, stream::SplitStream};
+use taskpulse_shared::stomp::Version;
+use tokio::time::Instant;
+
+use crate::{
+    AppState,
+    broker::{Broker, Flow, Outbox, Outgoing, Session, TransportInfo},
+};
+
+/// Subprotocols in order of preference.
+const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
+
+/// How long a closing session's writer may take to deliver its last frames.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Query parameters of the WebSocket URL.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct WsQuery {
+    access_token: Option<String>,
+}
+
+/// `GET /ws`: upgrade to a STOMP session.
+pub(crate) async fn upgrade(
+    State(state): State<AppState>,
+    Query(query): Query<WsQuery>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let limits = &state.broker.settings().limits;
+    // Room for a maximal frame plus a few small ones in the same message; larger messages
+    // are refused by tungstenite before they are buffered.
+    let max_message = limits.frame_size.saturating_mul(4);
+    let ws = ws
+        .protocols(SUBPROTOCOLS)
+        .read_buffer_size(limits.ws_read_buffer)
+        .write_buffer_size(limits.ws_write_buffer)
+        .max_message_size(max_message)
+        .max_frame_size(max_message);
+    let info = TransportInfo {
+        subprotocol: ws
+            .selected_protocol()
+            .and_then(|p| p.to_str().ok())
+            .and_then(Version::from_subprotocol),
+        access_token: query.access_token,
+        peer: peer
+            .map_or_else(|| "unknown".into(), |Extension(ConnectInfo(addr))| addr.to_string()),
+    };
+    let broker = state.broker.clone();
+    ws.on_upgrade(move |socket| serve(socket, broker, info))
+}
+
+/// Runs one STOMP session over `socket` until either side ends it.
+async fn serve(socket: WebSocket, broker: Broker, info: TransportInfo) {
+    let stomp = broker.settings().stomp.clone();
+    let mut session = Session::new(broker, info);
+    let outbox = session.outbox().clone();
+    let (sink, stream) = socket.split();
+    let mut writer = tokio::spawn(write(sink, outbox, stomp.always_binary));
+    let connect_deadline = Instant::now() + Duration::from_millis(stomp.connect_timeout_ms);
+    // The writer also ends sessions the broker closed (slow consumer, shutdown): then
+    // there is nothing more to read.
+    let flow = tokio::select! {
+        flow = read(&mut session, stream, connect_deadline) => flow,
+        _ = &mut writer => {
+            session.end();
+            return;
+        }
+    };
+    if flow == Flow::Close {
+        // Let the writer send what is left (RECEIPT, ERROR) before the socket closes.
+        if tokio::time::timeout(CLOSE_GRACE, &mut writer).await.is_err() {
+            writer.abort();
+        }
+    } else {
+        writer.abort();
+    }
+    session.end();
+}
+
+/// Reads until the session closes ([`Flow::Close`]) or the client goes away
+/// ([`Flow::Continue`]: nothing more to write).
+async fn read(
+    session: &mut Session,
+    mut stream: SplitStream<WebSocket>,
+    connect_deadline: Instant,
+) -> Flow {
+    let mut last_seen = Instant::now();
+    loop {
+        let connected = session.principal().is_some();
+        let (_, silence) = session.heartbeat();
+        let deadline = if !connected {
+            Some(connect_deadline)
+        } else if !silence.is_zero() {
+            Some(last_seen + silence)
+        } else {
+            None
+        };
+        let next = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(next) => next,
+                Err(_) if connected => return session.heartbeat_timeout(),
+                Err(_) => return session.connect_timeout(),
+            },
+            None => stream.next().await,
+        };
+        last_seen = Instant::now();
+        let flow = match next {
+            None | Some(Ok(Message::Close(_))) => {
+                session.on_eof();
+                return Flow::Continue;
+            }
+            Some(Err(error)) => {
+                return session
+                    .transport_error("websocket error", format!("The WebSocket failed: {error}."));
+            }
+            Some(Ok(Message::Text(text))) => session.on_bytes(text.as_bytes()),
+            Some(Ok(Message::Binary(bytes))) => session.on_bytes(&bytes),
+            // tungstenite answers pings itself; any traffic counts as a sign of life.
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
+        };
+        if flow == Flow::Close {
+            return Flow::Close;
+        }
+    }
+}
+
+/// Writes the outbox in batches (one flush per batch) and heart-beats during silence.
+async fn write(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Outbox>, always_binary: bool) {
+    let mut batch = VecDeque::new();
+    loop {
+        // Read each time: CONNECT sets it, and the CONNECTED frame wakes this loop.
+        let every = outbox.heartbeat_every();
+        if every.is_zero() {
+            outbox.next_batch(&mut batch).await;
+        } else if tokio::time::timeout(every, outbox.next_batch(&mut batch)).await.is_err() {
+            let beat = Message::Text(Utf8Bytes::from_static("\n"));
+            if sink.send(beat).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let version = outbox.version().unwrap_or(Version::V1_2);
+        for item in batch.drain(..) {
+            if let Outgoing::Close = item {
+                let _ = sink.flush().await;
+                let _ = sink.close().await;
+                return;
+            }
+            let mut buffer = Vec::with_capacity(512);
+            let Some(text) = item.encode(version, &mut buffer) else {
+                // Not dropped silently: the client is told and the session ends.
+                outbox.fail(
+                    "unrepresentable message",
+                    None,
+                    format!(
+                        "A message for this session has a header that STOMP {version} cannot carry."
+                    ),
+                );
+                continue;
+            };
+            let bytes = Bytes::from(buffer);
+            let message = if text && !always_binary {
+                Message::Text(Utf8Bytes::try_from(bytes).expect("checked UTF-8"))
+            } else {
+                Message::Binary(bytes)
+            };
+            if sink.feed(message).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! The real server on `127.0.0.1:0`, and a STOMP-over-WebSocket test client built on the
+//! `shared` codec and tokio-tungstenite.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use futures_util::{SinkExt, StreamExt};
+use taskpulse_server::{
+    AppState, Config,
+    broker::{Broker, Claims},
+};
+use taskpulse_shared::stomp::{Command, Decoder, Frame, Limits, Version};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::oneshot,
+    task::JoinHandle,
+};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
+};
+
+/// How long a test waits for something that should happen promptly.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(5);
+
+pub(crate) struct TestServer {
+    /// Kept so that the directories live as long as the server.
+    pub(crate) dirs: Vec<tempfile::TempDir>,
+    pub(crate) addr: SocketAddr,
+    pub(crate) broker: Broker,
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<std::io::Result<()>>,
+}
+
+impl TestServer {
+    pub(crate) async fn start(
+        data_dir: &Path,
+        ui_dir: &Path,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config = Config::new(addr, data_dir.to_path_buf());
+        config.ui_dir = ui_dir.to_path_buf();
+        config.settings.jwt.secret = "test-secret".into();
+        tweak(&mut config);
+        let state = AppState::new(config).unwrap();
+        let broker = state.broker.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(taskpulse_server::run(listener, state, async {
+            let _ = stopped.await;
+        }));
+        TestServer { dirs: Vec::new(), addr, broker, stop: Some(stop), handle }
+    }
+
+    /// A broker-focused server: fresh data directory, no UI, settings adjusted by `tweak`.
+    pub(crate) async fn stomp(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let data = tempfile::tempdir().unwrap();
+        let mut server = TestServer::start(data.path(), &data.path().join("no-ui"), tweak).await;
+        server.dirs.push(data);
+        server
+    }
+
+    /// A valid HS256 token for `user`, expiring in an hour.
+    pub(crate) fn token(&self, user: &str) -> String {
+        self.token_expiring(user, 3600)
+    }
+
+    /// A token for `user` whose `exp` is `seconds` from now (negative: already expired).
+    pub(crate) fn token_expiring(&self, user: &str, seconds: i64) -> String {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+        let claims = Claims {
+            sub: user.into(),
+            exp: (now + seconds) as u64,
+            nbf: None,
+            iat: None,
+            jti: None,
+        };
+        self.broker.authenticator().issue(&claims).unwrap()
+    }
+
+    pub(crate) fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Sends a GET and returns (status code, body).
+    pub(crate) async fn get(&self, path: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(self.addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        let status = answer[9..12].parse().unwrap();
+        let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        (status, body)
+    }
+
+    /// A STOMP 1.2 client connected as `user`.
+    pub(crate) async fn client(&self, user: &str) -> StompClient {
+        let mut client = StompClient::open(&self.ws_url(), &["v12.stomp"]).await;
+        let connected =
+            client.connect(&[("Authorization", &format!("Bearer {}", self.token(user)))]).await;
+        assert_eq!(connected.command, Command::Connected, "{connected:?}");
+        client
+    }
+
+    pub(crate) async fn stop(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A minimal STOMP client: frames out through the shared encoder, frames in through the
+/// shared decoder, over a real WebSocket.
+pub(crate) struct StompClient {
+    pub(crate) socket: Socket,
+    pub(crate) decoder: Decoder,
+    /// The negotiated subprotocol, if any.
+    pub(crate) subprotocol: Option<String>,
+    /// Kinds of WebSocket messages received: true for text.
+    pub(crate) text_messages: Vec<bool>,
+    /// Heart-beat EOLs received.
+    pub(crate) heartbeats: usize,
+    /// Frames read ahead while waiting for a RECEIPT.
+    pending: std::collections::VecDeque<Frame>,
+}
+
+impl StompClient {
+    /// Opens the WebSocket offering `subprotocols`.
+    pub(crate) async fn open(url: &str, subprotocols: &[&str]) -> StompClient {
+        let mut request = url.into_client_request().unwrap();
+        if !subprotocols.is_empty() {
+            request.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                HeaderValue::from_str(&subprotocols.join(", ")).unwrap(),
+            );
+        }
+        let (socket, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+        let subprotocol = response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .map(|v| v.to_str().unwrap().to_owned());
+        StompClient {
+            socket,
+            decoder: Decoder::new(Version::V1_2, Limits::unbounded()),
+            subprotocol,
+            text_messages: Vec::new(),
+            heartbeats: 0,
+            pending: Default::default(),
+        }
+    }
+
+    /// Sends CONNECT (accept-version 1.0-1.2 unless given) and returns the answer.
+    pub(crate) async fn connect(&mut self, headers: &[(&str, &str)]) -> Frame {
+        let mut frame = Frame::new(Command::Connect);
+        if !headers.iter().any(|(n, _)| *n == "accept-version") {
+            frame.headers.push("accept-version", "1.0,1.1,1.2");
+        }
+        frame.headers.push("host", "localhost");
+        for (name, value) in headers {
+            frame.headers.push(name, value);
+        }
+        self.send(&frame).await;
+        let answer = self.recv().await;
+        if let Some(version) = answer.header("version").and_then(Version::parse) {
+            self.decoder.set_version(version);
+        }
+        answer
+    }
+
+    /// Sends `frame` encoded as 1.2, in one text message.
+    pub(crate) async fn send(&mut self, frame: &Frame) {
+        let bytes = frame.to_bytes(Version::V1_2).unwrap();
+        self.send_raw(Message::Binary(bytes)).await;
+    }
+
+    pub(crate) async fn send_raw(&mut self, message: Message) {
+        self.socket.send(message).await.unwrap();
+    }
+
+    /// A frame built from `command` and `headers` (and `body`).
+    pub(crate) async fn frame(&mut self, command: Command, headers: &[(&str, &str)], body: &str) {
+        let mut frame = Frame::new(command);
+        for (name, value) in headers {
+            frame.headers.push(name, value);
+        }
+        self.send(&frame.with_body(body.as_bytes().to_vec())).await;
+    }
+
+    pub(crate) async fn subscribe(&mut self, id: &str, destination: &str, ack: &str) {
+        self.frame(
+            Command::Subscribe,
+            &[
+                ("id", id),
+                ("destination", destination),
+                ("ack", ack),
+                ("receipt", &format!("sub-{id}")),
+            ],
+            "",
+        )
+        .await;
+        // Queued messages may be dispatched before the RECEIPT is written; keep them.
+        let expected = format!("sub-{id}");
+        let mut early = Vec::new();
+        loop {
+            let frame = self.recv().await;
+            if frame.command == Command::Receipt {
+                assert_eq!(frame.header("receipt-id"), Some(expected.as_str()), "{frame:?}");
+                break;
+            }
+            assert_eq!(frame.command, Command::Message, "{frame:?}");
+            early.push(frame);
+        }
+        self.pending.extend(early);
+    }
+
+    pub(crate) async fn send_to(&mut self, destination: &str, body: &str) {
+        self.frame(
+            Command::Send,
+            &[("destination", destination), ("content-type", "text/plain")],
+            body,
+        )
+        .await;
+    }
+
+    /// The next frame, skipping heart-beats; panics after [`PATIENCE`].
+    pub(crate) async fn recv(&mut self) -> Frame {
+        self.try_recv(PATIENCE).await.expect("a frame within the patience window")
+    }
+
+    /// The next frame within `wait`, or `None` (timeout or connection closed).
+    pub(crate) async fn try_recv(&mut self, wait: Duration) -> Option<Frame> {
+        if let Some(frame) = self.pending.pop_front() {
+            return Some(frame);
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(frame) = self.decoder.decode().unwrap() {
+                return Some(frame);
+            }
+            let message =
+                tokio::time::timeout_at(deadline, self.socket.next()).await.ok()??.ok()?;
+            match message {
+                Message::Text(text) => {
+                    self.text_messages.push(true);
+                    self.count_heartbeats(text.as_bytes());
+                    self.decoder.feed(text.as_bytes());
+                }
+                Message::Binary(bytes) => {
+                    self.text_messages.push(false);
+                    self.decoder.feed(&bytes);
+                }
+                Message::Close(_) => return None,
+                _ => {}
+            }
+        }
+    }
+
+    fn count_heartbeats(&mut self, bytes: &[u8]) {
+        if bytes == b"\n" || bytes == b"\r\n" {
+            self.heartbeats += 1;
+        }
+    }
+
+    /// Asserts that nothing arrives within `wait`.
+    pub(crate) async fn expect_nothing(&mut self, wait: Duration) {
+        if let Some(frame) = self.try_recv(wait).await {
+            panic!("expected no frame, got {frame:?}");
+        }
+    }
+
+    /// Reads until the server closes the connection; returns the last frame seen.
+    pub(crate) async fn expect_error(&mut self) -> Frame {
+        let frame = self.recv().await;
+        assert_eq!(frame.command, Command::Error, "expected ERROR, got {frame:?}");
+        assert!(self.closed().await, "the connection closes after an ERROR");
+        frame
+    }
+
+    /// Whether the server closes the socket within [`PATIENCE`].
+    pub(crate) async fn closed(&mut self) -> bool {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            match tokio::time::timeout_at(deadline, self.socket.next()).await {
+                Err(_) => return false,
+                Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return true,
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+}
+
+/// `message`'s body as text.
+pub(crate) fn body(frame: &Frame) -> &str {
+    frame.body_text().unwrap()
+}
