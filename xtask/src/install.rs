@@ -110,6 +110,19 @@ fn locked_version(package: &str) -> Result<String, String> {
 /// Installs the Debian packages the tests need, or explains how when not root.
 pub(crate) fn test_packages() -> Result<(), String> {
     let missing: Vec<&str> = TEST_PACKAGES.into_iter().filter(|p| !deb_installed(p)).collect();
+    apt_install(&missing)
+}
+
+/// Node and npm, for the `@stomp/stompjs` interop suite; Debian's when none is on PATH.
+pub(crate) fn node() -> Result<(), String> {
+    let works = |program: &str| version_of(&PathBuf::from(program)).is_some();
+    if works("node") && works("npm") {
+        return Ok(());
+    }
+    apt_install(&["nodejs", "npm"])
+}
+
+fn apt_install(missing: &[&str]) -> Result<(), String> {
     if missing.is_empty() {
         return Ok(());
     }
@@ -125,7 +138,7 @@ pub(crate) fn test_packages() -> Result<(), String> {
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["install", "-y", "-q"])
-            .args(&missing),
+            .args(missing),
         &format!("installing {list} (apt-get)"),
     )
 }

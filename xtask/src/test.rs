@@ -57,11 +57,20 @@ impl Tally {
 }
 
 /// Sums `N passed` / `N failed` from libtest (`test result: ok. 3 passed; 0 failed`) and
-/// nextest (`Summary [..] 25 tests run: 24 passed, 1 failed, 0 skipped`) summary lines.
+/// nextest (`Summary [..] 25 tests run: 24 passed, 1 failed, 0 skipped`) summary lines, and
+/// node:test's TAP totals (`# pass 9`, `# fail 0`).
 fn counts(text: &str) -> (usize, usize) {
     let mut total = (0, 0);
     for line in text.lines() {
         let line = line.trim();
+        let tap =
+            |prefix: &str| line.strip_prefix(prefix).and_then(|n| n.trim().parse::<usize>().ok());
+        if let Some(n) = tap("# pass ") {
+            total.0 += n;
+        }
+        if let Some(n) = tap("# fail ") {
+            total.1 += n;
+        }
         let summary = line.starts_with("test result:") || line.starts_with("Summary [");
         if !summary {
             continue;
@@ -86,6 +95,7 @@ pub(crate) fn run() -> Result<(), String> {
     install::wasm_target()?;
     install::nextest()?;
     install::wasm_bindgen_cli()?;
+    install::node()?;
 
     let mut tally = Tally::default();
     tally.check("cargo fmt --check", quiet(cargo().args(["fmt", "--all", "--", "--check"])));
@@ -127,6 +137,7 @@ pub(crate) fn run() -> Result<(), String> {
                 .env("WASM_BINDGEN_TEST_TIMEOUT", "120"),
         ),
     );
+    tally.runner("@stomp/stompjs interop (Node)", stompjs_interop());
     tally.check("UI served and rendered in headless Chromium", ui_smoke());
 
     println!("xtask: finished in {} s", started.elapsed().as_secs());
@@ -188,7 +199,7 @@ fn ui_smoke() -> Result<(), String> {
     }
     let data = tempdir("taskpulse-smoke-data")?;
     let mut server =
-        ServerProcess::start(&root().join("target/debug/taskpulse-server"), &dist, &data)?;
+        ServerProcess::start(&root().join("target/debug/taskpulse-server"), &dist, &data, &[])?;
     let url = format!("http://{}/", server.addr);
     let health = http_get(&server.addr, "/healthz")?;
     if !health.contains("\"status\":\"ok\"") {
@@ -225,6 +236,35 @@ fn ui_smoke() -> Result<(), String> {
     }
 }
 
+/// The real `@stomp/stompjs` client from npm, on Node with `ws`, against the server binary.
+fn stompjs_interop() -> Result<String, String> {
+    let dir = root().join("server/tests/stompjs");
+    quiet(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir))
+        .map_err(|e| format!("npm ci in {}: {e}", dir.display()))?;
+    quiet(cargo().args(["build", "-p", "taskpulse-server"]))?;
+    let data = tempdir("taskpulse-interop-data")?;
+    let secret = "interop-secret";
+    let server = ServerProcess::start(
+        &root().join("target/debug/taskpulse-server"),
+        &data.join("no-ui"),
+        &data,
+        &[
+            ("TASKPULSE_JWT_SECRET", secret),
+            ("TASKPULSE_AUTHORIZATION_SEND_BY_USER", r#"{ backend = ["/user/**", "/topic/**"] }"#),
+        ],
+    )?;
+    let result = captured(
+        Command::new("node")
+            .args(["--test", "--test-reporter=tap", "interop.test.mjs"])
+            .current_dir(&dir)
+            .env("TASKPULSE_WS_URL", format!("ws://{}/ws", server.addr))
+            .env("TASKPULSE_JWT_SECRET", secret),
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&data);
+    result
+}
+
 /// Flags Chromium needs on this machine: headless, no sandbox as root, no network chatter.
 const CHROMIUM_FLAGS: [&str; 9] = [
     "--headless",
@@ -251,8 +291,14 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    fn start(binary: &Path, ui_dir: &Path, data_dir: &Path) -> Result<ServerProcess, String> {
+    fn start(
+        binary: &Path,
+        ui_dir: &Path,
+        data_dir: &Path,
+        envs: &[(&str, &str)],
+    ) -> Result<ServerProcess, String> {
         let mut child = Command::new(binary)
+            .envs(envs.iter().copied())
             .args(["--listen", "127.0.0.1:0", "--ui-dir"])
             .arg(ui_dir)
             .arg("--data-dir")
@@ -320,7 +366,9 @@ running 3 tests
 test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out
      Summary [   6.360s] 25 tests run: 24 passed, 1 failed, 0 skipped
 test result: FAILED. 1 passed; 2 failed; 0 ignored
-some line with 9 passed that is not a summary";
-        assert_eq!(counts(text), (28, 3));
+some line with 9 passed that is not a summary
+# pass 9
+# fail 1";
+        assert_eq!(counts(text), (37, 4));
     }
 }
