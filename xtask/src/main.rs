@@ -19,6 +19,8 @@ usage: cargo xtask <command>
                          ends with 'N passed, N failed'
   fuzz [SECONDS]         fuzz the STOMP decoder (default 300 s)
   bench                  run the codec benchmarks (criterion)
+  load [LOAD ARGS...]    start a release server and run the broker load tool
+                         (taskpulse-load --help lists scenarios and sizes)
 ";
 
 fn main() -> ExitCode {
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
         Some("test") => test::run(),
         Some("fuzz") => fuzz(args.get(1).map(String::as_str)),
         Some("bench") => bench(),
+        Some("load") => load(&args[1..]),
         Some("help" | "--help" | "-h") => {
             print!("{USAGE}");
             Ok(())
@@ -134,4 +137,36 @@ fn bench() -> Result<(), String> {
         cargo().args(["bench", "-p", "taskpulse-shared", "--bench", "codec"]),
         "codec benchmarks",
     )
+}
+
+/// Builds the server and the load tool in release mode, starts the server on an ephemeral
+/// port with a known secret, and runs the tool against it.
+fn load(extra: &[String]) -> Result<(), String> {
+    status(
+        cargo().args(["build", "--release", "-p", "taskpulse-server", "-p", "taskpulse-load"]),
+        "building the server and the load tool (release)",
+    )?;
+    let data = env::temp_dir().join(format!("taskpulse-load-{}", std::process::id()));
+    std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
+    let secret = "load-secret";
+    let server = test::ServerProcess::start(
+        &root().join("target/release/taskpulse-server"),
+        &data.join("no-ui"),
+        &data,
+        &[
+            ("TASKPULSE_JWT_SECRET", secret),
+            ("TASKPULSE_AUTHORIZATION_SEND_BY_USER", r#"{ bench = ["/topic/**"] }"#),
+        ],
+    )?;
+    let result = status(
+        Command::new(root().join("target/release/taskpulse-load"))
+            .args(["--url", &format!("ws://{}/ws", server.addr)])
+            .args(["--server-pid", &server.pid().to_string()])
+            .env("TASKPULSE_JWT_SECRET", secret)
+            .args(extra),
+        "running taskpulse-load",
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&data);
+    result
 }

@@ -285,13 +285,13 @@ fn tempdir(prefix: &str) -> Result<std::path::PathBuf, String> {
 }
 
 /// The server binary running on `127.0.0.1:0`; its address is read from its ready line.
-struct ServerProcess {
+pub(crate) struct ServerProcess {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
 }
 
 impl ServerProcess {
-    fn start(
+    pub(crate) fn start(
         binary: &Path,
         ui_dir: &Path,
         data_dir: &Path,
@@ -329,6 +329,10 @@ impl ServerProcess {
                 Err("the server did not report its address within 30 s".into())
             }
         }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn stop(&mut self) {

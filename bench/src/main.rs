@@ -1,0 +1,467 @@
+//! `taskpulse-load`: opens real STOMP-over-WebSocket connections to a running TaskPulse
+//! server and reports delivered messages/s, end-to-end latency, lost/duplicated/out-of-order
+//! deliveries, connections/s and server RSS per idle subscribed connection.
+//!
+//! It measures and prints; it asserts nothing. `cargo xtask load` starts a release server
+//! and runs every scenario; the figures go to docs/BENCHMARKS.md.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt, stream::SplitSink, stream::SplitStream};
+use taskpulse_shared::stomp::{Command, Decoder, Frame, Limits, Version};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
+};
+
+/// Command line.
+#[derive(Debug, Parser)]
+#[command(name = "taskpulse-load", about = "Load generator for the TaskPulse STOMP broker")]
+struct Args {
+    /// WebSocket URL of the server.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    url: String,
+    /// The server's HS256 secret (tokens are signed here).
+    #[arg(long, env = "TASKPULSE_JWT_SECRET")]
+    secret: String,
+    /// The server's process id, to read its RSS.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Which scenarios: broadcast, destinations, latency, connect, idle (comma-separated).
+    #[arg(long, default_value = "broadcast,destinations,latency,connect,idle")]
+    scenarios: String,
+    /// Subscribers for the broadcast scenario.
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Messages the broadcast scenario publishes.
+    #[arg(long, default_value_t = 500)]
+    messages: usize,
+    /// Destinations (one subscriber each) for the destinations scenario.
+    #[arg(long, default_value_t = 1000)]
+    destinations: usize,
+    /// Messages per destination in the destinations scenario.
+    #[arg(long, default_value_t = 200)]
+    per_destination: usize,
+    /// Target deliveries per second in the latency scenario.
+    #[arg(long, default_value_t = 20_000)]
+    rate: usize,
+    /// Connections opened in the connect scenario.
+    #[arg(long, default_value_t = 2000)]
+    connections: usize,
+    /// Idle subscribed connections in the idle scenario.
+    #[arg(long, default_value_t = 10_000)]
+    idle: usize,
+}
+
+type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
+type Stream = SplitStream<WebSocketStream<MaybeTlsStream<TcpStream>>>;
+
+/// One STOMP connection, split for concurrent reading and writing.
+struct Conn {
+    sink: Sink,
+    stream: Stream,
+    decoder: Decoder,
+}
+
+fn token(secret: &str, user: &str) -> String {
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        sub: &'a str,
+        exp: u64,
+    }
+    let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &Claims { sub: user, exp },
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing")
+}
+
+fn frame(command: Command, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Message {
+    let mut frame = Frame::new(command);
+    for (name, value) in headers {
+        frame.headers.push(name, value);
+    }
+    let bytes = frame.with_body(body).to_bytes(Version::V1_2).expect("encodable");
+    Message::Binary(bytes)
+}
+
+impl Conn {
+    /// WebSocket handshake, CONNECT with a JWT, CONNECTED.
+    async fn open(url: &str, token: &str) -> Result<Conn, String> {
+        let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("v12.stomp"));
+        let (socket, _) =
+            tokio_tungstenite::connect_async(request).await.map_err(|e| e.to_string())?;
+        let (sink, stream) = socket.split();
+        let mut conn =
+            Conn { sink, stream, decoder: Decoder::new(Version::V1_2, Limits::unbounded()) };
+        let auth = format!("Bearer {token}");
+        let connect = frame(
+            Command::Connect,
+            &[("accept-version", "1.2"), ("heart-beat", "0,0"), ("Authorization", &auth)],
+            Bytes::new(),
+        );
+        conn.sink.send(connect).await.map_err(|e| e.to_string())?;
+        let answer = conn.next().await.ok_or("closed before CONNECTED")?;
+        if answer.command != Command::Connected {
+            return Err(format!("{:?}: {:?}", answer.command, answer.header("message")));
+        }
+        Ok(conn)
+    }
+
+    async fn next(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(frame) = self.decoder.decode().ok()? {
+                return Some(frame);
+            }
+            match self.stream.next().await? {
+                Ok(Message::Text(t)) => self.decoder.feed(t.as_bytes()),
+                Ok(Message::Binary(b)) => self.decoder.feed(&b),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// SUBSCRIBE with a receipt, waiting for it.
+    async fn subscribe(&mut self, destination: &str) -> Result<(), String> {
+        let subscribe = frame(
+            Command::Subscribe,
+            &[("id", "0"), ("destination", destination), ("receipt", "s")],
+            Bytes::new(),
+        );
+        self.sink.send(subscribe).await.map_err(|e| e.to_string())?;
+        match self.next().await {
+            Some(f) if f.command == Command::Receipt => Ok(()),
+            other => Err(format!("expected RECEIPT, got {other:?}")),
+        }
+    }
+}
+
+/// What one subscriber saw.
+#[derive(Debug, Default)]
+struct Seen {
+    received: u64,
+    duplicates_or_reordered: u64,
+    latencies_us: Vec<u32>,
+}
+
+/// Nanoseconds since `epoch`, the shared clock of publishers and subscribers.
+fn now_ns(epoch: Instant) -> u64 {
+    epoch.elapsed().as_nanos() as u64
+}
+
+/// Reads MESSAGE frames with bodies `seq:sent_ns:padding` until `expected` arrived or the
+/// deadline passes.
+async fn consume(
+    mut conn: Conn,
+    expected: u64,
+    epoch: Instant,
+    deadline: Instant,
+    done: Arc<AtomicU64>,
+) -> Seen {
+    let mut seen = Seen::default();
+    let mut last: Option<u64> = None;
+    while seen.received < expected {
+        let next = tokio::time::timeout_at(deadline.into(), conn.next()).await;
+        let Ok(Some(frame)) = next else { break };
+        if frame.command != Command::Message {
+            eprintln!("unexpected {:?}: {:?}", frame.command, frame.header("message"));
+            break;
+        }
+        let arrived = now_ns(epoch);
+        let text = std::str::from_utf8(&frame.body).unwrap_or("");
+        let mut parts = text.splitn(3, ':');
+        let seq: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
+        let sent: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(arrived);
+        if last.is_some_and(|l| seq <= l) {
+            seen.duplicates_or_reordered += 1;
+        }
+        last = Some(seq);
+        seen.received += 1;
+        seen.latencies_us.push(((arrived.saturating_sub(sent)) / 1000) as u32);
+    }
+    done.fetch_add(1, Ordering::Relaxed);
+    seen
+}
+
+fn body(seq: u64, epoch: Instant, size: usize) -> String {
+    let head = format!("{seq}:{}:", now_ns(epoch));
+    let pad = size.saturating_sub(head.len());
+    head + &"x".repeat(pad)
+}
+
+/// Opens `n` connections `concurrency` at a time; returns them and the elapsed time.
+async fn open_many(
+    url: &str,
+    secret: &str,
+    users: impl Fn(usize) -> String,
+    n: usize,
+    concurrency: usize,
+) -> (Vec<Conn>, Duration) {
+    let started = Instant::now();
+    let results = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let next = Arc::new(AtomicU64::new(0));
+    let tokens: Arc<Vec<String>> = Arc::new((0..n).map(|i| token(secret, &users(i))).collect());
+    let started_open = Instant::now();
+    let workers: Vec<_> = (0..concurrency.min(n))
+        .map(|_| {
+            let (url, results, next, tokens) =
+                (url.to_owned(), results.clone(), next.clone(), tokens.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if i >= tokens.len() {
+                        break;
+                    }
+                    match Conn::open(&url, &tokens[i]).await {
+                        Ok(conn) => results.lock().unwrap().push(conn),
+                        Err(e) => eprintln!("connection {i} failed: {e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        let _ = worker.await;
+    }
+    let _ = started;
+    let elapsed = started_open.elapsed();
+    let conns = std::mem::take(&mut *results.lock().unwrap());
+    (conns, elapsed)
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx] as f64 / 1000.0
+}
+
+/// Prints one result line from the subscribers' observations.
+fn report(name: &str, seen: Vec<Seen>, expected_each: &[u64], elapsed: Duration) {
+    let delivered: u64 = seen.iter().map(|s| s.received).sum();
+    let expected: u64 = expected_each.iter().sum();
+    let reordered: u64 = seen.iter().map(|s| s.duplicates_or_reordered).sum();
+    let mut latencies: Vec<u32> = seen.into_iter().flat_map(|s| s.latencies_us).collect();
+    latencies.sort_unstable();
+    println!(
+        "{name}: {delivered} deliveries in {:.3} s = {:.0} deliveries/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; lost {}, duplicated or out of order {}",
+        elapsed.as_secs_f64(),
+        delivered as f64 / elapsed.as_secs_f64(),
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0),
+        expected.saturating_sub(delivered),
+        reordered,
+    );
+}
+
+/// Publishes `count` messages to destinations chosen by `destination(seq)`, as fast as
+/// possible or at `rate` messages/s, from one connection.
+async fn publish(
+    mut conn: Conn,
+    count: u64,
+    first: u64,
+    step: u64,
+    destination: impl Fn(u64) -> String,
+    rate: Option<f64>,
+    epoch: Instant,
+) {
+    let started = Instant::now();
+    for n in 0..count {
+        let seq = first + n * step;
+        if let Some(rate) = rate {
+            let due = started + Duration::from_secs_f64(n as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let dest = destination(seq);
+        let message = frame(Command::Send, &[("destination", &dest)], body(seq, epoch, 200));
+        if conn.sink.feed(message).await.is_err() {
+            eprintln!("publisher connection closed");
+            return;
+        }
+        if rate.is_some() || n % 32 == 31 {
+            let _ = conn.sink.flush().await;
+        }
+    }
+    let _ = conn.sink.flush().await;
+    // Keep the connection open until the server has read everything.
+    let receipt = frame(Command::Disconnect, &[("receipt", "bye")], Bytes::new());
+    let _ = conn.sink.send(receipt).await;
+    let _ = tokio::time::timeout(Duration::from_secs(60), conn.next()).await;
+}
+
+async fn broadcast(args: &Args, subscribers: usize, messages: u64, rate: Option<f64>, name: &str) {
+    let (mut subs, _) =
+        open_many(&args.url, &args.secret, |i| format!("sub{i}"), subscribers, 64).await;
+    for conn in &mut subs {
+        conn.subscribe("/topic/bench.broadcast").await.expect("subscribe");
+    }
+    let (mut publisher, _) = open_many(&args.url, &args.secret, |_| "bench".into(), 1, 1).await;
+    let publisher = publisher.pop().expect("publisher connected");
+    let epoch = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let done = Arc::new(AtomicU64::new(0));
+    let readers: Vec<_> = subs
+        .into_iter()
+        .map(|conn| tokio::spawn(consume(conn, messages, epoch, deadline, done.clone())))
+        .collect();
+    let started = Instant::now();
+    tokio::spawn(publish(
+        publisher,
+        messages,
+        0,
+        1,
+        |_| "/topic/bench.broadcast".into(),
+        rate,
+        epoch,
+    ));
+    let mut seen = Vec::new();
+    for reader in readers {
+        seen.push(reader.await.expect("reader"));
+    }
+    let expected = vec![messages; seen.len().max(subscribers)];
+    report(
+        &format!("{name} ({subscribers} subscribers x {messages} messages)"),
+        seen,
+        &expected,
+        started.elapsed(),
+    );
+}
+
+async fn destinations(args: &Args) {
+    let d = args.destinations;
+    let per = args.per_destination as u64;
+    let (mut subs, _) = open_many(&args.url, &args.secret, |i| format!("dest{i}"), d, 64).await;
+    for (i, conn) in subs.iter_mut().enumerate() {
+        conn.subscribe(&format!("/topic/bench.d{i}")).await.expect("subscribe");
+    }
+    let publishers = 4;
+    let (pubs, _) =
+        open_many(&args.url, &args.secret, |_| "bench".into(), publishers, publishers).await;
+    let epoch = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let done = Arc::new(AtomicU64::new(0));
+    let readers: Vec<_> = subs
+        .into_iter()
+        .map(|conn| tokio::spawn(consume(conn, per, epoch, deadline, done.clone())))
+        .collect();
+    let started = Instant::now();
+    let total = d as u64 * per;
+    for (p, conn) in pubs.into_iter().enumerate() {
+        // Publisher p sends seq p, p+P, p+2P, ...; destination = seq % d, so each destination
+        // receives increasing seqs.
+        let count = (total - p as u64).div_ceil(publishers as u64);
+        let d = d as u64;
+        tokio::spawn(publish(
+            conn,
+            count,
+            p as u64,
+            publishers as u64,
+            move |seq| format!("/topic/bench.d{}", seq % d),
+            None,
+            epoch,
+        ));
+    }
+    let mut seen = Vec::new();
+    for reader in readers {
+        seen.push(reader.await.expect("reader"));
+    }
+    // Destination i receives seqs i, i+d, i+2d…; with d a multiple of the publisher count
+    // they all come from publisher i % 4, so their order is defined and checked.
+    let expected = vec![per; d];
+    report(
+        &format!("destinations ({d} destinations x {per} messages, 4 publishers)"),
+        seen,
+        &expected,
+        started.elapsed(),
+    );
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let scenarios: Vec<&str> = args.scenarios.split(',').map(str::trim).collect();
+    for scenario in &scenarios {
+        match *scenario {
+            "broadcast" => {
+                broadcast(&args, args.subscribers, args.messages as u64, None, "broadcast").await
+            }
+            "destinations" => destinations(&args).await,
+            "latency" => {
+                // `rate` deliveries/s as 100 subscribers x rate/100 messages/s, for 5 s.
+                let subscribers = 100;
+                let per_second = args.rate as f64 / subscribers as f64;
+                let messages = (per_second * 5.0) as u64;
+                broadcast(
+                    &args,
+                    subscribers,
+                    messages,
+                    Some(per_second),
+                    &format!("latency at {} deliveries/s", args.rate),
+                )
+                .await;
+            }
+            "connect" => {
+                let (conns, elapsed) =
+                    open_many(&args.url, &args.secret, |i| format!("c{i}"), args.connections, 64)
+                        .await;
+                println!(
+                    "connect: {} connections (WebSocket handshake + JWT CONNECT + CONNECTED) in {:.3} s = {:.0} connections/s",
+                    conns.len(),
+                    elapsed.as_secs_f64(),
+                    conns.len() as f64 / elapsed.as_secs_f64()
+                );
+                drop(conns);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            "idle" => {
+                let before = args.server_pid.and_then(rss_kib);
+                let (mut conns, _) =
+                    open_many(&args.url, &args.secret, |i| format!("idle{i}"), args.idle, 64).await;
+                for conn in &mut conns {
+                    conn.subscribe("/user/queue/tasks-progress").await.expect("subscribe");
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let after = args.server_pid.and_then(rss_kib);
+                match (before, after) {
+                    (Some(b), Some(a)) => println!(
+                        "idle: {} subscribed connections; server RSS {b} KiB -> {a} KiB = {:.1} KiB per connection",
+                        conns.len(),
+                        (a.saturating_sub(b)) as f64 / conns.len() as f64
+                    ),
+                    _ => println!(
+                        "idle: {} subscribed connections (pass --server-pid for RSS)",
+                        conns.len()
+                    ),
+                }
+                drop(conns);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => eprintln!("unknown scenario {other:?}"),
+        }
+    }
+}
