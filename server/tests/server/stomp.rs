@@ -665,3 +665,44 @@ async fn shutdown_tells_sessions_why() {
     assert_eq!(error.header("message"), Some("server is shutting down"));
     stopping.await.unwrap();
 }
+
+#[tokio::test]
+async fn es256_tokens_validate_with_the_configured_public_key_and_alg_is_pinned() {
+    let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/server/keys");
+    let server = TestServer::stomp(|c| {
+        c.settings.jwt.algorithm = "ES256".into();
+        c.settings.jwt.public_key_file = keys.join("es256-public.pem");
+        c.settings.jwt.issuer = "https://issuer.example".into();
+    })
+    .await;
+    let private = std::fs::read(keys.join("es256-private.pem")).unwrap();
+    let exp =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+    let sign = |iss: &str| {
+        let claims = serde_json::json!({ "sub": "erin", "exp": exp, "iss": iss });
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(&private).unwrap();
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+            &claims,
+            &key,
+        )
+        .unwrap()
+    };
+    let mut good = StompClient::open(&server.ws_url(), &[]).await;
+    let bearer = format!("Bearer {}", sign("https://issuer.example"));
+    assert_eq!(good.connect(&[("Authorization", &bearer)]).await.header("user-name"), Some("erin"));
+
+    // Wrong issuer, and an HS256 token (alg not the pinned one), are refused.
+    let hs256 = {
+        let claims =
+            serde_json::json!({ "sub": "erin", "exp": exp, "iss": "https://issuer.example" });
+        let key = jsonwebtoken::EncodingKey::from_secret(b"test-secret");
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    };
+    for token in [sign("https://elsewhere.example"), hs256] {
+        let mut client = StompClient::open(&server.ws_url(), &[]).await;
+        let error = client.connect(&[("Authorization", &format!("Bearer {token}"))]).await;
+        assert_eq!(error.header("message"), Some("authentication failed"));
+    }
+    server.stop().await;
+}
