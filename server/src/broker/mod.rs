@@ -98,8 +98,12 @@ struct Queue {
     next: usize,
 }
 
-/// A connected session: its principal and its outbox.
-type OpenSession = (Arc<str>, Arc<Outbox>);
+/// Connected sessions by id (principal, outbox), and how many each principal has.
+#[derive(Debug, Default)]
+struct OpenSessions {
+    by_id: HashMap<u64, (Arc<str>, Arc<Outbox>)>,
+    per_user: HashMap<Arc<str>, usize>,
+}
 
 /// Key of fan-out routes: a topic name, or a user's private path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -121,7 +125,7 @@ struct Inner {
     routes: RwLock<HashMap<RouteKey, Vec<Subscriber>>>,
     queues: Mutex<HashMap<Arc<str>, Queue>>,
     /// Open sessions, for connection limits and shutdown.
-    sessions: Mutex<HashMap<u64, OpenSession>>,
+    sessions: Mutex<OpenSessions>,
     apps: RwLock<Vec<(String, AppHandler)>>,
     next_session: AtomicU64,
     next_message: AtomicU64,
@@ -213,19 +217,20 @@ impl Broker {
     /// transports have let go.
     pub async fn shutdown(&self, reason: &str, grace: Duration) {
         let open: Vec<Arc<Outbox>> =
-            lock(&self.inner.sessions).values().map(|(_, o)| o.clone()).collect();
+            lock(&self.inner.sessions).by_id.values().map(|(_, o)| o.clone()).collect();
         for outbox in open {
             outbox.fail(reason, None, format!("The server closed this connection: {reason}."));
         }
         let deadline = tokio::time::Instant::now() + grace;
-        while !lock(&self.inner.sessions).is_empty() && tokio::time::Instant::now() < deadline {
+        while !lock(&self.inner.sessions).by_id.is_empty() && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     /// Number of open STOMP sessions.
     pub fn session_count(&self) -> usize {
-        lock(&self.inner.sessions).len()
+        lock(&self.inner.sessions).by_id.len()
     }
 
     fn next_session_id(&self) -> u64 {
@@ -246,18 +251,27 @@ impl Broker {
     fn attach(&self, principal: &Arc<str>, outbox: &Arc<Outbox>) -> Result<(), String> {
         let limit = self.inner.settings.limits.connections_per_user;
         let mut sessions = lock(&self.inner.sessions);
-        let open = sessions.values().filter(|(user, _)| user == principal).count();
+        let open = sessions.per_user.get(principal).copied().unwrap_or(0);
         if open >= limit {
             return Err(format!(
                 "{principal:?} already has {open} open connections (limits.connections_per_user = {limit})"
             ));
         }
-        sessions.insert(outbox.id, (principal.clone(), outbox.clone()));
+        sessions.by_id.insert(outbox.id, (principal.clone(), outbox.clone()));
+        *sessions.per_user.entry(principal.clone()).or_default() += 1;
         Ok(())
     }
 
     fn detach(&self, id: u64) {
-        lock(&self.inner.sessions).remove(&id);
+        let mut sessions = lock(&self.inner.sessions);
+        if let Some((user, _)) = sessions.by_id.remove(&id)
+            && let Some(count) = sessions.per_user.get_mut(&user)
+        {
+            *count -= 1;
+            if *count == 0 {
+                sessions.per_user.remove(&user);
+            }
+        }
     }
 
     fn may_send(&self, principal: &str, destination: &Destination) -> bool {
