@@ -212,7 +212,6 @@ async fn open_many(
     n: usize,
     concurrency: usize,
 ) -> (Vec<Conn>, Duration) {
-    let started = Instant::now();
     let results = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let next = Arc::new(AtomicU64::new(0));
     let tokens: Arc<Vec<String>> = Arc::new((0..n).map(|i| token(secret, &users(i))).collect());
@@ -238,7 +237,6 @@ async fn open_many(
     for worker in workers {
         let _ = worker.await;
     }
-    let _ = started;
     let elapsed = started_open.elapsed();
     let conns = std::mem::take(&mut *results.lock().unwrap());
     (conns, elapsed)

@@ -445,12 +445,16 @@ impl Broker {
             return;
         }
         let mut queues = lock(&self.inner.queues);
+        let mut touched: Vec<Arc<str>> = Vec::new();
         // Oldest first at the front: push in reverse.
         for (name, message) in leftovers.redeliver.into_iter().rev() {
-            queues.entry(name).or_default().pending.push_front(Arc::new(message.redelivery()));
+            let queue = queues.entry(name.clone()).or_default();
+            queue.pending.push_front(Arc::new(message.redelivery()));
+            if !touched.contains(&name) {
+                touched.push(name);
+            }
         }
-        let names: Vec<Arc<str>> = queues.keys().cloned().collect();
-        for name in names {
+        for name in touched {
             if let Some(q) = queues.get_mut(&name) {
                 dispatch(&name, q, None);
             }

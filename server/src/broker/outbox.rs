@@ -99,6 +99,8 @@ struct State {
     next_ack: u64,
     unacked: BTreeMap<u64, Unacked>,
     unacked_per_sub: HashMap<Arc<str>, usize>,
+    /// Auto-ack queue deliveries dropped unwritten by [`Outbox::fail`], for redelivery.
+    unsent: Vec<(Arc<str>, Arc<Message>)>,
 }
 
 /// One connection's outbound queue; shared by the broker and the transport.
@@ -169,18 +171,10 @@ impl Outbox {
         state.items.push_back(Outgoing::Frame(bytes));
         state.items.push_back(Outgoing::Close);
         state.closed = true;
-        // Unwritten deliveries of queues stay in `unacked` only if they needed an ACK;
-        // keep auto ones too so that `finish` returns them.
-        for item in dropped {
-            if let Outgoing::Deliver { sub, ack: None, message } = item
-                && message_queue(&message).is_some()
-            {
-                let id = state.next_ack;
-                state.next_ack += 1;
-                let queue = message_queue(&message);
-                state.unacked.insert(id, Unacked { sub, message, queue });
-            }
-        }
+        // Unwritten queue deliveries that needed an ACK are still in `unacked`; keep the
+        // auto ones so that `finish` returns them too.
+        let unsent = unsent_queue_messages(dropped);
+        state.unsent.extend(unsent);
         drop(state);
         self.wake.notify_one();
     }
@@ -342,13 +336,9 @@ impl Outbox {
                 leftovers.redeliver.push((queue, unacked.message));
             }
         }
-        for item in std::mem::take(&mut state.items) {
-            if let Outgoing::Deliver { ack: None, message, .. } = item
-                && let Some(queue) = message_queue(&message)
-            {
-                leftovers.redeliver.push((queue, message));
-            }
-        }
+        leftovers.redeliver.append(&mut state.unsent);
+        let items = std::mem::take(&mut state.items);
+        leftovers.redeliver.extend(unsent_queue_messages(items));
         state.unacked_per_sub.clear();
         leftovers
     }
@@ -359,9 +349,18 @@ impl Outbox {
     }
 }
 
-/// Queue messages are the ones whose destination is a `/queue/…`.
-fn message_queue(message: &Message) -> Option<Arc<str>> {
-    message.destination.starts_with("/queue/").then(|| Arc::from(message.destination.as_str()))
+/// The auto-ack queue deliveries among `items` (those with an ack id are in `unacked`).
+fn unsent_queue_messages(
+    items: VecDeque<Outgoing>,
+) -> impl Iterator<Item = (Arc<str>, Arc<Message>)> {
+    items.into_iter().filter_map(|item| match item {
+        Outgoing::Deliver { ack: None, message, .. }
+            if message.destination.starts_with("/queue/") =>
+        {
+            Some((Arc::from(message.destination.as_str()), message))
+        }
+        _ => None,
+    })
 }
 
 fn coalesce(state: &mut State, sub: &Arc<str>, message: &Arc<Message>) -> Option<Delivery> {
