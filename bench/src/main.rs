@@ -17,7 +17,7 @@ use bytes::Bytes;
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt, stream::SplitSink, stream::SplitStream};
 use taskpulse_shared::stomp::{Command, Decoder, Frame, Limits, Version};
-use tokio::net::TcpStream;
+use tokio::{net::TcpStream, task::JoinHandle};
 use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream,
     tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
@@ -166,13 +166,7 @@ fn now_ns(epoch: Instant) -> u64 {
 
 /// Reads MESSAGE frames with bodies `seq:sent_ns:padding` until `expected` arrived or the
 /// deadline passes.
-async fn consume(
-    mut conn: Conn,
-    expected: u64,
-    epoch: Instant,
-    deadline: Instant,
-    done: Arc<AtomicU64>,
-) -> Seen {
+async fn consume(mut conn: Conn, expected: u64, epoch: Instant, deadline: Instant) -> Seen {
     let mut seen = Seen::default();
     let mut last: Option<u64> = None;
     while seen.received < expected {
@@ -194,7 +188,21 @@ async fn consume(
         seen.received += 1;
         seen.latencies_us.push(((arrived.saturating_sub(sent)) / 1000) as u32);
     }
-    done.fetch_add(1, Ordering::Relaxed);
+    seen
+}
+
+/// Starts one reader per subscriber, each expecting `expected` messages within 120 s.
+fn start_readers(subs: Vec<Conn>, expected: u64, epoch: Instant) -> Vec<JoinHandle<Seen>> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    subs.into_iter().map(|conn| tokio::spawn(consume(conn, expected, epoch, deadline))).collect()
+}
+
+/// Waits for every reader.
+async fn join_readers(readers: Vec<JoinHandle<Seen>>) -> Vec<Seen> {
+    let mut seen = Vec::with_capacity(readers.len());
+    for reader in readers {
+        seen.push(reader.await.expect("reader"));
+    }
     seen
 }
 
@@ -313,12 +321,7 @@ async fn broadcast(args: &Args, subscribers: usize, messages: u64, rate: Option<
     let (mut publisher, _) = open_many(&args.url, &args.secret, |_| "bench".into(), 1, 1).await;
     let publisher = publisher.pop().expect("publisher connected");
     let epoch = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let done = Arc::new(AtomicU64::new(0));
-    let readers: Vec<_> = subs
-        .into_iter()
-        .map(|conn| tokio::spawn(consume(conn, messages, epoch, deadline, done.clone())))
-        .collect();
+    let readers = start_readers(subs, messages, epoch);
     let started = Instant::now();
     tokio::spawn(publish(
         publisher,
@@ -329,10 +332,7 @@ async fn broadcast(args: &Args, subscribers: usize, messages: u64, rate: Option<
         rate,
         epoch,
     ));
-    let mut seen = Vec::new();
-    for reader in readers {
-        seen.push(reader.await.expect("reader"));
-    }
+    let seen = join_readers(readers).await;
     let expected = vec![messages; seen.len().max(subscribers)];
     report(
         &format!("{name} ({subscribers} subscribers x {messages} messages)"),
@@ -353,12 +353,7 @@ async fn destinations(args: &Args) {
     let (pubs, _) =
         open_many(&args.url, &args.secret, |_| "bench".into(), publishers, publishers).await;
     let epoch = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let done = Arc::new(AtomicU64::new(0));
-    let readers: Vec<_> = subs
-        .into_iter()
-        .map(|conn| tokio::spawn(consume(conn, per, epoch, deadline, done.clone())))
-        .collect();
+    let readers = start_readers(subs, per, epoch);
     let started = Instant::now();
     let total = d as u64 * per;
     for (p, conn) in pubs.into_iter().enumerate() {
@@ -376,10 +371,7 @@ async fn destinations(args: &Args) {
             epoch,
         ));
     }
-    let mut seen = Vec::new();
-    for reader in readers {
-        seen.push(reader.await.expect("reader"));
-    }
+    let seen = join_readers(readers).await;
     // Destination i receives seqs i, i+d, i+2d…; with d a multiple of the publisher count
     // they all come from publisher i % 4, so their order is defined and checked.
     let expected = vec![per; d];
