@@ -51,6 +51,49 @@ TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the fil
                                    task progress is coalesced, anything else disconnects
   ws_read_buffer = 4096            WebSocket read buffer per connection, bytes
   ws_write_buffer = 4096           WebSocket write buffer per connection, bytes
+
+[accounts]
+  registration = true      POST /api/auth/register is open; false refuses it (403)
+  token_ttl_s = 86400      lifetime of the tokens this server issues, seconds
+
+[tasks]
+  progress_interval_ms = 100   at most one progress push per task per interval (the latest
+                               value wins; status changes are never held back)
+  page_size = 20               default page of GET /api/tasks (at most 100)
+  max_prompt_chars = 2000      longest prompt accepted
+  result_url_ttl_s = 86400     lifetime of the signed resultUrl that <img src> can load
+  image_fetch_bytes = 10485760 largest input image fetched for image-to-image
+  image_fetch_timeout_ms = 10000
+
+[demo]
+  concurrency = 2          demo tasks running at once; the rest wait in a queue
+  duration_ms = 3000       how long one demo task takes (0: as fast as possible)
+  steps = 10               progress steps per demo task
+  size = 512               long edge of the rendered PNG, pixels
+
+[comfyui]
+  url = \"\"                 base URL of a ComfyUI server, e.g. \"http://127.0.0.1:8188\";
+                           when set, image tasks run there instead of on the demo executor
+  workflow_file = \"\"       text-to-image workflow (API format JSON) with {{prompt}},
+                           {{width}}, {{height}}, {{seed}} and {{checkpoint}} placeholders;
+                           empty: the built-in Stable Diffusion 1.5 workflow
+  img2img_workflow_file = \"\"  the same for image-to-image, with {{image}} (the uploaded
+                           input); empty: the built-in one
+  checkpoint = \"v1-5-pruned-emaonly.safetensors\"
+  concurrency = 1          prompts queued at ComfyUI at once (the GPU's semaphore)
+  timeout_s = 600          a prompt taking longer fails
+  reconnect_max_ms = 30000 longest wait between reconnects to ComfyUI's WebSocket
+
+[credits]
+  enabled = false          charge credits per task (reserved on submit, refunded on failure)
+  initial = 100            balance of a new account
+  text_to_image = 1        cost of one task of each kind
+  image_to_image = 2
+  external = 0
+
+[api]
+  keys = []                keys accepted in X-API-Key by POST /api/publish and
+                           POST /api/tasks/{taskNo}/progress (empty: both refuse)
 ";
 
 /// The command line. Everything else comes from [`Settings`].
@@ -219,6 +262,18 @@ pub struct Settings {
     pub stomp: StompSettings,
     /// Resource limits.
     pub limits: LimitSettings,
+    /// Registration and issued tokens.
+    pub accounts: AccountSettings,
+    /// The task service.
+    pub tasks: TaskSettings,
+    /// The built-in demo executor.
+    pub demo: DemoSettings,
+    /// The ComfyUI executor.
+    pub comfyui: ComfyUiSettings,
+    /// Per-user credits.
+    pub credits: CreditSettings,
+    /// Keys of backends that push progress or publish.
+    pub api: ApiSettings,
 }
 
 impl Settings {
@@ -241,6 +296,24 @@ impl Settings {
         }
         if self.limits.frame_size < 1024 {
             return Err(invalid("limits.frame_size", "must be at least 1024 bytes"));
+        }
+        if self.tasks.page_size == 0 || self.tasks.page_size > 100 {
+            return Err(invalid("tasks.page_size", "must be between 1 and 100"));
+        }
+        if self.demo.concurrency == 0 || self.comfyui.concurrency == 0 {
+            return Err(invalid("demo.concurrency/comfyui.concurrency", "must be at least 1"));
+        }
+        if self.demo.steps == 0 || self.demo.size < 16 || self.demo.size > 2048 {
+            return Err(invalid("demo.steps/demo.size", "steps >= 1, size in 16..=2048"));
+        }
+        if !self.comfyui.url.is_empty()
+            && !(self.comfyui.url.starts_with("http://")
+                || self.comfyui.url.starts_with("https://"))
+        {
+            return Err(invalid("comfyui.url", "must start with http:// or https://"));
+        }
+        if self.api.keys.iter().any(|k| k.len() < 16) {
+            return Err(invalid("api.keys", "each key must have at least 16 characters"));
         }
         for pattern in self.authorization.patterns() {
             if !pattern.starts_with('/') {
@@ -397,6 +470,143 @@ impl Default for LimitSettings {
             ws_write_buffer: 4096,
         }
     }
+}
+
+/// `[accounts]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccountSettings {
+    /// Whether anyone may register.
+    pub registration: bool,
+    /// Lifetime of issued tokens, seconds.
+    pub token_ttl_s: u64,
+}
+
+impl Default for AccountSettings {
+    fn default() -> Self {
+        AccountSettings { registration: true, token_ttl_s: 86_400 }
+    }
+}
+
+/// `[tasks]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaskSettings {
+    /// Least time between two progress pushes of one task.
+    pub progress_interval_ms: u64,
+    /// Default page size of the task list.
+    pub page_size: u32,
+    /// Longest prompt.
+    pub max_prompt_chars: usize,
+    /// Lifetime of signed result URLs.
+    pub result_url_ttl_s: u64,
+    /// Largest input image.
+    pub image_fetch_bytes: usize,
+    /// Time allowed to fetch an input image.
+    pub image_fetch_timeout_ms: u64,
+}
+
+impl Default for TaskSettings {
+    fn default() -> Self {
+        TaskSettings {
+            progress_interval_ms: 100,
+            page_size: 20,
+            max_prompt_chars: 2000,
+            result_url_ttl_s: 86_400,
+            image_fetch_bytes: 10 * 1024 * 1024,
+            image_fetch_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// `[demo]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemoSettings {
+    /// Tasks running at once.
+    pub concurrency: usize,
+    /// Duration of one task.
+    pub duration_ms: u64,
+    /// Progress steps per task.
+    pub steps: u32,
+    /// Long edge of the image.
+    pub size: u32,
+}
+
+impl Default for DemoSettings {
+    fn default() -> Self {
+        DemoSettings { concurrency: 2, duration_ms: 3000, steps: 10, size: 512 }
+    }
+}
+
+/// `[comfyui]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ComfyUiSettings {
+    /// Base URL; empty disables the executor.
+    pub url: String,
+    /// Text-to-image workflow template.
+    pub workflow_file: PathBuf,
+    /// Image-to-image workflow template.
+    pub img2img_workflow_file: PathBuf,
+    /// Checkpoint substituted for `{{checkpoint}}`.
+    pub checkpoint: String,
+    /// Prompts queued at once.
+    pub concurrency: usize,
+    /// Longest a prompt may run.
+    pub timeout_s: u64,
+    /// Longest reconnect backoff.
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for ComfyUiSettings {
+    fn default() -> Self {
+        ComfyUiSettings {
+            url: String::new(),
+            workflow_file: PathBuf::new(),
+            img2img_workflow_file: PathBuf::new(),
+            checkpoint: "v1-5-pruned-emaonly.safetensors".into(),
+            concurrency: 1,
+            timeout_s: 600,
+            reconnect_max_ms: 30_000,
+        }
+    }
+}
+
+/// `[credits]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CreditSettings {
+    /// Whether tasks cost credits.
+    pub enabled: bool,
+    /// Balance of a new account.
+    pub initial: i64,
+    /// Cost of a text-to-image task.
+    pub text_to_image: i64,
+    /// Cost of an image-to-image task.
+    pub image_to_image: i64,
+    /// Cost of an external task.
+    pub external: i64,
+}
+
+impl Default for CreditSettings {
+    fn default() -> Self {
+        CreditSettings {
+            enabled: false,
+            initial: 100,
+            text_to_image: 1,
+            image_to_image: 2,
+            external: 0,
+        }
+    }
+}
+
+/// `[api]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Accepted `X-API-Key` values.
+    pub keys: Vec<String>,
 }
 
 #[cfg(test)]

@@ -7,14 +7,16 @@
 pub mod broker;
 mod config;
 mod error;
+pub mod storage;
 mod web;
 mod ws;
 
 use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 
 pub use config::{
-    AuthSettings, AuthorizationSettings, Cli, Config, ConfigError, ConfigUser, JwtSettings,
-    LimitSettings, SETTINGS_HELP, Settings, StompSettings,
+    AccountSettings, ApiSettings, AuthSettings, AuthorizationSettings, Cli, ComfyUiSettings,
+    Config, ConfigError, ConfigUser, CreditSettings, DemoSettings, JwtSettings, LimitSettings,
+    SETTINGS_HELP, Settings, StompSettings, TaskSettings,
 };
 pub use error::AppError;
 use tokio::net::TcpListener;

@@ -59,9 +59,10 @@ impl fmt::Display for TaskStatus {
 
 /// One task's state as pushed to `/user/queue/tasks-progress` and returned by the task API.
 ///
-/// JSON: `{"taskNo","status","progress","message","resultUrl"?,"errorMessage"?}`; the
-/// optional fields are omitted when absent, never `null`. `progress` is 0..=100 and a
-/// document with a larger value is rejected.
+/// JSON: `{"taskNo","status","progress","message","resultUrl"?,"errorMessage"?,
+/// "queuePosition"?}`; the optional fields are omitted when absent, never `null`, so a
+/// document is exactly the seed's unless the task waits in a queue. `progress` is 0..=100 and
+/// a document with a larger value is rejected.
 ///
 /// ```
 /// use taskpulse_shared::{TaskProgressDto, TaskStatus};
@@ -92,6 +93,9 @@ pub struct TaskProgressDto {
     /// Why the task failed, once `failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_message: Option<String>,
+    /// While `queued`: how many tasks run before this one, plus one (1 = next).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u32>,
 }
 
 impl TaskProgressDto {
@@ -109,6 +113,7 @@ impl TaskProgressDto {
             message: message.into(),
             result_url: None,
             error_message: None,
+            queue_position: None,
         }
     }
 
@@ -202,6 +207,151 @@ pub enum SubmitTaskRequest {
         #[serde(default)]
         aspect_ratio: AspectRatio,
     },
+    /// Work done by another backend, which reports through `POST /api/tasks/{taskNo}/progress`.
+    #[serde(rename_all = "camelCase")]
+    External {
+        /// What the work is, for display.
+        #[serde(default)]
+        description: String,
+    },
+}
+
+/// What kind of work a task is; the `kind` of [`SubmitTaskRequest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskKind {
+    /// [`SubmitTaskRequest::TextToImage`].
+    TextToImage,
+    /// [`SubmitTaskRequest::ImageToImage`].
+    ImageToImage,
+    /// [`SubmitTaskRequest::External`].
+    External,
+}
+
+impl TaskKind {
+    /// The wire spelling, e.g. `"text-to-image"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::TextToImage => "text-to-image",
+            TaskKind::ImageToImage => "image-to-image",
+            TaskKind::External => "external",
+        }
+    }
+}
+
+impl SubmitTaskRequest {
+    /// The request's kind.
+    pub fn kind(&self) -> TaskKind {
+        match self {
+            SubmitTaskRequest::TextToImage { .. } => TaskKind::TextToImage,
+            SubmitTaskRequest::ImageToImage { .. } => TaskKind::ImageToImage,
+            SubmitTaskRequest::External { .. } => TaskKind::External,
+        }
+    }
+
+    /// The prompt, or an external task's description.
+    pub fn prompt(&self) -> &str {
+        match self {
+            SubmitTaskRequest::TextToImage { prompt, .. }
+            | SubmitTaskRequest::ImageToImage { prompt, .. } => prompt,
+            SubmitTaskRequest::External { description } => description,
+        }
+    }
+}
+
+/// A task as the task API lists it: its current [`TaskProgressDto`] (flattened) plus what was
+/// asked and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskDetails {
+    /// The current state, exactly as pushed.
+    #[serde(flatten)]
+    pub progress: TaskProgressDto,
+    /// What was submitted.
+    pub request: SubmitTaskRequest,
+    /// Submission time, milliseconds since the Unix epoch.
+    pub created_at: i64,
+    /// Last change, milliseconds since the Unix epoch.
+    pub updated_at: i64,
+    /// When it reached `completed` or `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<i64>,
+    /// Credits reserved or spent for it.
+    pub cost: i64,
+}
+
+/// One page of `GET /api/tasks`, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskPage {
+    /// The tasks of this page.
+    pub tasks: Vec<TaskDetails>,
+    /// Pass as `?before=` for the next (older) page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// One entry of `GET /api/tasks/{taskNo}/events`: a pushed update and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskEvent {
+    /// Milliseconds since the Unix epoch.
+    pub at: i64,
+    /// The update as it was pushed.
+    #[serde(flatten)]
+    pub progress: TaskProgressDto,
+}
+
+/// Body of `POST /api/tasks/{taskNo}/progress`: an external worker's report. Absent fields
+/// keep their value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProgressReport {
+    /// New status (`queued`, `processing`, `completed` or `failed`).
+    #[serde(default)]
+    pub status: Option<TaskStatus>,
+    /// Percentage done, 0..=100.
+    #[serde(default)]
+    pub progress: Option<u32>,
+    /// Detail of the current step.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Where the result is; required with `completed`.
+    #[serde(default)]
+    pub result_url: Option<String>,
+    /// Why it failed; required with `failed`.
+    #[serde(default)]
+    pub error_message: Option<String>,
+}
+
+/// Body of `POST /api/publish`: a notice for one user's or everyone's subscribers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    /// The user whose sessions receive it at `/user{destination}`; absent for a broadcast.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// `/queue/…` or `/topic/…` (for a user, the path after `/user`).
+    pub destination: String,
+    /// Any JSON document.
+    pub payload: serde_json::Value,
+}
+
+/// Answer to `POST /api/publish`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    /// How many subscriptions (or queue consumers) it was handed to right away.
+    pub delivered: usize,
+}
+
+/// Answer to `GET /api/me`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Me {
+    /// The principal.
+    pub username: String,
+    /// Credit balance; absent when credits are off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<i64>,
 }
 
 /// Answer to `POST /api/tasks`: the new task's number.

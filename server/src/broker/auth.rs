@@ -1,7 +1,11 @@
 //! Who is connecting: JWTs from CONNECT headers or the WebSocket URL, and configured
 //! login/passcode users. Failures carry a reason for the log, never for the client.
 
-use std::{collections::HashMap, path::Path};
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+    sync::RwLock,
+};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -42,6 +46,9 @@ pub enum AuthError {
     /// No Authorization header, passcode or access_token.
     #[error("no credentials: expected Authorization: Bearer, login/passcode or access_token")]
     NoCredentials,
+    /// The token's `jti` was revoked (its holder signed out).
+    #[error("token {0:?} was revoked")]
+    Revoked(String),
     /// The token did not validate.
     #[error("invalid token: {0}")]
     Token(#[from] jsonwebtoken::errors::Error),
@@ -66,6 +73,8 @@ pub struct Authenticator {
     encoding: Option<EncodingKey>,
     validation: Validation,
     users: HashMap<String, String>,
+    /// Revoked `jti`s; the storage keeps them across restarts.
+    revoked: RwLock<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -123,7 +132,14 @@ impl Authenticator {
             validation.set_audience(&[&jwt.audience]);
         }
         let users = auth.users.iter().map(|u| (u.login.clone(), u.passcode.clone())).collect();
-        Ok(Authenticator { algorithm, decoding, encoding, validation, users })
+        Ok(Authenticator {
+            algorithm,
+            decoding,
+            encoding,
+            validation,
+            users,
+            revoked: RwLock::default(),
+        })
     }
 
     /// Authenticates a CONNECT: `Authorization: Bearer`, then configured `login`/`passcode`,
@@ -166,12 +182,32 @@ impl Authenticator {
     /// # Errors
     /// An [`AuthError`] saying why.
     pub fn validate(&self, token: &str) -> Result<Principal, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)?;
-        let sub = data.claims.sub;
-        if sub.is_empty() || sub.chars().any(char::is_control) {
-            return Err(AuthError::BadPrincipal(sub));
+        let claims = self.validate_claims(token)?;
+        Ok(Principal { name: claims.sub, token_id: claims.jti })
+    }
+
+    /// Validates one token and returns its claims (logout needs `jti` and `exp`).
+    ///
+    /// # Errors
+    /// An [`AuthError`] saying why.
+    pub fn validate_claims(&self, token: &str) -> Result<Claims, AuthError> {
+        let claims =
+            jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)?.claims;
+        if claims.sub.is_empty() || claims.sub.chars().any(char::is_control) {
+            return Err(AuthError::BadPrincipal(claims.sub));
         }
-        Ok(Principal { name: sub, token_id: data.claims.jti })
+        if let Some(jti) = &claims.jti
+            && self.revoked.read().unwrap_or_else(|p| p.into_inner()).contains(jti)
+        {
+            return Err(AuthError::Revoked(jti.clone()));
+        }
+        Ok(claims)
+    }
+
+    /// Refuses tokens with this `jti` from now on (see [`super::Broker::revoke_token`], which
+    /// also closes their sessions).
+    pub fn revoke(&self, token_id: &str) {
+        self.revoked.write().unwrap_or_else(|p| p.into_inner()).insert(token_id.to_owned());
     }
 
     /// Signs `claims` with the HS256 secret; `None` when tokens are validated with a public

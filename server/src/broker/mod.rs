@@ -101,8 +101,17 @@ struct Queue {
 /// Connected sessions by id (principal, outbox), and how many each principal has.
 #[derive(Debug, Default)]
 struct OpenSessions {
-    by_id: HashMap<u64, (Arc<str>, Arc<Outbox>)>,
+    by_id: HashMap<u64, OpenSession>,
     per_user: HashMap<Arc<str>, usize>,
+}
+
+/// A connected session as the broker tracks it.
+#[derive(Debug)]
+struct OpenSession {
+    principal: Arc<str>,
+    /// The `jti` of the token it authenticated with, for revocation.
+    token_id: Option<Box<str>>,
+    outbox: Arc<Outbox>,
 }
 
 /// Key of fan-out routes: a topic name, or a user's private path.
@@ -217,7 +226,7 @@ impl Broker {
     /// transports have let go.
     pub async fn shutdown(&self, reason: &str, grace: Duration) {
         let open: Vec<Arc<Outbox>> =
-            lock(&self.inner.sessions).by_id.values().map(|(_, o)| o.clone()).collect();
+            lock(&self.inner.sessions).by_id.values().map(|s| s.outbox.clone()).collect();
         for outbox in open {
             outbox.fail(reason, None, format!("The server closed this connection: {reason}."));
         }
@@ -226,6 +235,25 @@ impl Broker {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Revokes a token: it is refused from now on, and every session that authenticated
+    /// with it is closed with ERROR `token revoked`. Returns how many were closed.
+    pub fn revoke_token(&self, token_id: &str) -> usize {
+        self.inner.auth.revoke(token_id);
+        let sessions = lock(&self.inner.sessions);
+        let mut closed = 0;
+        for session in sessions.by_id.values() {
+            if session.token_id.as_deref() == Some(token_id) {
+                session.outbox.fail(
+                    "token revoked",
+                    None,
+                    "The token this connection authenticated with was revoked (signed out).".into(),
+                );
+                closed += 1;
+            }
+        }
+        closed
     }
 
     /// Number of open STOMP sessions.
@@ -248,7 +276,12 @@ impl Broker {
     }
 
     /// Registers a connected session; refuses it beyond `limits.connections_per_user`.
-    fn attach(&self, principal: &Arc<str>, outbox: &Arc<Outbox>) -> Result<(), String> {
+    fn attach(
+        &self,
+        principal: &Arc<str>,
+        token_id: Option<&str>,
+        outbox: &Arc<Outbox>,
+    ) -> Result<(), String> {
         let limit = self.inner.settings.limits.connections_per_user;
         let mut sessions = lock(&self.inner.sessions);
         let open = sessions.per_user.get(principal).copied().unwrap_or(0);
@@ -257,14 +290,19 @@ impl Broker {
                 "{principal:?} already has {open} open connections (limits.connections_per_user = {limit})"
             ));
         }
-        sessions.by_id.insert(outbox.id, (principal.clone(), outbox.clone()));
+        let session = OpenSession {
+            principal: principal.clone(),
+            token_id: token_id.map(Box::from),
+            outbox: outbox.clone(),
+        };
+        sessions.by_id.insert(outbox.id, session);
         *sessions.per_user.entry(principal.clone()).or_default() += 1;
         Ok(())
     }
 
     fn detach(&self, id: u64) {
         let mut sessions = lock(&self.inner.sessions);
-        if let Some((user, _)) = sessions.by_id.remove(&id)
+        if let Some(OpenSession { principal: user, .. }) = sessions.by_id.remove(&id)
             && let Some(count) = sessions.per_user.get_mut(&user)
         {
             *count -= 1;

@@ -244,9 +244,10 @@ impl Session {
                 return Err(refuse("authentication failed", "The credentials were not accepted."));
             }
         };
+        let token_id = principal.token_id;
         let principal: Arc<str> = Arc::from(principal.name);
         self.broker
-            .attach(&principal, &self.outbox)
+            .attach(&principal, token_id.as_deref(), &self.outbox)
             .map_err(|reason| refuse("too many connections", reason))?;
 
         let stomp = &self.broker.settings().stomp;

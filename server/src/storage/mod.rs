@@ -1,0 +1,133 @@
+//! Durable state behind one small trait: accounts, revoked tokens, tasks and their pushed
+//! history. [`SqliteStorage`] is the default; another database implements [`Storage`].
+//!
+//! Every method is one transaction, so a crash leaves either the old or the new state.
+
+mod sqlite;
+
+use async_trait::async_trait;
+pub use sqlite::SqliteStorage;
+use taskpulse_shared::{
+    TaskProgressDto,
+    dto::{SubmitTaskRequest, TaskEvent, TaskStatus},
+};
+
+/// An account as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// The login name and STOMP principal.
+    pub username: String,
+    /// Argon2 PHC string.
+    pub password_hash: String,
+    /// Credit balance (meaningful when credits are on).
+    pub credits: i64,
+}
+
+/// A task as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRecord {
+    /// Insertion order; the list cursor.
+    pub id: i64,
+    /// Owner's principal.
+    pub owner: String,
+    /// What was asked.
+    pub request: SubmitTaskRequest,
+    /// The state last pushed (result URLs unsigned).
+    pub state: TaskProgressDto,
+    /// Credits reserved for it.
+    pub cost: i64,
+    /// Which executor runs it.
+    pub executor: String,
+    /// The executor's own id for it (ComfyUI's `prompt_id`).
+    pub external_ref: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+    /// Milliseconds since the Unix epoch.
+    pub updated_at: i64,
+    /// Milliseconds since the Unix epoch, once terminal.
+    pub finished_at: Option<i64>,
+}
+
+/// Which of a user's tasks to list.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskQuery<'a> {
+    /// Owner.
+    pub owner: &'a str,
+    /// Only tasks older than this id.
+    pub before: Option<i64>,
+    /// Only tasks in this status.
+    pub status: Option<TaskStatus>,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The username is taken.
+    #[error("user {0:?} already exists")]
+    UserExists(String),
+    /// The owner cannot pay for the task.
+    #[error("insufficient credits: the task costs {cost}, the balance is {balance}")]
+    InsufficientCredits {
+        /// Price of the task.
+        cost: i64,
+        /// What the user has.
+        balance: i64,
+    },
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The database failed to migrate.
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored document no longer parses.
+    #[error("corrupt row for {0}: {1}")]
+    Corrupt(String, String),
+}
+
+/// Durable state. Implementations are shared as `Arc<dyn Storage>`.
+#[async_trait]
+pub trait Storage: Send + Sync + std::fmt::Debug {
+    /// Creates an account.
+    ///
+    /// # Errors
+    /// [`StorageError::UserExists`] when the name is taken.
+    async fn create_user(&self, user: &UserRecord, now: i64) -> Result<(), StorageError>;
+
+    /// Looks an account up.
+    async fn user(&self, username: &str) -> Result<Option<UserRecord>, StorageError>;
+
+    /// Records a revoked token id until its expiry.
+    async fn revoke_token(&self, jti: &str, expires_at: i64) -> Result<(), StorageError>;
+
+    /// Token ids revoked and not yet expired at `now` (expired ones are forgotten).
+    async fn revoked_tokens(&self, now: i64) -> Result<Vec<String>, StorageError>;
+
+    /// Stores a new task and its first event, taking `task.cost` credits from the owner.
+    ///
+    /// # Errors
+    /// [`StorageError::InsufficientCredits`] when the balance is below the cost.
+    async fn insert_task(&self, task: &TaskRecord) -> Result<(), StorageError>;
+
+    /// Stores a task's new state and appends it to the history, unless the task is already
+    /// terminal (then nothing changes and `false` is returned). A `failed` state refunds the
+    /// task's cost to the owner in the same transaction.
+    async fn update_task(&self, state: &TaskProgressDto, at: i64) -> Result<bool, StorageError>;
+
+    /// Remembers the executor's id for a task.
+    async fn set_external_ref(&self, task_no: &str, external_ref: &str)
+    -> Result<(), StorageError>;
+
+    /// One task.
+    async fn task(&self, task_no: &str) -> Result<Option<TaskRecord>, StorageError>;
+
+    /// A page of one user's tasks, newest first.
+    async fn tasks(&self, query: TaskQuery<'_>) -> Result<Vec<TaskRecord>, StorageError>;
+
+    /// A task's pushed history, oldest first.
+    async fn events(&self, task_no: &str) -> Result<Vec<TaskEvent>, StorageError>;
+
+    /// Every task not yet `completed` or `failed`, oldest first.
+    async fn unfinished_tasks(&self) -> Result<Vec<TaskRecord>, StorageError>;
+}

@@ -1,0 +1,432 @@
+//! [`Storage`] on SQLite through sqlx: one file, WAL journal, migrations from
+//! `server/migrations/` compiled into the binary.
+//!
+//! A transaction committed before a `kill -9` survives it (WAL with `synchronous=NORMAL`
+//! loses at most the last commits on a power failure, never on a process crash).
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use sqlx::{
+    Row, SqlitePool,
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    },
+};
+use taskpulse_shared::{
+    TaskProgressDto,
+    dto::{TaskEvent, TaskStatus},
+};
+
+use super::{Storage, StorageError, TaskQuery, TaskRecord, UserRecord};
+
+/// SQLite-backed storage.
+#[derive(Debug, Clone)]
+pub struct SqliteStorage {
+    pool: SqlitePool,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+const TASK_COLUMNS: &str = "id, task_no, owner, request, status, progress, message, result_url, \
+     error_message, cost, executor, external_ref, created_at, updated_at, finished_at";
+
+impl SqliteStorage {
+    /// Opens (creating if needed) the database file and applies pending migrations.
+    ///
+    /// # Errors
+    /// The file cannot be opened or a migration fails.
+    pub async fn open(path: &Path) -> Result<SqliteStorage, StorageError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        Self::connect(options).await
+    }
+
+    /// A private in-memory database, for tests.
+    ///
+    /// # Errors
+    /// A migration fails.
+    pub async fn in_memory() -> Result<SqliteStorage, StorageError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
+        Self::connect(options).await
+    }
+
+    async fn connect(options: SqliteConnectOptions) -> Result<SqliteStorage, StorageError> {
+        // SQLite serialises writers; a few connections let reads proceed beside one write.
+        // An in-memory database exists per connection, so it gets exactly one.
+        let memory = options.get_filename() == Path::new(":memory:");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(if memory { 1 } else { 4 })
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(SqliteStorage { pool })
+    }
+}
+
+fn corrupt(task_no: &str, what: impl std::fmt::Display) -> StorageError {
+    StorageError::Corrupt(task_no.to_owned(), what.to_string())
+}
+
+fn task_from_row(row: &SqliteRow) -> Result<TaskRecord, StorageError> {
+    let task_no: String = row.try_get("task_no")?;
+    let request = serde_json::from_str(row.try_get::<&str, _>("request")?)
+        .map_err(|e| corrupt(&task_no, e))?;
+    let status: TaskStatus =
+        serde_json::from_value(serde_json::Value::String(row.try_get("status")?))
+            .map_err(|e| corrupt(&task_no, e))?;
+    let progress: i64 = row.try_get("progress")?;
+    let mut state = TaskProgressDto::new(
+        task_no.clone(),
+        status,
+        u8::try_from(progress.clamp(0, 100)).unwrap_or(100),
+        row.try_get::<String, _>("message")?,
+    );
+    state.result_url = row.try_get("result_url")?;
+    state.error_message = row.try_get("error_message")?;
+    Ok(TaskRecord {
+        id: row.try_get("id")?,
+        owner: row.try_get("owner")?,
+        request,
+        state,
+        cost: row.try_get("cost")?,
+        executor: row.try_get("executor")?,
+        external_ref: row.try_get("external_ref")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+/// The history stores the pushed document, minus the queue position (which is stale at once).
+fn event_json(state: &TaskProgressDto) -> String {
+    let mut state = state.clone();
+    state.queue_position = None;
+    serde_json::to_string(&state).expect("a DTO serialises")
+}
+
+#[async_trait]
+impl Storage for SqliteStorage {
+    async fn create_user(&self, user: &UserRecord, now: i64) -> Result<(), StorageError> {
+        let result = sqlx::query(
+            "INSERT INTO users (username, password_hash, credits, created_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (username) DO NOTHING",
+        )
+        .bind(&user.username)
+        .bind(&user.password_hash)
+        .bind(user.credits)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() == 0 {
+            return Err(StorageError::UserExists(user.username.clone()));
+        }
+        Ok(())
+    }
+
+    async fn user(&self, username: &str) -> Result<Option<UserRecord>, StorageError> {
+        let row =
+            sqlx::query("SELECT username, password_hash, credits FROM users WHERE username = ?")
+                .bind(username)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|row| {
+            Ok(UserRecord {
+                username: row.try_get("username")?,
+                password_hash: row.try_get("password_hash")?,
+                credits: row.try_get("credits")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn revoke_token(&self, jti: &str, expires_at: i64) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO revoked_tokens (jti, expires_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(jti)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn revoked_tokens(&self, now: i64) -> Result<Vec<String>, StorageError> {
+        sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < ?")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        let rows = sqlx::query("SELECT jti FROM revoked_tokens").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| r.try_get("jti").map_err(StorageError::from)).collect()
+    }
+
+    async fn insert_task(&self, task: &TaskRecord) -> Result<(), StorageError> {
+        let mut tx = self.pool.begin().await?;
+        if task.cost > 0 {
+            let charged = sqlx::query(
+                "UPDATE users SET credits = credits - ?1 WHERE username = ?2 AND credits >= ?1",
+            )
+            .bind(task.cost)
+            .bind(&task.owner)
+            .execute(&mut *tx)
+            .await?;
+            if charged.rows_affected() == 0 {
+                let balance: Option<i64> =
+                    sqlx::query_scalar("SELECT credits FROM users WHERE username = ?")
+                        .bind(&task.owner)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                return Err(StorageError::InsufficientCredits {
+                    cost: task.cost,
+                    balance: balance.unwrap_or(0),
+                });
+            }
+        }
+        let request = serde_json::to_string(&task.request).expect("a request serialises");
+        let state = &task.state;
+        sqlx::query(
+            "INSERT INTO tasks (task_no, owner, kind, request, status, progress, message, \
+             result_url, error_message, cost, executor, external_ref, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&state.task_no)
+        .bind(&task.owner)
+        .bind(task.request.kind().as_str())
+        .bind(request)
+        .bind(state.status.as_str())
+        .bind(i64::from(state.progress))
+        .bind(&state.message)
+        .bind(&state.result_url)
+        .bind(&state.error_message)
+        .bind(task.cost)
+        .bind(&task.executor)
+        .bind(&task.external_ref)
+        .bind(task.created_at)
+        .bind(task.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO task_events (task_no, at, dto) VALUES (?, ?, ?)")
+            .bind(&state.task_no)
+            .bind(task.created_at)
+            .bind(event_json(state))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn update_task(&self, state: &TaskProgressDto, at: i64) -> Result<bool, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        let terminal = state.status.is_terminal();
+        let updated = sqlx::query(
+            "UPDATE tasks SET status = ?, progress = ?, message = ?, result_url = ?, \
+             error_message = ?, updated_at = ?, finished_at = ? \
+             WHERE task_no = ? AND status NOT IN ('completed', 'failed')",
+        )
+        .bind(state.status.as_str())
+        .bind(i64::from(state.progress))
+        .bind(&state.message)
+        .bind(&state.result_url)
+        .bind(&state.error_message)
+        .bind(at)
+        .bind(terminal.then_some(at))
+        .bind(&state.task_no)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
+        if state.status == TaskStatus::Failed {
+            sqlx::query(
+                "UPDATE users SET credits = credits + \
+                 (SELECT cost FROM tasks WHERE task_no = ?1) \
+                 WHERE username = (SELECT owner FROM tasks WHERE task_no = ?1)",
+            )
+            .bind(&state.task_no)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("INSERT INTO task_events (task_no, at, dto) VALUES (?, ?, ?)")
+            .bind(&state.task_no)
+            .bind(at)
+            .bind(event_json(state))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn set_external_ref(
+        &self,
+        task_no: &str,
+        external_ref: &str,
+    ) -> Result<(), StorageError> {
+        sqlx::query("UPDATE tasks SET external_ref = ? WHERE task_no = ?")
+            .bind(external_ref)
+            .bind(task_no)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn task(&self, task_no: &str) -> Result<Option<TaskRecord>, StorageError> {
+        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE task_no = ?");
+        let row = sqlx::query(&sql).bind(task_no).fetch_optional(&self.pool).await?;
+        row.as_ref().map(task_from_row).transpose()
+    }
+
+    async fn tasks(&self, query: TaskQuery<'_>) -> Result<Vec<TaskRecord>, StorageError> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE owner = ? AND id < ? \
+             AND (? IS NULL OR status = ?) ORDER BY id DESC LIMIT ?"
+        );
+        let status = query.status.map(TaskStatus::as_str);
+        let rows = sqlx::query(&sql)
+            .bind(query.owner)
+            .bind(query.before.unwrap_or(i64::MAX))
+            .bind(status)
+            .bind(status)
+            .bind(i64::from(query.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    async fn events(&self, task_no: &str) -> Result<Vec<TaskEvent>, StorageError> {
+        let rows = sqlx::query("SELECT at, dto FROM task_events WHERE task_no = ? ORDER BY id")
+            .bind(task_no)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let progress = serde_json::from_str(row.try_get::<&str, _>("dto")?)
+                    .map_err(|e| corrupt(task_no, e))?;
+                Ok(TaskEvent { at: row.try_get("at")?, progress })
+            })
+            .collect()
+    }
+
+    async fn unfinished_tasks(&self) -> Result<Vec<TaskRecord>, StorageError> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE status NOT IN ('completed', 'failed') ORDER BY id"
+        );
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(task_from_row).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use taskpulse_shared::dto::{AspectRatio, SubmitTaskRequest};
+
+    use super::*;
+
+    fn task(no: &str, owner: &str, cost: i64) -> TaskRecord {
+        TaskRecord {
+            id: 0,
+            owner: owner.into(),
+            request: SubmitTaskRequest::TextToImage {
+                prompt: "a lighthouse".into(),
+                aspect_ratio: AspectRatio::Square,
+            },
+            state: TaskProgressDto::new(no, TaskStatus::Created, 0, "created"),
+            cost,
+            executor: "demo".into(),
+            external_ref: None,
+            created_at: 1,
+            updated_at: 1,
+            finished_at: None,
+        }
+    }
+
+    async fn with_user(credits: i64) -> SqliteStorage {
+        let db = SqliteStorage::in_memory().await.unwrap();
+        let user = UserRecord { username: "alice".into(), password_hash: "h".into(), credits };
+        db.create_user(&user, 0).await.unwrap();
+        db
+    }
+
+    #[tokio::test]
+    async fn duplicate_user_is_refused() {
+        let db = with_user(0).await;
+        let again = UserRecord { username: "alice".into(), password_hash: "x".into(), credits: 0 };
+        assert!(matches!(db.create_user(&again, 0).await, Err(StorageError::UserExists(_))));
+        assert_eq!(db.user("alice").await.unwrap().unwrap().password_hash, "h");
+        assert_eq!(db.user("bob").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn credits_are_reserved_and_refunded_once_on_failure() {
+        let db = with_user(3).await;
+        db.insert_task(&task("T1", "alice", 2)).await.unwrap();
+        assert_eq!(db.user("alice").await.unwrap().unwrap().credits, 1);
+        let refused = db.insert_task(&task("T2", "alice", 2)).await.unwrap_err();
+        assert!(matches!(refused, StorageError::InsufficientCredits { cost: 2, balance: 1 }));
+        assert!(db.task("T2").await.unwrap().is_none(), "a refused task is not stored");
+
+        let failed = TaskProgressDto::failed("T1", 10, "cancelled");
+        assert!(db.update_task(&failed, 5).await.unwrap());
+        assert_eq!(db.user("alice").await.unwrap().unwrap().credits, 3);
+        // A second terminal update changes nothing and refunds nothing.
+        assert!(!db.update_task(&failed, 6).await.unwrap());
+        assert_eq!(db.user("alice").await.unwrap().unwrap().credits, 3);
+    }
+
+    #[tokio::test]
+    async fn completion_spends_the_reservation() {
+        let db = with_user(3).await;
+        db.insert_task(&task("T1", "alice", 2)).await.unwrap();
+        assert!(db.update_task(&TaskProgressDto::completed("T1", "/r"), 9).await.unwrap());
+        assert_eq!(db.user("alice").await.unwrap().unwrap().credits, 1);
+        let stored = db.task("T1").await.unwrap().unwrap();
+        assert_eq!(stored.state.status, TaskStatus::Completed);
+        assert_eq!(stored.finished_at, Some(9));
+        assert!(db.unfinished_tasks().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn history_and_pages_are_ordered() {
+        let db = with_user(0).await;
+        for n in 1..=5 {
+            db.insert_task(&task(&format!("T{n}"), "alice", 0)).await.unwrap();
+        }
+        db.insert_task(&task("B1", "bob", 0)).await.unwrap();
+        db.update_task(&TaskProgressDto::new("T1", TaskStatus::Queued, 0, "queued"), 2)
+            .await
+            .unwrap();
+        let events = db.events("T1").await.unwrap();
+        let statuses: Vec<_> = events.iter().map(|e| e.progress.status).collect();
+        assert_eq!(statuses, [TaskStatus::Created, TaskStatus::Queued]);
+
+        let page = |before| db.tasks(TaskQuery { owner: "alice", before, status: None, limit: 2 });
+        let first = page(None).await.unwrap();
+        let names: Vec<_> = first.iter().map(|t| t.state.task_no.as_str()).collect();
+        assert_eq!(names, ["T5", "T4"]);
+        let second = page(Some(first[1].id)).await.unwrap();
+        assert_eq!(second[0].state.task_no, "T3");
+        let queued = db
+            .tasks(TaskQuery {
+                owner: "alice",
+                before: None,
+                status: Some(TaskStatus::Queued),
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(db.unfinished_tasks().await.unwrap().len(), 6);
+    }
+
+    #[tokio::test]
+    async fn revocations_expire() {
+        let db = with_user(0).await;
+        db.revoke_token("a", 100).await.unwrap();
+        db.revoke_token("b", 10).await.unwrap();
+        assert_eq!(db.revoked_tokens(50).await.unwrap(), ["a"]);
+    }
+}
