@@ -2,24 +2,109 @@
 
 use axum::{
     Json,
-    http::StatusCode,
+    http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
 use taskpulse_shared::dto::ApiError;
 
+use crate::{accounts::AccountError, tasks::TaskError};
+
 /// Everything a handler can fail with, mapped to a status and a message that names the problem.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    /// The path names no resource.
+    /// The request is malformed; `field` names the offending part when there is one.
+    #[error("{message}")]
+    BadRequest {
+        /// What is wrong.
+        message: String,
+        /// The request field.
+        field: Option<String>,
+    },
+    /// No or bad credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The owner's credits do not cover the task.
+    #[error("{0}")]
+    PaymentRequired(String),
+    /// Authenticated but not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The path names no resource (or one of another user).
     #[error("{0}")]
     NotFound(String),
+    /// The resource's state does not allow the request.
+    #[error("{0}")]
+    Conflict(String),
+    /// The body is not JSON.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The server is configured without this feature.
+    #[error("{0}")]
+    NotImplemented(String),
+    /// Something failed inside; logged, and the client only learns that.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl AppError {
+    /// A 400 naming `field`.
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> AppError {
+        AppError::BadRequest { message: message.into(), field: Some(field.into()) }
+    }
 }
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = match &self {
+            AppError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::PaymentRequired(_) => StatusCode::PAYMENT_REQUIRED,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            AppError::Internal(detail) => {
+                tracing::error!("request failed: {detail}");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
-        (status, Json(ApiError { error: self.to_string(), field: None })).into_response()
+        let field = match &self {
+            AppError::BadRequest { field, .. } => field.clone(),
+            _ => None,
+        };
+        let body = Json(ApiError { error: self.to_string(), field });
+        if status == StatusCode::UNAUTHORIZED {
+            return (status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response();
+        }
+        (status, body).into_response()
+    }
+}
+
+impl From<TaskError> for AppError {
+    fn from(error: TaskError) -> AppError {
+        match error {
+            TaskError::Invalid { field, .. } => AppError::field(field, error.to_string()),
+            TaskError::NotFound(_) => AppError::NotFound(error.to_string()),
+            TaskError::Conflict(message) => AppError::Conflict(message),
+            TaskError::InsufficientCredits { .. } => AppError::PaymentRequired(error.to_string()),
+            TaskError::Storage(e) => AppError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<AccountError> for AppError {
+    fn from(error: AccountError) -> AppError {
+        match error {
+            AccountError::Invalid { field, .. } => AppError::field(field, error.to_string()),
+            AccountError::RegistrationClosed => AppError::Forbidden(error.to_string()),
+            AccountError::ExternalTokens => AppError::NotImplemented(error.to_string()),
+            AccountError::Taken(_) => AppError::Conflict(error.to_string()),
+            AccountError::BadCredentials => AppError::Unauthorized(error.to_string()),
+            AccountError::NotRevocable => {
+                AppError::BadRequest { message: error.to_string(), field: None }
+            }
+            AccountError::Internal(detail) => AppError::Internal(detail),
+        }
     }
 }

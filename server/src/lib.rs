@@ -1,13 +1,17 @@
-//! The TaskPulse server as a library: [`app`] builds the HTTP router, [`run`] serves it.
+//! The TaskPulse server as a library: [`AppState::new`] opens storage and starts the broker
+//! and task service, [`app`] builds the HTTP router, [`run`] serves it.
 //!
 //! `main.rs` only loads the [`Config`] and calls [`run`]; tests call [`run`] on `127.0.0.1:0`
 //! (registering handlers on the [`broker::Broker`] first if they need to) or send requests
 //! straight to [`app`].
 
+pub mod accounts;
+mod api;
 pub mod broker;
 mod config;
 mod error;
 pub mod storage;
+pub mod tasks;
 mod web;
 mod ws;
 
@@ -22,7 +26,12 @@ pub use error::AppError;
 use tokio::net::TcpListener;
 pub use web::app;
 
-use crate::broker::{Authenticator, Broker, KeyError};
+use crate::{
+    accounts::Accounts,
+    broker::{Authenticator, Broker, KeyError},
+    storage::{SqliteStorage, Storage, StorageError},
+    tasks::{ResultStore, ServiceError, TaskService},
+};
 
 /// Shared state handed to every request handler.
 #[derive(Debug, Clone)]
@@ -31,6 +40,10 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The STOMP broker.
     pub broker: Broker,
+    /// Tasks: submission, lifecycle, executors.
+    pub tasks: TaskService,
+    /// Registration, login, logout.
+    pub accounts: Accounts,
 }
 
 /// Why the server could not start.
@@ -47,20 +60,32 @@ pub enum StartError {
     /// The JWT settings are unusable.
     #[error(transparent)]
     Keys(#[from] KeyError),
+    /// The database cannot be opened or migrated.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    /// The task service cannot start.
+    #[error(transparent)]
+    Tasks(#[from] ServiceError),
 }
 
 impl AppState {
-    /// Creates the data directory and the broker.
+    /// Creates the data directory, opens `<data-dir>/taskpulse.db` (migrating it), and
+    /// starts the broker and the task service, which resumes unfinished tasks.
     ///
     /// # Errors
     /// A [`StartError`] naming what is missing or invalid.
-    pub fn new(config: Config) -> Result<AppState, StartError> {
+    pub async fn new(config: Config) -> Result<AppState, StartError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
+        let storage: Arc<dyn Storage> =
+            Arc::new(SqliteStorage::open(&config.data_dir.join("taskpulse.db")).await?);
         let settings = &config.settings;
         let auth = Authenticator::new(&settings.jwt, &settings.auth, &config.data_dir)?;
         let broker = Broker::new(settings.clone(), auth);
-        Ok(AppState { config: Arc::new(config), broker })
+        let accounts = Accounts::start(storage.clone(), broker.clone(), settings.clone()).await?;
+        let results = ResultStore::new(&config.data_dir, settings.tasks.result_url_ttl_s)?;
+        let tasks = TaskService::start(storage, broker.clone(), settings.clone(), results).await?;
+        Ok(AppState { config: Arc::new(config), broker, tasks, accounts })
     }
 }
 

@@ -28,7 +28,7 @@ async fn main() -> std::process::ExitCode {
         }
     };
     let listen = config.listen;
-    let state = match AppState::new(config) {
+    let state = match AppState::new(config).await {
         Ok(state) => state,
         Err(err) => {
             tracing::error!("cannot start: {err}");

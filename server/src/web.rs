@@ -18,6 +18,7 @@ pub fn app(state: AppState) -> Router {
     let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/ws", get(crate::ws::upgrade))
+        .merge(crate::api::routes())
         .route("/api", get(unknown_api))
         .route("/api/{*rest}", get(unknown_api).post(unknown_api));
     let routes = if ui_dir.join("index.html").is_file() {

@@ -94,7 +94,7 @@ impl Authenticator {
         let (algorithm, decoding, encoding) = match jwt.algorithm.as_str() {
             "HS256" => {
                 let secret = if jwt.secret.is_empty() {
-                    stored_secret(data_dir)?
+                    stored_secret(data_dir, "jwt-secret")?
                 } else {
                     jwt.secret.clone().into_bytes()
                 };
@@ -218,9 +218,9 @@ impl Authenticator {
     }
 }
 
-/// Reads `data_dir/jwt-secret`, creating it with 32 random bytes (hex) the first time.
-fn stored_secret(data_dir: &Path) -> Result<Vec<u8>, KeyError> {
-    let path = data_dir.join("jwt-secret");
+/// Reads `data_dir/<name>`, creating it with 32 random bytes (hex) the first time.
+pub(crate) fn stored_secret(data_dir: &Path, name: &str) -> Result<Vec<u8>, KeyError> {
+    let path = data_dir.join(name);
     match std::fs::read_to_string(&path) {
         Ok(text) if !text.trim().is_empty() => return Ok(text.trim().as_bytes().to_vec()),
         Ok(_) => {}

@@ -48,7 +48,7 @@ impl TestServer {
         config.ui_dir = ui_dir.to_path_buf();
         config.settings.jwt.secret = "test-secret".into();
         tweak(&mut config);
-        let state = AppState::new(config).unwrap();
+        let state = AppState::new(config).await.unwrap();
         let broker = state.broker.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(taskpulse_server::run(listener, state, async {

@@ -1,0 +1,47 @@
+//! `/api/auth/*` and `/api/me`.
+
+use axum::{Json, extract::State, http::StatusCode};
+use taskpulse_shared::dto::{Credentials, Me, TokenResponse};
+
+use super::{Body, User};
+use crate::{AppError, AppState};
+
+pub(super) async fn register(
+    State(state): State<AppState>,
+    Body(credentials): Body<Credentials>,
+) -> Result<(StatusCode, Json<TokenResponse>), AppError> {
+    let token = state.accounts.register(credentials).await?;
+    Ok((StatusCode::CREATED, Json(token)))
+}
+
+pub(super) async fn login(
+    State(state): State<AppState>,
+    Body(credentials): Body<Credentials>,
+) -> Result<Json<TokenResponse>, AppError> {
+    Ok(Json(state.accounts.login(credentials).await?))
+}
+
+pub(super) async fn logout(
+    State(state): State<AppState>,
+    user: User,
+) -> Result<StatusCode, AppError> {
+    let closed = state.accounts.logout(&user.claims).await?;
+    tracing::info!(user = %user.name, closed, "signed out");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn me(State(state): State<AppState>, user: User) -> Result<Json<Me>, AppError> {
+    let credits = if state.config.settings.credits.enabled {
+        let record = state
+            .tasks
+            .storage()
+            .user(&user.name)
+            .await
+            .map_err(|e| AppError::Internal(e.to_string()))?;
+        // A user from an external token system has no account here, hence no credits.
+        Some(record.map_or(0, |r| r.credits))
+    } else {
+        None
+    };
+    Ok(Json(Me { username: user.name, credits }))
+}

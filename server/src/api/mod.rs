@@ -1,0 +1,148 @@
+//! The REST API under `/api`: accounts, tasks, and the endpoints other backends call.
+//! Handlers are thin: they authenticate, parse, call the task service or accounts, and map
+//! errors to [`AppError`].
+
+mod accounts;
+mod tasks;
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{FromRequest, FromRequestParts, Request},
+    http::{header, request::Parts},
+    routing::{get, post},
+};
+use serde::de::DeserializeOwned;
+
+use crate::{AppError, AppState, broker::Claims};
+
+/// The routes under `/api`.
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/auth/register", post(accounts::register))
+        .route("/api/auth/login", post(accounts::login))
+        .route("/api/auth/logout", post(accounts::logout))
+        .route("/api/me", get(accounts::me))
+        .route("/api/tasks", post(tasks::submit).get(tasks::list))
+        .route("/api/tasks/{task_no}", get(tasks::details))
+        .route("/api/tasks/{task_no}/events", get(tasks::events))
+        .route("/api/tasks/{task_no}/cancel", post(tasks::cancel))
+        .route("/api/tasks/{task_no}/progress", post(tasks::report))
+        .route("/api/tasks/{task_no}/result", get(tasks::result))
+        .route("/api/publish", post(tasks::publish))
+}
+
+/// The caller, from `Authorization: Bearer <token>`.
+pub(crate) struct User {
+    pub(crate) name: String,
+    pub(crate) claims: Claims,
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).map(str::trim)
+}
+
+impl FromRequestParts<AppState> for User {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<User, AppError> {
+        let token = bearer(parts).ok_or_else(|| {
+            AppError::Unauthorized("missing Authorization: Bearer <token> header".into())
+        })?;
+        match state.broker.authenticator().validate_claims(token) {
+            Ok(claims) => Ok(User { name: claims.sub.clone(), claims }),
+            Err(reason) => {
+                tracing::debug!(%reason, "HTTP authentication failed");
+                Err(AppError::Unauthorized("invalid, expired or revoked token".into()))
+            }
+        }
+    }
+}
+
+/// The caller, when it authenticated at all (for result downloads with a signed URL).
+pub(crate) struct MaybeUser(pub(crate) Option<User>);
+
+impl FromRequestParts<AppState> for MaybeUser {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<MaybeUser, AppError> {
+        if bearer(parts).is_none() {
+            return Ok(MaybeUser(None));
+        }
+        User::from_request_parts(parts, state).await.map(|u| MaybeUser(Some(u)))
+    }
+}
+
+/// A backend holding one of the configured `X-API-Key`s.
+pub(crate) struct Backend;
+
+impl FromRequestParts<AppState> for Backend {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Backend, AppError> {
+        let keys = &state.config.settings.api.keys;
+        if keys.is_empty() {
+            return Err(AppError::Forbidden(
+                "this endpoint is disabled: no API keys are configured ([api] keys)".into(),
+            ));
+        }
+        let given = parts
+            .headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| AppError::Unauthorized("missing X-API-Key header".into()))?;
+        if keys.iter().any(|k| constant_time_eq(k.as_bytes(), given.as_bytes())) {
+            Ok(Backend)
+        } else {
+            Err(AppError::Unauthorized("invalid API key".into()))
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A JSON body whose errors name the offending field.
+pub(crate) struct Body<T>(pub(crate) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Body<T>, AppError> {
+        let json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().ends_with("json")));
+        if !json {
+            return Err(AppError::UnsupportedMediaType(
+                "the body must be JSON with Content-Type: application/json".into(),
+            ));
+        }
+        let bytes = Bytes::from_request(request, state).await.map_err(|e| {
+            AppError::BadRequest { message: format!("cannot read the body: {e}"), field: None }
+        })?;
+        let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+        match serde_path_to_error::deserialize(&mut deserializer) {
+            Ok(value) => Ok(Body(value)),
+            Err(error) => {
+                let path = error.path().to_string();
+                let inner = error.into_inner();
+                let field = (path != ".").then_some(path).or_else(|| missing_field(&inner));
+                Err(AppError::BadRequest { message: format!("invalid JSON body: {inner}"), field })
+            }
+        }
+    }
+}
+
+/// serde reports a missing field at the parent's path; dig the name out of the message.
+fn missing_field(error: &serde_json::Error) -> Option<String> {
+    let message = error.to_string();
+    let rest = message.strip_prefix("missing field `")?;
+    Some(rest[..rest.find('`')?].to_owned())
+}

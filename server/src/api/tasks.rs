@@ -1,0 +1,193 @@
+//! `/api/tasks/**` and `/api/publish`.
+
+use std::collections::HashMap;
+
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use taskpulse_shared::{
+    TaskProgressDto,
+    dto::{
+        ProgressReport, PublishRequest, Published, SubmitTaskRequest, TaskDetails, TaskEvent,
+        TaskPage, TaskStatus, TaskSubmitted,
+    },
+};
+
+use super::{Backend, Body, MaybeUser, User};
+use crate::{
+    AppError, AppState,
+    broker::{Publication, RouteError},
+    tasks::is_task_no,
+};
+
+fn task_no(raw: String) -> Result<String, AppError> {
+    if is_task_no(&raw) { Ok(raw) } else { Err(AppError::NotFound(format!("no task {raw}"))) }
+}
+
+pub(super) async fn submit(
+    State(state): State<AppState>,
+    user: User,
+    Body(request): Body<SubmitTaskRequest>,
+) -> Result<(StatusCode, Json<TaskSubmitted>), AppError> {
+    let task_no = state.tasks.submit(&user.name, request).await?;
+    Ok((StatusCode::ACCEPTED, Json(TaskSubmitted { task_no })))
+}
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    user: User,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<TaskPage>, AppError> {
+    for key in query.keys() {
+        if !["limit", "before", "status"].contains(&key.as_str()) {
+            return Err(AppError::field(
+                key,
+                format!("unknown query parameter {key:?}; expected limit, before or status"),
+            ));
+        }
+    }
+    let limit = query
+        .get("limit")
+        .map(|l| {
+            l.parse::<u32>()
+                .map_err(|_| AppError::field("limit", "must be a number between 1 and 100"))
+        })
+        .transpose()?;
+    let status = query
+        .get("status")
+        .map(|s| {
+            TaskStatus::ALL.into_iter().find(|t| t.as_str() == s).ok_or_else(|| {
+                AppError::field(
+                    "status",
+                    "must be created, queued, processing, completed or failed",
+                )
+            })
+        })
+        .transpose()?;
+    let page = state
+        .tasks
+        .list(&user.name, query.get("before").map(String::as_str), status, limit)
+        .await?;
+    Ok(Json(page))
+}
+
+pub(super) async fn details(
+    State(state): State<AppState>,
+    user: User,
+    Path(raw): Path<String>,
+) -> Result<Json<TaskDetails>, AppError> {
+    Ok(Json(state.tasks.details(&user.name, &task_no(raw)?).await?))
+}
+
+pub(super) async fn events(
+    State(state): State<AppState>,
+    user: User,
+    Path(raw): Path<String>,
+) -> Result<Json<Vec<TaskEvent>>, AppError> {
+    Ok(Json(state.tasks.events(&user.name, &task_no(raw)?).await?))
+}
+
+pub(super) async fn cancel(
+    State(state): State<AppState>,
+    user: User,
+    Path(raw): Path<String>,
+) -> Result<Json<TaskDetails>, AppError> {
+    Ok(Json(state.tasks.cancel(&user.name, &task_no(raw)?).await?))
+}
+
+pub(super) async fn report(
+    State(state): State<AppState>,
+    _backend: Backend,
+    Path(raw): Path<String>,
+    Body(report): Body<ProgressReport>,
+) -> Result<Json<TaskProgressDto>, AppError> {
+    Ok(Json(state.tasks.external_report(&task_no(raw)?, report).await?))
+}
+
+/// The result image: to its owner (Bearer), or to anyone holding a valid signed URL.
+pub(super) async fn result(
+    State(state): State<AppState>,
+    MaybeUser(user): MaybeUser,
+    Path(raw): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, AppError> {
+    let task_no = task_no(raw)?;
+    let results = state.tasks.results();
+    match (query.get("expires"), query.get("signature"), user) {
+        (Some(expires), Some(signature), _) => {
+            let expires =
+                expires.parse().map_err(|_| AppError::field("expires", "must be a number"))?;
+            results
+                .verify(&task_no, expires, signature)
+                .map_err(|e| AppError::Forbidden(e.to_string()))?;
+        }
+        (None, None, Some(user)) => {
+            state.tasks.details(&user.name, &task_no).await?;
+        }
+        (None, None, None) => {
+            return Err(AppError::Unauthorized(
+                "send Authorization: Bearer <token>, or use the signed resultUrl".into(),
+            ));
+        }
+        _ => {
+            return Err(AppError::field(
+                "signature",
+                "a signed URL needs both expires and signature",
+            ));
+        }
+    }
+    let bytes = match tokio::fs::read(results.path(&task_no)).await {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(AppError::NotFound(format!("task {task_no} has no result")));
+        }
+        Err(e) => return Err(AppError::Internal(e.to_string())),
+    };
+    let content_type = if bytes.starts_with(b"\x89PNG") {
+        "image/png"
+    } else if bytes.starts_with(b"\xff\xd8") {
+        "image/jpeg"
+    } else if bytes.len() > 12 && &bytes[8..12] == b"WEBP" {
+        "image/webp"
+    } else {
+        "application/octet-stream"
+    };
+    Ok((
+        [(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "private, max-age=3600")],
+        bytes,
+    )
+        .into_response())
+}
+
+/// A backend's notice for one user's or everyone's subscribers.
+pub(super) async fn publish(
+    State(state): State<AppState>,
+    _backend: Backend,
+    Body(request): Body<PublishRequest>,
+) -> Result<Json<Published>, AppError> {
+    let destination = &request.destination;
+    if !(destination.starts_with("/topic/") || destination.starts_with("/queue/")) {
+        return Err(AppError::field(
+            "destination",
+            format!(
+                "{destination:?} must start with /topic/ or /queue/ (for a user, the part after /user)"
+            ),
+        ));
+    }
+    let body = serde_json::to_vec(&request.payload).expect("a JSON value serialises");
+    let publication = Publication::json(body);
+    let delivered = match &request.user {
+        Some(user) if user.is_empty() || user.chars().any(char::is_control) => {
+            return Err(AppError::field("user", "must be a user name"));
+        }
+        Some(user) => state.broker.send_to_user(user, destination, publication),
+        None => state.broker.publish(destination, publication).map_err(|e| match e {
+            RouteError::Destination(_) => AppError::field("destination", e.to_string()),
+            other => AppError::Conflict(other.to_string()),
+        })?,
+    };
+    Ok(Json(Published { delivered }))
+}

@@ -1,0 +1,821 @@
+//! The task service: submission, the lifecycle `created -> queued -> processing ->
+//! completed | failed`, executors behind per-executor queues, coalesced progress, and the
+//! push of every change to the owner's `/user/queue/tasks-progress`.
+//!
+//! Invariant: a state is written to [`Storage`] before it is pushed, and one task's writes
+//! and pushes happen one at a time (its [`LiveTask`] lock), so subscribers see them in order.
+
+mod comfyui;
+mod demo;
+mod lane;
+mod results;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use async_trait::async_trait;
+pub use comfyui::ComfyUiExecutor;
+pub use demo::DemoExecutor;
+use lane::Lane;
+pub use results::{ResultStore, SignedUrlError};
+use taskpulse_shared::{
+    TaskProgressDto,
+    dto::{
+        ProgressReport, SubmitTaskRequest, TaskDetails, TaskEvent, TaskKind, TaskPage, TaskStatus,
+    },
+};
+use tokio::{sync::Notify, time::Instant};
+
+use crate::{
+    Settings,
+    broker::{Broker, Coalesce, Publication},
+    storage::{Storage, StorageError, TaskQuery, TaskRecord},
+};
+
+/// The user path of task updates (`/user/queue/tasks-progress` for the owner).
+const PROGRESS_PATH: &str = "/queue/tasks-progress";
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What an executor is asked to do.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The task.
+    pub task_no: String,
+    /// What was submitted.
+    pub request: SubmitTaskRequest,
+    /// The executor's own id from an earlier attempt (a ComfyUI `prompt_id` before a restart).
+    pub external_ref: Option<String>,
+}
+
+/// What an executor produced.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    /// The image file.
+    pub bytes: Vec<u8>,
+}
+
+/// An executor's way to report progress on one task.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    service: TaskService,
+    task_no: String,
+}
+
+impl Progress {
+    /// Reports `percent` done and what is happening. Coalesced: at most one push per
+    /// `tasks.progress_interval_ms`, always the latest.
+    pub async fn report(&self, percent: u8, message: impl Into<String>) {
+        self.service.report_progress(&self.task_no, percent.min(100), message.into()).await;
+    }
+
+    /// Remembers the executor's id for the task, so a restarted server can follow it.
+    pub async fn set_external_ref(&self, external_ref: &str) {
+        if let Err(e) =
+            self.service.inner.storage.set_external_ref(&self.task_no, external_ref).await
+        {
+            tracing::warn!(task = %self.task_no, "cannot store executor id: {e}");
+        }
+    }
+}
+
+/// Runs tasks of some kinds.
+#[async_trait]
+pub trait Executor: Send + Sync + std::fmt::Debug {
+    /// Its name in logs and in the database.
+    fn name(&self) -> &'static str;
+
+    /// Runs one job to completion.
+    ///
+    /// # Errors
+    /// Why the task failed, as the user should read it.
+    async fn run(&self, job: &Job, progress: &Progress) -> Result<Artifact, String>;
+
+    /// Stops a running job that was cancelled (its `run` future has been dropped).
+    async fn cancel(&self, _job: &Job) {}
+}
+
+/// Why a task operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// A request field is invalid.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// No such task for this user.
+    #[error("no task {0}")]
+    NotFound(String),
+    /// The task is in a state that does not allow it.
+    #[error("{0}")]
+    Conflict(String),
+    /// The owner cannot pay.
+    #[error("insufficient credits: this task costs {cost} and the balance is {balance}")]
+    InsufficientCredits {
+        /// Price.
+        cost: i64,
+        /// Balance.
+        balance: i64,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Storage(StorageError),
+}
+
+impl From<StorageError> for TaskError {
+    fn from(error: StorageError) -> TaskError {
+        match error {
+            StorageError::InsufficientCredits { cost, balance } => {
+                TaskError::InsufficientCredits { cost, balance }
+            }
+            other => TaskError::Storage(other),
+        }
+    }
+}
+
+/// Why the task service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The ComfyUI settings are unusable.
+    #[error("{0}")]
+    ComfyUi(String),
+    /// The unfinished tasks could not be read.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// The task service. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct TaskService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    storage: Arc<dyn Storage>,
+    broker: Broker,
+    settings: Settings,
+    results: ResultStore,
+    /// Executors by name, each with its queue.
+    lanes: HashMap<&'static str, Arc<Lane>>,
+    /// Tasks not yet terminal.
+    live: Mutex<HashMap<String, Arc<LiveTask>>>,
+}
+
+/// A task that is not terminal yet.
+#[derive(Debug)]
+struct LiveTask {
+    owner: String,
+    lane: Option<&'static str>,
+    state: tokio::sync::Mutex<LiveState>,
+    cancelled: Notify,
+}
+
+#[derive(Debug)]
+struct LiveState {
+    /// The state last written and pushed.
+    current: TaskProgressDto,
+    last_push: Instant,
+    /// The latest progress held back by coalescing.
+    pending: Option<TaskProgressDto>,
+    flush_scheduled: bool,
+    /// The queue position last pushed.
+    announced_position: Option<u32>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl TaskService {
+    /// Builds the service with the demo executor, and the ComfyUI one when
+    /// `comfyui.url` is set, then picks up the tasks a previous run left unfinished.
+    ///
+    /// # Errors
+    /// The ComfyUI settings are unusable, or reading the unfinished tasks failed.
+    pub async fn start(
+        storage: Arc<dyn Storage>,
+        broker: Broker,
+        settings: Settings,
+        results: ResultStore,
+    ) -> Result<TaskService, ServiceError> {
+        let mut lanes = HashMap::new();
+        let demo: Arc<dyn Executor> = Arc::new(DemoExecutor::new(&settings));
+        lanes.insert(demo.name(), Arc::new(Lane::new(demo, settings.demo.concurrency)));
+        if !settings.comfyui.url.is_empty() {
+            let comfy: Arc<dyn Executor> =
+                Arc::new(ComfyUiExecutor::start(&settings).map_err(ServiceError::ComfyUi)?);
+            lanes.insert(comfy.name(), Arc::new(Lane::new(comfy, settings.comfyui.concurrency)));
+        }
+        let service = TaskService {
+            inner: Arc::new(Inner {
+                storage,
+                broker,
+                settings,
+                results,
+                lanes,
+                live: Mutex::default(),
+            }),
+        };
+        for lane in service.inner.lanes.values() {
+            tokio::spawn(service.clone().dispatch(lane.clone()));
+            tokio::spawn(service.clone().announce_positions(lane.clone()));
+        }
+        service.recover().await?;
+        Ok(service)
+    }
+
+    /// The storage the service writes to.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.inner.storage
+    }
+
+    /// Where results are kept.
+    pub fn results(&self) -> &ResultStore {
+        &self.inner.results
+    }
+
+    /// Which executor runs `kind`: ComfyUI when configured, else the demo.
+    fn lane_for(&self, kind: TaskKind) -> Option<&'static str> {
+        match kind {
+            TaskKind::External => None,
+            _ if self.inner.lanes.contains_key(ComfyUiExecutor::NAME) => {
+                Some(ComfyUiExecutor::NAME)
+            }
+            _ => Some(DemoExecutor::NAME),
+        }
+    }
+
+    fn cost(&self, kind: TaskKind) -> i64 {
+        let credits = &self.inner.settings.credits;
+        if !credits.enabled {
+            return 0;
+        }
+        match kind {
+            TaskKind::TextToImage => credits.text_to_image,
+            TaskKind::ImageToImage => credits.image_to_image,
+            TaskKind::External => credits.external,
+        }
+    }
+
+    /// Checks a submission.
+    fn validate(&self, request: &SubmitTaskRequest) -> Result<(), TaskError> {
+        let max = self.inner.settings.tasks.max_prompt_chars;
+        let invalid = |field, reason: String| Err(TaskError::Invalid { field, reason });
+        let prompt = request.prompt();
+        let field = if request.kind() == TaskKind::External { "description" } else { "prompt" };
+        if request.kind() != TaskKind::External && prompt.trim().is_empty() {
+            return invalid(field, "must not be empty".into());
+        }
+        if prompt.chars().count() > max {
+            return invalid(
+                field,
+                format!("must be at most {max} characters (tasks.max_prompt_chars)"),
+            );
+        }
+        if prompt.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+            return invalid(field, "must not contain control characters".into());
+        }
+        if let SubmitTaskRequest::ImageToImage { image_url, .. } = request {
+            match reqwest::Url::parse(image_url) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+                Ok(_) => return invalid("imageUrl", "must be an http:// or https:// URL".into()),
+                Err(e) => return invalid("imageUrl", format!("is not a URL: {e}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Accepts a task for `owner`: stores it as `created`, pushes that, and queues it.
+    ///
+    /// # Errors
+    /// [`TaskError::Invalid`] naming the field, [`TaskError::InsufficientCredits`], or storage.
+    pub async fn submit(
+        &self,
+        owner: &str,
+        request: SubmitTaskRequest,
+    ) -> Result<String, TaskError> {
+        self.validate(&request)?;
+        let task_no = new_task_no();
+        let kind = request.kind();
+        let lane = self.lane_for(kind);
+        let now = now_ms();
+        let state = TaskProgressDto::new(&task_no, TaskStatus::Created, 0, "created");
+        let record = TaskRecord {
+            id: 0,
+            owner: owner.to_owned(),
+            request,
+            state: state.clone(),
+            cost: self.cost(kind),
+            executor: lane.unwrap_or("external").to_owned(),
+            external_ref: None,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+        };
+        self.inner.storage.insert_task(&record).await?;
+        let live = self.track(owner, lane, state.clone());
+        self.push(owner, &state, false);
+        if let Some(lane) = lane {
+            self.enqueue(&live, &task_no, lane, "waiting for a free slot").await;
+        }
+        Ok(task_no)
+    }
+
+    fn track(
+        &self,
+        owner: &str,
+        lane: Option<&'static str>,
+        current: TaskProgressDto,
+    ) -> Arc<LiveTask> {
+        let live = Arc::new(LiveTask {
+            owner: owner.to_owned(),
+            lane,
+            state: tokio::sync::Mutex::new(LiveState {
+                current: current.clone(),
+                last_push: Instant::now(),
+                pending: None,
+                flush_scheduled: false,
+                announced_position: None,
+            }),
+            cancelled: Notify::new(),
+        });
+        lock(&self.inner.live).insert(current.task_no, live.clone());
+        live
+    }
+
+    fn live(&self, task_no: &str) -> Option<Arc<LiveTask>> {
+        lock(&self.inner.live).get(task_no).cloned()
+    }
+
+    /// Marks the task `queued` (with its position) and puts it in its executor's queue.
+    async fn enqueue(&self, live: &Arc<LiveTask>, task_no: &str, lane: &'static str, why: &str) {
+        let lane = &self.inner.lanes[lane];
+        let mut state = live.state.lock().await;
+        let position = lane.waiting_len() as u32 + 1;
+        let mut queued = TaskProgressDto::new(task_no, TaskStatus::Queued, 0, why);
+        queued.queue_position = Some(position);
+        if self.apply(live, &mut state, queued, false).await {
+            state.announced_position = Some(position);
+            lane.push(task_no.to_owned());
+        }
+    }
+
+    /// Writes `next`, then pushes it; forgets the task once terminal. False when the task
+    /// was already terminal or the write failed.
+    async fn apply(
+        &self,
+        live: &LiveTask,
+        state: &mut LiveState,
+        next: TaskProgressDto,
+        replaceable: bool,
+    ) -> bool {
+        if state.current.status.is_terminal() {
+            return false;
+        }
+        match self.inner.storage.update_task(&next, now_ms()).await {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(e) => {
+                tracing::error!(task = %next.task_no, "cannot store task state: {e}");
+                return false;
+            }
+        }
+        self.push(&live.owner, &next, replaceable);
+        state.last_push = Instant::now();
+        if next.status.is_terminal() {
+            state.pending = None;
+            lock(&self.inner.live).remove(&next.task_no);
+        }
+        state.current = next;
+        true
+    }
+
+    /// Sends a state to every session of `owner`. Intermediate progress may be coalesced
+    /// by the broker for a slow consumer; status changes never are.
+    fn push(&self, owner: &str, state: &TaskProgressDto, replaceable: bool) {
+        let state = self.inner.results.signed(state);
+        let body = serde_json::to_vec(&state).expect("a DTO serialises");
+        let publication = Publication::json(body)
+            .coalesce(Coalesce { key: Arc::from(state.task_no.as_str()), replaceable });
+        self.inner.broker.send_to_user(owner, PROGRESS_PATH, publication);
+    }
+
+    /// A status change (never coalesced away). False when the task is unknown or terminal.
+    async fn transition(&self, next: TaskProgressDto) -> bool {
+        let Some(live) = self.live(&next.task_no) else { return false };
+        let mut state = live.state.lock().await;
+        state.pending = None;
+        self.apply(&live, &mut state, next, false).await
+    }
+
+    async fn report_progress(&self, task_no: &str, percent: u8, message: String) {
+        let Some(live) = self.live(task_no) else { return };
+        let mut state = live.state.lock().await;
+        if state.current.status != TaskStatus::Processing {
+            return;
+        }
+        let next = TaskProgressDto::new(task_no, TaskStatus::Processing, percent, message);
+        let interval = Duration::from_millis(self.inner.settings.tasks.progress_interval_ms);
+        if state.last_push.elapsed() >= interval {
+            state.pending = None;
+            self.apply(&live, &mut state, next, true).await;
+        } else {
+            state.pending = Some(next);
+            if !state.flush_scheduled {
+                state.flush_scheduled = true;
+                let due = state.last_push + interval;
+                let service = self.clone();
+                let task_no = task_no.to_owned();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(due).await;
+                    service.flush(&task_no).await;
+                });
+            }
+        }
+    }
+
+    /// Pushes the progress coalescing held back.
+    async fn flush(&self, task_no: &str) {
+        let Some(live) = self.live(task_no) else { return };
+        let mut state = live.state.lock().await;
+        state.flush_scheduled = false;
+        if let Some(next) = state.pending.take()
+            && state.current.status == TaskStatus::Processing
+        {
+            self.apply(&live, &mut state, next, true).await;
+        }
+    }
+
+    /// Takes tasks from a lane's queue as slots free up.
+    async fn dispatch(self, lane: Arc<Lane>) {
+        loop {
+            let (task_no, permit) = lane.next().await;
+            let service = self.clone();
+            let lane = lane.clone();
+            tokio::spawn(async move {
+                service.run(&lane, &task_no).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Runs one task on its lane's executor.
+    async fn run(&self, lane: &Lane, task_no: &str) {
+        let Some(live) = self.live(task_no) else { return };
+        let record = match self.inner.storage.task(task_no).await {
+            Ok(Some(record)) => record,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(task = %task_no, "cannot read task: {e}");
+                return;
+            }
+        };
+        let started = TaskProgressDto::new(task_no, TaskStatus::Processing, 0, "started");
+        if !self.transition(started).await {
+            return; // cancelled while queued
+        }
+        let job = Job {
+            task_no: task_no.to_owned(),
+            request: record.request,
+            external_ref: record.external_ref,
+        };
+        let progress = Progress { service: self.clone(), task_no: task_no.to_owned() };
+        let outcome = tokio::select! {
+            outcome = lane.executor.run(&job, &progress) => outcome,
+            () = live.cancelled.notified() => {
+                lane.executor.cancel(&job).await;
+                return;
+            }
+        };
+        let last = live.state.lock().await.current.progress;
+        let end = match outcome {
+            Ok(artifact) => match self.inner.results.store(task_no, &artifact.bytes).await {
+                Ok(url) => TaskProgressDto::completed(task_no, url),
+                Err(e) => {
+                    tracing::error!(task = %task_no, "cannot store result: {e}");
+                    TaskProgressDto::failed(task_no, last, "the result could not be stored")
+                }
+            },
+            Err(reason) => TaskProgressDto::failed(task_no, last, reason),
+        };
+        self.transition(end).await;
+    }
+
+    /// Pushes new queue positions of a lane's waiting tasks, at most once per progress
+    /// interval. Positions are pushed, not stored: they are stale a moment later.
+    async fn announce_positions(self, lane: Arc<Lane>) {
+        let interval =
+            Duration::from_millis(self.inner.settings.tasks.progress_interval_ms.max(10));
+        loop {
+            lane.moved().await;
+            tokio::time::sleep(interval).await;
+            for (index, task_no) in lane.waiting().into_iter().enumerate() {
+                let position = index as u32 + 1;
+                // Far back in a long queue, every hundredth place is news enough.
+                if position > 100 && position % 100 != 0 {
+                    continue;
+                }
+                let Some(live) = self.live(&task_no) else { continue };
+                let mut state = live.state.lock().await;
+                if state.current.status != TaskStatus::Queued
+                    || state.announced_position == Some(position)
+                {
+                    continue;
+                }
+                state.announced_position = Some(position);
+                let mut update = state.current.clone();
+                update.queue_position = Some(position);
+                update.message = format!("waiting in queue, position {position}");
+                self.push(&live.owner, &update, true);
+            }
+        }
+    }
+
+    /// Picks up what a previous run left: queued tasks are queued again; tasks that were
+    /// running start again (a ComfyUI prompt is followed by its id). External tasks wait
+    /// for their worker. Each owner is told.
+    async fn recover(&self) -> Result<(), StorageError> {
+        for record in self.inner.storage.unfinished_tasks().await? {
+            let kind = record.request.kind();
+            let task_no = record.state.task_no.clone();
+            let lane = self.lane_for(kind);
+            let live = self.track(&record.owner, lane, record.state.clone());
+            let Some(lane) = lane else { continue };
+            let why = match record.state.status {
+                TaskStatus::Processing if record.external_ref.is_some() => {
+                    "the server restarted; following the running job again"
+                }
+                TaskStatus::Processing => {
+                    "the server restarted while this task ran; it will run again"
+                }
+                _ => "the server restarted; still waiting for a free slot",
+            };
+            tracing::info!(task = %task_no, owner = %record.owner, "recovering unfinished task");
+            self.enqueue(&live, &task_no, lane, why).await;
+        }
+        Ok(())
+    }
+
+    /// The task as its owner sees it.
+    ///
+    /// # Errors
+    /// [`TaskError::NotFound`] for a missing task or another user's.
+    pub async fn details(&self, owner: &str, task_no: &str) -> Result<TaskDetails, TaskError> {
+        let record = self.owned(owner, task_no).await?;
+        Ok(self.to_details(record))
+    }
+
+    async fn owned(&self, owner: &str, task_no: &str) -> Result<TaskRecord, TaskError> {
+        match self.inner.storage.task(task_no).await? {
+            Some(record) if record.owner == owner => Ok(record),
+            _ => Err(TaskError::NotFound(task_no.to_owned())),
+        }
+    }
+
+    fn to_details(&self, record: TaskRecord) -> TaskDetails {
+        let mut progress = self.inner.results.signed(&record.state);
+        if progress.status == TaskStatus::Queued
+            && let Some(lane) = self.live(&progress.task_no).and_then(|l| l.lane)
+        {
+            progress.queue_position = self.inner.lanes[lane].position(&progress.task_no);
+        }
+        TaskDetails {
+            progress,
+            request: record.request,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            finished_at: record.finished_at,
+            cost: record.cost,
+        }
+    }
+
+    /// A page of the owner's tasks, newest first.
+    ///
+    /// # Errors
+    /// The cursor is not one this API gave, or storage failed.
+    pub async fn list(
+        &self,
+        owner: &str,
+        before: Option<&str>,
+        status: Option<TaskStatus>,
+        limit: Option<u32>,
+    ) -> Result<TaskPage, TaskError> {
+        let before = before
+            .map(|c| {
+                c.parse::<i64>().map_err(|_| TaskError::Invalid {
+                    field: "before",
+                    reason: "is not a cursor returned as nextCursor".into(),
+                })
+            })
+            .transpose()?;
+        let limit = limit.unwrap_or(self.inner.settings.tasks.page_size);
+        if !(1..=100).contains(&limit) {
+            return Err(TaskError::Invalid {
+                field: "limit",
+                reason: "must be between 1 and 100".into(),
+            });
+        }
+        let records =
+            self.inner.storage.tasks(TaskQuery { owner, before, status, limit: limit + 1 }).await?;
+        let more = records.len() > limit as usize;
+        let mut tasks: Vec<TaskRecord> = records.into_iter().take(limit as usize).collect();
+        let next_cursor = more.then(|| tasks.last().map(|t| t.id.to_string())).flatten();
+        let tasks = tasks.drain(..).map(|r| self.to_details(r)).collect();
+        Ok(TaskPage { tasks, next_cursor })
+    }
+
+    /// The task's pushed history.
+    ///
+    /// # Errors
+    /// [`TaskError::NotFound`] for a missing task or another user's.
+    pub async fn events(&self, owner: &str, task_no: &str) -> Result<Vec<TaskEvent>, TaskError> {
+        self.owned(owner, task_no).await?;
+        let mut events = self.inner.storage.events(task_no).await?;
+        for event in &mut events {
+            event.progress = self.inner.results.signed(&event.progress);
+        }
+        Ok(events)
+    }
+
+    /// Cancels a task: it ends `failed` with errorMessage `cancelled` (credits refunded) and
+    /// its executor is stopped.
+    ///
+    /// # Errors
+    /// [`TaskError::NotFound`], or [`TaskError::Conflict`] when it already ended.
+    pub async fn cancel(&self, owner: &str, task_no: &str) -> Result<TaskDetails, TaskError> {
+        let record = self.owned(owner, task_no).await?;
+        let live = self.live(task_no);
+        let Some(live) = live.filter(|_| !record.state.status.is_terminal()) else {
+            return Err(TaskError::Conflict(format!(
+                "task {task_no} already ended ({})",
+                record.state.status
+            )));
+        };
+        {
+            let mut state = live.state.lock().await;
+            let end = TaskProgressDto::failed(task_no, state.current.progress, "cancelled");
+            state.pending = None;
+            if !self.apply(&live, &mut state, end, false).await {
+                return Err(TaskError::Conflict(format!("task {task_no} already ended")));
+            }
+        }
+        if let Some(lane) = live.lane {
+            self.inner.lanes[lane].remove(task_no);
+        }
+        live.cancelled.notify_one();
+        self.details(owner, task_no).await
+    }
+
+    /// An external worker's report on an `external` task.
+    ///
+    /// # Errors
+    /// [`TaskError::NotFound`], [`TaskError::Invalid`] for a bad report, and
+    /// [`TaskError::Conflict`] for a task that is not external or already ended.
+    pub async fn external_report(
+        &self,
+        task_no: &str,
+        report: ProgressReport,
+    ) -> Result<TaskProgressDto, TaskError> {
+        let record = self
+            .inner
+            .storage
+            .task(task_no)
+            .await?
+            .ok_or_else(|| TaskError::NotFound(task_no.to_owned()))?;
+        if record.request.kind() != TaskKind::External {
+            return Err(TaskError::Conflict(format!(
+                "task {task_no} is run by the {} executor, not by an external worker",
+                record.executor
+            )));
+        }
+        let Some(live) = self.live(task_no).filter(|_| !record.state.status.is_terminal()) else {
+            return Err(TaskError::Conflict(format!(
+                "task {task_no} already ended ({}); no transition out of a terminal status",
+                record.state.status
+            )));
+        };
+        let mut state = live.state.lock().await;
+        let next = next_external_state(&state.current, report)?;
+        let replaceable = next.status == state.current.status;
+        state.pending = None;
+        if !self.apply(&live, &mut state, next.clone(), replaceable).await {
+            return Err(TaskError::Conflict(format!("task {task_no} already ended")));
+        }
+        Ok(next)
+    }
+}
+
+/// The state an external report leads to, or why it is refused.
+fn next_external_state(
+    current: &TaskProgressDto,
+    report: ProgressReport,
+) -> Result<TaskProgressDto, TaskError> {
+    let invalid = |field, reason: &str| TaskError::Invalid { field, reason: reason.to_owned() };
+    let status = report.status.unwrap_or(current.status);
+    if status == TaskStatus::Created && current.status != TaskStatus::Created {
+        return Err(invalid("status", "a task cannot go back to created"));
+    }
+    let progress = match report.progress {
+        Some(p) if p > 100 => return Err(invalid("progress", "must be between 0 and 100")),
+        Some(p) => p as u8,
+        None if status == TaskStatus::Completed => 100,
+        None => current.progress,
+    };
+    let mut next = TaskProgressDto::new(
+        &current.task_no,
+        status,
+        progress,
+        report.message.unwrap_or_else(|| {
+            if status == current.status { current.message.clone() } else { status.to_string() }
+        }),
+    );
+    match status {
+        TaskStatus::Completed => {
+            let url = report
+                .result_url
+                .filter(|u| !u.trim().is_empty())
+                .ok_or_else(|| invalid("resultUrl", "is required with status completed"))?;
+            next.result_url = Some(url);
+        }
+        TaskStatus::Failed => {
+            let error = report
+                .error_message
+                .filter(|u| !u.trim().is_empty())
+                .ok_or_else(|| invalid("errorMessage", "is required with status failed"))?;
+            next.error_message = Some(error);
+        }
+        _ => {
+            if report.result_url.is_some() {
+                return Err(invalid("resultUrl", "is only accepted with status completed"));
+            }
+            if report.error_message.is_some() {
+                return Err(invalid("errorMessage", "is only accepted with status failed"));
+            }
+        }
+    }
+    Ok(next)
+}
+
+/// 128 random bits, hex: unique and not guessable.
+fn new_task_no() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS provides randomness");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// True when `s` could be a task number (so it is safe in a file name).
+pub fn is_task_no(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn processing() -> TaskProgressDto {
+        TaskProgressDto::new("T", TaskStatus::Processing, 40, "working")
+    }
+
+    #[test]
+    fn external_reports_are_validated() {
+        let report =
+            |json: &str| next_external_state(&processing(), serde_json::from_str(json).unwrap());
+        let next = report(r#"{"progress":60}"#).unwrap();
+        assert_eq!(
+            (next.status, next.progress, next.message.as_str()),
+            (TaskStatus::Processing, 60, "working")
+        );
+        let done = report(r#"{"status":"completed","resultUrl":"https://x/r.png"}"#).unwrap();
+        assert_eq!((done.progress, done.result_url.as_deref()), (100, Some("https://x/r.png")));
+        for (json, field) in [
+            (r#"{"progress":101}"#, "progress"),
+            (r#"{"status":"completed"}"#, "resultUrl"),
+            (r#"{"status":"failed"}"#, "errorMessage"),
+            (r#"{"status":"created"}"#, "status"),
+            (r#"{"resultUrl":"x"}"#, "resultUrl"),
+        ] {
+            match report(json) {
+                Err(TaskError::Invalid { field: f, .. }) => assert_eq!(f, field, "{json}"),
+                other => panic!("{json}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn task_numbers_are_random_hex() {
+        let a = new_task_no();
+        assert!(is_task_no(&a), "{a}");
+        assert_ne!(a, new_task_no());
+        assert!(!is_task_no("../../etc/passwd"));
+    }
+}
