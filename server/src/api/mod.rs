@@ -133,16 +133,27 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
             Err(error) => {
                 let path = error.path().to_string();
                 let inner = error.into_inner();
-                let field = (path != ".").then_some(path).or_else(|| missing_field(&inner));
+                let field = (path != ".").then_some(path).or_else(|| field_of(&inner, &bytes));
                 Err(AppError::BadRequest { message: format!("invalid JSON body: {inner}"), field })
             }
         }
     }
 }
 
-/// serde reports a missing field at the parent's path; dig the name out of the message.
-fn missing_field(error: &serde_json::Error) -> Option<String> {
+/// The field an error is about when serde could not say (a missing field is reported at the
+/// parent, and an internally tagged enum such as `SubmitTaskRequest` buffers its content, which
+/// loses the path): the name in "missing/unknown field `x`", or the top-level key whose string
+/// value is the "unknown variant `v`".
+fn field_of(error: &serde_json::Error, body: &[u8]) -> Option<String> {
     let message = error.to_string();
-    let rest = message.strip_prefix("missing field `")?;
-    Some(rest[..rest.find('`')?].to_owned())
+    let quoted = |prefix: &str| {
+        let rest = message.strip_prefix(prefix)?;
+        Some(rest[..rest.find('`')?].to_owned())
+    };
+    if let Some(name) = quoted("missing field `").or_else(|| quoted("unknown field `")) {
+        return Some(name);
+    }
+    let variant = quoted("unknown variant `")?;
+    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+    object.into_iter().find(|(_, v)| v.as_str() == Some(&variant)).map(|(k, _)| k)
 }

@@ -8,11 +8,15 @@ use std::{
 };
 
 use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
 use taskpulse_server::{
     AppState, Config,
     broker::{Broker, Claims},
 };
-use taskpulse_shared::stomp::{Command, Decoder, Frame, Limits, Version};
+use taskpulse_shared::{
+    TaskProgressDto,
+    stomp::{Command, Decoder, Frame, Limits, Version},
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -101,16 +105,97 @@ impl TestServer {
 
     /// A STOMP 1.2 client connected as `user`.
     pub(crate) async fn client(&self, user: &str) -> StompClient {
+        self.client_with(&self.token(user)).await
+    }
+
+    /// A STOMP 1.2 client connected with `token`.
+    pub(crate) async fn client_with(&self, token: &str) -> StompClient {
         let mut client = StompClient::open(&self.ws_url(), &["v12.stomp"]).await;
-        let connected =
-            client.connect(&[("Authorization", &format!("Bearer {}", self.token(user)))]).await;
+        let connected = client.connect(&[("Authorization", &format!("Bearer {token}"))]).await;
         assert_eq!(connected.command, Command::Connected, "{connected:?}");
         client
+    }
+
+    /// The REST API of this server.
+    pub(crate) fn api(&self) -> Api {
+        Api::new(self.addr)
     }
 
     pub(crate) async fn stop(mut self) {
         self.stop.take().unwrap().send(()).unwrap();
         self.handle.await.unwrap().unwrap();
+    }
+}
+
+/// A JSON client of the REST API.
+#[derive(Clone)]
+pub(crate) struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub(crate) fn new(addr: SocketAddr) -> Api {
+        Api { base: format!("http://{addr}"), http: reqwest::Client::new() }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// GET with an optional Bearer token.
+    pub(crate) async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        self.send(request).await
+    }
+
+    /// POST of a JSON body with an optional Bearer token.
+    pub(crate) async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut request = self.http.post(self.url(path)).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        self.send(request).await
+    }
+
+    /// POST with an `X-API-Key`.
+    pub(crate) async fn post_as_backend(&self, path: &str, key: &str, body: Value) -> (u16, Value) {
+        self.send(self.http.post(self.url(path)).header("x-api-key", key).json(&body)).await
+    }
+
+    /// Registers `user` (password `password-of-<user>`) and returns the token.
+    pub(crate) async fn register(&self, user: &str) -> String {
+        let body = json!({"username": user, "password": format!("password-of-{user}")});
+        let (status, answer) = self.post("/api/auth/register", None, body).await;
+        assert_eq!(status, 201, "{answer}");
+        answer["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Submits a text-to-image task and returns its number.
+    pub(crate) async fn submit(&self, token: &str, prompt: &str) -> String {
+        let body = json!({"kind": "text-to-image", "prompt": prompt, "aspectRatio": "16:9"});
+        let (status, answer) = self.post("/api/tasks", Some(token), body).await;
+        assert_eq!(status, 202, "{answer}");
+        answer["taskNo"].as_str().unwrap().to_owned()
+    }
+
+    /// Downloads a URL (relative to the server) without credentials.
+    pub(crate) async fn download(&self, url: &str) -> (u16, Option<String>, Vec<u8>) {
+        let response = self.http.get(self.url(url)).send().await.unwrap();
+        let status = response.status().as_u16();
+        let content_type =
+            response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+        (status, content_type, response.bytes().await.unwrap().to_vec())
     }
 }
 
@@ -218,6 +303,30 @@ impl StompClient {
             early.push(frame);
         }
         self.pending.extend(early);
+    }
+
+    /// Task updates for `task_no` until its terminal status (others are kept aside).
+    pub(crate) async fn updates_until_done(&mut self, task_no: &str) -> Vec<TaskProgressDto> {
+        let mut updates = Vec::new();
+        let mut others = Vec::new();
+        loop {
+            let frame = self.try_recv(Duration::from_secs(30)).await.unwrap_or_else(|| {
+                panic!("task {task_no} did not end; updates so far: {updates:#?}")
+            });
+            assert_eq!(frame.command, Command::Message, "{frame:?}");
+            let update: TaskProgressDto = serde_json::from_slice(&frame.body).unwrap();
+            if update.task_no != task_no {
+                others.push(frame);
+                continue;
+            }
+            let done = update.status.is_terminal();
+            updates.push(update);
+            if done {
+                break;
+            }
+        }
+        self.pending.extend(others);
+        updates
     }
 
     pub(crate) async fn send_to(&mut self, destination: &str, body: &str) {

@@ -3,3 +3,4 @@
 mod fixture;
 mod http;
 mod stomp;
+mod tasks;
