@@ -306,10 +306,8 @@ impl Settings {
         if self.demo.steps == 0 || self.demo.size < 16 || self.demo.size > 2048 {
             return Err(invalid("demo.steps/demo.size", "steps >= 1, size in 16..=2048"));
         }
-        if !self.comfyui.url.is_empty()
-            && !(self.comfyui.url.starts_with("http://")
-                || self.comfyui.url.starts_with("https://"))
-        {
+        let url = &self.comfyui.url;
+        if !url.is_empty() && !url.starts_with("http://") && !url.starts_with("https://") {
             return Err(invalid("comfyui.url", "must start with http:// or https://"));
         }
         if self.api.keys.iter().any(|k| k.len() < 16) {

@@ -194,6 +194,41 @@ fn parse_history(prompt_id: &str, body: &Value) -> History {
 }
 
 impl ComfyUiExecutor {
+    /// Submits (or, after a restart, looks up) the prompt and follows it to its end.
+    async fn run_prompt(
+        &self,
+        job: &Job,
+        progress: &Progress,
+        prompt_id: &str,
+        sender: &mpsc::UnboundedSender<Event>,
+        events: &mut mpsc::UnboundedReceiver<Event>,
+    ) -> Result<Artifact, String> {
+        let inner = &*self.inner;
+        if job.external_ref.is_some() {
+            // After a restart: what happened while nobody listened is in /history.
+            let _ = sender.send(Event::Reconnected);
+        } else {
+            progress.report(0, "sending the workflow to ComfyUI").await;
+            let workflow = inner.workflow_for(job).await?;
+            inner.submit(workflow, prompt_id).await?;
+            progress.set_external_ref(prompt_id).await;
+            progress.report(0, "queued at ComfyUI").await;
+        }
+        let followed =
+            tokio::time::timeout(inner.timeout, inner.follow_prompt(prompt_id, events, progress))
+                .await;
+        match followed {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                self.cancel(job).await;
+                Err(format!(
+                    "ComfyUI did not finish within {} s (comfyui.timeout_s)",
+                    inner.timeout.as_secs()
+                ))
+            }
+        }
+    }
+
     /// The executor's name.
     pub const NAME: &'static str = "comfyui";
 
@@ -275,17 +310,16 @@ async fn follow(inner: std::sync::Weak<Inner>, max_backoff: Duration) {
     }
 }
 
-/// Unregisters a prompt's waiter when its task stops waiting.
+/// Unregisters a prompt's waiter when its task stops waiting (also when the run is dropped
+/// because the task was cancelled; `cancel` then still finds the prompt in `prompts`).
 struct Registration<'a> {
     inner: &'a Inner,
     prompt_id: String,
-    task_no: String,
 }
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
         lock(&self.inner.waiters).remove(&self.prompt_id);
-        lock(&self.inner.prompts).remove(&self.task_no);
     }
 }
 
@@ -479,39 +513,17 @@ impl Executor for ComfyUiExecutor {
         };
         lock(&inner.waiters).insert(prompt_id.clone(), sender.clone());
         lock(&inner.prompts).insert(job.task_no.clone(), prompt_id.clone());
-        let _registration =
-            Registration { inner, prompt_id: prompt_id.clone(), task_no: job.task_no.clone() };
-        if job.external_ref.is_some() {
-            // After a restart: what happened while nobody listened is in /history.
-            let _ = sender.send(Event::Reconnected);
-        } else {
-            progress.report(0, "sending the workflow to ComfyUI").await;
-            let workflow = inner.workflow_for(job).await?;
-            inner.submit(workflow, &prompt_id).await?;
-            progress.set_external_ref(&prompt_id).await;
-            progress.report(0, "queued at ComfyUI").await;
-        }
-        match tokio::time::timeout(
-            inner.timeout,
-            inner.follow_prompt(&prompt_id, &mut events, progress),
-        )
-        .await
-        {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                self.cancel(job).await;
-                Err(format!(
-                    "ComfyUI did not finish within {} s (comfyui.timeout_s)",
-                    inner.timeout.as_secs()
-                ))
-            }
-        }
+        let _registration = Registration { inner, prompt_id: prompt_id.clone() };
+        let outcome = self.run_prompt(job, progress, &prompt_id, &sender, &mut events).await;
+        // Reached unless the run was dropped by a cancel, which then finds the prompt here.
+        lock(&inner.prompts).remove(&job.task_no);
+        outcome
     }
 
     async fn cancel(&self, job: &Job) {
         let inner = &*self.inner;
         let prompt_id =
-            lock(&inner.prompts).get(&job.task_no).cloned().or_else(|| job.external_ref.clone());
+            lock(&inner.prompts).remove(&job.task_no).or_else(|| job.external_ref.clone());
         let Some(prompt_id) = prompt_id else { return };
         // Drop it from the queue if it waits there, and interrupt it if it runs.
         let queue =

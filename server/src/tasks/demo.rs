@@ -171,23 +171,16 @@ impl Canvas {
         for y in first..end.min(self.height) {
             for x in 0..self.width {
                 let t = (x + y) * 255 / span;
-                let mut rgb = [0u8; 3];
-                for c in 0..3 {
-                    rgb[c] = mix(self.from[c], self.to[c], t);
-                }
+                let mut rgb: [u8; 3] = std::array::from_fn(|c| mix(self.from[c], self.to[c], t));
                 for d in &self.discs {
                     let (dx, dy) = (i64::from(x) - d.x, i64::from(y) - d.y);
                     if dx * dx + dy * dy <= d.r2 {
-                        for c in 0..3 {
-                            rgb[c] = mix(rgb[c], d.colour[c], 160);
-                        }
+                        rgb = std::array::from_fn(|c| mix(rgb[c], d.colour[c], 160));
                     }
                 }
                 let at = ((y * self.width + x) * 3) as usize;
                 if let Some(input) = &self.input {
-                    for c in 0..3 {
-                        rgb[c] = mix(rgb[c], input[at + c], 140);
-                    }
+                    rgb = std::array::from_fn(|c| mix(rgb[c], input[at + c], 140));
                 }
                 self.pixels[at..at + 3].copy_from_slice(&rgb);
             }

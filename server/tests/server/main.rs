@@ -1,6 +1,9 @@
 //! Integration tests of the real server on an ephemeral port (one test binary).
 
+mod comfyui;
+mod comfyui_sim;
 mod fixture;
 mod http;
+mod restart;
 mod stomp;
 mod tasks;

@@ -360,7 +360,9 @@ async fn invalid_input_gets_a_clear_4xx_on_every_endpoint() {
     let task_no = api.submit(&token, "fine").await;
     let t = Some(token.as_str());
     let progress_path = format!("/api/tasks/{task_no}/progress");
-    let cases: Vec<(&str, &str, Option<&str>, Value, u16, &str)> = vec![
+    // (method, path, token, body, expected status, text the answer must contain)
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, Value, u16, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         (
             "POST",
             "/api/auth/register",
