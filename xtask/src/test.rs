@@ -251,6 +251,7 @@ fn stompjs_interop() -> Result<String, String> {
         &[
             ("TASKPULSE_JWT_SECRET", secret),
             ("TASKPULSE_AUTHORIZATION_SEND_BY_USER", r#"{ backend = ["/user/**", "/topic/**"] }"#),
+            ("TASKPULSE_DEMO_DURATION_MS", "600"),
         ],
     )?;
     let result = captured(
@@ -258,6 +259,7 @@ fn stompjs_interop() -> Result<String, String> {
             .args(["--test", "--test-reporter=tap", "interop.test.mjs"])
             .current_dir(&dir)
             .env("TASKPULSE_WS_URL", format!("ws://{}/ws", server.addr))
+            .env("TASKPULSE_HTTP_URL", format!("http://{}", server.addr))
             .env("TASKPULSE_JWT_SECRET", secret),
     );
     drop(server);

@@ -2,6 +2,7 @@
 // uses it), on Node with the `ws` package. `cargo xtask test` starts the server and sets:
 //   TASKPULSE_WS_URL      ws://127.0.0.1:PORT/ws
 //   TASKPULSE_JWT_SECRET  the HS256 secret the server validates with
+//   TASKPULSE_HTTP_URL    http://127.0.0.1:PORT, for the task API
 // The server is configured so that the principal `backend` may SEND to /user/** and /topic/**.
 
 import { test } from 'node:test';
@@ -12,7 +13,8 @@ import WebSocket from 'ws';
 
 const URL = process.env.TASKPULSE_WS_URL;
 const SECRET = process.env.TASKPULSE_JWT_SECRET;
-assert.ok(URL && SECRET, 'TASKPULSE_WS_URL and TASKPULSE_JWT_SECRET must be set');
+const HTTP = process.env.TASKPULSE_HTTP_URL;
+assert.ok(URL && SECRET && HTTP, 'TASKPULSE_WS_URL, TASKPULSE_JWT_SECRET and TASKPULSE_HTTP_URL must be set');
 
 const b64url = (data) => Buffer.from(data).toString('base64url');
 
@@ -223,5 +225,60 @@ test("another user's private destination is refused with an ERROR", async () => 
   const frame = await within(5000, error, 'ERROR frame');
   assert.equal(frame.headers.message, 'invalid destination');
   assert.match(frame.body, /belongs to another user/);
+  await c.deactivate();
+});
+
+/** POSTs JSON to the task API; resolves with [status, parsed body]. */
+async function post(path, body, bearer) {
+  const headers = { 'content-type': 'application/json' };
+  if (bearer) headers.authorization = `Bearer ${bearer}`;
+  const response = await fetch(`${HTTP}${path}`, { method: 'POST', headers, body: JSON.stringify(body) });
+  return [response.status, await response.json()];
+}
+
+test('a signed-in user submits a task and watches it from created to a PNG result', async () => {
+  const username = `interop${Date.now()}`;
+  const [registered, account] = await post('/api/auth/register', { username, password: 'interop-password' });
+  assert.equal(registered, 201, JSON.stringify(account));
+  const [loggedIn, login] = await post('/api/auth/login', { username, password: 'interop-password' });
+  assert.equal(loggedIn, 200, JSON.stringify(login));
+  assert.ok(login.expiresIn > 0);
+
+  const c = client(username, { token: login.token });
+  await within(5000, connect(c), 'CONNECTED');
+  const updates = [];
+  let finished;
+  const done = new Promise((resolve) => (finished = resolve));
+  const receipt = 'tasks-subscribed';
+  const subscribedNow = new Promise((resolve) => c.watchForReceipt(receipt, resolve));
+  c.subscribe(
+    '/user/queue/tasks-progress',
+    (message) => {
+      const update = JSON.parse(message.body);
+      updates.push(update);
+      if (update.status === 'completed' || update.status === 'failed') finished(update);
+    },
+    { receipt },
+  );
+  await within(5000, subscribedNow, 'subscription receipt');
+
+  const [accepted, submitted] = await post(
+    '/api/tasks',
+    { kind: 'text-to-image', prompt: 'a lighthouse drawn by stompjs', aspectRatio: '1:1' },
+    login.token,
+  );
+  assert.equal(accepted, 202, JSON.stringify(submitted));
+  const last = await within(20000, done, 'terminal status');
+  const mine = updates.filter((u) => u.taskNo === submitted.taskNo);
+  const statuses = [...new Set(mine.map((u) => u.status))];
+  assert.deepEqual(statuses, ['created', 'queued', 'processing', 'completed']);
+  assert.equal(last.progress, 100);
+  assert.ok(last.resultUrl.startsWith(`/api/tasks/${submitted.taskNo}/result?`), last.resultUrl);
+
+  const image = await fetch(`${HTTP}${last.resultUrl}`);
+  assert.equal(image.status, 200);
+  assert.equal(image.headers.get('content-type'), 'image/png');
+  const bytes = Buffer.from(await image.arrayBuffer());
+  assert.deepEqual([...bytes.subarray(0, 8)], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
   await c.deactivate();
 });
