@@ -1,6 +1,7 @@
 //! `taskpulse-load`: opens real STOMP-over-WebSocket connections to a running TaskPulse
 //! server and reports delivered messages/s, end-to-end latency, lost/duplicated/out-of-order
-//! deliveries, connections/s and server RSS per idle subscribed connection.
+//! deliveries, connections/s and server RSS per idle subscribed connection; and, through the
+//! task API, task submissions/s and submit-to-`completed` latency (see `tasks.rs`).
 //!
 //! It measures and prints; it asserts nothing. `cargo xtask load` starts a release server
 //! and runs every scenario; the figures go to docs/BENCHMARKS.md.
@@ -12,6 +13,8 @@ use std::{
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
+
+mod tasks;
 
 use bytes::Bytes;
 use clap::Parser;
@@ -36,8 +39,9 @@ struct Args {
     /// The server's process id, to read its RSS.
     #[arg(long)]
     server_pid: Option<u32>,
-    /// Which scenarios: broadcast, destinations, latency, connect, idle (comma-separated).
-    #[arg(long, default_value = "broadcast,destinations,latency,connect,idle")]
+    /// Which scenarios: broadcast, destinations, latency, connect, idle, tasks
+    /// (comma-separated).
+    #[arg(long, default_value = "broadcast,destinations,latency,connect,idle,tasks")]
     scenarios: String,
     /// Subscribers for the broadcast scenario.
     #[arg(long, default_value_t = 1000)]
@@ -60,6 +64,12 @@ struct Args {
     /// Idle subscribed connections in the idle scenario.
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
+    /// Tasks submitted at once in the tasks scenario's burst.
+    #[arg(long, default_value_t = 2000)]
+    tasks: usize,
+    /// Tasks per second in the tasks scenario's paced phase (for latency).
+    #[arg(long, default_value_t = 50)]
+    task_rate: usize,
 }
 
 type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
@@ -451,6 +461,7 @@ async fn main() {
                 drop(conns);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
+            "tasks" => tasks::run(&args).await,
             other => eprintln!("unknown scenario {other:?}"),
         }
     }

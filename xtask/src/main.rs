@@ -156,6 +156,9 @@ fn load(extra: &[String]) -> Result<(), String> {
         &[
             ("TASKPULSE_JWT_SECRET", secret),
             ("TASKPULSE_AUTHORIZATION_SEND_BY_USER", r#"{ bench = ["/topic/**"] }"#),
+            // The tasks scenario measures the service, not the renderer: no pacing, small PNGs.
+            ("TASKPULSE_DEMO_DURATION_MS", "0"),
+            ("TASKPULSE_DEMO_SIZE", "64"),
         ],
     )?;
     let result = status(
