@@ -84,7 +84,14 @@ impl AppState {
         let broker = Broker::new(settings.clone(), auth);
         let accounts = Accounts::start(storage.clone(), broker.clone(), settings.clone()).await?;
         let results = ResultStore::new(&config.data_dir, settings.tasks.result_url_ttl_s)?;
-        let tasks = TaskService::start(storage, broker.clone(), settings.clone(), results).await?;
+        let tasks = TaskService::start(
+            storage,
+            broker.clone(),
+            settings.clone(),
+            results,
+            &config.data_dir,
+        )
+        .await?;
         Ok(AppState { config: Arc::new(config), broker, tasks, accounts })
     }
 }

@@ -24,6 +24,9 @@ use tokio_tungstenite::tungstenite::Message;
 use super::{Artifact, Executor, Job, Progress, demo::ImageFetcher};
 use crate::{ComfyUiSettings, Settings};
 
+/// How long a followed prompt may stay silent before `/history` is asked.
+const HISTORY_POLL: Duration = Duration::from_secs(5);
+
 const TEXT_TO_IMAGE: &str = include_str!("workflows/text-to-image.json");
 const IMAGE_TO_IMAGE: &str = include_str!("workflows/image-to-image.json");
 
@@ -232,29 +235,31 @@ impl ComfyUiExecutor {
     /// The executor's name.
     pub const NAME: &'static str = "comfyui";
 
-    /// Reads the workflows and starts the WebSocket follower.
+    /// Reads the workflows and starts the WebSocket follower. The `client_id` is kept in
+    /// `<data_dir>/comfyui-client-id`, so that after a restart ComfyUI still sends this server
+    /// the events of prompts it submitted before.
     ///
     /// # Errors
     /// The URL or a workflow file is unusable.
-    pub fn start(settings: &Settings) -> Result<ComfyUiExecutor, String> {
+    pub fn start(
+        settings: &Settings,
+        data_dir: &std::path::Path,
+    ) -> Result<ComfyUiExecutor, String> {
         let comfy: &ComfyUiSettings = &settings.comfyui;
         let mut base = reqwest::Url::parse(&comfy.url)
             .map_err(|e| format!("comfyui.url {:?}: {e}", comfy.url))?;
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
-        let mut id = [0u8; 16];
-        getrandom::fill(&mut id).map_err(|e| format!("no randomness: {e}"))?;
+        let id = crate::broker::stored_secret(data_dir, "comfyui-client-id")
+            .map_err(|e| format!("comfyui: {e}"))?;
         let inner = Arc::new(Inner {
             base,
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(10))
                 .build()
                 .map_err(|e| format!("comfyui: {e}"))?,
-            client_id: format!(
-                "taskpulse-{}",
-                id.iter().map(|b| format!("{b:02x}")).collect::<String>()
-            ),
+            client_id: format!("taskpulse-{}", String::from_utf8_lossy(&id[..32.min(id.len())])),
             text_to_image: workflow(&comfy.workflow_file, TEXT_TO_IMAGE)?,
             image_to_image: workflow(&comfy.img2img_workflow_file, IMAGE_TO_IMAGE)?,
             checkpoint: comfy.checkpoint.clone(),
@@ -458,7 +463,14 @@ impl Inner {
     ) -> Result<Artifact, String> {
         let mut images = Vec::new();
         let mut percent = 0u8;
-        while let Some(event) = events.recv().await {
+        loop {
+            // Events can be lost (a WebSocket gap, another process's client id): after a
+            // quiet spell, ask /history as if the socket had reconnected.
+            let event = match tokio::time::timeout(HISTORY_POLL, events.recv()).await {
+                Ok(Some(event)) => event,
+                Ok(None) => return Err("the ComfyUI follower stopped".into()),
+                Err(_) => Event::Reconnected,
+            };
             match event {
                 Event::Started => progress.report(percent, "running on ComfyUI").await,
                 Event::Node(node) => progress.report(percent, format!("ComfyUI node {node}")).await,
@@ -482,7 +494,6 @@ impl Inner {
                 },
             }
         }
-        Err("the ComfyUI follower stopped".into())
     }
 }
 

@@ -10,8 +10,8 @@
 //!   (multipart), `POST /interrupt`, `POST /queue {delete: [...]}`.
 //!
 //! The positive prompt steers a run: "fail" ends in `execution_error`, "disconnect" closes
-//! the WebSocket half-way and finishes while the client is away, "hang" waits for
-//! `/interrupt`.
+//! the WebSocket half-way and finishes while the client is away, "hang" runs until
+//! `/interrupt` or until the test sets `release`.
 
 use std::{
     collections::HashMap,
@@ -47,6 +47,8 @@ pub(crate) struct SimState {
     images: Mutex<HashMap<String, Vec<u8>>>,
     /// How many WebSockets were opened.
     pub(crate) connections: Mutex<usize>,
+    /// Set to let "hang" prompts finish.
+    pub(crate) release: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) struct ComfySim {
@@ -156,9 +158,13 @@ async fn execute(state: Arc<SimState>, client: String, id: String, text: String,
             json!({"node": node, "display_node": node, "prompt_id": id}),
         );
     }
-    let steps = if text.contains("hang") { 1000 } else { 5 };
+    let hang = text.contains("hang");
+    let steps = if hang { 1000 } else { 5 };
     for value in 1..=steps {
         pause().await;
+        if hang && state.release.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
         if lock(&state.interrupted).iter().any(|i| i == &id) {
             send(
                 &state,

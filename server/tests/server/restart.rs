@@ -12,7 +12,10 @@ use std::{
 use serde_json::Value;
 use taskpulse_shared::{TaskProgressDto, TaskStatus};
 
-use crate::fixture::{Api, StompClient};
+use crate::{
+    comfyui_sim::ComfySim,
+    fixture::{Api, StompClient},
+};
 
 struct Process {
     child: Child,
@@ -29,7 +32,12 @@ impl Drop for Process {
 
 /// Starts `taskpulse-server` on an ephemeral port and waits for its "listening" line.
 fn spawn(data: &Path) -> Process {
+    spawn_with(data, &[])
+}
+
+fn spawn_with(data: &Path, env: &[(&str, &str)]) -> Process {
     let mut child = Command::new(env!("CARGO_BIN_EXE_taskpulse-server"))
+        .envs(env.iter().copied())
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
         .arg("--ui-dir")
@@ -122,4 +130,37 @@ async fn tasks_survive_kill_9_and_run_again() {
     let statuses: Vec<&Value> = events.as_array().unwrap().iter().map(|e| &e["status"]).collect();
     assert_eq!(statuses.last().unwrap().as_str(), Some("completed"));
     drop(second);
+}
+
+#[tokio::test]
+async fn a_comfyui_prompt_is_followed_again_after_kill_9() {
+    let sim = ComfySim::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let url = sim.url();
+    let env = [("TASKPULSE_COMFYUI_URL", url.as_str())];
+    let mut first = spawn_with(data.path(), &env);
+    let api = Api::new(first.addr);
+    let token = api.register("alice").await;
+    let mut client = subscriber(first.addr, &token).await;
+    let task_no = api.submit(&token, "hang until released").await;
+    loop {
+        let update: TaskProgressDto = serde_json::from_slice(&client.recv().await.body).unwrap();
+        if update.task_no == task_no && update.message.starts_with("sampling") {
+            break;
+        }
+    }
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    drop(first);
+
+    let second = spawn_with(data.path(), &env);
+    let mut client = subscriber(second.addr, &token).await;
+    sim.state.release.store(true, std::sync::atomic::Ordering::Relaxed);
+    let updates = client.updates_until_done(&task_no).await;
+    let done = updates.last().unwrap();
+    assert_eq!(done.status, TaskStatus::Completed, "{updates:#?}");
+    assert_eq!(sim.state.prompts.lock().unwrap().len(), 1, "the prompt was not submitted twice");
+    let (status, _, bytes) =
+        Api::new(second.addr).download(done.result_url.as_deref().unwrap()).await;
+    assert_eq!((status, bytes), (200, crate::comfyui_sim::png(1)));
 }
