@@ -607,6 +607,24 @@ mod tests {
         );
     }
 
+    /// TLS is compiled in for both clients (rustls with ring): an https/wss attempt against a
+    /// peer that hangs up fails with an error instead of "no TLS support" or a panic.
+    #[tokio::test]
+    async fn https_and_wss_attempts_reach_a_tls_handshake() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                drop(socket);
+            }
+        });
+        let wss = tokio_tungstenite::connect_async(format!("wss://127.0.0.1:{port}/ws")).await;
+        let error = wss.err().expect("the peer hangs up").to_string();
+        assert!(!error.contains("TLS support not compiled in"), "{error}");
+        let https = reqwest::get(format!("https://127.0.0.1:{port}/x.png")).await;
+        assert!(https.is_err());
+    }
+
     #[test]
     fn history_says_pending_done_or_failed() {
         assert_eq!(parse_history("p", &json!({})), History::Pending);
