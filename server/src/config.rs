@@ -91,6 +91,14 @@ TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the fil
   image_to_image = 2
   external = 0
 
+[replay]
+  max_entries = 10000      messages kept per user in the log (the newest always stays)
+  max_age_s = 86400        messages older than this are forgotten
+  max_replay = 1000        a resume missing more than this gets a snapshot instead
+  snapshot_finished_s = 3600   a snapshot holds unfinished tasks and those finished this
+                               recently
+  snapshot_limit = 200     most tasks in one snapshot (the newest)
+
 [api]
   keys = []                keys accepted in X-API-Key by POST /api/publish and
                            POST /api/tasks/{taskNo}/progress (empty: both refuse)
@@ -272,6 +280,8 @@ pub struct Settings {
     pub comfyui: ComfyUiSettings,
     /// Per-user credits.
     pub credits: CreditSettings,
+    /// The per-user log, replay and snapshots.
+    pub replay: ReplaySettings,
     /// Keys of backends that push progress or publish.
     pub api: ApiSettings,
 }
@@ -595,6 +605,34 @@ impl Default for CreditSettings {
             text_to_image: 1,
             image_to_image: 2,
             external: 0,
+        }
+    }
+}
+
+/// `[replay]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplaySettings {
+    /// Entries kept per user.
+    pub max_entries: u32,
+    /// Age limit of entries, seconds.
+    pub max_age_s: u64,
+    /// Longest replay; beyond it a snapshot is sent.
+    pub max_replay: u32,
+    /// How long finished tasks stay in snapshots, seconds.
+    pub snapshot_finished_s: u64,
+    /// Most tasks in a snapshot.
+    pub snapshot_limit: u32,
+}
+
+impl Default for ReplaySettings {
+    fn default() -> Self {
+        ReplaySettings {
+            max_entries: 10_000,
+            max_age_s: 86_400,
+            max_replay: 1000,
+            snapshot_finished_s: 3600,
+            snapshot_limit: 200,
         }
     }
 }

@@ -10,6 +10,7 @@ mod api;
 pub mod broker;
 mod config;
 mod error;
+pub mod replay;
 pub mod storage;
 pub mod tasks;
 mod web;
@@ -20,7 +21,7 @@ use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 pub use config::{
     AccountSettings, ApiSettings, AuthSettings, AuthorizationSettings, Cli, ComfyUiSettings,
     Config, ConfigError, ConfigUser, CreditSettings, DemoSettings, JwtSettings, LimitSettings,
-    SETTINGS_HELP, Settings, StompSettings, TaskSettings,
+    ReplaySettings, SETTINGS_HELP, Settings, StompSettings, TaskSettings,
 };
 pub use error::AppError;
 use tokio::net::TcpListener;
@@ -29,6 +30,7 @@ pub use web::app;
 use crate::{
     accounts::Accounts,
     broker::{Authenticator, Broker, KeyError},
+    replay::UserLog,
     storage::{SqliteStorage, Storage, StorageError},
     tasks::{ResultStore, ServiceError, TaskService},
 };
@@ -44,6 +46,8 @@ pub struct AppState {
     pub tasks: TaskService,
     /// Registration, login, logout.
     pub accounts: Accounts,
+    /// The per-user log: seq/epoch, replay, snapshots.
+    pub log: UserLog,
 }
 
 /// Why the server could not start.
@@ -84,15 +88,17 @@ impl AppState {
         let broker = Broker::new(settings.clone(), auth);
         let accounts = Accounts::start(storage.clone(), broker.clone(), settings.clone()).await?;
         let results = ResultStore::new(&config.data_dir, settings.tasks.result_url_ttl_s)?;
-        let tasks = TaskService::start(
-            storage,
+        let log = UserLog::start(
+            storage.clone(),
             broker.clone(),
-            settings.clone(),
-            results,
-            &config.data_dir,
+            results.clone(),
+            settings.replay.clone(),
         )
         .await?;
-        Ok(AppState { config: Arc::new(config), broker, tasks, accounts })
+        let tasks =
+            TaskService::start(storage, log.clone(), settings.clone(), results, &config.data_dir)
+                .await?;
+        Ok(AppState { config: Arc::new(config), broker, tasks, accounts, log })
     }
 }
 

@@ -178,16 +178,22 @@ pub(super) async fn publish(
         ));
     }
     let body = serde_json::to_vec(&request.payload).expect("a JSON value serialises");
-    let publication = Publication::json(body);
     let delivered = match &request.user {
         Some(user) if user.is_empty() || user.chars().any(char::is_control) => {
             return Err(AppError::field("user", "must be a user name"));
         }
-        Some(user) => state.broker.send_to_user(user, destination, publication),
-        None => state.broker.publish(destination, publication).map_err(|e| match e {
-            RouteError::Destination(_) => AppError::field("destination", e.to_string()),
-            other => AppError::Conflict(other.to_string()),
-        })?,
+        // Through the user's log: numbered, kept for replay and for the offline user.
+        Some(user) => state
+            .log
+            .send(user, destination, "application/json", body, None)
+            .await
+            .map_err(|e| AppError::Internal(e.to_string()))?,
+        None => {
+            state.broker.publish(destination, Publication::json(body)).map_err(|e| match e {
+                RouteError::Destination(_) => AppError::field("destination", e.to_string()),
+                other => AppError::Conflict(other.to_string()),
+            })?
+        }
     };
     Ok(Json(Published { delivered }))
 }

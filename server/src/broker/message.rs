@@ -87,6 +87,11 @@ impl Message {
         }
     }
 
+    /// The `seq` header of a user-log message.
+    pub(crate) fn seq(&self) -> Option<i64> {
+        self.headers.get("seq")?.parse().ok()
+    }
+
     /// The same message marked `redelivered:true`.
     pub(crate) fn redelivery(&self) -> Message {
         Message {

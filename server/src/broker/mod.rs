@@ -99,6 +99,63 @@ struct Queue {
     next: usize,
 }
 
+/// Decides which SUBSCRIBEs to user destinations start with what the client missed, and
+/// produces it (the user log of the replay issue lives outside the broker).
+pub trait ReplaySource: Send + Sync {
+    /// Whether a SUBSCRIBE to `/user{path}` is replayed; `resume` says whether it carried a
+    /// position.
+    fn wants(&self, path: &str, resume: bool) -> bool;
+
+    /// Starts reading what the subscriber missed; the request's [`HeldSubscription`] must be
+    /// released (dropping it releases it empty).
+    fn replay(&self, request: ReplayRequest);
+}
+
+/// A SUBSCRIBE waiting for its replay.
+#[derive(Debug)]
+pub struct ReplayRequest {
+    /// The principal.
+    pub user: String,
+    /// The user path, e.g. `/queue/tasks-progress`.
+    pub path: String,
+    /// `(x-resume-epoch, x-resume-seq)`, when the client sent them.
+    pub resume: Option<(String, i64)>,
+    /// The subscription whose live messages are held meanwhile.
+    pub held: HeldSubscription,
+}
+
+/// A subscription whose live messages are held until its replay is queued.
+#[derive(Debug)]
+pub struct HeldSubscription {
+    broker: Broker,
+    outbox: Arc<Outbox>,
+    sub: Arc<str>,
+    ack: AckMode,
+    destination: Destination,
+    /// The SUBSCRIBE's receipt, sent once the catch-up is queued.
+    receipt: Option<String>,
+    released: bool,
+}
+
+impl HeldSubscription {
+    /// Queues `replay`, then the held live messages not already in it (those with `seq` above
+    /// `replayed_up_to`), and lets live messages flow again.
+    pub fn release(mut self, replay: Vec<Publication>, replayed_up_to: Option<i64>) {
+        let messages =
+            replay.into_iter().map(|p| self.broker.message(&self.destination, p)).collect();
+        self.outbox.release(&self.sub, self.ack, messages, replayed_up_to, self.receipt.take());
+        self.released = true;
+    }
+}
+
+impl Drop for HeldSubscription {
+    fn drop(&mut self) {
+        if !self.released {
+            self.outbox.release(&self.sub, self.ack, Vec::new(), None, self.receipt.take());
+        }
+    }
+}
+
 /// Connected sessions by id (principal, outbox), and how many each principal has.
 #[derive(Debug, Default)]
 struct OpenSessions {
@@ -137,6 +194,8 @@ struct Inner {
     /// Open sessions, for connection limits and shutdown.
     sessions: Mutex<OpenSessions>,
     apps: RwLock<Vec<(String, AppHandler)>>,
+    /// Where SUBSCRIBEs to user destinations get what they missed.
+    replay: RwLock<Option<Arc<dyn ReplaySource>>>,
     next_session: AtomicU64,
     next_message: AtomicU64,
     /// Distinguishes ids of this process from those of earlier runs.
@@ -175,6 +234,7 @@ impl Broker {
                 queues: Mutex::default(),
                 sessions: Mutex::default(),
                 apps: RwLock::default(),
+                replay: RwLock::default(),
                 next_session: AtomicU64::new(1),
                 next_message: AtomicU64::new(1),
                 instance: seed.iter().map(|b| format!("{b:02x}")).collect(),
@@ -221,6 +281,15 @@ impl Broker {
     /// `/app/tasks.cancel` or `/app/chat.**`).
     pub fn register_app(&self, pattern: &str, handler: AppHandler) {
         write(&self.inner.apps).push((pattern.to_owned(), handler));
+    }
+
+    /// Installs the source of replays and snapshots for user subscriptions.
+    pub fn set_replay_source(&self, source: Arc<dyn ReplaySource>) {
+        *write(&self.inner.replay) = Some(source);
+    }
+
+    fn replay_source(&self) -> Option<Arc<dyn ReplaySource>> {
+        read(&self.inner.replay).clone()
     }
 
     /// Closes every session with an ERROR saying why, and waits (up to `grace`) until their
@@ -421,6 +490,41 @@ impl Broker {
         queue.pending.push_back(message);
         let key: Arc<str> = Arc::from(name);
         Ok(dispatch(&key, queue, None))
+    }
+
+    /// Subscribes; a user destination the replay source wants is held and handed to it,
+    /// which then sends `receipt`. Returns whether it took the receipt.
+    fn subscribe_with_replay(
+        &self,
+        destination: &Destination,
+        subscriber: Subscriber,
+        resume: Option<(String, i64)>,
+        receipt: Option<String>,
+    ) -> bool {
+        let replay = match destination {
+            Destination::User { user, path } => self
+                .replay_source()
+                .filter(|source| source.wants(path, resume.is_some()))
+                .map(|source| (source, user.clone(), path.clone())),
+            _ => None,
+        };
+        let Some((source, user, path)) = replay else {
+            self.subscribe(destination, subscriber);
+            return false;
+        };
+        subscriber.outbox.hold(&subscriber.sub);
+        let held = HeldSubscription {
+            broker: self.clone(),
+            outbox: subscriber.outbox.clone(),
+            sub: subscriber.sub.clone(),
+            ack: subscriber.ack,
+            destination: destination.clone(),
+            receipt,
+            released: false,
+        };
+        self.subscribe(destination, subscriber);
+        source.replay(ReplayRequest { user, path, resume, held });
+        true
     }
 
     fn subscribe(&self, destination: &Destination, subscriber: Subscriber) {

@@ -101,6 +101,18 @@ struct State {
     unacked_per_sub: HashMap<Arc<str>, usize>,
     /// Auto-ack queue deliveries dropped unwritten by [`Outbox::fail`], for redelivery.
     unsent: Vec<(Arc<str>, Arc<Message>)>,
+    /// Subscriptions whose live messages wait until their replay is queued (see
+    /// [`Outbox::hold`]).
+    held: HashMap<Arc<str>, Vec<Arc<Message>>>,
+}
+
+/// Live messages a held subscription may collect while its replay is read.
+pub(super) const HOLD_LIMIT: usize = 10_000;
+
+/// What pushing one delivery did.
+enum Pushed {
+    Done(Delivery),
+    SlowConsumer,
 }
 
 /// One connection's outbound queue; shared by the broker and the transport.
@@ -206,32 +218,58 @@ impl Outbox {
         message: &Arc<Message>,
         queue: Option<&Arc<str>>,
     ) -> Delivery {
-        let cost = message.cost();
         let mut state = self.lock();
         if state.closed {
             return Delivery::Closed;
         }
+        if queue.is_none()
+            && let Some(held) = state.held.get_mut(sub)
+        {
+            if held.len() < HOLD_LIMIT {
+                held.push(message.clone());
+                return Delivery::Queued;
+            }
+            drop(state);
+            self.fail_slow();
+            return Delivery::Closed;
+        }
+        match self.push_delivery(&mut state, sub, mode, message, queue, true) {
+            Pushed::Done(delivery) => {
+                drop(state);
+                if delivery == Delivery::Queued {
+                    self.wake.notify_one();
+                }
+                delivery
+            }
+            Pushed::SlowConsumer => {
+                drop(state);
+                self.fail_slow();
+                Delivery::Closed
+            }
+        }
+    }
+
+    /// Queues one delivery; `bounded` applies the buffer limit (and the slow-consumer policy).
+    fn push_delivery(
+        &self,
+        state: &mut State,
+        sub: &Arc<str>,
+        mode: AckMode,
+        message: &Arc<Message>,
+        queue: Option<&Arc<str>>,
+        bounded: bool,
+    ) -> Pushed {
+        let cost = message.cost();
         if mode != AckMode::Auto
             && state.unacked_per_sub.get(sub).copied().unwrap_or(0) >= self.unacked_limit
         {
-            return Delivery::AckLimit;
+            return Pushed::Done(Delivery::AckLimit);
         }
-        if state.bytes + cost > self.buffer_limit {
-            if let Some(coalesced) = coalesce(&mut state, sub, message) {
-                return coalesced;
-            }
-            drop(state);
-            let limit = self.buffer_limit;
-            self.fail(
-                "slow consumer",
-                None,
-                format!(
-                    "More than {limit} bytes were waiting to be sent to this connection \
-                     (limits.outbound_buffer). Messages that cannot be merged are not dropped \
-                     silently, so the connection is closed; reconnect and resubscribe."
-                ),
-            );
-            return Delivery::Closed;
+        if bounded && state.bytes + cost > self.buffer_limit {
+            return match coalesce(state, sub, message) {
+                Some(coalesced) => Pushed::Done(coalesced),
+                None => Pushed::SlowConsumer,
+            };
         }
         let ack = if mode == AckMode::Auto {
             None
@@ -250,9 +288,69 @@ impl Outbox {
             ack,
             message: message.clone(),
         });
+        Pushed::Done(Delivery::Queued)
+    }
+
+    fn fail_slow(&self) {
+        let limit = self.buffer_limit;
+        self.fail(
+            "slow consumer",
+            None,
+            format!(
+                "More than {limit} bytes were waiting to be sent to this connection \
+                 (limits.outbound_buffer). Messages that cannot be merged are not dropped \
+                 silently, so the connection is closed; reconnect and resubscribe."
+            ),
+        );
+    }
+
+    /// Holds the live messages of subscription `sub` until [`Outbox::release`]: they wait
+    /// while what the client missed is read from the log.
+    pub fn hold(&self, sub: &Arc<str>) {
+        self.lock().held.insert(sub.clone(), Vec::new());
+    }
+
+    /// Queues `replay` (what the client missed, oldest first), then the live messages held
+    /// meanwhile, minus those the replay already contained (`seq` at or below `replayed_up_to`):
+    /// no gap and no duplicate across the switch. The SUBSCRIBE's RECEIPT, if it asked for
+    /// one, goes between the two. The replay is not subject to the buffer
+    /// limit; its length is bounded by the caller (`replay.max_replay`).
+    pub fn release(
+        &self,
+        sub: &Arc<str>,
+        mode: AckMode,
+        replay: Vec<Arc<Message>>,
+        replayed_up_to: Option<i64>,
+        receipt_id: Option<String>,
+    ) {
+        let receipt = receipt_id.map(|receipt_id| {
+            ServerCommand::Receipt { receipt_id }
+                .into_frame()
+                .to_bytes(self.version().unwrap_or(Version::V1_2))
+                .expect("a RECEIPT is representable")
+        });
+        let mut state = self.lock();
+        let Some(held) = state.held.remove(sub) else { return };
+        if state.closed {
+            return;
+        }
+        let live = held.into_iter().filter(|m| match (replayed_up_to, m.seq()) {
+            (Some(up_to), Some(seq)) => seq > up_to,
+            _ => true,
+        });
+        // Unbounded pushes never answer SlowConsumer.
+        for message in replay {
+            let _ = self.push_delivery(&mut state, sub, mode, &message, None, false);
+        }
+        // The SUBSCRIBE's RECEIPT marks the end of the catch-up.
+        if let Some(receipt) = receipt {
+            state.items.push_back(Outgoing::Frame(receipt));
+        }
+        for message in live {
+            let _ = self.push_delivery(&mut state, sub, mode, &message, None, false);
+        }
         drop(state);
         self.wake.notify_one();
-        Delivery::Queued
     }
 
     /// Takes everything queued (for the writer), or waits until something is.
@@ -322,6 +420,7 @@ impl Outbox {
             }
         }
         state.unacked_per_sub.remove(sub);
+        state.held.remove(sub);
         leftovers
     }
 
@@ -340,6 +439,7 @@ impl Outbox {
         let items = std::mem::take(&mut state.items);
         leftovers.redeliver.extend(unsent_queue_messages(items));
         state.unacked_per_sub.clear();
+        state.held.clear();
         leftovers
     }
 
@@ -453,6 +553,30 @@ mod tests {
         // The newest T1 item is a status change: merging into the older progress would
         // reorder them, so the connection is cut instead.
         assert_eq!(deliver(progress("T1", 30, true)), Delivery::Closed);
+    }
+
+    fn numbered(seq: i64) -> Arc<Message> {
+        let publication = Publication::json(format!("{seq}")).with_header("seq", &seq.to_string());
+        Arc::new(Message::new(format!("m{seq}"), "/user/queue/tasks-progress".into(), publication))
+    }
+
+    #[test]
+    fn held_live_messages_follow_the_replay_without_gap_or_duplicate() {
+        let sub: Arc<str> = Arc::from("s");
+        let outbox = Outbox::new(1, usize::MAX, 10);
+        outbox.hold(&sub);
+        // Live messages 3..=5 arrive while the log is read; the log had 1..=4.
+        for seq in 3..=5 {
+            assert_eq!(outbox.deliver(&sub, AckMode::Auto, &numbered(seq), None), Delivery::Queued);
+        }
+        assert!(bodies(&outbox).is_empty(), "held, not queued");
+        outbox.release(&sub, AckMode::Auto, (1..=4).map(numbered).collect(), Some(4), None);
+        assert_eq!(bodies(&outbox), ["1", "2", "3", "4", "5"]);
+        outbox.deliver(&sub, AckMode::Auto, &numbered(6), None);
+        assert_eq!(bodies(&outbox).last().map(String::as_str), Some("6"));
+        // A second release without a hold does nothing.
+        outbox.release(&sub, AckMode::Auto, vec![numbered(1)], None, None);
+        assert_eq!(bodies(&outbox).len(), 6);
     }
 
     #[test]

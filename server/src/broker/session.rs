@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use taskpulse_shared::stomp::{
     AckMode, Acknowledge, ClientCommand, ClientFrame, Connect, DecodeError, Decoder, Frame,
-    HeartBeat, Limits, Send, ServerCommand, Subscribe, Version,
+    Headers, HeartBeat, Limits, Send, ServerCommand, Subscribe, Version,
 };
 
 use super::{Broker, Destination, Outbox, RouteError, Subscriber};
@@ -54,6 +54,24 @@ struct Connected {
     transactions: HashMap<String, Vec<Deferred>>,
 }
 
+/// The resume position of a SUBSCRIBE: `x-resume-epoch` and `x-resume-seq`, both or neither.
+fn resume_position(headers: &Headers) -> Result<Option<(String, i64)>, Refusal> {
+    match (headers.get("x-resume-epoch"), headers.get("x-resume-seq")) {
+        (None, None) => Ok(None),
+        (Some(epoch), Some(seq)) => match seq.parse::<i64>() {
+            Ok(seq) if seq >= 0 && !epoch.is_empty() => Ok(Some((epoch.to_owned(), seq))),
+            _ => Err(refuse(
+                "invalid resume position",
+                format!("x-resume-seq must be a non-negative integer, got {seq:?}."),
+            )),
+        },
+        _ => Err(refuse(
+            "invalid resume position",
+            "A resume position needs both x-resume-epoch and x-resume-seq.",
+        )),
+    }
+}
+
 /// One client's session.
 #[derive(Debug)]
 pub struct Session {
@@ -63,6 +81,8 @@ pub struct Session {
     transport: TransportInfo,
     connected: Option<Connected>,
     closed: bool,
+    /// Set by a SUBSCRIBE whose RECEIPT is sent after its replay.
+    receipt_taken: bool,
 }
 
 /// A problem with a client frame: ERROR `message`, and the body explaining it.
@@ -105,7 +125,15 @@ impl Session {
             limits.outbound_buffer,
             limits.unacked_per_subscription,
         ));
-        Session { broker, outbox, decoder, transport, connected: None, closed: false }
+        Session {
+            broker,
+            outbox,
+            decoder,
+            transport,
+            connected: None,
+            closed: false,
+            receipt_taken: false,
+        }
     }
 
     /// The queue the transport writes from.
@@ -210,7 +238,9 @@ impl Session {
         match result {
             Err(refusal) => self.fail(refusal, receipt),
             Ok(flow) => {
-                if let Some(receipt_id) = receipt {
+                // A replayed SUBSCRIBE's receipt follows its catch-up instead.
+                let taken = std::mem::take(&mut self.receipt_taken);
+                if let Some(receipt_id) = receipt.filter(|_| !taken) {
                     self.outbox.send(ServerCommand::Receipt { receipt_id });
                 }
                 if flow == Flow::Close {
@@ -387,6 +417,7 @@ impl Session {
                 ),
             ));
         }
+        let resume = resume_position(&subscribe.headers)?;
         let subscriber = Subscriber {
             outbox: self.outbox.clone(),
             sub: Arc::from(subscribe.id.as_str()),
@@ -396,7 +427,9 @@ impl Session {
             subscribe.id,
             Subscription { destination: destination.clone(), ack: subscribe.ack },
         );
-        self.broker.subscribe(&destination, subscriber);
+        let receipt = subscribe.headers.get("receipt").map(str::to_owned);
+        self.receipt_taken =
+            self.broker.subscribe_with_replay(&destination, subscriber, resume, receipt);
         Ok(())
     }
 

@@ -48,6 +48,23 @@ pub struct TaskRecord {
     pub finished_at: Option<i64>,
 }
 
+/// One message of a user's log: what was sent to `/user{path}` as number `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// The user.
+    pub user: String,
+    /// Position in the user's log, strictly increasing.
+    pub seq: i64,
+    /// Milliseconds since the Unix epoch.
+    pub at: i64,
+    /// The user path, e.g. `/queue/tasks-progress`.
+    pub path: String,
+    /// The body's content type.
+    pub content_type: String,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
 /// Which of a user's tasks to list.
 #[derive(Debug, Clone, Copy)]
 pub struct TaskQuery<'a> {
@@ -104,16 +121,58 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Token ids revoked and not yet expired at `now` (expired ones are forgotten).
     async fn revoked_tokens(&self, now: i64) -> Result<Vec<String>, StorageError>;
 
-    /// Stores a new task and its first event, taking `task.cost` credits from the owner.
+    /// Stores a new task and its first event, taking `task.cost` credits from the owner, and
+    /// appends `log` (the push that announces it) in the same transaction.
     ///
     /// # Errors
     /// [`StorageError::InsufficientCredits`] when the balance is below the cost.
-    async fn insert_task(&self, task: &TaskRecord) -> Result<(), StorageError>;
+    async fn insert_task(
+        &self,
+        task: &TaskRecord,
+        log: Option<&LogEntry>,
+    ) -> Result<(), StorageError>;
 
-    /// Stores a task's new state and appends it to the history, unless the task is already
-    /// terminal (then nothing changes and `false` is returned). A `failed` state refunds the
-    /// task's cost to the owner in the same transaction.
-    async fn update_task(&self, state: &TaskProgressDto, at: i64) -> Result<bool, StorageError>;
+    /// Stores a task's new state, appends it to the history and `log` to the user's log,
+    /// unless the task is already terminal (then nothing changes and `false` is returned). A
+    /// `failed` state refunds the task's cost to the owner in the same transaction.
+    async fn update_task(
+        &self,
+        state: &TaskProgressDto,
+        at: i64,
+        log: Option<&LogEntry>,
+    ) -> Result<bool, StorageError>;
+
+    /// The log's epoch: fixed for the life of the database.
+    async fn epoch(&self) -> Result<String, StorageError>;
+
+    /// Appends a message that is not a task change (a notice, a queue position).
+    async fn append_log(&self, entry: &LogEntry) -> Result<(), StorageError>;
+
+    /// The lowest and the highest `seq` kept in `user`'s log; `(0, 0)` when it is empty.
+    async fn log_range(&self, user: &str) -> Result<(i64, i64), StorageError>;
+
+    /// `user`'s entries for `path` after `after`, oldest first, at most `limit`.
+    async fn log_after(
+        &self,
+        user: &str,
+        path: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<LogEntry>, StorageError>;
+
+    /// Forgets entries older than `before` (ms) and all but the newest `keep` per user;
+    /// returns how many went. The newest entry of each user is always kept, so `seq` never
+    /// restarts.
+    async fn prune_log(&self, before: i64, keep: u32) -> Result<u64, StorageError>;
+
+    /// `owner`'s tasks that are unfinished or finished at or after `finished_since`,
+    /// oldest first, at most `limit`.
+    async fn snapshot_tasks(
+        &self,
+        owner: &str,
+        finished_since: i64,
+        limit: u32,
+    ) -> Result<Vec<TaskRecord>, StorageError>;
 
     /// Remembers the executor's id for a task.
     async fn set_external_ref(&self, task_no: &str, external_ref: &str)

@@ -18,7 +18,7 @@ use taskpulse_shared::{
     dto::{TaskEvent, TaskStatus},
 };
 
-use super::{Storage, StorageError, TaskQuery, TaskRecord, UserRecord};
+use super::{LogEntry, Storage, StorageError, TaskQuery, TaskRecord, UserRecord};
 
 /// SQLite-backed storage.
 #[derive(Debug, Clone)]
@@ -110,6 +110,24 @@ fn event_json(state: &TaskProgressDto) -> String {
     serde_json::to_string(&state).expect("a DTO serialises")
 }
 
+async fn insert_log(
+    conn: &mut sqlx::SqliteConnection,
+    entry: &LogEntry,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "INSERT INTO user_log (username, seq, at, path, content_type, body) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&entry.user)
+    .bind(entry.seq)
+    .bind(entry.at)
+    .bind(&entry.path)
+    .bind(&entry.content_type)
+    .bind(&entry.body)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl Storage for SqliteStorage {
     async fn create_user(&self, user: &UserRecord, now: i64) -> Result<(), StorageError> {
@@ -165,7 +183,11 @@ impl Storage for SqliteStorage {
         rows.iter().map(|r| r.try_get("jti").map_err(StorageError::from)).collect()
     }
 
-    async fn insert_task(&self, task: &TaskRecord) -> Result<(), StorageError> {
+    async fn insert_task(
+        &self,
+        task: &TaskRecord,
+        log: Option<&LogEntry>,
+    ) -> Result<(), StorageError> {
         let mut tx = self.pool.begin().await?;
         if task.cost > 0 {
             let charged = sqlx::query(
@@ -216,11 +238,19 @@ impl Storage for SqliteStorage {
             .bind(event_json(state))
             .execute(&mut *tx)
             .await?;
+        if let Some(entry) = log {
+            insert_log(&mut tx, entry).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
 
-    async fn update_task(&self, state: &TaskProgressDto, at: i64) -> Result<bool, StorageError> {
+    async fn update_task(
+        &self,
+        state: &TaskProgressDto,
+        at: i64,
+        log: Option<&LogEntry>,
+    ) -> Result<bool, StorageError> {
         let mut tx = self.pool.begin().await?;
         let terminal = state.status.is_terminal();
         let updated = sqlx::query(
@@ -257,8 +287,96 @@ impl Storage for SqliteStorage {
             .bind(event_json(state))
             .execute(&mut *tx)
             .await?;
+        if let Some(entry) = log {
+            insert_log(&mut tx, entry).await?;
+        }
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn epoch(&self) -> Result<String, StorageError> {
+        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = 'epoch'")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn append_log(&self, entry: &LogEntry) -> Result<(), StorageError> {
+        let mut conn = self.pool.acquire().await?;
+        insert_log(&mut conn, entry).await
+    }
+
+    async fn log_range(&self, user: &str) -> Result<(i64, i64), StorageError> {
+        let row = sqlx::query(
+            "SELECT COALESCE(MIN(seq), 0) AS low, COALESCE(MAX(seq), 0) AS high \
+             FROM user_log WHERE username = ?",
+        )
+        .bind(user)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get("low")?, row.try_get("high")?))
+    }
+
+    async fn log_after(
+        &self,
+        user: &str,
+        path: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<LogEntry>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, path, content_type, body FROM user_log \
+             WHERE username = ? AND path = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(user)
+        .bind(path)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LogEntry {
+                    user: user.to_owned(),
+                    seq: row.try_get("seq")?,
+                    at: row.try_get("at")?,
+                    path: row.try_get("path")?,
+                    content_type: row.try_get("content_type")?,
+                    body: row.try_get("body")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn prune_log(&self, before: i64, keep: u32) -> Result<u64, StorageError> {
+        let newest = "SELECT MAX(seq) FROM user_log AS n WHERE n.username = user_log.username";
+        let old = sqlx::query(&format!("DELETE FROM user_log WHERE at < ? AND seq < ({newest})"))
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        let many = sqlx::query(&format!("DELETE FROM user_log WHERE seq <= ({newest}) - ?"))
+            .bind(i64::from(keep.max(1)))
+            .execute(&self.pool)
+            .await?;
+        Ok(old.rows_affected() + many.rows_affected())
+    }
+
+    async fn snapshot_tasks(
+        &self,
+        owner: &str,
+        finished_since: i64,
+        limit: u32,
+    ) -> Result<Vec<TaskRecord>, StorageError> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM (SELECT * FROM tasks WHERE owner = ? \
+             AND (finished_at IS NULL OR finished_at >= ?) ORDER BY id DESC LIMIT ?) ORDER BY id"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(owner)
+            .bind(finished_since)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(task_from_row).collect()
     }
 
     async fn set_external_ref(
@@ -344,6 +462,66 @@ mod tests {
         }
     }
 
+    impl SqliteStorage {
+        async fn insert_task_plain(&self, task: &TaskRecord) -> Result<(), StorageError> {
+            self.insert_task(task, None).await
+        }
+    }
+
+    fn entry(user: &str, seq: i64, at: i64, path: &str) -> LogEntry {
+        LogEntry {
+            user: user.into(),
+            seq,
+            at,
+            path: path.into(),
+            content_type: "application/json".into(),
+            body: format!("{{\"n\":{seq}}}").into_bytes(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_log_keeps_order_bounds_and_its_newest_entry() {
+        let db = with_user(0).await;
+        let epoch = db.epoch().await.unwrap();
+        assert_eq!(epoch.len(), 16);
+        assert_eq!(db.log_range("alice").await.unwrap(), (0, 0));
+        for seq in 1..=10 {
+            let path = if seq % 2 == 0 { "/queue/a" } else { "/queue/b" };
+            db.append_log(&entry("alice", seq, seq * 100, path)).await.unwrap();
+        }
+        db.append_log(&entry("bob", 1, 50, "/queue/a")).await.unwrap();
+        assert!(db.append_log(&entry("alice", 10, 1, "/queue/a")).await.is_err(), "seq is unique");
+        let evens: Vec<i64> =
+            db.log_after("alice", "/queue/a", 4, 10).await.unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(evens, [6, 8, 10]);
+        assert_eq!(db.log_range("alice").await.unwrap(), (1, 10));
+        // Keep 4 per user, and nothing older than 350 ms.
+        db.prune_log(350, 4).await.unwrap();
+        assert_eq!(db.log_range("alice").await.unwrap(), (7, 10));
+        // Age alone never removes a user's newest entry.
+        db.prune_log(i64::MAX, 100).await.unwrap();
+        assert_eq!(db.log_range("alice").await.unwrap(), (10, 10));
+        assert_eq!(db.log_range("bob").await.unwrap(), (1, 1));
+        assert_eq!(db.epoch().await.unwrap(), epoch);
+    }
+
+    #[tokio::test]
+    async fn a_task_change_and_its_log_entry_commit_together() {
+        let db = with_user(0).await;
+        db.insert_task(&task("T1", "alice", 0), Some(&entry("alice", 1, 1, "/queue/p")))
+            .await
+            .unwrap();
+        let done = TaskProgressDto::completed("T1", "/r");
+        assert!(db.update_task(&done, 2, Some(&entry("alice", 2, 2, "/queue/p"))).await.unwrap());
+        // Refused (already terminal): the entry is not written either.
+        assert!(!db.update_task(&done, 3, Some(&entry("alice", 3, 3, "/queue/p"))).await.unwrap());
+        assert_eq!(db.log_range("alice").await.unwrap(), (1, 2));
+        let snapshot = db.snapshot_tasks("alice", 3, 10).await.unwrap();
+        assert!(snapshot.is_empty(), "finished before the window");
+        let snapshot = db.snapshot_tasks("alice", 2, 10).await.unwrap();
+        assert_eq!(snapshot.len(), 1);
+    }
+
     async fn with_user(credits: i64) -> SqliteStorage {
         let db = SqliteStorage::in_memory().await.unwrap();
         let user = UserRecord { username: "alice".into(), password_hash: "h".into(), credits };
@@ -363,25 +541,25 @@ mod tests {
     #[tokio::test]
     async fn credits_are_reserved_and_refunded_once_on_failure() {
         let db = with_user(3).await;
-        db.insert_task(&task("T1", "alice", 2)).await.unwrap();
+        db.insert_task_plain(&task("T1", "alice", 2)).await.unwrap();
         assert_eq!(db.user("alice").await.unwrap().unwrap().credits, 1);
-        let refused = db.insert_task(&task("T2", "alice", 2)).await.unwrap_err();
+        let refused = db.insert_task_plain(&task("T2", "alice", 2)).await.unwrap_err();
         assert!(matches!(refused, StorageError::InsufficientCredits { cost: 2, balance: 1 }));
         assert!(db.task("T2").await.unwrap().is_none(), "a refused task is not stored");
 
         let failed = TaskProgressDto::failed("T1", 10, "cancelled");
-        assert!(db.update_task(&failed, 5).await.unwrap());
+        assert!(db.update_task(&failed, 5, None).await.unwrap());
         assert_eq!(db.user("alice").await.unwrap().unwrap().credits, 3);
         // A second terminal update changes nothing and refunds nothing.
-        assert!(!db.update_task(&failed, 6).await.unwrap());
+        assert!(!db.update_task(&failed, 6, None).await.unwrap());
         assert_eq!(db.user("alice").await.unwrap().unwrap().credits, 3);
     }
 
     #[tokio::test]
     async fn completion_spends_the_reservation() {
         let db = with_user(3).await;
-        db.insert_task(&task("T1", "alice", 2)).await.unwrap();
-        assert!(db.update_task(&TaskProgressDto::completed("T1", "/r"), 9).await.unwrap());
+        db.insert_task_plain(&task("T1", "alice", 2)).await.unwrap();
+        assert!(db.update_task(&TaskProgressDto::completed("T1", "/r"), 9, None).await.unwrap());
         assert_eq!(db.user("alice").await.unwrap().unwrap().credits, 1);
         let stored = db.task("T1").await.unwrap().unwrap();
         assert_eq!(stored.state.status, TaskStatus::Completed);
@@ -393,10 +571,10 @@ mod tests {
     async fn history_and_pages_are_ordered() {
         let db = with_user(0).await;
         for n in 1..=5 {
-            db.insert_task(&task(&format!("T{n}"), "alice", 0)).await.unwrap();
+            db.insert_task_plain(&task(&format!("T{n}"), "alice", 0)).await.unwrap();
         }
-        db.insert_task(&task("B1", "bob", 0)).await.unwrap();
-        db.update_task(&TaskProgressDto::new("T1", TaskStatus::Queued, 0, "queued"), 2)
+        db.insert_task_plain(&task("B1", "bob", 0)).await.unwrap();
+        db.update_task(&TaskProgressDto::new("T1", TaskStatus::Queued, 0, "queued"), 2, None)
             .await
             .unwrap();
         let events = db.events("T1").await.unwrap();

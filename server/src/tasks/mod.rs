@@ -31,12 +31,13 @@ use tokio::{sync::Notify, time::Instant};
 
 use crate::{
     Settings,
-    broker::{Broker, Coalesce, Publication},
+    broker::Coalesce,
+    replay::UserLog,
     storage::{Storage, StorageError, TaskQuery, TaskRecord},
 };
 
 /// The user path of task updates (`/user/queue/tasks-progress` for the owner).
-const PROGRESS_PATH: &str = "/queue/tasks-progress";
+const PROGRESS_PATH: &str = crate::replay::TASKS_PATH;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -162,9 +163,10 @@ pub struct TaskService {
 #[derive(Debug)]
 struct Inner {
     storage: Arc<dyn Storage>,
-    broker: Broker,
     settings: Settings,
     results: ResultStore,
+    /// Sequences, stores and sends every push.
+    log: UserLog,
     /// Executors by name, each with its queue.
     lanes: HashMap<&'static str, Arc<Lane>>,
     /// Tasks not yet terminal.
@@ -204,7 +206,7 @@ impl TaskService {
     /// The ComfyUI settings are unusable, or reading the unfinished tasks failed.
     pub async fn start(
         storage: Arc<dyn Storage>,
-        broker: Broker,
+        log: UserLog,
         settings: Settings,
         results: ResultStore,
         data_dir: &std::path::Path,
@@ -221,9 +223,9 @@ impl TaskService {
         let service = TaskService {
             inner: Arc::new(Inner {
                 storage,
-                broker,
                 settings,
                 results,
+                log,
                 lanes,
                 live: Mutex::default(),
             }),
@@ -324,9 +326,12 @@ impl TaskService {
             updated_at: now,
             finished_at: None,
         };
-        self.inner.storage.insert_task(&record).await?;
+        let mut turn = self.inner.log.turn(owner).await?;
+        let entry = turn.entry(PROGRESS_PATH, "application/json", self.body(&state));
+        self.inner.storage.insert_task(&record, Some(&entry)).await?;
         let live = self.track(owner, lane, state.clone());
-        self.push(owner, &state, false);
+        turn.send(&entry, Some(coalesce_key(&state, false)));
+        drop(turn);
         if let Some(lane) = lane {
             self.enqueue(&live, &task_no, lane, "waiting for a free slot").await;
         }
@@ -384,7 +389,16 @@ impl TaskService {
         if state.current.status.is_terminal() {
             return false;
         }
-        match self.inner.storage.update_task(&next, now_ms()).await {
+        let stored = async {
+            let mut turn = self.inner.log.turn(&live.owner).await?;
+            let entry = turn.entry(PROGRESS_PATH, "application/json", self.body(&next));
+            let applied = self.inner.storage.update_task(&next, entry.at, Some(&entry)).await?;
+            if applied {
+                turn.send(&entry, Some(coalesce_key(&next, replaceable)));
+            }
+            Ok::<bool, StorageError>(applied)
+        };
+        match stored.await {
             Ok(true) => {}
             Ok(false) => return false,
             Err(e) => {
@@ -392,7 +406,6 @@ impl TaskService {
                 return false;
             }
         }
-        self.push(&live.owner, &next, replaceable);
         state.last_push = Instant::now();
         if next.status.is_terminal() {
             state.pending = None;
@@ -402,14 +415,9 @@ impl TaskService {
         true
     }
 
-    /// Sends a state to every session of `owner`. Intermediate progress may be coalesced
-    /// by the broker for a slow consumer; status changes never are.
-    fn push(&self, owner: &str, state: &TaskProgressDto, replaceable: bool) {
-        let state = self.inner.results.signed(state);
-        let body = serde_json::to_vec(&state).expect("a DTO serialises");
-        let publication = Publication::json(body)
-            .coalesce(Coalesce { key: Arc::from(state.task_no.as_str()), replaceable });
-        self.inner.broker.send_to_user(owner, PROGRESS_PATH, publication);
+    /// The pushed JSON of a state (its result URL signed).
+    fn body(&self, state: &TaskProgressDto) -> Vec<u8> {
+        serde_json::to_vec(&self.inner.results.signed(state)).expect("a DTO serialises")
     }
 
     /// A status change (never coalesced away). False when the task is unknown or terminal.
@@ -538,7 +546,18 @@ impl TaskService {
                 let mut update = state.current.clone();
                 update.queue_position = Some(position);
                 update.message = format!("waiting in queue, position {position}");
-                self.push(&live.owner, &update, true);
+                let body = self.body(&update);
+                let coalesce = Some(coalesce_key(&update, true));
+                let sent = self.inner.log.send(
+                    &live.owner,
+                    PROGRESS_PATH,
+                    "application/json",
+                    body,
+                    coalesce,
+                );
+                if let Err(e) = sent.await {
+                    tracing::warn!(task = %task_no, "cannot announce the queue position: {e}");
+                }
             }
         }
     }
@@ -766,6 +785,12 @@ fn next_external_state(
         }
     }
     Ok(next)
+}
+
+/// Intermediate progress may be merged by the broker for a slow consumer; status changes
+/// never are.
+fn coalesce_key(state: &TaskProgressDto, replaceable: bool) -> Coalesce {
+    Coalesce { key: Arc::from(state.task_no.as_str()), replaceable }
 }
 
 /// 128 random bits, hex: unique and not guessable.

@@ -279,17 +279,22 @@ impl StompClient {
     }
 
     pub(crate) async fn subscribe(&mut self, id: &str, destination: &str, ack: &str) {
-        self.frame(
-            Command::Subscribe,
-            &[
-                ("id", id),
-                ("destination", destination),
-                ("ack", ack),
-                ("receipt", &format!("sub-{id}")),
-            ],
-            "",
-        )
-        .await;
+        self.subscribe_with(id, destination, ack, &[]).await;
+    }
+
+    /// SUBSCRIBE with extra headers (e.g. a resume position), waiting for its RECEIPT.
+    pub(crate) async fn subscribe_with(
+        &mut self,
+        id: &str,
+        destination: &str,
+        ack: &str,
+        extra: &[(&str, &str)],
+    ) {
+        let receipt = format!("sub-{id}");
+        let mut headers =
+            vec![("id", id), ("destination", destination), ("ack", ack), ("receipt", &receipt)];
+        headers.extend_from_slice(extra);
+        self.frame(Command::Subscribe, &headers, "").await;
         // Queued messages may be dispatched before the RECEIPT is written; keep them.
         let expected = format!("sub-{id}");
         let mut early = Vec::new();

@@ -4,6 +4,7 @@ mod comfyui;
 mod comfyui_sim;
 mod fixture;
 mod http;
+mod replay;
 mod restart;
 mod stomp;
 mod tasks;

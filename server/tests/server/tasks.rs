@@ -200,7 +200,7 @@ async fn credits_are_reserved_spent_and_refunded() {
         c.settings.credits.enabled = true;
         c.settings.credits.initial = 3;
         c.settings.credits.image_to_image = 2;
-        c.settings.tasks.image_fetch_timeout_ms = 2000;
+        c.settings.tasks.image_fetch_timeout_ms = 1000;
     })
     .await;
     let api = server.api();
@@ -210,9 +210,10 @@ async fn credits_are_reserved_spent_and_refunded() {
         || async { api.get("/api/me", Some(&token)).await.1["credits"].as_i64().unwrap() };
     assert_eq!(credits().await, 3);
 
-    // Nothing listens on port 9 of loopback: the input image cannot be fetched.
-    let body =
-        json!({"kind": "image-to-image", "prompt": "oil", "imageUrl": "http://127.0.0.1:9/in.png"});
+    // A listener that never answers: the fetch times out (after the balance is checked).
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/in.png", silent.local_addr().unwrap());
+    let body = json!({"kind": "image-to-image", "prompt": "oil", "imageUrl": url});
     let (status, answer) = api.post("/api/tasks", Some(&token), body.clone()).await;
     assert_eq!(status, 202, "{answer}");
     let failing = answer["taskNo"].as_str().unwrap().to_owned();

@@ -1,0 +1,320 @@
+//! The per-user log behind "never lose a final status". Every message to a user's private
+//! destinations takes the next `seq` of that user, is stored with it, and is then sent with
+//! `seq` and `epoch` headers. A SUBSCRIBE carrying `x-resume-epoch`/`x-resume-seq` gets exactly
+//! what it missed; when the log no longer covers that (pruned, another epoch, too far behind),
+//! and on a plain SUBSCRIBE to `/user/queue/tasks-progress`, it gets a snapshot of the user's
+//! tasks instead. Messages sent while a user had no subscriber on a path are replayed on the
+//! next plain SUBSCRIBE to it (the seed's offline queue).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use taskpulse_shared::TaskProgressDto;
+use tokio::sync::OwnedMutexGuard;
+
+use crate::{
+    ReplaySettings,
+    broker::{Broker, Coalesce, Publication, ReplayRequest, ReplaySource},
+    storage::{LogEntry, Storage, StorageError},
+    tasks::{ResultStore, now_ms},
+};
+
+/// The user path of task updates.
+pub const TASKS_PATH: &str = "/queue/tasks-progress";
+
+/// What a resume position gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// The log covers it: the entries after this `seq`.
+    Replay {
+        /// The last `seq` the client has.
+        after: i64,
+    },
+    /// The log does not cover it: resynchronise from a snapshot.
+    Snapshot,
+}
+
+/// Decides between replay and snapshot for a client at `(client_epoch, client_seq)`, given
+/// the log's epoch and the lowest and highest `seq` it keeps for the user.
+pub fn plan(
+    client_epoch: &str,
+    client_seq: i64,
+    epoch: &str,
+    (low, high): (i64, i64),
+    max_replay: u32,
+) -> Plan {
+    let covered = client_epoch == epoch
+        && client_seq <= high
+        // Everything after client_seq is still kept (an empty log keeps everything after 0).
+        && (high == client_seq || low <= client_seq + 1)
+        && high - client_seq <= i64::from(max_replay);
+    if covered { Plan::Replay { after: client_seq } } else { Plan::Snapshot }
+}
+
+/// The log and its sequencer. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct UserLog {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    storage: Arc<dyn Storage>,
+    broker: Broker,
+    results: ResultStore,
+    epoch: String,
+    settings: ReplaySettings,
+    /// Each user's last `seq` (`None` until read from storage), behind an async lock that
+    /// orders that user's appends and sends.
+    users: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<i64>>>>>,
+    /// `(user, path)` -> the first `seq` sent there while nobody subscribed.
+    offline: Mutex<HashMap<(String, String), i64>>,
+}
+
+/// One user's turn to append and send: holds that user's sequencer.
+#[derive(Debug)]
+pub struct UserTurn {
+    log: UserLog,
+    user: String,
+    last: OwnedMutexGuard<Option<i64>>,
+}
+
+impl UserTurn {
+    /// The log entry for the next message to `/user{path}`.
+    pub fn entry(&self, path: &str, content_type: &str, body: Vec<u8>) -> LogEntry {
+        LogEntry {
+            user: self.user.clone(),
+            seq: self.last.unwrap_or(0) + 1,
+            at: now_ms(),
+            path: path.to_owned(),
+            content_type: content_type.to_owned(),
+            body,
+        }
+    }
+
+    /// Sends a stored entry to the user's sessions; returns how many subscriptions took it.
+    pub fn send(&mut self, entry: &LogEntry, coalesce: Option<Coalesce>) -> usize {
+        *self.last = Some(entry.seq);
+        let mut publication = self.log.publication(entry);
+        if let Some(coalesce) = coalesce {
+            publication = publication.coalesce(coalesce);
+        }
+        let handed = self.log.inner.broker.send_to_user(&self.user, &entry.path, publication);
+        if handed == 0 {
+            let key = (self.user.clone(), entry.path.clone());
+            lock(&self.log.inner.offline).entry(key).or_insert(entry.seq);
+        }
+        handed
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl UserLog {
+    /// Reads the epoch, installs the log as the broker's replay source and starts pruning.
+    ///
+    /// # Errors
+    /// Storage failed.
+    pub async fn start(
+        storage: Arc<dyn Storage>,
+        broker: Broker,
+        results: ResultStore,
+        settings: ReplaySettings,
+    ) -> Result<UserLog, StorageError> {
+        let epoch = storage.epoch().await?;
+        let log = UserLog {
+            inner: Arc::new(Inner {
+                storage,
+                broker: broker.clone(),
+                results,
+                epoch,
+                settings,
+                users: Mutex::default(),
+                offline: Mutex::default(),
+            }),
+        };
+        broker.set_replay_source(Arc::new(log.clone()));
+        tokio::spawn(prune(Arc::downgrade(&log.inner)));
+        Ok(log)
+    }
+
+    /// The log's epoch.
+    pub fn epoch(&self) -> &str {
+        &self.inner.epoch
+    }
+
+    /// Waits for `user`'s turn (appends and sends of one user happen one at a time, in `seq`
+    /// order).
+    ///
+    /// # Errors
+    /// Reading the user's last `seq` failed.
+    pub async fn turn(&self, user: &str) -> Result<UserTurn, StorageError> {
+        let sequencer = lock(&self.inner.users).entry(user.to_owned()).or_default().clone();
+        let mut last = sequencer.lock_owned().await;
+        if last.is_none() {
+            *last = Some(self.inner.storage.log_range(user).await?.1);
+        }
+        Ok(UserTurn { log: self.clone(), user: user.to_owned(), last })
+    }
+
+    /// Appends and sends a message that is not a task change (a notice, a queue position).
+    ///
+    /// # Errors
+    /// Storage failed; nothing was sent.
+    pub async fn send(
+        &self,
+        user: &str,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        coalesce: Option<Coalesce>,
+    ) -> Result<usize, StorageError> {
+        let mut turn = self.turn(user).await?;
+        let entry = turn.entry(path, content_type, body);
+        self.inner.storage.append_log(&entry).await?;
+        Ok(turn.send(&entry, coalesce))
+    }
+
+    fn publication(&self, entry: &LogEntry) -> Publication {
+        Publication::new(&entry.content_type, entry.body.clone())
+            .with_header("seq", &entry.seq.to_string())
+            .with_header("epoch", &self.inner.epoch)
+    }
+
+    async fn serve(&self, request: ReplayRequest) -> Result<(), StorageError> {
+        let ReplayRequest { user, path, resume, held } = request;
+        let settings = &self.inner.settings;
+        let storage = &self.inner.storage;
+        let after = match resume {
+            Some((epoch, seq)) => {
+                let range = storage.log_range(&user).await?;
+                match plan(&epoch, seq, &self.inner.epoch, range, settings.max_replay) {
+                    Plan::Replay { after } => Some(after),
+                    Plan::Snapshot => None,
+                }
+            }
+            // A plain SUBSCRIBE gets what was sent there while nobody listened.
+            None if path != TASKS_PATH => {
+                let first = lock(&self.inner.offline).remove(&(user.clone(), path.clone()));
+                Some(first.map_or(i64::MAX, |seq| seq - 1))
+            }
+            None => None,
+        };
+        if let Some(after) = after {
+            let entries = if after == i64::MAX {
+                Vec::new()
+            } else {
+                storage.log_after(&user, &path, after, settings.max_replay).await?
+            };
+            let up_to = entries.last().map_or(after, |e| e.seq);
+            let replay = entries
+                .iter()
+                .map(|e| self.publication(e).with_header("x-replayed", "true"))
+                .collect();
+            held.release(replay, Some(up_to));
+            return Ok(());
+        }
+        if path != TASKS_PATH {
+            // Nothing to rebuild a notice stream from: live messages only.
+            held.release(Vec::new(), None);
+            return Ok(());
+        }
+        // The position first, then the tasks: a change stored in between is in the snapshot
+        // and also comes live after it (the same state twice, never an older one).
+        let (_, high) = storage.log_range(&user).await?;
+        let since = now_ms() - (settings.snapshot_finished_s as i64) * 1000;
+        let tasks = storage.snapshot_tasks(&user, since, settings.snapshot_limit).await?;
+        let count = tasks.len();
+        let snapshot = tasks
+            .iter()
+            .enumerate()
+            .map(|(i, task)| {
+                let state: TaskProgressDto = self.inner.results.signed(&task.state);
+                let body = serde_json::to_vec(&state).expect("a DTO serialises");
+                Publication::json(body)
+                    .with_header("epoch", &self.inner.epoch)
+                    .with_header("x-snapshot", &format!("{}/{count}", i + 1))
+                    .with_header("x-snapshot-seq", &high.to_string())
+            })
+            .collect();
+        held.release(snapshot, Some(high));
+        Ok(())
+    }
+}
+
+impl ReplaySource for UserLog {
+    fn wants(&self, path: &str, resume: bool) -> bool {
+        resume || path == TASKS_PATH || lock(&self.inner.offline).keys().any(|(_, p)| p == path)
+    }
+
+    fn replay(&self, request: ReplayRequest) {
+        let log = self.clone();
+        tokio::spawn(async move {
+            let user = request.user.clone();
+            // On failure the held subscription is dropped, which releases it empty.
+            if let Err(e) = log.serve(request).await {
+                tracing::error!(%user, "replay failed: {e}");
+            }
+        });
+    }
+}
+
+/// Forgets old entries once a minute.
+async fn prune(inner: std::sync::Weak<Inner>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let settings = &inner.settings;
+        let before = now_ms() - (settings.max_age_s as i64) * 1000;
+        match inner.storage.prune_log(before, settings.max_entries).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "pruned the user log"),
+            Err(e) => tracing::warn!("cannot prune the user log: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const E: &str = "e1";
+
+    #[test]
+    fn a_covered_gap_is_replayed() {
+        assert_eq!(plan(E, 5, E, (1, 9), 100), Plan::Replay { after: 5 });
+        // Pruned up to 6: entries 6.. are all there for a client at 5.
+        assert_eq!(plan(E, 5, E, (6, 9), 100), Plan::Replay { after: 5 });
+    }
+
+    #[test]
+    fn an_uncovered_gap_gets_a_snapshot() {
+        assert_eq!(plan(E, 5, E, (7, 9), 100), Plan::Snapshot, "6 was pruned");
+        assert_eq!(plan(E, 5, E, (1, 900), 100), Plan::Snapshot, "too far behind");
+        assert_eq!(plan(E, 10, E, (1, 9), 100), Plan::Snapshot, "ahead of the log");
+    }
+
+    #[test]
+    fn another_epoch_gets_a_snapshot() {
+        assert_eq!(plan("e0", 5, E, (1, 9), 100), Plan::Snapshot);
+        assert_eq!(plan("e0", 0, E, (0, 0), 100), Plan::Snapshot);
+    }
+
+    #[test]
+    fn the_boundary_is_exact() {
+        // Up to date: nothing to replay, no duplicate of the last one.
+        assert_eq!(plan(E, 9, E, (1, 9), 100), Plan::Replay { after: 9 });
+        // Only the newest entry kept and the client has it.
+        assert_eq!(plan(E, 9, E, (9, 9), 100), Plan::Replay { after: 9 });
+        // Exactly max_replay behind is still a replay; one more is not.
+        assert_eq!(plan(E, 0, E, (1, 100), 100), Plan::Replay { after: 0 });
+        assert_eq!(plan(E, 0, E, (1, 101), 100), Plan::Snapshot);
+        // An empty log and a fresh client of this epoch.
+        assert_eq!(plan(E, 0, E, (0, 0), 100), Plan::Replay { after: 0 });
+    }
+}
