@@ -21,6 +21,8 @@ usage: cargo xtask <command>
   bench                  run the codec benchmarks (criterion)
   load [LOAD ARGS...]    start a release server and run the broker load tool
                          (taskpulse-load --help lists scenarios and sizes)
+  chaos [TASKS]          the long chaos run: 6 users x 4 clients, TASKS demo tasks
+                         (default 1000), 8 SIGKILL restarts, random disconnects
 ";
 
 fn main() -> ExitCode {
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz(args.get(1).map(String::as_str)),
         Some("bench") => bench(),
         Some("load") => load(&args[1..]),
+        Some("chaos") => chaos(args.get(1).map(String::as_str)),
         Some("help" | "--help" | "-h") => {
             print!("{USAGE}");
             Ok(())
@@ -136,6 +139,24 @@ fn bench() -> Result<(), String> {
     status(
         cargo().args(["bench", "-p", "taskpulse-shared", "--bench", "codec"]),
         "codec benchmarks",
+    )
+}
+
+/// The long form of the chaos test (`server/tests/server/chaos.rs`); `cargo xtask test` runs
+/// the short one.
+fn chaos(tasks: Option<&str>) -> Result<(), String> {
+    let tasks = tasks.unwrap_or("1000");
+    tasks.parse::<u32>().map_err(|_| format!("TASKS must be a number, got {tasks:?}"))?;
+    install::nextest()?;
+    status(
+        cargo()
+            .args(["nextest", "run", "-p", "taskpulse-server", "--test", "server", "--no-capture"])
+            .args(["--run-ignored", "all", "chaos::"])
+            .env("TASKPULSE_CHAOS_USERS", "6")
+            .env("TASKPULSE_CHAOS_CLIENTS", "4")
+            .env("TASKPULSE_CHAOS_TASKS", tasks)
+            .env("TASKPULSE_CHAOS_KILLS", "8"),
+        "running the long chaos test",
     )
 }
 

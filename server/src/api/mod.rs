@@ -30,6 +30,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/tasks/{task_no}/progress", post(tasks::report))
         .route("/api/tasks/{task_no}/result", get(tasks::result))
         .route("/api/publish", post(tasks::publish))
+        .route("/api/admin/disconnect", post(tasks::disconnect))
 }
 
 /// The caller, from `Authorization: Bearer <token>`.

@@ -197,3 +197,20 @@ pub(super) async fn publish(
     };
     Ok(Json(Published { delivered }))
 }
+
+/// Body of `POST /api/admin/disconnect`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Disconnect {
+    user: String,
+}
+
+/// An operator closes every STOMP connection of a user (clients reconnect and resume).
+pub(super) async fn disconnect(
+    State(state): State<AppState>,
+    _backend: Backend,
+    Body(request): Body<Disconnect>,
+) -> Json<serde_json::Value> {
+    let closed = state.broker.disconnect_user(&request.user, "disconnected by an operator");
+    Json(serde_json::json!({ "closed": closed }))
+}

@@ -326,6 +326,22 @@ impl Broker {
         closed
     }
 
+    /// Closes every session of `user` with ERROR `disconnected` saying why (an operator's
+    /// kick). Returns how many were closed.
+    pub fn disconnect_user(&self, user: &str, reason: &str) -> usize {
+        let sessions = lock(&self.inner.sessions);
+        let mut closed = 0;
+        for session in sessions.by_id.values().filter(|s| &*s.principal == user) {
+            session.outbox.fail(
+                "disconnected",
+                None,
+                format!("The server closed this connection: {reason}."),
+            );
+            closed += 1;
+        }
+        closed
+    }
+
     /// Number of open STOMP sessions.
     pub fn session_count(&self) -> usize {
         lock(&self.inner.sessions).by_id.len()

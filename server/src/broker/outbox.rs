@@ -104,6 +104,9 @@ struct State {
     /// Subscriptions whose live messages wait until their replay is queued (see
     /// [`Outbox::hold`]).
     held: HashMap<Arc<str>, Vec<Arc<Message>>>,
+    /// After a release: live messages at or below this `seq` were in the catch-up already.
+    /// (An entry can be stored, and so replayed, a moment before its live send.)
+    floors: HashMap<Arc<str>, i64>,
 }
 
 /// Live messages a held subscription may collect while its replay is read.
@@ -222,6 +225,17 @@ impl Outbox {
         if state.closed {
             return Delivery::Closed;
         }
+        if let Some(floor) = state.floors.get(sub).copied() {
+            match message.seq() {
+                // Already delivered by the catch-up.
+                Some(seq) if seq <= floor => return Delivery::Coalesced,
+                // Sends are in seq order: nothing at or below the floor can follow.
+                Some(_) => {
+                    state.floors.remove(sub);
+                }
+                None => {}
+            }
+        }
         if queue.is_none()
             && let Some(held) = state.held.get_mut(sub)
         {
@@ -338,6 +352,9 @@ impl Outbox {
             (Some(up_to), Some(seq)) => seq > up_to,
             _ => true,
         });
+        if let Some(up_to) = replayed_up_to {
+            state.floors.insert(sub.clone(), up_to);
+        }
         // Unbounded pushes never answer SlowConsumer.
         for message in replay {
             let _ = self.push_delivery(&mut state, sub, mode, &message, None, false);
@@ -421,6 +438,7 @@ impl Outbox {
         }
         state.unacked_per_sub.remove(sub);
         state.held.remove(sub);
+        state.floors.remove(sub);
         leftovers
     }
 
@@ -440,6 +458,7 @@ impl Outbox {
         leftovers.redeliver.extend(unsent_queue_messages(items));
         state.unacked_per_sub.clear();
         state.held.clear();
+        state.floors.clear();
         leftovers
     }
 
@@ -572,6 +591,8 @@ mod tests {
         assert!(bodies(&outbox).is_empty(), "held, not queued");
         outbox.release(&sub, AckMode::Auto, (1..=4).map(numbered).collect(), Some(4), None);
         assert_eq!(bodies(&outbox), ["1", "2", "3", "4", "5"]);
+        // Stored (and so replayed) before its live send: the late live copy is dropped.
+        assert_eq!(outbox.deliver(&sub, AckMode::Auto, &numbered(4), None), Delivery::Coalesced);
         outbox.deliver(&sub, AckMode::Auto, &numbered(6), None);
         assert_eq!(bodies(&outbox).last().map(String::as_str), Some("6"));
         // A second release without a hold does nothing.

@@ -2,8 +2,10 @@
 //! `shared` codec and tokio-tungstenite.
 
 use std::{
+    io::{BufRead, BufReader},
     net::SocketAddr,
     path::Path,
+    process::{Child, Command as ProcessCommand, Stdio},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -125,6 +127,63 @@ impl TestServer {
         self.stop.take().unwrap().send(()).unwrap();
         self.handle.await.unwrap().unwrap();
     }
+}
+
+pub(crate) struct Process {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // A failed assertion must not leave a server behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `taskpulse-server` (the real binary) on an ephemeral port and waits for its "listening" line.
+pub(crate) fn spawn(data: &Path) -> Process {
+    spawn_with(data, &[])
+}
+
+pub(crate) fn spawn_with(data: &Path, env: &[(&str, &str)]) -> Process {
+    spawn_at(data, "127.0.0.1:0", env)
+}
+
+/// Starts `taskpulse-server` listening on `listen`.
+pub(crate) fn spawn_at(data: &Path, listen: &str, env: &[(&str, &str)]) -> Process {
+    // Defaults first: `env` overrides them.
+    let mut child = ProcessCommand::new(env!("CARGO_BIN_EXE_taskpulse-server"))
+        .args(["--listen", listen, "--data-dir"])
+        .arg(data)
+        .arg("--ui-dir")
+        .arg(data.join("no-ui"))
+        .env("TASKPULSE_JWT_SECRET", "restart-secret")
+        .env("TASKPULSE_DEMO_DURATION_MS", "1500")
+        .env("TASKPULSE_DEMO_CONCURRENCY", "1")
+        .env("TASKPULSE_TASKS_PROGRESS_INTERVAL_MS", "20")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the server logs its address").unwrap();
+        if let Some(at) = line.find("listening on http://") {
+            let rest = &line[at + "listening on http://".len()..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+                .unwrap_or(rest.len());
+            break rest[..end].parse().unwrap();
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Process { child, addr }
 }
 
 /// A JSON client of the REST API.

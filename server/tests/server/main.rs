@@ -1,5 +1,6 @@
 //! Integration tests of the real server on an ephemeral port (one test binary).
 
+mod chaos;
 mod comfyui;
 mod comfyui_sim;
 mod fixture;

@@ -2,10 +2,7 @@
 //! the same data directory.
 
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
-    path::Path,
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -14,59 +11,8 @@ use taskpulse_shared::{TaskProgressDto, TaskStatus};
 
 use crate::{
     comfyui_sim::ComfySim,
-    fixture::{Api, StompClient},
+    fixture::{Api, StompClient, spawn, spawn_with},
 };
-
-struct Process {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        // A failed assertion must not leave a server behind.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `taskpulse-server` on an ephemeral port and waits for its "listening" line.
-fn spawn(data: &Path) -> Process {
-    spawn_with(data, &[])
-}
-
-fn spawn_with(data: &Path, env: &[(&str, &str)]) -> Process {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_taskpulse-server"))
-        .envs(env.iter().copied())
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .arg("--ui-dir")
-        .arg(data.join("no-ui"))
-        .env("TASKPULSE_JWT_SECRET", "restart-secret")
-        .env("TASKPULSE_DEMO_DURATION_MS", "1500")
-        .env("TASKPULSE_DEMO_CONCURRENCY", "1")
-        .env("TASKPULSE_TASKS_PROGRESS_INTERVAL_MS", "20")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server logs its address").unwrap();
-        if let Some(at) = line.find("listening on http://") {
-            let rest = &line[at + "listening on http://".len()..];
-            let end = rest
-                .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
-                .unwrap_or(rest.len());
-            break rest[..end].parse().unwrap();
-        }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Process { child, addr }
-}
 
 async fn subscriber(addr: SocketAddr, token: &str) -> StompClient {
     let mut client = StompClient::open(&format!("ws://{addr}/ws"), &["v12.stomp"]).await;

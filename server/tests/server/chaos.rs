@@ -1,0 +1,395 @@
+//! Chaos: several users, each with several resuming STOMP clients, hundreds of demo tasks;
+//! clients drop their sockets at random, an operator kicks users' connections, and the
+//! server binary is killed with SIGKILL and restarted on the same data directory. At the
+//! end every client must hold the database's final state of every task of its user, have
+//! received each terminal status at most once as a numbered message (after dropping
+//! duplicates by `seq`), and never have seen `seq` go backwards on one connection.
+//!
+//! `cargo xtask test` runs a short form. `cargo xtask chaos` runs a long one through these
+//! variables: TASKPULSE_CHAOS_USERS, _CLIENTS, _TASKS, _KILLS.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use taskpulse_shared::{
+    TaskProgressDto,
+    stomp::{Command, Decoder, Frame, Limits, Version},
+};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::fixture::{Api, Process, spawn_at};
+
+const KEY: &str = "chaos-operator-key-0123";
+
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(format!("TASKPULSE_CHAOS_{name}"))
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// splitmix64, seeded from the clock (the seed is printed).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// What one client holds and counted.
+#[derive(Debug, Default)]
+struct Holder {
+    epoch: Option<String>,
+    last_seq: i64,
+    states: HashMap<String, TaskProgressDto>,
+    /// Numbered terminal messages per task, after dropping duplicates.
+    terminal_messages: HashMap<String, u32>,
+    messages: u64,
+    sessions: u64,
+    replays: u64,
+    snapshots: u64,
+    duplicates: u64,
+    out_of_order: u64,
+}
+
+/// One STOMP session: connect, subscribe (resuming when it can), read until `until` or the
+/// server closes. Errors are the normal life of a client under chaos.
+async fn session(
+    addr: SocketAddr,
+    token: &str,
+    holder: &Mutex<Holder>,
+    until: Instant,
+) -> Result<(), String> {
+    let url = format!("ws://{addr}/ws");
+    let connect = tokio_tungstenite::connect_async(url.as_str());
+    let (mut socket, _) = tokio::time::timeout(Duration::from_secs(2), connect)
+        .await
+        .map_err(|_| "connect timed out")?
+        .map_err(|e| e.to_string())?;
+    let mut decoder = Decoder::new(Version::V1_2, Limits::unbounded());
+    let send = |frame: Frame| Message::Binary(frame.to_bytes(Version::V1_2).unwrap());
+    let mut connect = Frame::new(Command::Connect);
+    connect.headers.push("accept-version", "1.2");
+    connect.headers.push("heart-beat", "0,0");
+    connect.headers.push("Authorization", &format!("Bearer {token}"));
+    socket.send(send(connect)).await.map_err(|e| e.to_string())?;
+    let mut subscribe = Frame::new(Command::Subscribe);
+    subscribe.headers.push("id", "tasks");
+    subscribe.headers.push("destination", "/user/queue/tasks-progress");
+    subscribe.headers.push("receipt", "caught-up");
+    {
+        let mut h = holder.lock().unwrap();
+        h.sessions += 1;
+        if let Some(epoch) = h.epoch.clone() {
+            subscribe.headers.push("x-resume-epoch", &epoch);
+            subscribe.headers.push("x-resume-seq", &h.last_seq.to_string());
+            h.replays += 1;
+        }
+    }
+    socket.send(send(subscribe)).await.map_err(|e| e.to_string())?;
+    let mut connection_last = i64::MIN;
+    let mut in_snapshot = false;
+    loop {
+        let frame = loop {
+            match decoder.decode().map_err(|e| e.to_string())? {
+                Some(frame) => break frame,
+                None => {
+                    let left = until.saturating_duration_since(Instant::now());
+                    let next = tokio::time::timeout(left, socket.next()).await;
+                    match next {
+                        Err(_) => return Ok(()), // client-side drop: the socket just goes
+                        Ok(Some(Ok(Message::Binary(b)))) => decoder.feed(&b),
+                        Ok(Some(Ok(Message::Text(t)))) => decoder.feed(t.as_bytes()),
+                        Ok(Some(Ok(_))) => {}
+                        Ok(_) => return Err("closed by the server".into()),
+                    }
+                }
+            }
+        };
+        let mut h = holder.lock().unwrap();
+        match frame.command {
+            Command::Message => {}
+            Command::Error => return Err(format!("ERROR {:?}", frame.header("message"))),
+            _ => continue,
+        }
+        h.messages += 1;
+        let update: TaskProgressDto =
+            serde_json::from_slice(&frame.body).map_err(|e| e.to_string())?;
+        if let Some(epoch) = frame.header("epoch") {
+            h.epoch = Some(epoch.to_owned());
+        }
+        if frame.header("x-snapshot").is_some() {
+            if !in_snapshot {
+                in_snapshot = true;
+                h.snapshots += 1;
+            }
+            let position: i64 = frame.header("x-snapshot-seq").unwrap().parse().unwrap();
+            h.last_seq = position;
+            connection_last = connection_last.max(position);
+            h.states.insert(update.task_no.clone(), update);
+            continue;
+        }
+        in_snapshot = false;
+        let seq: i64 = frame.header("seq").ok_or("a task update without seq")?.parse().unwrap();
+        if seq <= connection_last {
+            h.out_of_order += 1;
+            eprintln!("chaos: seq {seq} after {connection_last} on one connection: {frame:?}");
+        }
+        connection_last = seq;
+        if seq <= h.last_seq {
+            h.duplicates += 1;
+            continue;
+        }
+        h.last_seq = seq;
+        if update.status.is_terminal() {
+            *h.terminal_messages.entry(update.task_no.clone()).or_default() += 1;
+        }
+        h.states.insert(update.task_no.clone(), update);
+    }
+}
+
+fn now_seed() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+/// The fields both sides must agree on (the signature of a result URL may differ by the hour
+/// it was signed in).
+fn essence(state: &TaskProgressDto) -> (String, u8, String, Option<String>, Option<String>) {
+    let url = state.result_url.as_deref().map(|u| u.split('?').next().unwrap().to_owned());
+    (
+        state.status.to_string(),
+        state.progress,
+        state.message.clone(),
+        url,
+        state.error_message.clone(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_ends_with_the_true_final_state_through_chaos() {
+    let (users, clients, tasks, kills) =
+        (setting("USERS", 3), setting("CLIENTS", 3), setting("TASKS", 120), setting("KILLS", 2));
+    let seed = now_seed();
+    println!(
+        "chaos: {users} users x {clients} clients, {tasks} tasks, {kills} server kills, seed {seed}"
+    );
+    let data = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let env = [
+        ("TASKPULSE_DEMO_DURATION_MS", "150"),
+        ("TASKPULSE_DEMO_STEPS", "5"),
+        ("TASKPULSE_DEMO_CONCURRENCY", "4"),
+        ("TASKPULSE_DEMO_SIZE", "32"),
+        ("TASKPULSE_API_KEYS", "[\"chaos-operator-key-0123\"]"),
+        ("RUST_LOG", "warn,taskpulse_server=info"),
+    ];
+    let server: Arc<Mutex<Option<Process>>> =
+        Arc::new(Mutex::new(Some(spawn_at(data.path(), &listen, &env))));
+    let addr: SocketAddr = listen.parse().unwrap();
+    let api = Api::new(addr);
+    let mut tokens = Vec::new();
+    for u in 0..users {
+        tokens.push(api.register(&format!("chaos{u}")).await);
+    }
+
+    // Clients: sessions of random length until told to settle.
+    let settle = Arc::new(AtomicBool::new(false));
+    let mut holders = Vec::new();
+    let mut runners = Vec::new();
+    for u in 0..users {
+        for c in 0..clients {
+            let holder = Arc::new(Mutex::new(Holder::default()));
+            holders.push((u, holder.clone()));
+            let (token, settle) = (tokens[u].clone(), settle.clone());
+            let mut rng = Rng(seed ^ ((u * 100 + c) as u64 + 1));
+            runners.push(tokio::spawn(async move {
+                loop {
+                    let settling = settle.load(Ordering::Relaxed);
+                    let life = if settling { 3000 } else { 100 + rng.below(1400) };
+                    let until = Instant::now() + Duration::from_millis(life);
+                    let _ = session(addr, &token, &holder, until).await;
+                    if settling {
+                        return;
+                    }
+                    // A little pause before reconnecting, as a backoff would.
+                    tokio::time::sleep(Duration::from_millis(rng.below(100))).await;
+                }
+            }));
+        }
+    }
+
+    // Operator kicks and server kills while tasks are submitted.
+    let submitting = Arc::new(AtomicBool::new(true));
+    let chaos = {
+        let (server, data_dir, listen, submitting) =
+            (server.clone(), data.path().to_owned(), listen.clone(), submitting.clone());
+        let env: Vec<(String, String)> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut rng = Rng(seed.rotate_left(17));
+        tokio::spawn(async move {
+            let api = Api::new(addr);
+            let mut kicks = 0u64;
+            let mut killed = 0;
+            let step = Duration::from_millis(150);
+            let mut next_kill = Instant::now() + Duration::from_millis(1500);
+            while submitting.load(Ordering::Relaxed) || killed < kills {
+                tokio::time::sleep(step).await;
+                let user = format!("chaos{}", rng.below(users as u64));
+                let kick = api
+                    .post_as_backend_quiet("/api/admin/disconnect", KEY, json!({ "user": user }))
+                    .await;
+                kicks += u64::from(kick);
+                if killed < kills && Instant::now() >= next_kill {
+                    let old = server.lock().unwrap().take();
+                    drop(old); // SIGKILL
+                    tokio::time::sleep(Duration::from_millis(100 + rng.below(300))).await;
+                    let env: Vec<(&str, &str)> =
+                        env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                    let fresh = tokio::task::block_in_place(|| spawn_at(&data_dir, &listen, &env));
+                    *server.lock().unwrap() = Some(fresh);
+                    killed += 1;
+                    next_kill = Instant::now() + Duration::from_millis(2000 + rng.below(2000));
+                }
+            }
+            (kicks, killed)
+        })
+    };
+
+    // Submit, retrying while the server is down.
+    let mut submitted: Vec<(usize, String)> = Vec::new();
+    let mut rng = Rng(seed.rotate_left(31));
+    for n in 0..tasks {
+        let u = rng.below(users as u64) as usize;
+        let body = json!({"kind": "text-to-image", "prompt": format!("chaos task {n}")});
+        loop {
+            if let Some((202, answer)) =
+                api.post_quiet("/api/tasks", &tokens[u], body.clone()).await
+            {
+                submitted.push((u, answer["taskNo"].as_str().unwrap().to_owned()));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.below(60))).await;
+    }
+    submitting.store(false, Ordering::Relaxed);
+    let (kicks, killed) = chaos.await.unwrap();
+
+    // Wait for the database to have every task terminal.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut truth: HashMap<String, TaskProgressDto> = HashMap::new();
+    'wait: loop {
+        truth.clear();
+        for (u, task_no) in &submitted {
+            match api.get_quiet(&format!("/api/tasks/{task_no}"), &tokens[*u]).await {
+                Some((200, task)) => {
+                    let state: TaskProgressDto = serde_json::from_value(task).unwrap();
+                    if !state.status.is_terminal() {
+                        assert!(Instant::now() < deadline, "task {task_no} never ended: {state:?}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue 'wait;
+                    }
+                    truth.insert(task_no.clone(), state);
+                }
+                other => panic!("GET {task_no}: {other:?}"),
+            }
+        }
+        break;
+    }
+    // Let every client settle with one long, undisturbed session.
+    settle.store(true, Ordering::Relaxed);
+    for runner in runners {
+        runner.await.unwrap();
+    }
+
+    let mut totals = Holder::default();
+    for (u, holder) in &holders {
+        let h = holder.lock().unwrap();
+        for (task_no, state) in
+            truth.iter().filter(|(t, _)| submitted.iter().any(|(o, n)| o == u && n == *t))
+        {
+            let held = h
+                .states
+                .get(task_no)
+                .unwrap_or_else(|| panic!("a client of chaos{u} never heard of {task_no}"));
+            assert_eq!(essence(held), essence(state), "client of chaos{u}, task {task_no}");
+        }
+        for (task_no, count) in &h.terminal_messages {
+            assert!(*count <= 1, "terminal status of {task_no} received {count} times after dedup");
+        }
+        assert_eq!(h.out_of_order, 0, "seq went backwards on a connection");
+        assert!(
+            h.states.keys().all(|t| submitted.iter().any(|(o, n)| o == u && n == t)),
+            "a foreign task reached chaos{u}"
+        );
+        totals.messages += h.messages;
+        totals.sessions += h.sessions;
+        totals.replays += h.replays;
+        totals.snapshots += h.snapshots;
+        totals.duplicates += h.duplicates;
+    }
+    let completed = truth.values().filter(|s| s.status.to_string() == "completed").count();
+    println!(
+        "chaos: {} tasks ({completed} completed, {} failed); {} messages; {} sessions ({} reconnects), {} resumes, {} snapshots, {} duplicates suppressed; {kicks} operator kicks, {killed} SIGKILL restarts",
+        truth.len(),
+        truth.len() - completed,
+        totals.messages,
+        totals.sessions,
+        totals.sessions - holders.len() as u64,
+        totals.replays,
+        totals.snapshots,
+        totals.duplicates,
+    );
+    drop(server.lock().unwrap().take());
+}
+
+impl Api {
+    /// POST that tolerates a server that is down: `None` instead of a panic.
+    async fn post_quiet(&self, path: &str, token: &str, body: Value) -> Option<(u16, Value)> {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().ok()?;
+        let response =
+            client.post(self.url(path)).bearer_auth(token).json(&body).send().await.ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.json().await.ok()?))
+    }
+
+    async fn get_quiet(&self, path: &str, token: &str) -> Option<(u16, Value)> {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().ok()?;
+        let response = client.get(self.url(path)).bearer_auth(token).send().await.ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.json().await.ok()?))
+    }
+
+    /// An operator POST; true when it went through.
+    async fn post_as_backend_quiet(&self, path: &str, key: &str, body: Value) -> bool {
+        let Ok(client) = reqwest::Client::builder().timeout(Duration::from_secs(2)).build() else {
+            return false;
+        };
+        client
+            .post(self.url(path))
+            .header("x-api-key", key)
+            .json(&body)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
+}
