@@ -215,11 +215,11 @@ async fn every_client_ends_with_the_true_final_state_through_chaos() {
     let settle = Arc::new(AtomicBool::new(false));
     let mut holders = Vec::new();
     let mut runners = Vec::new();
-    for u in 0..users {
+    for (u, token) in tokens.iter().enumerate() {
         for c in 0..clients {
             let holder = Arc::new(Mutex::new(Holder::default()));
             holders.push((u, holder.clone()));
-            let (token, settle) = (tokens[u].clone(), settle.clone());
+            let (token, settle) = (token.clone(), settle.clone());
             let mut rng = Rng(seed ^ ((u * 100 + c) as u64 + 1));
             runners.push(tokio::spawn(async move {
                 loop {
