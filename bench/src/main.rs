@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+mod replay;
 mod tasks;
 
 use bytes::Bytes;
@@ -39,10 +40,16 @@ struct Args {
     /// The server's process id, to read its RSS.
     #[arg(long)]
     server_pid: Option<u32>,
-    /// Which scenarios: broadcast, destinations, latency, connect, idle, tasks
+    /// Which scenarios: broadcast, destinations, latency, connect, idle, tasks, replay
     /// (comma-separated).
-    #[arg(long, default_value = "broadcast,destinations,latency,connect,idle,tasks")]
+    #[arg(long, default_value = "broadcast,destinations,latency,connect,idle,tasks,replay")]
     scenarios: String,
+    /// X-API-Key of the server, for publishing (the replay scenario).
+    #[arg(long, env = "TASKPULSE_LOAD_API_KEY", default_value = "")]
+    api_key: String,
+    /// Clients reconnecting at once in the replay scenario.
+    #[arg(long, default_value_t = 10_000)]
+    replay_clients: usize,
     /// Subscribers for the broadcast scenario.
     #[arg(long, default_value_t = 1000)]
     subscribers: usize,
@@ -70,6 +77,21 @@ struct Args {
     /// Tasks per second in the tasks scenario's paced phase (for latency).
     #[arg(long, default_value_t = 50)]
     task_rate: usize,
+}
+
+impl Args {
+    /// The connection settings only, for tasks that need their own copy.
+    fn for_replay(url: String, secret: String, api_key: String) -> Args {
+        Args::parse_from([
+            "taskpulse-load",
+            "--url",
+            &url,
+            "--secret",
+            &secret,
+            "--api-key",
+            &api_key,
+        ])
+    }
 }
 
 type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
@@ -462,6 +484,7 @@ async fn main() {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             "tasks" => tasks::run(&args).await,
+            "replay" => replay::run(&args).await,
             other => eprintln!("unknown scenario {other:?}"),
         }
     }

@@ -180,6 +180,7 @@ fn load(extra: &[String]) -> Result<(), String> {
             // The tasks scenario measures the service, not the renderer: no pacing, small PNGs.
             ("TASKPULSE_DEMO_DURATION_MS", "0"),
             ("TASKPULSE_DEMO_SIZE", "64"),
+            ("TASKPULSE_API_KEYS", r#"["load-key-0123456789abcdef"]"#),
         ],
     )?;
     let result = status(
@@ -187,6 +188,7 @@ fn load(extra: &[String]) -> Result<(), String> {
             .args(["--url", &format!("ws://{}/ws", server.addr)])
             .args(["--server-pid", &server.pid().to_string()])
             .env("TASKPULSE_JWT_SECRET", secret)
+            .env("TASKPULSE_LOAD_API_KEY", "load-key-0123456789abcdef")
             .args(extra),
         "running taskpulse-load",
     );

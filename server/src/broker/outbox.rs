@@ -485,18 +485,24 @@ fn unsent_queue_messages(
 fn coalesce(state: &mut State, sub: &Arc<str>, message: &Arc<Message>) -> Option<Delivery> {
     let new = message.coalesce.as_ref().filter(|c| c.replaceable)?;
     // The newest unwritten message about the same key decides: a status change is kept.
-    let older = state.items.iter_mut().rev().find_map(|item| match item {
-        Outgoing::Deliver { sub: s, ack: None, message: m }
-            if s == sub && m.coalesce.as_ref().is_some_and(|c| c.key == new.key) =>
-        {
-            Some(m)
-        }
-        _ => None,
+    let index = state.items.iter().rposition(|item| {
+        matches!(item, Outgoing::Deliver { sub: s, ack: None, message: m }
+            if s == sub && m.coalesce.as_ref().is_some_and(|c| c.key == new.key))
     })?;
+    let Outgoing::Deliver { message: older, .. } = &state.items[index] else { return None };
     if !older.coalesce.as_ref().is_some_and(|c| c.replaceable) {
         return None;
     }
-    *older = message.clone();
+    // The newer value goes to the back, not into the older one's place: messages stay in
+    // publication (and `seq`) order, so a client that drops `seq`s it has seen loses nothing.
+    let older_cost = older.cost();
+    state.items.remove(index);
+    state.bytes = state.bytes - older_cost + message.cost();
+    state.items.push_back(Outgoing::Deliver {
+        sub: sub.clone(),
+        ack: None,
+        message: message.clone(),
+    });
     Some(Delivery::Coalesced)
 }
 
@@ -545,6 +551,7 @@ mod tests {
         // Full: newer progress replaces the newest unwritten one of the same task.
         assert_eq!(deliver(progress("T1", 20, true)), Delivery::Coalesced);
         assert_eq!(deliver(progress("T2", 50, true)), Delivery::Coalesced);
+        // The merged values move to the back: publication order is kept.
         assert_eq!(
             bodies(&outbox),
             [
@@ -559,6 +566,23 @@ mod tests {
         assert_eq!(items.len(), 2);
         assert_eq!((items[0].as_str(), items[1].as_str()), ("ERROR", "CLOSE"));
         assert!(outbox.is_closed());
+    }
+
+    #[test]
+    fn merging_keeps_publication_order() {
+        let sub: Arc<str> = Arc::from("s");
+        let one = progress("T1", 0, false).cost();
+        let outbox = Outbox::new(1, one * 2 + 4, 10);
+        let deliver = |m: Arc<Message>| outbox.deliver(&sub, AckMode::Auto, &m, None);
+        deliver(progress("T1", 10, true)); // published first
+        deliver(progress("T2", 0, false)); // then T2's status change
+        assert_eq!(deliver(progress("T1", 20, true)), Delivery::Coalesced);
+        // T1's newer value comes after T2's change, as it was published: a client that
+        // drops seq numbers it has already passed would otherwise lose T2's change.
+        assert_eq!(
+            bodies(&outbox),
+            [r#"{"taskNo":"T2","progress":0}"#, r#"{"taskNo":"T1","progress":20}"#]
+        );
     }
 
     #[test]

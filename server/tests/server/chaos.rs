@@ -294,27 +294,43 @@ async fn every_client_ends_with_the_true_final_state_through_chaos() {
     submitting.store(false, Ordering::Relaxed);
     let (kicks, killed) = chaos.await.unwrap();
 
-    // Wait for the database to have every task terminal.
+    // Wait for the database to have every task of every user terminal. The truth is each
+    // user's task list, not `submitted`: a submit whose answer a SIGKILL swallowed was
+    // retried, so the first attempt's task exists too.
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut truth: HashMap<String, TaskProgressDto> = HashMap::new();
+    let mut truth: Vec<HashMap<String, TaskProgressDto>> = Vec::new();
     'wait: loop {
         truth.clear();
-        for (u, task_no) in &submitted {
-            match api.get_quiet(&format!("/api/tasks/{task_no}"), &tokens[*u]).await {
-                Some((200, task)) => {
-                    let state: TaskProgressDto = serde_json::from_value(task).unwrap();
+        for token in &tokens {
+            let mut tasks = HashMap::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let path = match &cursor {
+                    Some(c) => format!("/api/tasks?limit=100&before={c}"),
+                    None => "/api/tasks?limit=100".to_owned(),
+                };
+                let Some((200, page)) = api.get_quiet(&path, token).await else {
+                    panic!("GET {path} failed");
+                };
+                for task in page["tasks"].as_array().unwrap() {
+                    let state: TaskProgressDto = serde_json::from_value(task.clone()).unwrap();
                     if !state.status.is_terminal() {
-                        assert!(Instant::now() < deadline, "task {task_no} never ended: {state:?}");
+                        assert!(Instant::now() < deadline, "task never ended: {state:?}");
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         continue 'wait;
                     }
-                    truth.insert(task_no.clone(), state);
+                    tasks.insert(state.task_no.clone(), state);
                 }
-                other => panic!("GET {task_no}: {other:?}"),
+                match page["nextCursor"].as_str() {
+                    Some(next) => cursor = Some(next.to_owned()),
+                    None => break,
+                }
             }
+            truth.push(tasks);
         }
         break;
     }
+    let orphans = truth.iter().map(HashMap::len).sum::<usize>() - submitted.len();
     // Let every client settle with one long, undisturbed session.
     settle.store(true, Ordering::Relaxed);
     for runner in runners {
@@ -324,9 +340,7 @@ async fn every_client_ends_with_the_true_final_state_through_chaos() {
     let mut totals = Holder::default();
     for (u, holder) in &holders {
         let h = holder.lock().unwrap();
-        for (task_no, state) in
-            truth.iter().filter(|(t, _)| submitted.iter().any(|(o, n)| o == u && n == *t))
-        {
+        for (task_no, state) in &truth[*u] {
             let held = h
                 .states
                 .get(task_no)
@@ -338,7 +352,7 @@ async fn every_client_ends_with_the_true_final_state_through_chaos() {
         }
         assert_eq!(h.out_of_order, 0, "seq went backwards on a connection");
         assert!(
-            h.states.keys().all(|t| submitted.iter().any(|(o, n)| o == u && n == t)),
+            h.states.keys().all(|t| truth[*u].contains_key(t)),
             "a foreign task reached chaos{u}"
         );
         totals.messages += h.messages;
@@ -347,11 +361,12 @@ async fn every_client_ends_with_the_true_final_state_through_chaos() {
         totals.snapshots += h.snapshots;
         totals.duplicates += h.duplicates;
     }
-    let completed = truth.values().filter(|s| s.status.to_string() == "completed").count();
+    let all: Vec<&TaskProgressDto> = truth.iter().flat_map(HashMap::values).collect();
+    let completed = all.iter().filter(|s| s.status.to_string() == "completed").count();
     println!(
-        "chaos: {} tasks ({completed} completed, {} failed); {} messages; {} sessions ({} reconnects), {} resumes, {} snapshots, {} duplicates suppressed; {kicks} operator kicks, {killed} SIGKILL restarts",
-        truth.len(),
-        truth.len() - completed,
+        "chaos: {} tasks ({completed} completed, {} failed; {orphans} from submits whose answer a kill swallowed); {} messages; {} sessions ({} reconnects), {} resumes, {} snapshots, {} duplicates suppressed; {kicks} operator kicks, {killed} SIGKILL restarts",
+        all.len(),
+        all.len() - completed,
         totals.messages,
         totals.sessions,
         totals.sessions - holders.len() as u64,

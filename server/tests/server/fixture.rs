@@ -153,8 +153,13 @@ pub(crate) fn spawn_with(data: &Path, env: &[(&str, &str)]) -> Process {
 
 /// Starts `taskpulse-server` listening on `listen`.
 pub(crate) fn spawn_at(data: &Path, listen: &str, env: &[(&str, &str)]) -> Process {
-    // Defaults first: `env` overrides them.
-    let mut child = ProcessCommand::new(env!("CARGO_BIN_EXE_taskpulse-server"))
+    // Only the settings given here: inherited TASKPULSE_* variables (e.g. the chaos test's
+    // own) would be refused as unknown settings. Defaults first; `env` overrides them.
+    let mut command = ProcessCommand::new(env!("CARGO_BIN_EXE_taskpulse-server"));
+    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("TASKPULSE_")) {
+        command.env_remove(name);
+    }
+    let mut child = command
         .args(["--listen", listen, "--data-dir"])
         .arg(data)
         .arg("--ui-dir")
