@@ -176,9 +176,13 @@ impl Conn {
             Bytes::new(),
         );
         self.sink.send(subscribe).await.map_err(|e| e.to_string())?;
-        match self.next().await {
-            Some(f) if f.command == Command::Receipt => Ok(()),
-            other => Err(format!("expected RECEIPT, got {other:?}")),
+        // A tasks subscription starts with a snapshot; the RECEIPT follows it.
+        loop {
+            match self.next().await {
+                Some(f) if f.command == Command::Receipt => return Ok(()),
+                Some(f) if f.command == Command::Message => {}
+                other => return Err(format!("expected RECEIPT, got {other:?}")),
+            }
         }
     }
 }

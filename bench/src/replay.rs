@@ -2,9 +2,9 @@
 //! 10,000 clients reconnecting at once take to be resynchronised.
 //!
 //! Messages are notices published with `POST /api/publish` (numbered and logged like task
-//! updates). Phase 1: one user with 1,000 logged notices; 100 clients resume from `seq` 0 at
-//! once; replayed messages/s until every client has all 1,000. Phase 2: `--clients` clients
-//! (10 per user) resume at once, each having missed 5 notices; the time until every
+//! updates). Phase 1: four users with 1,000 logged notices each; 25 clients per user (the
+//! server allows 32 per user) resume from `seq` 0 at once; replayed messages/s until every
+//! client has all 1,000. Phase 2: `--replay-clients` clients (10 per user) resume at once, each having missed 5 notices; the time until every
 //! client's SUBSCRIBE RECEIPT (which follows its catch-up) arrived, and its p50/p99.
 
 use std::{
@@ -110,17 +110,17 @@ pub(crate) async fn run(args: &Args) {
     let epoch = epoch(args, &base).await;
 
     // Phase 1: replay throughput.
-    let user = "replay-big".to_owned();
-    fill(args, &base, std::slice::from_ref(&user), 1000).await;
+    let big: Vec<String> = (0..4).map(|u| format!("replay-big{u}")).collect();
+    fill(args, &base, &big, 1000).await;
     let started = Instant::now();
     let clients: Vec<_> = (0..100)
-        .map(|_| {
+        .map(|i| {
             let (args_url, secret, key, epoch, user) = (
                 args.url.clone(),
                 args.secret.clone(),
                 args.api_key.clone(),
                 epoch.clone(),
-                user.clone(),
+                big[i % 4].clone(),
             );
             tokio::spawn(async move {
                 let args = Args::for_replay(args_url, secret, key);

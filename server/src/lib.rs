@@ -18,6 +18,7 @@ mod ws;
 
 use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 
+use axum::serve::ListenerExt;
 pub use config::{
     AccountSettings, ApiSettings, AuthSettings, AuthorizationSettings, Cli, ComfyUiSettings,
     Config, ConfigError, ConfigUser, CreditSettings, DemoSettings, JwtSettings, LimitSettings,
@@ -121,5 +122,12 @@ pub async fn run(
         broker.shutdown("server is shutting down", SHUTDOWN_GRACE).await;
     };
     let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    // Without TCP_NODELAY, a push written right after another waits for the client's
+    // delayed ACK (40 ms on Linux): Nagle's algorithm.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     axum::serve(listener, service).with_graceful_shutdown(shutdown).await
 }

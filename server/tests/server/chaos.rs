@@ -68,6 +68,7 @@ struct Holder {
     snapshots: u64,
     duplicates: u64,
     out_of_order: u64,
+    replayed_messages: u64,
 }
 
 /// One STOMP session: connect, subscribe (resuming when it can), read until `until` or the
@@ -131,6 +132,9 @@ async fn session(
             _ => continue,
         }
         h.messages += 1;
+        if frame.header("x-replayed").is_some() {
+            h.replayed_messages += 1;
+        }
         let update: TaskProgressDto =
             serde_json::from_slice(&frame.body).map_err(|e| e.to_string())?;
         if let Some(epoch) = frame.header("epoch") {
@@ -360,14 +364,16 @@ async fn every_client_ends_with_the_true_final_state_through_chaos() {
         totals.replays += h.replays;
         totals.snapshots += h.snapshots;
         totals.duplicates += h.duplicates;
+        totals.replayed_messages += h.replayed_messages;
     }
     let all: Vec<&TaskProgressDto> = truth.iter().flat_map(HashMap::values).collect();
     let completed = all.iter().filter(|s| s.status.to_string() == "completed").count();
     println!(
-        "chaos: {} tasks ({completed} completed, {} failed; {orphans} from submits whose answer a kill swallowed); {} messages; {} sessions ({} reconnects), {} resumes, {} snapshots, {} duplicates suppressed; {kicks} operator kicks, {killed} SIGKILL restarts",
+        "chaos: {} tasks ({completed} completed, {} failed; {orphans} from submits whose answer a kill swallowed); {} messages ({} replayed); {} sessions ({} reconnects), {} resumes, {} snapshots, {} duplicates suppressed; {kicks} operator kicks, {killed} SIGKILL restarts",
         all.len(),
         all.len() - completed,
         totals.messages,
+        totals.replayed_messages,
         totals.sessions,
         totals.sessions - holders.len() as u64,
         totals.replays,
