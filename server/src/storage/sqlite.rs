@@ -110,6 +110,25 @@ fn event_json(state: &TaskProgressDto) -> String {
     serde_json::to_string(&state).expect("a DTO serialises")
 }
 
+/// The task's history row and, when given, the user's log entry for the same push.
+async fn record_push(
+    conn: &mut sqlx::SqliteConnection,
+    state: &TaskProgressDto,
+    at: i64,
+    log: Option<&LogEntry>,
+) -> Result<(), StorageError> {
+    sqlx::query("INSERT INTO task_events (task_no, at, dto) VALUES (?, ?, ?)")
+        .bind(&state.task_no)
+        .bind(at)
+        .bind(event_json(state))
+        .execute(&mut *conn)
+        .await?;
+    if let Some(entry) = log {
+        insert_log(conn, entry).await?;
+    }
+    Ok(())
+}
+
 async fn insert_log(
     conn: &mut sqlx::SqliteConnection,
     entry: &LogEntry,
@@ -232,15 +251,7 @@ impl Storage for SqliteStorage {
         .bind(task.updated_at)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("INSERT INTO task_events (task_no, at, dto) VALUES (?, ?, ?)")
-            .bind(&state.task_no)
-            .bind(task.created_at)
-            .bind(event_json(state))
-            .execute(&mut *tx)
-            .await?;
-        if let Some(entry) = log {
-            insert_log(&mut tx, entry).await?;
-        }
+        record_push(&mut tx, state, task.created_at, log).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -281,15 +292,7 @@ impl Storage for SqliteStorage {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query("INSERT INTO task_events (task_no, at, dto) VALUES (?, ?, ?)")
-            .bind(&state.task_no)
-            .bind(at)
-            .bind(event_json(state))
-            .execute(&mut *tx)
-            .await?;
-        if let Some(entry) = log {
-            insert_log(&mut tx, entry).await?;
-        }
+        record_push(&mut tx, state, at, log).await?;
         tx.commit().await?;
         Ok(true)
     }
