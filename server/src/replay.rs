@@ -7,7 +7,7 @@
 //! next plain SUBSCRIBE to it (the seed's offline queue).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -70,8 +70,8 @@ struct Inner {
     /// Each user's last `seq` (`None` until read from storage), behind an async lock that
     /// orders that user's appends and sends.
     users: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<i64>>>>>,
-    /// `(user, path)` -> the first `seq` sent there while nobody subscribed.
-    offline: Mutex<HashMap<(String, String), i64>>,
+    /// Paths with an offline mark for some user (the marks themselves are stored).
+    offline_paths: Mutex<HashSet<String>>,
 }
 
 /// One user's turn to append and send: holds that user's sequencer.
@@ -102,12 +102,7 @@ impl UserTurn {
         if let Some(coalesce) = coalesce {
             publication = publication.coalesce(coalesce);
         }
-        let handed = self.log.inner.broker.send_to_user(&self.user, &entry.path, publication);
-        if handed == 0 {
-            let key = (self.user.clone(), entry.path.clone());
-            lock(&self.log.inner.offline).entry(key).or_insert(entry.seq);
-        }
-        handed
+        self.log.inner.broker.send_to_user(&self.user, &entry.path, publication)
     }
 }
 
@@ -127,6 +122,7 @@ impl UserLog {
         settings: ReplaySettings,
     ) -> Result<UserLog, StorageError> {
         let epoch = storage.epoch().await?;
+        let offline_paths = storage.offline_paths().await?.into_iter().collect();
         let log = UserLog {
             inner: Arc::new(Inner {
                 storage,
@@ -135,7 +131,7 @@ impl UserLog {
                 epoch,
                 settings,
                 users: Mutex::default(),
-                offline: Mutex::default(),
+                offline_paths: Mutex::new(offline_paths),
             }),
         };
         broker.set_replay_source(Arc::new(log.clone()));
@@ -163,9 +159,11 @@ impl UserLog {
     }
 
     /// Appends and sends a message that is not a task change (a notice, a queue position).
+    /// When nobody subscribed there, the path is marked so that the next plain SUBSCRIBE
+    /// replays it (task updates need no mark: their SUBSCRIBE gets a snapshot).
     ///
     /// # Errors
-    /// Storage failed; nothing was sent.
+    /// Storage failed; nothing was sent, or the mark was not stored.
     pub async fn send(
         &self,
         user: &str,
@@ -177,7 +175,12 @@ impl UserLog {
         let mut turn = self.turn(user).await?;
         let entry = turn.entry(path, content_type, body);
         self.inner.storage.append_log(&entry).await?;
-        Ok(turn.send(&entry, coalesce))
+        let handed = turn.send(&entry, coalesce);
+        if handed == 0 && path != TASKS_PATH {
+            self.inner.storage.mark_offline(user, path, entry.seq).await?;
+            lock(&self.inner.offline_paths).insert(path.to_owned());
+        }
+        Ok(handed)
     }
 
     fn publication(&self, entry: &LogEntry) -> Publication {
@@ -200,7 +203,7 @@ impl UserLog {
             }
             // A plain SUBSCRIBE gets what was sent there while nobody listened.
             None if path != TASKS_PATH => {
-                let first = lock(&self.inner.offline).remove(&(user.clone(), path.clone()));
+                let first = storage.take_offline(&user, &path).await?;
                 Some(first.map_or(i64::MAX, |seq| seq - 1))
             }
             None => None,
@@ -249,7 +252,7 @@ impl UserLog {
 
 impl ReplaySource for UserLog {
     fn wants(&self, path: &str, resume: bool) -> bool {
-        resume || path == TASKS_PATH || lock(&self.inner.offline).keys().any(|(_, p)| p == path)
+        resume || path == TASKS_PATH || lock(&self.inner.offline_paths).contains(path)
     }
 
     fn replay(&self, request: ReplayRequest) {

@@ -165,6 +165,15 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// restarts.
     async fn prune_log(&self, before: i64, keep: u32) -> Result<u64, StorageError>;
 
+    /// Remembers that `user` had no subscriber on `path` from `seq` on (kept if already set).
+    async fn mark_offline(&self, user: &str, path: &str, seq: i64) -> Result<(), StorageError>;
+
+    /// Takes (and forgets) the mark of `user` on `path`.
+    async fn take_offline(&self, user: &str, path: &str) -> Result<Option<i64>, StorageError>;
+
+    /// The paths that have a mark for some user.
+    async fn offline_paths(&self) -> Result<Vec<String>, StorageError>;
+
     /// `owner`'s tasks that are unfinished or finished at or after `finished_since`,
     /// oldest first, at most `limit`.
     async fn snapshot_tasks(

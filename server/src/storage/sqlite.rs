@@ -363,6 +363,35 @@ impl Storage for SqliteStorage {
         Ok(old.rows_affected() + many.rows_affected())
     }
 
+    async fn mark_offline(&self, user: &str, path: &str, seq: i64) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO offline_marks (username, path, first_seq) VALUES (?, ?, ?) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(user)
+        .bind(path)
+        .bind(seq)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn take_offline(&self, user: &str, path: &str) -> Result<Option<i64>, StorageError> {
+        Ok(sqlx::query_scalar(
+            "DELETE FROM offline_marks WHERE username = ? AND path = ? RETURNING first_seq",
+        )
+        .bind(user)
+        .bind(path)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn offline_paths(&self) -> Result<Vec<String>, StorageError> {
+        Ok(sqlx::query_scalar("SELECT DISTINCT path FROM offline_marks")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     async fn snapshot_tasks(
         &self,
         owner: &str,
@@ -506,6 +535,16 @@ mod tests {
         assert_eq!(db.log_range("alice").await.unwrap(), (10, 10));
         assert_eq!(db.log_range("bob").await.unwrap(), (1, 1));
         assert_eq!(db.epoch().await.unwrap(), epoch);
+    }
+
+    #[tokio::test]
+    async fn offline_marks_keep_the_first_seq_until_taken() {
+        let db = with_user(0).await;
+        db.mark_offline("alice", "/queue/n", 4).await.unwrap();
+        db.mark_offline("alice", "/queue/n", 9).await.unwrap();
+        assert_eq!(db.offline_paths().await.unwrap(), ["/queue/n"]);
+        assert_eq!(db.take_offline("alice", "/queue/n").await.unwrap(), Some(4));
+        assert_eq!(db.take_offline("alice", "/queue/n").await.unwrap(), None);
     }
 
     #[tokio::test]

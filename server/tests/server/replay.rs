@@ -192,3 +192,24 @@ async fn positions_survive_a_restart_and_bad_positions_are_refused() {
     assert_eq!(error.header("message"), Some("invalid resume position"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn offline_notices_survive_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let ui = data.path().join("no-ui");
+    let server = TestServer::start(data.path(), &ui, fast).await;
+    let token = server.api().register("alice").await;
+    let notice =
+        json!({"user": "alice", "destination": "/queue/notices", "payload": {"kept": true}});
+    let (status, _) = server.api().post_as_backend("/api/publish", BACKEND_KEY, notice).await;
+    assert_eq!(status, 200);
+    server.stop().await;
+
+    let server = TestServer::start(data.path(), &ui, fast).await;
+    let mut client = server.client_with(&token).await;
+    client.subscribe("notices", "/user/queue/notices", "auto").await;
+    let frame = client.recv().await;
+    assert_eq!(body(&frame), r#"{"kept":true}"#);
+    assert!(frame.header("seq").is_some());
+    server.stop().await;
+}
