@@ -1,7 +1,13 @@
-//! The TaskPulse browser client, compiled to wasm. So far it holds the piece every later
-//! part builds on: reading a task update out of a STOMP MESSAGE with the shared codec.
+//! The TaskPulse browser client, compiled to wasm. So far it holds the parts without I/O:
+//! reading a task update out of a STOMP MESSAGE with the shared codec, the resume logic
+//! ([`resume::TaskStore`]: position, deduplication by `seq`, snapshots) and reconnect delays
+//! ([`backoff::Backoff`]).
 //!
-//! The `TaskWebSocketClient` class (connect, reconnect, resume) arrives with its own issue.
+//! The `TaskWebSocketClient` class (the WebSocket transport and its JavaScript API) is the
+//! rest of its issue.
+
+pub mod backoff;
+pub mod resume;
 
 use taskpulse_shared::{
     TaskProgressDto,

@@ -1,0 +1,173 @@
+//! What a client keeps to end with the true state of every task after any number of
+//! reconnects (the server's contract is in the README, "Never losing a final status"):
+//! the log position (`epoch`, highest `seq` applied), the latest state per task, and the rule
+//! that turns each incoming MESSAGE into at most one update for the application.
+//!
+//! No I/O and no clock: the transport feeds frames in and reads resume headers out.
+
+use std::collections::BTreeMap;
+
+use taskpulse_shared::{TaskProgressDto, stomp::Frame};
+
+use crate::task_update;
+
+/// The client's position in its user's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// The log's epoch.
+    pub epoch: String,
+    /// The highest `seq` applied (or the position a snapshot reflected).
+    pub seq: i64,
+}
+
+/// Task states by number, plus the position that makes a resume exact.
+#[derive(Debug, Default, Clone)]
+pub struct TaskStore {
+    position: Option<Position>,
+    tasks: BTreeMap<String, TaskProgressDto>,
+    duplicates: u64,
+}
+
+impl TaskStore {
+    /// An empty store: the first SUBSCRIBE is plain and gets a snapshot.
+    pub fn new() -> TaskStore {
+        TaskStore::default()
+    }
+
+    /// Headers for the next SUBSCRIBE to `/user/queue/tasks-progress`:
+    /// `x-resume-epoch`/`x-resume-seq` once a position is known, none before.
+    pub fn resume_headers(&self) -> Vec<(&'static str, String)> {
+        match &self.position {
+            Some(p) => {
+                vec![("x-resume-epoch", p.epoch.clone()), ("x-resume-seq", p.seq.to_string())]
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// The position, once known.
+    pub fn position(&self) -> Option<&Position> {
+        self.position.as_ref()
+    }
+
+    /// The latest state of every task seen, by task number.
+    pub fn tasks(&self) -> &BTreeMap<String, TaskProgressDto> {
+        &self.tasks
+    }
+
+    /// How many numbered messages were dropped as already applied.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
+    }
+
+    /// Applies one MESSAGE of the tasks subscription. Returns the update for the application,
+    /// or `None` when it changes nothing: a duplicate from a replay (`seq` not above the
+    /// position), or a snapshot entry equal to what is held.
+    ///
+    /// A message from another epoch (a wiped server) is applied and moves the position to
+    /// that epoch; frames that are not task updates are ignored.
+    pub fn apply(&mut self, frame: &Frame) -> Option<TaskProgressDto> {
+        let update = task_update(frame).ok()?;
+        let epoch = frame.header("epoch");
+        if frame.header("x-snapshot").is_some() {
+            let seq = frame.header("x-snapshot-seq").and_then(|s| s.parse().ok());
+            if let (Some(epoch), Some(seq)) = (epoch, seq) {
+                self.position = Some(Position { epoch: epoch.to_owned(), seq });
+            }
+            return self.store(update);
+        }
+        let seq: Option<i64> = frame.header("seq").and_then(|s| s.parse().ok());
+        match (epoch, seq, &mut self.position) {
+            (Some(epoch), Some(seq), Some(p)) if p.epoch == epoch => {
+                if seq <= p.seq {
+                    self.duplicates += 1;
+                    return None;
+                }
+                p.seq = seq;
+            }
+            (Some(epoch), Some(seq), _) => {
+                self.position = Some(Position { epoch: epoch.to_owned(), seq });
+            }
+            // An unnumbered update (an older server): nothing to deduplicate by.
+            _ => {}
+        }
+        self.store(update)
+    }
+
+    fn store(&mut self, update: TaskProgressDto) -> Option<TaskProgressDto> {
+        if self.tasks.get(&update.task_no) == Some(&update) {
+            return None;
+        }
+        self.tasks.insert(update.task_no.clone(), update.clone());
+        Some(update)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use taskpulse_shared::{TaskStatus, stomp::Command};
+
+    use super::*;
+
+    fn message(task: &str, status: TaskStatus, headers: &[(&str, &str)]) -> Frame {
+        let dto = TaskProgressDto::new(task, status, 0, status.as_str());
+        let mut frame = Frame::new(Command::Message).with_body(serde_json::to_vec(&dto).unwrap());
+        for (name, value) in headers {
+            frame.headers.push(name, value);
+        }
+        frame
+    }
+
+    fn numbered(task: &str, status: TaskStatus, seq: i64) -> Frame {
+        message(task, status, &[("epoch", "e1"), ("seq", &seq.to_string())])
+    }
+
+    #[test]
+    fn numbered_updates_move_the_position_and_duplicates_are_dropped() {
+        let mut store = TaskStore::new();
+        assert!(store.resume_headers().is_empty(), "the first SUBSCRIBE is plain");
+        assert!(store.apply(&numbered("T1", TaskStatus::Created, 1)).is_some());
+        assert!(store.apply(&numbered("T1", TaskStatus::Queued, 2)).is_some());
+        // A replay that overlaps what was seen.
+        assert!(store.apply(&numbered("T1", TaskStatus::Queued, 2)).is_none());
+        assert!(store.apply(&numbered("T1", TaskStatus::Created, 1)).is_none());
+        assert_eq!(store.duplicates(), 2);
+        assert_eq!(store.tasks()["T1"].status, TaskStatus::Queued, "never moved back");
+        assert_eq!(
+            store.resume_headers(),
+            [("x-resume-epoch", "e1".to_owned()), ("x-resume-seq", "2".to_owned())]
+        );
+    }
+
+    #[test]
+    fn a_snapshot_sets_the_position_and_reports_only_changes() {
+        let mut store = TaskStore::new();
+        store.apply(&numbered("T1", TaskStatus::Processing, 3));
+        let snapshot = |task, status| {
+            message(
+                task,
+                status,
+                &[("epoch", "e1"), ("x-snapshot", "1/2"), ("x-snapshot-seq", "9")],
+            )
+        };
+        // T1 finished while the client was away; T2 is new.
+        assert_eq!(
+            store.apply(&snapshot("T1", TaskStatus::Completed)).unwrap().status,
+            TaskStatus::Completed
+        );
+        assert!(store.apply(&snapshot("T2", TaskStatus::Queued)).is_some());
+        assert!(store.apply(&snapshot("T2", TaskStatus::Queued)).is_none(), "unchanged");
+        assert_eq!(store.position(), Some(&Position { epoch: "e1".into(), seq: 9 }));
+        assert!(store.apply(&numbered("T2", TaskStatus::Queued, 9)).is_none(), "covered by it");
+        assert!(store.apply(&numbered("T2", TaskStatus::Processing, 10)).is_some());
+    }
+
+    #[test]
+    fn another_epoch_restarts_the_position() {
+        let mut store = TaskStore::new();
+        store.apply(&numbered("T1", TaskStatus::Processing, 50));
+        let fresh = message("T2", TaskStatus::Created, &[("epoch", "e2"), ("seq", "1")]);
+        assert!(store.apply(&fresh).is_some(), "seq 1 of a new log is not a duplicate");
+        assert_eq!(store.position(), Some(&Position { epoch: "e2".into(), seq: 1 }));
+    }
+}
