@@ -171,14 +171,14 @@ impl Accounts {
     fn issue(&self, username: &str) -> Result<TokenResponse, AccountError> {
         let now = (now_ms() / 1000) as u64;
         let ttl = self.settings.accounts.token_ttl_s;
-        let mut jti = [0u8; 16];
-        getrandom::fill(&mut jti).map_err(|e| AccountError::Internal(e.to_string()))?;
+        let jti =
+            crate::secret::random_hex(16).map_err(|e| AccountError::Internal(e.to_string()))?;
         let claims = Claims {
             sub: username.to_owned(),
             exp: now + ttl,
             nbf: None,
             iat: Some(now),
-            jti: Some(jti.iter().map(|b| format!("{b:02x}")).collect()),
+            jti: Some(jti),
         };
         let token =
             self.broker.authenticator().issue(&claims).ok_or(AccountError::ExternalTokens)?;

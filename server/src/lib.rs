@@ -11,6 +11,7 @@ pub mod broker;
 mod config;
 mod error;
 pub mod replay;
+mod secret;
 pub mod storage;
 pub mod tasks;
 mod web;

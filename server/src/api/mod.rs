@@ -14,7 +14,7 @@ use axum::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::{AppError, AppState, broker::Claims};
+use crate::{AppError, AppState, broker::Claims, secret::constant_time_eq};
 
 /// The routes under `/api`.
 pub(crate) fn routes() -> Router<AppState> {
@@ -102,10 +102,6 @@ impl FromRequestParts<AppState> for Backend {
             Err(AppError::Unauthorized("invalid API key".into()))
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A JSON body whose errors name the offending field.

@@ -11,7 +11,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use taskpulse_shared::stomp::Connect;
 
-use crate::config::{AuthSettings, JwtSettings};
+use crate::{
+    config::{AuthSettings, JwtSettings},
+    secret::{constant_time_eq, random_hex},
+};
 
 /// The claims TaskPulse reads (and writes, for tokens it issues).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -227,15 +230,9 @@ pub(crate) fn stored_secret(data_dir: &Path, name: &str) -> Result<Vec<u8>, KeyE
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(KeyError(format!("cannot read {}: {e}", path.display()))),
     }
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| KeyError(format!("no randomness: {e}")))?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = random_hex(32).map_err(|e| KeyError(format!("no randomness: {e}")))?;
     std::fs::create_dir_all(data_dir)
         .and_then(|()| std::fs::write(&path, &hex))
         .map_err(|e| KeyError(format!("cannot write {}: {e}", path.display())))?;
     Ok(hex.into_bytes())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

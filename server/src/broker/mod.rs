@@ -223,9 +223,8 @@ fn lock<T>(lock: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Broker {
     /// A broker with the given settings and authenticator.
     pub fn new(settings: Settings, auth: Authenticator) -> Broker {
-        let mut seed = [0u8; 4];
         // Only a label; a failure to get randomness leaves it zero.
-        let _ = getrandom::fill(&mut seed);
+        let instance = crate::secret::random_hex(4).unwrap_or_else(|_| "00000000".into());
         Broker {
             inner: Arc::new(Inner {
                 settings,
@@ -237,7 +236,7 @@ impl Broker {
                 replay: RwLock::default(),
                 next_session: AtomicU64::new(1),
                 next_message: AtomicU64::new(1),
-                instance: seed.iter().map(|b| format!("{b:02x}")).collect(),
+                instance,
             }),
         }
     }

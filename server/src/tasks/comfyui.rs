@@ -509,9 +509,8 @@ impl Executor for ComfyUiExecutor {
         let prompt_id = match &job.external_ref {
             Some(id) => id.clone(),
             None => {
-                let mut id = [0u8; 16];
-                getrandom::fill(&mut id).map_err(|e| format!("no randomness: {e}"))?;
-                let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+                let hex =
+                    crate::secret::random_hex(16).map_err(|e| format!("no randomness: {e}"))?;
                 format!(
                     "{}-{}-{}-{}-{}",
                     &hex[..8],

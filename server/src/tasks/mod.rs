@@ -795,9 +795,7 @@ fn coalesce_key(state: &TaskProgressDto, replaceable: bool) -> Coalesce {
 
 /// 128 random bits, hex: unique and not guessable.
 fn new_task_no() -> String {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).expect("the OS provides randomness");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::secret::random_hex(16).expect("the OS provides randomness")
 }
 
 /// True when `s` could be a task number (so it is safe in a file name).

@@ -11,7 +11,10 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use taskpulse_shared::TaskProgressDto;
 
-use crate::broker::{KeyError, stored_secret};
+use crate::{
+    broker::{KeyError, stored_secret},
+    secret::hex,
+};
 
 /// Where results live and how their URLs are signed.
 #[derive(Clone)]
@@ -90,13 +93,7 @@ impl ResultStore {
         if state.result_url.as_deref() == Some(local_url(&state.task_no).as_str()) {
             // Rounded to the hour so that repeated pushes carry the same URL (caches work).
             let expires = (unix_now() + self.ttl_s).div_ceil(3600) * 3600;
-            let signature: String = self
-                .signature(&state.task_no, expires)
-                .finalize()
-                .into_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let signature = hex(&self.signature(&state.task_no, expires).finalize().into_bytes());
             state.result_url = Some(format!(
                 "{}?expires={expires}&signature={signature}",
                 local_url(&state.task_no)
@@ -150,8 +147,7 @@ mod tests {
         assert_eq!(store.verify("abd", expires, signature), Err(SignedUrlError::BadSignature));
         assert_eq!(store.verify("abc", expires + 1, signature), Err(SignedUrlError::BadSignature));
         assert_eq!(store.verify("abc", expires, "zz"), Err(SignedUrlError::BadSignature));
-        let old = store.signature("abc", 1).finalize().into_bytes();
-        let old: String = old.iter().map(|b| format!("{b:02x}")).collect();
+        let old = hex(&store.signature("abc", 1).finalize().into_bytes());
         assert_eq!(store.verify("abc", 1, &old), Err(SignedUrlError::Expired));
         // External URLs stay as they are.
         let external = TaskProgressDto::completed("abc", "https://cdn.example/x.png");
