@@ -1,19 +1,33 @@
-//! The TaskPulse browser client, compiled to wasm. So far it holds the parts without I/O:
-//! reading a task update out of a STOMP MESSAGE with the shared codec, the resume logic
-//! ([`resume::TaskStore`]: position, deduplication by `seq`, snapshots) and reconnect delays
-//! ([`backoff::Backoff`]).
+//! The TaskPulse browser client, compiled to wasm: STOMP over WebSocket with the `shared`
+//! codec, reconnecting with backoff, keeping heart-beats, and resuming from the last `seq`
+//! it saw so that no task update is lost or repeated.
 //!
-//! The `TaskWebSocketClient` class (the WebSocket transport and its JavaScript API) is the
-//! rest of its issue.
+//! One implementation, two faces: [`Client`] for Rust (the Yew frontend; updates as a
+//! `Stream`) and the JavaScript class `TaskWebSocketClient` (`js.rs`, the npm package).
+//! The I/O-free parts ([`protocol`], [`resume`], [`backoff`], [`options`]) are unit tested
+//! natively; the rest runs in the browser.
 
 pub mod backoff;
+mod client;
+mod error;
+mod js;
+pub mod options;
+pub mod protocol;
 pub mod resume;
+mod socket;
+
+pub use client::{
+    Client, ClientEvent, ConnectInfo, ConnectionState, DisconnectInfo, Events, ListenerId,
+    SubscriptionId, TASKS_DESTINATION,
+};
+pub use error::ClientError;
+pub use js::TaskWebSocketClient;
+pub use options::{ClientOptions, TokenSource};
 
 use taskpulse_shared::{
     TaskProgressDto,
     stomp::{Command, Frame},
 };
-use wasm_bindgen::prelude::wasm_bindgen;
 
 /// Why a frame did not yield a task update.
 #[derive(Debug, thiserror::Error)]
@@ -35,10 +49,4 @@ pub fn task_update(frame: &Frame) -> Result<TaskProgressDto, TaskUpdateError> {
         return Err(TaskUpdateError::NotAMessage(frame.command));
     }
     Ok(serde_json::from_slice(&frame.body)?)
-}
-
-/// The STOMP versions this client offers, as its CONNECT `accept-version` header.
-#[wasm_bindgen(js_name = acceptVersion)]
-pub fn accept_version() -> String {
-    "1.2,1.1,1.0".to_owned()
 }

@@ -20,22 +20,17 @@ pub struct Position {
     pub seq: i64,
 }
 
-/// Task states by number, plus the position that makes a resume exact.
+/// A subscription's place in the user's log: which numbered messages were already applied.
+/// Every `/user/...` subscription keeps one, so that a resume asks for exactly what it missed.
 #[derive(Debug, Default, Clone)]
-pub struct TaskStore {
+pub struct Cursor {
     position: Option<Position>,
-    tasks: BTreeMap<String, TaskProgressDto>,
     duplicates: u64,
 }
 
-impl TaskStore {
-    /// An empty store: the first SUBSCRIBE is plain and gets a snapshot.
-    pub fn new() -> TaskStore {
-        TaskStore::default()
-    }
-
-    /// Headers for the next SUBSCRIBE to `/user/queue/tasks-progress`:
-    /// `x-resume-epoch`/`x-resume-seq` once a position is known, none before.
+impl Cursor {
+    /// Headers for the next SUBSCRIBE: `x-resume-epoch`/`x-resume-seq` once a position is
+    /// known, none before.
     pub fn resume_headers(&self) -> Vec<(&'static str, String)> {
         match &self.position {
             Some(p) => {
@@ -50,6 +45,65 @@ impl TaskStore {
         self.position.as_ref()
     }
 
+    /// How many numbered messages were dropped as already applied.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
+    }
+
+    /// Moves the position for one MESSAGE; `false` when it was already applied (a replay
+    /// overlapping what was seen). A snapshot entry sets the position it reflects; a
+    /// message from another epoch (a wiped server) restarts the position; an unnumbered
+    /// message (an older server) is always new.
+    pub fn admit(&mut self, frame: &Frame) -> bool {
+        let epoch = frame.header("epoch");
+        if frame.header("x-snapshot").is_some() {
+            let seq = frame.header("x-snapshot-seq").and_then(|s| s.parse().ok());
+            if let (Some(epoch), Some(seq)) = (epoch, seq) {
+                self.position = Some(Position { epoch: epoch.to_owned(), seq });
+            }
+            return true;
+        }
+        let seq: Option<i64> = frame.header("seq").and_then(|s| s.parse().ok());
+        match (epoch, seq, &mut self.position) {
+            (Some(epoch), Some(seq), Some(p)) if p.epoch == epoch => {
+                if seq <= p.seq {
+                    self.duplicates += 1;
+                    return false;
+                }
+                p.seq = seq;
+            }
+            (Some(epoch), Some(seq), _) => {
+                self.position = Some(Position { epoch: epoch.to_owned(), seq });
+            }
+            _ => {}
+        }
+        true
+    }
+}
+
+/// Task states by number, plus the cursor that makes a resume exact.
+#[derive(Debug, Default, Clone)]
+pub struct TaskStore {
+    cursor: Cursor,
+    tasks: BTreeMap<String, TaskProgressDto>,
+}
+
+impl TaskStore {
+    /// An empty store: the first SUBSCRIBE is plain and gets a snapshot.
+    pub fn new() -> TaskStore {
+        TaskStore::default()
+    }
+
+    /// Headers for the next SUBSCRIBE to `/user/queue/tasks-progress`.
+    pub fn resume_headers(&self) -> Vec<(&'static str, String)> {
+        self.cursor.resume_headers()
+    }
+
+    /// The position, once known.
+    pub fn position(&self) -> Option<&Position> {
+        self.cursor.position()
+    }
+
     /// The latest state of every task seen, by task number.
     pub fn tasks(&self) -> &BTreeMap<String, TaskProgressDto> {
         &self.tasks
@@ -57,44 +111,17 @@ impl TaskStore {
 
     /// How many numbered messages were dropped as already applied.
     pub fn duplicates(&self) -> u64 {
-        self.duplicates
+        self.cursor.duplicates()
     }
 
     /// Applies one MESSAGE of the tasks subscription. Returns the update for the application,
-    /// or `None` when it changes nothing: a duplicate from a replay (`seq` not above the
-    /// position), or a snapshot entry equal to what is held.
-    ///
-    /// A message from another epoch (a wiped server) is applied and moves the position to
-    /// that epoch; frames that are not task updates are ignored.
+    /// or `None` when it changes nothing: a duplicate from a replay, a snapshot entry equal
+    /// to what is held, or a frame that is not a task update.
     pub fn apply(&mut self, frame: &Frame) -> Option<TaskProgressDto> {
         let update = task_update(frame).ok()?;
-        let epoch = frame.header("epoch");
-        if frame.header("x-snapshot").is_some() {
-            let seq = frame.header("x-snapshot-seq").and_then(|s| s.parse().ok());
-            if let (Some(epoch), Some(seq)) = (epoch, seq) {
-                self.position = Some(Position { epoch: epoch.to_owned(), seq });
-            }
-            return self.store(update);
+        if !self.cursor.admit(frame) {
+            return None;
         }
-        let seq: Option<i64> = frame.header("seq").and_then(|s| s.parse().ok());
-        match (epoch, seq, &mut self.position) {
-            (Some(epoch), Some(seq), Some(p)) if p.epoch == epoch => {
-                if seq <= p.seq {
-                    self.duplicates += 1;
-                    return None;
-                }
-                p.seq = seq;
-            }
-            (Some(epoch), Some(seq), _) => {
-                self.position = Some(Position { epoch: epoch.to_owned(), seq });
-            }
-            // An unnumbered update (an older server): nothing to deduplicate by.
-            _ => {}
-        }
-        self.store(update)
-    }
-
-    fn store(&mut self, update: TaskProgressDto) -> Option<TaskProgressDto> {
         if self.tasks.get(&update.task_no) == Some(&update) {
             return None;
         }

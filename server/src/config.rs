@@ -102,6 +102,9 @@ TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the fil
 [api]
   keys = []                keys accepted in X-API-Key by POST /api/publish and
                            POST /api/tasks/{taskNo}/progress (empty: both refuse)
+  cors_origins = []        other origins whose pages may call the HTTP API, e.g.
+                           [\"http://localhost:5173\"]; [\"*\"] allows any (no cookies are
+                           used: the API takes Bearer tokens)
 ";
 
 /// The command line. Everything else comes from [`Settings`].
@@ -322,6 +325,18 @@ impl Settings {
         }
         if self.api.keys.iter().any(|k| k.len() < 16) {
             return Err(invalid("api.keys", "each key must have at least 16 characters"));
+        }
+        for origin in &self.api.cors_origins {
+            let (scheme, host) = origin.split_once("://").unwrap_or(("", ""));
+            let well_formed = matches!(scheme, "http" | "https")
+                && !host.is_empty()
+                && !host.contains(['/', '?', '#']);
+            if origin != "*" && !well_formed {
+                return Err(invalid(
+                    "api.cors_origins",
+                    &format!("{origin:?} is not an origin like \"http://localhost:5173\" or \"*\""),
+                ));
+            }
         }
         for pattern in self.authorization.patterns() {
             if !pattern.starts_with('/') {
@@ -643,6 +658,8 @@ impl Default for ReplaySettings {
 pub struct ApiSettings {
     /// Accepted `X-API-Key` values.
     pub keys: Vec<String>,
+    /// Origins allowed by CORS (`*`: any).
+    pub cors_origins: Vec<String>,
 }
 
 #[cfg(test)]
@@ -708,6 +725,10 @@ mod tests {
         let bad = err(&[("TASKPULSE_LIMITS_FRAME_SIZE", "big")]);
         assert!(bad.contains("TASKPULSE_LIMITS_FRAME_SIZE") && bad.contains("frame_size"), "{bad}");
         assert!(err(&[("TASKPULSE_JWT_ALGORITHM", "none")]).contains("jwt.algorithm"));
+        let cors = err(&[("TASKPULSE_API_CORS_ORIGINS", r#"["localhost:5173"]"#)]);
+        assert!(cors.contains("api.cors_origins") && cors.contains("localhost:5173"), "{cors}");
+        let ok = [("TASKPULSE_API_CORS_ORIGINS", r#"["*", "http://localhost:5173"]"#)];
+        assert!(Config::load(cli(None), env(&ok)).is_ok());
 
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("bad.toml");

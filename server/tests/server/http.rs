@@ -58,3 +58,46 @@ async fn a_missing_ui_build_is_explained_not_a_blank_404() {
     assert!(data.path().join("state").is_dir(), "the data directory is created on start");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn cors_answers_configured_origins_only() {
+    let server = TestServer::stomp(|config| {
+        config.settings.api.cors_origins = vec!["http://localhost:5173".into()];
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/api/tasks", server.addr);
+    let preflight = |origin: &'static str| {
+        http.request(reqwest::Method::OPTIONS, &url)
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header("Access-Control-Request-Headers", "authorization,content-type")
+            .send()
+    };
+    let allowed = preflight("http://localhost:5173").await.unwrap();
+    assert_eq!(allowed.status(), 200);
+    let headers = allowed.headers();
+    assert_eq!(headers["access-control-allow-origin"], "http://localhost:5173");
+    let allowed_headers = headers["access-control-allow-headers"].to_str().unwrap();
+    assert!(allowed_headers.contains("authorization"), "{allowed_headers}");
+    let other = preflight("http://evil.example").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    // A plain request from the allowed origin carries the header too, errors included.
+    let answer = http.get(&url).header("Origin", "http://localhost:5173").send().await.unwrap();
+    assert_eq!(answer.status(), 401);
+    assert_eq!(answer.headers()["access-control-allow-origin"], "http://localhost:5173");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn without_cors_origins_no_cors_headers_are_sent() {
+    let server = TestServer::stomp(|_| {}).await;
+    let answer = reqwest::Client::new()
+        .get(format!("http://{}/healthz", server.addr))
+        .header("Origin", "http://localhost:5173")
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.headers().get("access-control-allow-origin").is_none());
+    server.stop().await;
+}
