@@ -40,6 +40,7 @@ const DISCONNECT_RECEIPT_MS: u32 = 2_000;
 /// invalid frame, ERROR): the socket's own code is not known then.
 const CLOSED_BY_CLIENT: u16 = 1006;
 const DISCONNECT_RECEIPT: &str = "disconnect";
+const READY_RECEIPT: &str = "tasks-ready";
 
 /// The connection's state, as `state` / `onStateChange` report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +109,20 @@ pub enum ClientEvent {
     Error(ClientError),
 }
 
+/// What the client did so far, for diagnostics (`stats()` in JavaScript).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Sessions opened (CONNECTED and caught up).
+    pub connects: u64,
+    /// Task messages received as a replay of what the client missed (`x-replayed`).
+    pub replayed: u64,
+    /// Task messages received as snapshot entries (`x-snapshot`): the server could not
+    /// replay exactly (first connect, or the log no longer covered the position).
+    pub snapshot_entries: u64,
+    /// Numbered task messages dropped because they were already applied.
+    pub duplicates_dropped: u64,
+}
+
 /// A listener's handle, for [`Client::unlisten`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenerId(u64);
@@ -145,6 +160,7 @@ struct Inner {
     options: ClientOptions,
     state: Cell<ConnectionState>,
     next_retry_at: Cell<Option<f64>>,
+    stats: Cell<Stats>,
     store: RefCell<TaskStore>,
     listeners: RefCell<Vec<(u64, Listener)>>,
     next_listener: Cell<u64>,
@@ -175,6 +191,7 @@ impl Client {
                 options,
                 state: Cell::new(ConnectionState::Disconnected),
                 next_retry_at: Cell::new(None),
+                stats: Cell::new(Stats::default()),
                 store: RefCell::new(TaskStore::new()),
                 listeners: RefCell::new(Vec::new()),
                 next_listener: Cell::new(0),
@@ -244,9 +261,11 @@ impl Client {
         self.inner.store.borrow().tasks().clone()
     }
 
-    /// Numbered messages dropped because a replay overlapped what was already seen.
-    pub fn duplicates_dropped(&self) -> u64 {
-        self.inner.store.borrow().duplicates()
+    /// Counters of what the client did so far.
+    pub fn stats(&self) -> Stats {
+        let mut stats = self.inner.stats.get();
+        stats.duplicates_dropped = self.inner.store.borrow().duplicates();
+        stats
     }
 
     /// Calls `listener` for every event until [`Client::unlisten`].
@@ -549,6 +568,8 @@ async fn run_session(
         version: session.version,
         last_sent: Cell::new(started),
     });
+    // The tasks SUBSCRIBE asks for a receipt: the server sends it after the catch-up
+    // (replay or snapshot), so "connected" means "tasks() is current".
     let frames: Vec<Frame> = {
         let store = inner.store.borrow();
         let subscriptions = inner.subscriptions.borrow();
@@ -556,11 +577,9 @@ async fn run_session(
             .iter()
             .map(|(&id, subscription)| {
                 if id == 0 {
-                    protocol::subscribe_frame(
-                        &subscription_id(0),
-                        TASKS_DESTINATION,
-                        &store.resume_headers(),
-                    )
+                    let mut extra = store.resume_headers();
+                    extra.push(("receipt", READY_RECEIPT.to_owned()));
+                    protocol::subscribe_frame(&subscription_id(0), TASKS_DESTINATION, &extra)
                 } else {
                     subscribe_frame(id, subscription)
                 }
@@ -570,14 +589,8 @@ async fn run_session(
     for frame in &frames {
         inner.send_or_drop(frame);
     }
-    inner.set_state(ConnectionState::Connected);
-    inner.emit(&ClientEvent::Connected(ConnectInfo {
-        version: session.version,
-        session: session.id.clone(),
-        user: session.user.clone(),
-        server: session.server.clone(),
-    }));
-    inner.settle_connect_waiters(Ok(()));
+    let mut ready = false;
+    let mut ready_timeout = TimeoutFuture::new(inner.options.connection_timeout_ms).fuse();
 
     let heartbeats = session.heartbeats;
     let mut ticks = match heartbeats.tick_ms() {
@@ -595,8 +608,23 @@ async fn run_session(
                     decoder.feed(&bytes);
                     match drain(inner, &mut decoder) {
                         Ok(Flow::Continue) => {}
-                        Ok(Flow::Receipt) if stopping => break (None, None),
-                        Ok(Flow::Receipt) => {}
+                        Ok(Flow::Ready) if !ready => {
+                            ready = true;
+                            let mut stats = inner.stats.get();
+                            stats.connects += 1;
+                            inner.stats.set(stats);
+                            inner.set_state(ConnectionState::Connected);
+                            inner.emit(&ClientEvent::Connected(ConnectInfo {
+                                version: session.version,
+                                session: session.id.clone(),
+                                user: session.user.clone(),
+                                server: session.server.clone(),
+                            }));
+                            inner.settle_connect_waiters(Ok(()));
+                        }
+                        Ok(Flow::Ready) => {}
+                        Ok(Flow::Disconnected) if stopping => break (None, None),
+                        Ok(Flow::Disconnected) => {}
                         Err(error) => break (Some(error), None),
                     }
                 }
@@ -608,6 +636,10 @@ async fn run_session(
                     break (error, Some((code, reason, was_clean)));
                 }
                 None => break (None, None),
+            },
+            () = ready_timeout => if !ready {
+                let timeout = inner.options.connection_timeout_ms;
+                break (Some(ClientError::Timeout(timeout)), None);
             },
             _ = ticks.next() => {
                 let now = now();
@@ -633,7 +665,7 @@ async fn run_session(
                             event = socket.events.next() => match event {
                                 Some(SocketEvent::Data(bytes)) => {
                                     decoder.feed(&bytes);
-                                    if matches!(drain(inner, &mut decoder), Ok(Flow::Receipt) | Err(_)) {
+                                    if matches!(drain(inner, &mut decoder), Ok(Flow::Disconnected) | Err(_)) {
                                         break true;
                                     }
                                 }
@@ -670,8 +702,10 @@ async fn run_session(
 /// What the frames just decoded mean for the session loop.
 enum Flow {
     Continue,
+    /// The tasks subscription's RECEIPT arrived: caught up.
+    Ready,
     /// The DISCONNECT's RECEIPT arrived.
-    Receipt,
+    Disconnected,
 }
 
 /// Handles every complete frame in the decoder.
@@ -686,10 +720,18 @@ fn drain(inner: &Inner, decoder: &mut Decoder) -> Result<Flow, ClientError> {
         inner.log_frame("<<<", &frame);
         match frame.command {
             Command::Message => inner.deliver(&frame),
-            Command::Receipt if frame.header("receipt-id") == Some(DISCONNECT_RECEIPT) => {
-                flow = Flow::Receipt;
-            }
+            Command::Receipt => match frame.header("receipt-id") {
+                Some(DISCONNECT_RECEIPT) => flow = Flow::Disconnected,
+                Some(READY_RECEIPT) => flow = Flow::Ready,
+                _ => {}
+            },
             Command::Error => {
+                let message = frame.header("message").unwrap_or_default();
+                if message.contains("resume position") {
+                    // Never expected (positions come from the server), but retrying the
+                    // same position would fail forever: start over with a snapshot.
+                    inner.forget_positions();
+                }
                 return Err(ClientError::Stomp {
                     message: frame.header("message").unwrap_or("ERROR").to_owned(),
                     body: frame.body_text().unwrap_or_default().to_owned(),
@@ -701,6 +743,15 @@ fn drain(inner: &Inner, decoder: &mut Decoder) -> Result<Flow, ClientError> {
 }
 
 impl Inner {
+    fn forget_positions(&self) {
+        self.store.borrow_mut().forget_position();
+        for subscription in self.subscriptions.borrow_mut().values_mut() {
+            if let Some(cursor) = &mut subscription.cursor {
+                *cursor = Cursor::default();
+            }
+        }
+    }
+
     fn set_state(&self, state: ConnectionState) {
         let changed = self.state.replace(state) != state;
         // Reconnecting is re-announced when a new retry time is set.
@@ -728,6 +779,14 @@ impl Inner {
             return;
         };
         if id == 0 {
+            let mut stats = self.stats.get();
+            if frame.header("x-replayed") == Some("true") {
+                stats.replayed += 1;
+            }
+            if frame.header("x-snapshot").is_some() {
+                stats.snapshot_entries += 1;
+            }
+            self.stats.set(stats);
             let update = self.store.borrow_mut().apply(frame);
             if let Some(update) = update {
                 self.emit(&ClientEvent::TaskUpdate(update));

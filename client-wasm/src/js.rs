@@ -177,6 +177,24 @@ impl TaskWebSocketClient {
         to_js(&self.client.tasks())
     }
 
+    /// Counters for diagnostics: `{ connects, replayed, snapshotEntries, duplicatesDropped }`.
+    #[wasm_bindgen(
+        unchecked_return_type = "{ connects: number; replayed: number; snapshotEntries: number; duplicatesDropped: number }"
+    )]
+    pub fn stats(&self) -> JsValue {
+        let stats = self.client.stats();
+        let object = Object::new();
+        for (name, value) in [
+            ("connects", stats.connects),
+            ("replayed", stats.replayed),
+            ("snapshotEntries", stats.snapshot_entries),
+            ("duplicatesDropped", stats.duplicates_dropped),
+        ] {
+            set(&object, name, &(value as f64).into());
+        }
+        object.into()
+    }
+
     /// Calls `callback` with each task update: every status change once, in order, also
     /// across reconnects. Returns the function that removes the listener.
     #[wasm_bindgen(js_name = onTaskUpdate, unchecked_return_type = "() => void")]

@@ -17,7 +17,7 @@ pub mod resume;
 mod socket;
 
 pub use client::{
-    Client, ClientEvent, ConnectInfo, ConnectionState, DisconnectInfo, Events, ListenerId,
+    Client, ClientEvent, ConnectInfo, ConnectionState, DisconnectInfo, Events, ListenerId, Stats,
     SubscriptionId, TASKS_DESTINATION,
 };
 pub use error::ClientError;

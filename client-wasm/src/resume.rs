@@ -104,6 +104,12 @@ impl TaskStore {
         self.cursor.position()
     }
 
+    /// Forgets the position (keeping the tasks): the next SUBSCRIBE is plain and gets a
+    /// snapshot.
+    pub fn forget_position(&mut self) {
+        self.cursor = Cursor::default();
+    }
+
     /// The latest state of every task seen, by task number.
     pub fn tasks(&self) -> &BTreeMap<String, TaskProgressDto> {
         &self.tasks

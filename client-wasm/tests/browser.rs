@@ -11,6 +11,9 @@ use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
 
 wasm_bindgen_test_configure!(run_in_browser);
 
+#[path = "browser/live.rs"]
+mod live;
+
 const MESSAGE: &[u8] = b"MESSAGE\ndestination:/user/queue/tasks-progress\nmessage-id:7\n\
 subscription:sub-0\ncontent-type:application/json\n\n\
 {\"taskNo\":\"T-1\",\"status\":\"completed\",\"progress\":100,\"message\":\"done\",\

@@ -2,6 +2,7 @@
 //! `fuzz` and `bench` run the long measurements. Each installs what it needs first.
 
 mod install;
+mod proxy;
 mod test;
 
 use std::{
@@ -17,6 +18,7 @@ usage: cargo xtask <command>
                          (http://127.0.0.1:8080 unless --listen is given)
   test                   install test prerequisites, then fmt, clippy, every test;
                          ends with 'N passed, N failed'
+  test-client            only client-wasm's browser suite against a live server
   fuzz [SECONDS]         fuzz the STOMP decoder (default 300 s)
   bench                  run the codec benchmarks (criterion)
   load [LOAD ARGS...]    start a release server and run the broker load tool
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("run") => run(&args[1..]),
         Some("test") => test::run(),
+        Some("test-client") => test::client_only(),
         Some("fuzz") => fuzz(args.get(1).map(String::as_str)),
         Some("bench") => bench(),
         Some("load") => load(&args[1..]),

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{build_frontend, cargo, install, root};
+use crate::{build_frontend, cargo, install, proxy::FreezableProxy, root};
 
 /// Tallies of one run.
 #[derive(Default)]
@@ -126,17 +126,7 @@ pub(crate) fn run() -> Result<(), String> {
         captured(cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"])),
     );
     tally.runner("doc tests", captured(cargo().args(["test", "--workspace", "--doc"])));
-    tally.runner(
-        "wasm tests in headless Chromium",
-        captured(
-            cargo()
-                .args(["test", "-p", "taskpulse-client", "--target", "wasm32-unknown-unknown"])
-                .env("PATH", install::path_with_cargo_bin())
-                .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", "wasm-bindgen-test-runner")
-                .env("CHROMEDRIVER", "/usr/bin/chromedriver")
-                .env("WASM_BINDGEN_TEST_TIMEOUT", "120"),
-        ),
-    );
+    tally.runner("client-wasm in headless Chromium (live server)", client_browser_tests());
     tally.runner("@stomp/stompjs interop (Node)", stompjs_interop());
     tally.check("UI served and rendered in headless Chromium", ui_smoke());
 
@@ -144,6 +134,17 @@ pub(crate) fn run() -> Result<(), String> {
     if !tally.failures.is_empty() {
         println!("xtask: failed: {}", tally.failures.join(", "));
     }
+    println!("{} passed, {} failed", tally.passed, tally.failed);
+    if tally.failed == 0 && tally.failures.is_empty() { Ok(()) } else { Err(String::new()) }
+}
+
+/// `cargo xtask test-client`: only the client's browser suite, for working on the client.
+pub(crate) fn client_only() -> Result<(), String> {
+    install::test_packages()?;
+    install::wasm_target()?;
+    install::wasm_bindgen_cli()?;
+    let mut tally = Tally::default();
+    tally.runner("client-wasm in headless Chromium (live server)", client_browser_tests());
     println!("{} passed, {} failed", tally.passed, tally.failed);
     if tally.failed == 0 && tally.failures.is_empty() { Ok(()) } else { Err(String::new()) }
 }
@@ -234,6 +235,48 @@ fn ui_smoke() -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr)
         ))
     }
+}
+
+/// Settings of the server the client's browser tests run against.
+const CLIENT_TEST_SECRET: &str = "client-tests-secret";
+const CLIENT_TEST_API_KEY: &str = "client-tests-api-key";
+
+/// client-wasm's `wasm-bindgen-test` suite in headless Chromium, against the real server
+/// (and a freezable relay in front of it), whose addresses are compiled into the tests.
+fn client_browser_tests() -> Result<String, String> {
+    quiet(cargo().args(["build", "-p", "taskpulse-server"]))?;
+    let data = tempdir("taskpulse-client-tests")?;
+    let server = ServerProcess::start(
+        &root().join("target/debug/taskpulse-server"),
+        &data.join("no-ui"),
+        &data,
+        &[
+            ("TASKPULSE_JWT_SECRET", CLIENT_TEST_SECRET),
+            ("TASKPULSE_JWT_LEEWAY_S", "0"),
+            ("TASKPULSE_API_KEYS", &format!("[\"{CLIENT_TEST_API_KEY}\"]")),
+            ("TASKPULSE_API_CORS_ORIGINS", "[\"*\"]"),
+            ("TASKPULSE_DEMO_DURATION_MS", "1500"),
+            ("TASKPULSE_DEMO_SIZE", "64"),
+            ("TASKPULSE_STOMP_HEARTBEAT_MIN_MS", "500"),
+        ],
+    )?;
+    let proxy = FreezableProxy::start(&server.addr)?;
+    let result = captured(
+        cargo()
+            .args(["test", "-p", "taskpulse-client", "--target", "wasm32-unknown-unknown"])
+            .env("PATH", install::path_with_cargo_bin())
+            .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", "wasm-bindgen-test-runner")
+            .env("CHROMEDRIVER", "/usr/bin/chromedriver")
+            .env("WASM_BINDGEN_TEST_TIMEOUT", "180")
+            .env("TASKPULSE_TEST_HTTP", format!("http://{}", server.addr))
+            .env("TASKPULSE_TEST_PROXY_WS", format!("ws://{}/ws", proxy.addr))
+            .env("TASKPULSE_TEST_PROXY_CONTROL", format!("http://{}", proxy.control))
+            .env("TASKPULSE_TEST_JWT_SECRET", CLIENT_TEST_SECRET)
+            .env("TASKPULSE_TEST_API_KEY", CLIENT_TEST_API_KEY),
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&data);
+    result
 }
 
 /// The real `@stomp/stompjs` client from npm, on Node with `ws`, against the server binary.
