@@ -27,13 +27,18 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    const HOW: &str = "run these tests with `cargo xtask test`, which starts the server";
+    // Failing loudly, not skipping: a skipped live test would pass while testing nothing.
+    fn given(value: Option<&'static str>) -> &'static str {
+        value.unwrap_or_else(|| {
+            panic!("run these tests with `cargo xtask test` (or test-client): it starts the server")
+        })
+    }
     Setup {
-        http: option_env!("TASKPULSE_TEST_HTTP").expect(HOW),
-        proxy_ws: option_env!("TASKPULSE_TEST_PROXY_WS").expect(HOW),
-        proxy_control: option_env!("TASKPULSE_TEST_PROXY_CONTROL").expect(HOW),
-        secret: option_env!("TASKPULSE_TEST_JWT_SECRET").expect(HOW),
-        api_key: option_env!("TASKPULSE_TEST_API_KEY").expect(HOW),
+        http: given(option_env!("TASKPULSE_TEST_HTTP")),
+        proxy_ws: given(option_env!("TASKPULSE_TEST_PROXY_WS")),
+        proxy_control: given(option_env!("TASKPULSE_TEST_PROXY_CONTROL")),
+        secret: given(option_env!("TASKPULSE_TEST_JWT_SECRET")),
+        api_key: given(option_env!("TASKPULSE_TEST_API_KEY")),
     }
 }
 
