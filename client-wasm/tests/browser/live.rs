@@ -199,7 +199,9 @@ async fn receives_every_status_of_a_submitted_task() {
     assert_eq!(client.state(), ConnectionState::Connected);
 
     let task = submit(&token, "a lighthouse at dusk").await;
-    let seen = within(30_000, "the final status", until_final(&mut updates, &[task.clone()])).await;
+    let seen =
+        within(30_000, "the final status", until_final(&mut updates, std::slice::from_ref(&task)))
+            .await;
     let updates = &seen[&task];
     assert_orderly(&task, updates);
     let statuses: Vec<TaskStatus> = updates.iter().map(|u| u.status).collect();
@@ -326,7 +328,7 @@ async fn a_rejected_token_is_reported_once_and_not_retried() {
     assert!(!message.is_empty(), "the server says why");
     // Far longer than the backoff: a retrying client would have tried many times.
     sleep(1_500).await;
-    assert_eq!(*errors.borrow(), [refused.clone()], "reported once");
+    assert_eq!(*errors.borrow(), std::slice::from_ref(&refused), "reported once");
     assert_eq!(*states.borrow(), [ConnectionState::Connecting, ConnectionState::Disconnected]);
     assert_eq!(client.state(), ConnectionState::Disconnected);
 }
@@ -375,7 +377,9 @@ async fn heartbeat_loss_is_detected_and_the_client_reconnects() {
     // The connection works: a task submitted now arrives through it.
     let mut updates = Box::pin(client.task_updates());
     let task = submit(&token, "after the silence").await;
-    let seen = within(30_000, "the final status", until_final(&mut updates, &[task.clone()])).await;
+    let seen =
+        within(30_000, "the final status", until_final(&mut updates, std::slice::from_ref(&task)))
+            .await;
     assert_orderly(&task, &seen[&task]);
     client.disconnect().await;
 }
