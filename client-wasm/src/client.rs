@@ -7,14 +7,13 @@
 
 use std::{
     cell::{Cell, RefCell},
-    collections::BTreeMap,
     pin::Pin,
     rc::Rc,
     task::{Context, Poll},
 };
 
 use futures_channel::{mpsc, oneshot};
-use futures_util::{FutureExt, Stream, StreamExt, select, stream};
+use futures_util::{FutureExt, Stream, StreamExt, select_biased, stream};
 use gloo_timers::future::{IntervalStream, TimeoutFuture};
 use taskpulse_shared::{
     TaskProgressDto,
@@ -164,7 +163,8 @@ struct Inner {
     store: RefCell<TaskStore>,
     listeners: RefCell<Vec<(u64, Listener)>>,
     next_listener: Cell<u64>,
-    subscriptions: RefCell<BTreeMap<u32, Subscription>>,
+    /// By id, in the order made (a Vec: few entries, and one less map in the package).
+    subscriptions: RefCell<Vec<(u32, Subscription)>>,
     next_subscription: Cell<u32>,
     live: RefCell<Option<Live>>,
     control: RefCell<Option<mpsc::UnboundedSender<Control>>>,
@@ -181,11 +181,10 @@ pub struct Client {
 impl Client {
     /// A client that is not connected yet; the tasks subscription is registered.
     pub fn new(options: ClientOptions) -> Client {
-        let mut subscriptions = BTreeMap::new();
-        subscriptions.insert(
+        let subscriptions = vec![(
             0,
             Subscription { destination: TASKS_DESTINATION.into(), handler: None, cursor: None },
-        );
+        )];
         Client {
             inner: Rc::new(Inner {
                 options,
@@ -256,9 +255,9 @@ impl Client {
         self.inner.next_retry_at.get()
     }
 
-    /// The latest state of every task seen, by task number.
-    pub fn tasks(&self) -> BTreeMap<String, TaskProgressDto> {
-        self.inner.store.borrow().tasks().clone()
+    /// The latest state of every task seen, in the order first seen.
+    pub fn tasks(&self) -> Vec<TaskProgressDto> {
+        self.inner.store.borrow().tasks().to_vec()
     }
 
     /// Counters of what the client did so far.
@@ -316,7 +315,7 @@ impl Client {
             cursor,
         };
         let frame = subscribe_frame(id, &subscription);
-        self.inner.subscriptions.borrow_mut().insert(id, subscription);
+        self.inner.subscriptions.borrow_mut().push((id, subscription));
         if self.inner.live.borrow().is_some() {
             self.inner.send_or_drop(&frame);
         }
@@ -325,7 +324,13 @@ impl Client {
 
     /// Ends a subscription made with [`Client::subscribe`].
     pub fn unsubscribe(&self, id: SubscriptionId) {
-        if id.0 == 0 || self.inner.subscriptions.borrow_mut().remove(&id.0).is_none() {
+        let removed = {
+            let mut subscriptions = self.inner.subscriptions.borrow_mut();
+            let before = subscriptions.len();
+            subscriptions.retain(|(other, _)| *other != id.0 || id.0 == 0);
+            subscriptions.len() != before
+        };
+        if !removed {
             return;
         }
         if self.inner.live.borrow().is_some() {
@@ -445,7 +450,7 @@ async fn supervise(inner: &Rc<Inner>, mut control: mpsc::UnboundedReceiver<Contr
         inner.next_retry_at.set(Some(now() + f64::from(delay)));
         inner.set_state(ConnectionState::Reconnecting);
         inner.log(&format!("reconnecting in {delay} ms (attempt {attempt})"));
-        let stop = select! {
+        let stop = select_biased! {
             () = TimeoutFuture::new(delay).fuse() => false,
             message = control.next() => !matches!(message, Some(Control::RetryNow)),
         };
@@ -464,7 +469,7 @@ async fn run_attempt(inner: &Rc<Inner>, control: &mut mpsc::UnboundedReceiver<Co
         TokenSource::Provider(get) => {
             let mut fetch = get().fuse();
             loop {
-                select! {
+                select_biased! {
                     token = fetch => match token {
                         Ok(token) => break token,
                         Err(why) => return Outcome::Failed(ClientError::Token(why)),
@@ -486,7 +491,7 @@ async fn run_attempt(inner: &Rc<Inner>, control: &mut mpsc::UnboundedReceiver<Co
         let mut handshake = handshake(inner, &mut socket, &token).boxed_local().fuse();
         let mut timeout = TimeoutFuture::new(timeout_ms).fuse();
         loop {
-            select! {
+            select_biased! {
                 result = handshake => break result,
                 () = timeout => break Err(ClientError::Timeout(timeout_ms)),
                 message = control.next() => match message {
@@ -575,7 +580,7 @@ async fn run_session(
         let subscriptions = inner.subscriptions.borrow();
         subscriptions
             .iter()
-            .map(|(&id, subscription)| {
+            .map(|&(id, ref subscription)| {
                 if id == 0 {
                     let mut extra = store.resume_headers();
                     extra.push(("receipt", READY_RECEIPT.to_owned()));
@@ -601,7 +606,7 @@ async fn run_session(
     let mut last_received = started;
     let mut stopping = false;
     let (error, close) = loop {
-        select! {
+        select_biased! {
             event = socket.events.next() => match event {
                 Some(SocketEvent::Data(bytes)) => {
                     last_received = now();
@@ -660,7 +665,7 @@ async fn run_session(
                     // Give the server a moment to confirm; close regardless.
                     let mut timer = TimeoutFuture::new(DISCONNECT_RECEIPT_MS).fuse();
                     let confirmed = loop {
-                        select! {
+                        select_biased! {
                             () = timer => break false,
                             event = socket.events.next() => match event {
                                 Some(SocketEvent::Data(bytes)) => {
@@ -745,7 +750,7 @@ fn drain(inner: &Inner, decoder: &mut Decoder) -> Result<Flow, ClientError> {
 impl Inner {
     fn forget_positions(&self) {
         self.store.borrow_mut().forget_position();
-        for subscription in self.subscriptions.borrow_mut().values_mut() {
+        for (_, subscription) in self.subscriptions.borrow_mut().iter_mut() {
             if let Some(cursor) = &mut subscription.cursor {
                 *cursor = Cursor::default();
             }
@@ -787,7 +792,13 @@ impl Inner {
                 stats.snapshot_entries += 1;
             }
             self.stats.set(stats);
-            let update = self.store.borrow_mut().apply(frame);
+            let update = match crate::task_update(frame) {
+                Ok(update) => self.store.borrow_mut().apply(frame, update),
+                Err(error) => {
+                    web_sys::console::warn_1(&format!("TaskPulse: {error}").into());
+                    None
+                }
+            };
             if let Some(update) = update {
                 self.emit(&ClientEvent::TaskUpdate(update));
             }
@@ -795,7 +806,10 @@ impl Inner {
         }
         let handler = {
             let mut subscriptions = self.subscriptions.borrow_mut();
-            let Some(subscription) = subscriptions.get_mut(&id) else { return };
+            let Some((_, subscription)) = subscriptions.iter_mut().find(|(other, _)| *other == id)
+            else {
+                return;
+            };
             if let Some(cursor) = &mut subscription.cursor {
                 if !cursor.admit(frame) {
                     return;

@@ -5,7 +5,7 @@
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
     /// The URL is neither an http(s) base URL nor a ws(s) endpoint.
-    #[error("invalid server URL {0:?}: expected http(s)://host[:port] or ws(s)://host/ws")]
+    #[error("invalid server URL \"{0}\": expected http(s)://host[:port] or ws(s)://host/ws")]
     InvalidUrl(String),
     /// The server answered CONNECT with ERROR: the token (or login) was refused. The
     /// client stops; retrying the same credentials would only repeat the refusal.

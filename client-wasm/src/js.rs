@@ -1,8 +1,8 @@
 //! The JavaScript face of [`Client`]: the seed's `TaskWebSocketClient` class, its options
 //! object, and the TypeScript types of everything it hands to callbacks.
 //!
-//! Values cross as plain objects (task updates through `JSON.parse`, the exact document the
-//! server sent re-serialised from the shared DTO), errors as `Error` objects with a `kind`.
+//! Values cross as plain objects (task updates as the document the server sent, through
+//! `dto_js`), errors as `Error` objects with a `kind`.
 
 use std::rc::Rc;
 
@@ -15,6 +15,7 @@ use crate::{
     ClientError,
     backoff::Backoff,
     client::{Client, ClientEvent, ConnectionState},
+    dto_js,
     options::{ClientOptions, TokenFuture, TokenSource},
     socket::describe,
 };
@@ -174,7 +175,11 @@ impl TaskWebSocketClient {
     /// The latest update of every task seen, by taskNo.
     #[wasm_bindgen(unchecked_return_type = "Record<string, TaskProgressDto>")]
     pub fn tasks(&self) -> JsValue {
-        to_js(&self.client.tasks())
+        let tasks = Object::new();
+        for update in self.client.tasks() {
+            set(&tasks, &update.task_no, &dto_js::to_js(&update));
+        }
+        tasks.into()
     }
 
     /// Counters for diagnostics: `{ connects, replayed, snapshotEntries, duplicatesDropped }`.
@@ -204,7 +209,7 @@ impl TaskWebSocketClient {
         callback: Function,
     ) -> Function {
         self.on(callback, |event| match event {
-            ClientEvent::TaskUpdate(update) => Some(to_js(update)),
+            ClientEvent::TaskUpdate(update) => Some(dto_js::to_js(update)),
             _ => None,
         })
     }
@@ -362,14 +367,6 @@ fn set(object: &Object, name: &str, value: &JsValue) {
 
 fn get(object: &JsValue, name: &str) -> JsValue {
     Reflect::get(object, &name.into()).unwrap_or(JsValue::UNDEFINED)
-}
-
-/// A serialisable value as a plain JavaScript object.
-fn to_js(value: &impl serde::Serialize) -> JsValue {
-    serde_json::to_string(value)
-        .ok()
-        .and_then(|json| JSON::parse(&json).ok())
-        .unwrap_or(JsValue::NULL)
 }
 
 fn message_object(frame: &Frame) -> JsValue {

@@ -9,6 +9,7 @@
 
 pub mod backoff;
 mod client;
+mod dto_js;
 mod error;
 mod js;
 pub mod options;
@@ -37,10 +38,11 @@ pub enum TaskUpdateError {
     NotAMessage(Command),
     /// The body is not a `TaskProgressDto`.
     #[error("the message body is not a task update: {0}")]
-    BadBody(#[from] serde_json::Error),
+    BadBody(String),
 }
 
-/// The task update carried by a MESSAGE from `/user/queue/tasks-progress`.
+/// The task update carried by a MESSAGE from `/user/queue/tasks-progress`. Browser only:
+/// the body is read with the browser's `JSON.parse` (see `dto_js.rs` for why).
 ///
 /// # Errors
 /// [`TaskUpdateError`] when the frame is not a MESSAGE or its body is not a valid update.
@@ -48,5 +50,5 @@ pub fn task_update(frame: &Frame) -> Result<TaskProgressDto, TaskUpdateError> {
     if frame.command != Command::Message {
         return Err(TaskUpdateError::NotAMessage(frame.command));
     }
-    Ok(serde_json::from_slice(&frame.body)?)
+    dto_js::parse(&frame.body).map_err(TaskUpdateError::BadBody)
 }

@@ -5,11 +5,7 @@
 //!
 //! No I/O and no clock: the transport feeds frames in and reads resume headers out.
 
-use std::collections::BTreeMap;
-
 use taskpulse_shared::{TaskProgressDto, stomp::Frame};
-
-use crate::task_update;
 
 /// The client's position in its user's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +81,9 @@ impl Cursor {
 #[derive(Debug, Default, Clone)]
 pub struct TaskStore {
     cursor: Cursor,
-    tasks: BTreeMap<String, TaskProgressDto>,
+    /// In the order first seen. A Vec rather than a map: a user has hundreds of tasks at
+    /// most, and a map's code is a tenth of the npm package.
+    tasks: Vec<TaskProgressDto>,
 }
 
 impl TaskStore {
@@ -110,9 +108,14 @@ impl TaskStore {
         self.cursor = Cursor::default();
     }
 
-    /// The latest state of every task seen, by task number.
-    pub fn tasks(&self) -> &BTreeMap<String, TaskProgressDto> {
+    /// The latest state of every task seen, in the order first seen.
+    pub fn tasks(&self) -> &[TaskProgressDto] {
         &self.tasks
+    }
+
+    /// The latest state of one task.
+    pub fn get(&self, task_no: &str) -> Option<&TaskProgressDto> {
+        self.tasks.iter().find(|t| t.task_no == task_no)
     }
 
     /// How many numbered messages were dropped as already applied.
@@ -120,18 +123,18 @@ impl TaskStore {
         self.cursor.duplicates()
     }
 
-    /// Applies one MESSAGE of the tasks subscription. Returns the update for the application,
-    /// or `None` when it changes nothing: a duplicate from a replay, a snapshot entry equal
-    /// to what is held, or a frame that is not a task update.
-    pub fn apply(&mut self, frame: &Frame) -> Option<TaskProgressDto> {
-        let update = task_update(frame).ok()?;
+    /// Applies one MESSAGE of the tasks subscription and the update read from its body.
+    /// Returns the update for the application, or `None` when it changes nothing: a
+    /// duplicate from a replay, or a snapshot entry equal to what is held.
+    pub fn apply(&mut self, frame: &Frame, update: TaskProgressDto) -> Option<TaskProgressDto> {
         if !self.cursor.admit(frame) {
             return None;
         }
-        if self.tasks.get(&update.task_no) == Some(&update) {
-            return None;
+        match self.tasks.iter_mut().find(|t| t.task_no == update.task_no) {
+            Some(held) if *held == update => return None,
+            Some(held) => *held = update.clone(),
+            None => self.tasks.push(update.clone()),
         }
-        self.tasks.insert(update.task_no.clone(), update.clone());
         Some(update)
     }
 }
@@ -151,6 +154,12 @@ mod tests {
         frame
     }
 
+    /// What the client does with a frame: read the update from its body, then apply both.
+    fn apply(store: &mut TaskStore, frame: &Frame) -> Option<TaskProgressDto> {
+        let update = serde_json::from_slice(&frame.body).unwrap();
+        store.apply(frame, update)
+    }
+
     fn numbered(task: &str, status: TaskStatus, seq: i64) -> Frame {
         message(task, status, &[("epoch", "e1"), ("seq", &seq.to_string())])
     }
@@ -159,13 +168,13 @@ mod tests {
     fn numbered_updates_move_the_position_and_duplicates_are_dropped() {
         let mut store = TaskStore::new();
         assert!(store.resume_headers().is_empty(), "the first SUBSCRIBE is plain");
-        assert!(store.apply(&numbered("T1", TaskStatus::Created, 1)).is_some());
-        assert!(store.apply(&numbered("T1", TaskStatus::Queued, 2)).is_some());
+        assert!(apply(&mut store, &numbered("T1", TaskStatus::Created, 1)).is_some());
+        assert!(apply(&mut store, &numbered("T1", TaskStatus::Queued, 2)).is_some());
         // A replay that overlaps what was seen.
-        assert!(store.apply(&numbered("T1", TaskStatus::Queued, 2)).is_none());
-        assert!(store.apply(&numbered("T1", TaskStatus::Created, 1)).is_none());
+        assert!(apply(&mut store, &numbered("T1", TaskStatus::Queued, 2)).is_none());
+        assert!(apply(&mut store, &numbered("T1", TaskStatus::Created, 1)).is_none());
         assert_eq!(store.duplicates(), 2);
-        assert_eq!(store.tasks()["T1"].status, TaskStatus::Queued, "never moved back");
+        assert_eq!(store.get("T1").unwrap().status, TaskStatus::Queued, "never moved back");
         assert_eq!(
             store.resume_headers(),
             [("x-resume-epoch", "e1".to_owned()), ("x-resume-seq", "2".to_owned())]
@@ -175,7 +184,7 @@ mod tests {
     #[test]
     fn a_snapshot_sets_the_position_and_reports_only_changes() {
         let mut store = TaskStore::new();
-        store.apply(&numbered("T1", TaskStatus::Processing, 3));
+        apply(&mut store, &numbered("T1", TaskStatus::Processing, 3));
         let snapshot = |task, status| {
             message(
                 task,
@@ -185,22 +194,25 @@ mod tests {
         };
         // T1 finished while the client was away; T2 is new.
         assert_eq!(
-            store.apply(&snapshot("T1", TaskStatus::Completed)).unwrap().status,
+            apply(&mut store, &snapshot("T1", TaskStatus::Completed)).unwrap().status,
             TaskStatus::Completed
         );
-        assert!(store.apply(&snapshot("T2", TaskStatus::Queued)).is_some());
-        assert!(store.apply(&snapshot("T2", TaskStatus::Queued)).is_none(), "unchanged");
+        assert!(apply(&mut store, &snapshot("T2", TaskStatus::Queued)).is_some());
+        assert!(apply(&mut store, &snapshot("T2", TaskStatus::Queued)).is_none(), "unchanged");
         assert_eq!(store.position(), Some(&Position { epoch: "e1".into(), seq: 9 }));
-        assert!(store.apply(&numbered("T2", TaskStatus::Queued, 9)).is_none(), "covered by it");
-        assert!(store.apply(&numbered("T2", TaskStatus::Processing, 10)).is_some());
+        assert!(
+            apply(&mut store, &numbered("T2", TaskStatus::Queued, 9)).is_none(),
+            "covered by it"
+        );
+        assert!(apply(&mut store, &numbered("T2", TaskStatus::Processing, 10)).is_some());
     }
 
     #[test]
     fn another_epoch_restarts_the_position() {
         let mut store = TaskStore::new();
-        store.apply(&numbered("T1", TaskStatus::Processing, 50));
+        apply(&mut store, &numbered("T1", TaskStatus::Processing, 50));
         let fresh = message("T2", TaskStatus::Created, &[("epoch", "e2"), ("seq", "1")]);
-        assert!(store.apply(&fresh).is_some(), "seq 1 of a new log is not a duplicate");
+        assert!(apply(&mut store, &fresh).is_some(), "seq 1 of a new log is not a duplicate");
         assert_eq!(store.position(), Some(&Position { epoch: "e2".into(), seq: 1 }));
     }
 }

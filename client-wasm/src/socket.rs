@@ -120,5 +120,8 @@ pub(crate) fn describe(value: JsValue) -> String {
     if let Some(error) = value.dyn_ref::<js_sys::Error>() {
         return String::from(error.message());
     }
-    value.as_string().unwrap_or_else(|| format!("{value:?}"))
+    value
+        .as_string()
+        .or_else(|| js_sys::JSON::stringify(&value).ok().map(String::from))
+        .unwrap_or_else(|| "an exception without a message".to_owned())
 }

@@ -44,6 +44,30 @@ fn rejects_a_frame_that_is_not_a_message() {
 }
 
 #[wasm_bindgen_test]
+fn bodies_that_are_not_task_updates_are_named_not_guessed() {
+    let cases: [(&str, &str); 7] = [
+        ("not json", "the body is not JSON"),
+        ("[1]", "the body is not a JSON object"),
+        (r#"{"status":"queued","progress":0}"#, "taskNo is missing"),
+        (r#"{"taskNo":"T","status":"done","progress":0}"#, "status is not one of"),
+        (r#"{"taskNo":"T","status":"queued","progress":101}"#, "progress is not an integer"),
+        (r#"{"taskNo":"T","status":"queued","progress":1.5}"#, "progress is not an integer"),
+        (r#"{"taskNo":7,"status":"queued","progress":0}"#, "taskNo is not a string"),
+    ];
+    for (body, expected) in cases {
+        let frame = Frame::new(Command::Message).with_body(body.as_bytes().to_vec());
+        let err = task_update(&frame).expect_err(body).to_string();
+        assert!(err.contains(expected), "{body}: {err}");
+    }
+    // The optional fields, present and absent, as the shared DTO defines them.
+    let full = r#"{"taskNo":"T","status":"queued","progress":0,"message":"waiting","queuePosition":3}"#;
+    let frame = Frame::new(Command::Message).with_body(full.as_bytes().to_vec());
+    let update = task_update(&frame).unwrap();
+    assert_eq!((update.queue_position, update.message.as_str()), (Some(3), "waiting"));
+    assert_eq!((update.result_url, update.error_message), (None, None));
+}
+
+#[wasm_bindgen_test]
 fn encodes_the_same_bytes_as_natively() {
     let frame = Frame::new(Command::Send)
         .with_header("destination", "/app/tasks")

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's commands. `run` starts the product, `test` runs every check,
 //! `fuzz` and `bench` run the long measurements. Each installs what it needs first.
 
+mod dist;
 mod install;
 mod proxy;
 mod test;
@@ -19,6 +20,7 @@ usage: cargo xtask <command>
   test                   install test prerequisites, then fmt, clippy, every test;
                          ends with 'N passed, N failed'
   test-client            only client-wasm's browser suite against a live server
+  dist                   build the npm package @taskpulse/client into client-wasm/pkg
   fuzz [SECONDS]         fuzz the STOMP decoder (default 300 s)
   bench                  run the codec benchmarks (criterion)
   load [LOAD ARGS...]    start a release server and run the broker load tool
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
         Some("run") => run(&args[1..]),
         Some("test") => test::run(),
         Some("test-client") => test::client_only(),
+        Some("dist") => dist::run(),
         Some("fuzz") => fuzz(args.get(1).map(String::as_str)),
         Some("bench") => bench(),
         Some("load") => load(&args[1..]),

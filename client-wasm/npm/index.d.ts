@@ -1,0 +1,14 @@
+export type {
+  TaskStatus,
+  TaskProgressDto,
+  ConnectionState,
+  TaskWebSocketClientOptions,
+  ConnectInfo,
+  DisconnectInfo,
+  TaskPulseErrorKind,
+  TaskPulseError,
+  StompMessage,
+} from "./taskpulse_client.js";
+import { TaskWebSocketClient } from "./taskpulse_client.js";
+export { TaskWebSocketClient };
+export default TaskWebSocketClient;

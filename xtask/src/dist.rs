@@ -1,0 +1,149 @@
+//! `cargo xtask dist`: the npm package `@taskpulse/client` in `client-wasm/pkg/`.
+//!
+//! The client is built once with the size profile (`wasm-release`), bound twice by
+//! wasm-bindgen (`--target web` for plain ES modules and most bundlers, `--target bundler`
+//! for those that import `.wasm` as a module), shrunk by wasm-opt from npm's `binaryen`
+//! (Debian's is too old for this rustc's output), and completed with the files in
+//! `client-wasm/npm/`. Prints the gzipped size of what a browser downloads.
+
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use crate::{cargo, install, root, status};
+
+/// The artefact cargo writes for the client crate.
+const WASM_NAME: &str = "taskpulse_client";
+
+pub(crate) fn run() -> Result<(), String> {
+    let pkg = build()?;
+    let sizes = measure(&pkg.join("web"))?;
+    println!(
+        "xtask: {} built: {} bytes of .wasm and JS, {} bytes gzipped (-9)",
+        pkg.display(),
+        sizes.raw,
+        sizes.gzipped
+    );
+    Ok(())
+}
+
+/// Builds the package and returns its directory.
+pub(crate) fn build() -> Result<PathBuf, String> {
+    install::wasm_target()?;
+    install::wasm_bindgen_cli()?;
+    install::node()?;
+    status(
+        cargo().args([
+            "build",
+            "-p",
+            "taskpulse-client",
+            "--lib",
+            "--target",
+            "wasm32-unknown-unknown",
+            "--profile",
+            "wasm-release",
+        ]),
+        "building the client for the npm package (profile wasm-release)",
+    )?;
+    let wasm = root().join(format!("target/wasm32-unknown-unknown/wasm-release/{WASM_NAME}.wasm"));
+    let npm = root().join("client-wasm/npm");
+    let pkg = root().join("client-wasm/pkg");
+    let _ = fs::remove_dir_all(&pkg);
+    for target in ["web", "bundler"] {
+        let out = pkg.join(target);
+        status(
+            Command::new(install::cargo_bin("wasm-bindgen"))
+                .args(["--target", target, "--out-dir"])
+                .arg(&out)
+                .arg(&wasm),
+            &format!("wasm-bindgen --target {target}"),
+        )?;
+        optimize(&out.join(format!("{WASM_NAME}_bg.wasm")))?;
+        copy(&npm.join(format!("{target}-index.js")), &out.join("index.js"))?;
+        copy(&npm.join("index.d.ts"), &out.join("index.d.ts"))?;
+    }
+    for file in ["README.md", "CHANGELOG.md"] {
+        copy(&npm.join(file), &pkg.join(file))?;
+    }
+    let manifest = fs::read_to_string(npm.join("package.json")).map_err(|e| e.to_string())?;
+    let manifest = manifest.replace("{{version}}", env!("CARGO_PKG_VERSION"));
+    fs::write(pkg.join("package.json"), manifest).map_err(|e| e.to_string())?;
+    Ok(pkg)
+}
+
+/// `wasm-opt -Oz` from npm's binaryen, installed into `client-wasm/npm/tools` on first use.
+fn optimize(wasm: &Path) -> Result<(), String> {
+    let tools = root().join("client-wasm/npm/tools");
+    let wasm_opt = tools.join("node_modules/.bin/wasm-opt");
+    if !wasm_opt.exists() {
+        status(
+            Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&tools),
+            "installing wasm-opt (npm binaryen)",
+        )?;
+    }
+    let before = fs::metadata(wasm).map_err(|e| e.to_string())?.len();
+    // The features this rustc's wasm32 target emits by default.
+    status(
+        Command::new(&wasm_opt)
+            .arg(wasm)
+            .args(["-Oz", "--strip-debug", "--strip-producers", "-o"])
+            .arg(wasm)
+            .args([
+                "--enable-bulk-memory",
+                "--enable-mutable-globals",
+                "--enable-nontrapping-float-to-int",
+                "--enable-sign-ext",
+                "--enable-reference-types",
+                "--enable-multivalue",
+            ]),
+        &format!("wasm-opt -Oz {}", wasm.display()),
+    )?;
+    let after = fs::metadata(wasm).map_err(|e| e.to_string())?.len();
+    println!("xtask: wasm-opt: {before} -> {after} bytes");
+    Ok(())
+}
+
+fn copy(from: &Path, to: &Path) -> Result<(), String> {
+    fs::copy(from, to).map(|_| ()).map_err(|e| format!("copy {}: {e}", from.display()))
+}
+
+/// Bytes a browser downloads for one entry: the `.wasm` and the JavaScript.
+pub(crate) struct Sizes {
+    pub(crate) raw: u64,
+    pub(crate) gzipped: u64,
+}
+
+pub(crate) fn measure(dir: &Path) -> Result<Sizes, String> {
+    let mut sizes = Sizes { raw: 0, gzipped: 0 };
+    let entries = fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries.map_while(Result::ok) {
+        let path = entry.path();
+        let counted = path.extension().is_some_and(|e| e == "wasm" || e == "js");
+        if !counted {
+            continue;
+        }
+        let bytes = fs::read(&path).map_err(|e| e.to_string())?;
+        sizes.raw += bytes.len() as u64;
+        sizes.gzipped += gzipped_len(&bytes)?;
+    }
+    Ok(sizes)
+}
+
+/// `gzip -9` output length (what a server with static compression sends).
+fn gzipped_len(bytes: &[u8]) -> Result<u64, String> {
+    let mut gzip = Command::new("gzip")
+        .args(["-9", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run gzip: {e}"))?;
+    let mut stdin = gzip.stdin.take().expect("piped stdin");
+    let input = bytes.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = gzip.wait_with_output().map_err(|e| e.to_string())?;
+    let _ = writer.join();
+    Ok(out.stdout.len() as u64)
+}
