@@ -16,7 +16,7 @@ use wasm_bindgen::JsValue;
 pub(crate) fn parse(body: &[u8]) -> Result<TaskProgressDto, String> {
     let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8".to_owned())?;
     let value = JSON::parse(text).map_err(|_| "the body is not JSON".to_owned())?;
-    if !value.is_object() {
+    if !value.is_object() || js_sys::Array::is_array(&value) {
         return Err("the body is not a JSON object".into());
     }
     let status = string(&value, "status")?.ok_or("status is missing")?;

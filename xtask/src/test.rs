@@ -128,6 +128,7 @@ pub(crate) fn run() -> Result<(), String> {
     tally.runner("doc tests", captured(cargo().args(["test", "--workspace", "--doc"])));
     tally.runner("client-wasm in headless Chromium (live server)", client_browser_tests());
     tally.runner("@stomp/stompjs interop (Node)", stompjs_interop());
+    tally.runner("@taskpulse/client bundled by Vite, in Chromium", vite_packaging());
     tally.check("UI served and rendered in headless Chromium", ui_smoke());
 
     println!("xtask: finished in {} s", started.elapsed().as_secs());
@@ -145,6 +146,7 @@ pub(crate) fn client_only() -> Result<(), String> {
     install::wasm_bindgen_cli()?;
     let mut tally = Tally::default();
     tally.runner("client-wasm in headless Chromium (live server)", client_browser_tests());
+    tally.runner("@taskpulse/client bundled by Vite, in Chromium", vite_packaging());
     println!("{} passed, {} failed", tally.passed, tally.failed);
     if tally.failed == 0 && tally.failures.is_empty() { Ok(()) } else { Err(String::new()) }
 }
@@ -273,6 +275,39 @@ fn client_browser_tests() -> Result<String, String> {
             .env("TASKPULSE_TEST_PROXY_CONTROL", format!("http://{}", proxy.control))
             .env("TASKPULSE_TEST_JWT_SECRET", CLIENT_TEST_SECRET)
             .env("TASKPULSE_TEST_API_KEY", CLIENT_TEST_API_KEY),
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&data);
+    result
+}
+
+/// The npm package as a frontend team uses it: `cargo xtask dist`, a Vite 7 app that imports
+/// it, `vite build`, the bundle served by the real server, driven by playwright-core.
+fn vite_packaging() -> Result<String, String> {
+    crate::dist::build()?;
+    let app = root().join("client-wasm/tests/vite-app");
+    // `npm install`, not `npm ci`: this npm writes lock files that list only the platform
+    // packages it installed (rollup's, esbuild's), and `npm ci` then calls the lock out of
+    // sync. With the lock present, `npm install` installs exactly its versions.
+    quiet(Command::new("npm").args(["install", "--no-audit", "--no-fund"]).current_dir(&app))
+        .map_err(|e| format!("npm install in {}: {e}", app.display()))?;
+    quiet(Command::new("node_modules/.bin/vite").arg("build").current_dir(&app))
+        .map_err(|e| format!("vite build: {e}"))?;
+    quiet(cargo().args(["build", "-p", "taskpulse-server"]))?;
+    let data = tempdir("taskpulse-vite-data")?;
+    let server = ServerProcess::start(
+        &root().join("target/debug/taskpulse-server"),
+        &app.join("dist"),
+        &data,
+        &[("TASKPULSE_DEMO_DURATION_MS", "1500"), ("TASKPULSE_DEMO_SIZE", "64")],
+    )?;
+    let _ = std::fs::create_dir_all(root().join("artifacts"));
+    let result = captured(
+        Command::new("node")
+            .args(["--test", "--test-reporter=tap", "e2e.test.mjs"])
+            .current_dir(&app)
+            .env("TASKPULSE_APP_URL", format!("http://{}/", server.addr))
+            .env("TASKPULSE_SCREENSHOT", root().join("artifacts/vite-app.png")),
     );
     drop(server);
     let _ = std::fs::remove_dir_all(&data);
