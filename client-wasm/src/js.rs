@@ -112,9 +112,12 @@ impl TaskWebSocketClient {
     /// "invalid-url") for options it cannot use.
     #[wasm_bindgen(constructor)]
     pub fn new(
-        #[wasm_bindgen(unchecked_param_type = "string | TaskWebSocketClientOptions | undefined")]
+        #[wasm_bindgen(
+            js_name = "baseUrlOrOptions",
+            unchecked_optional_param_type = "string | TaskWebSocketClientOptions"
+        )]
         base_url_or_options: JsValue,
-        token: Option<String>,
+        #[wasm_bindgen(unchecked_optional_param_type = "string")] token: Option<String>,
     ) -> Result<TaskWebSocketClient, JsValue> {
         let options = if base_url_or_options.is_object() {
             read_options(&base_url_or_options)?
@@ -305,7 +308,9 @@ impl TaskWebSocketClient {
         &self,
         destination: &str,
         #[wasm_bindgen(unchecked_param_type = "unknown")] body: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "Record<string, string>")] headers: Option<Object>,
+        #[wasm_bindgen(unchecked_optional_param_type = "Record<string, string>")] headers: Option<
+            Object,
+        >,
     ) -> Result<(), JsValue> {
         let (text, content_type) = match body.as_string() {
             Some(text) => (text, "text/plain;charset=utf-8"),

@@ -281,8 +281,9 @@ fn client_browser_tests() -> Result<String, String> {
     result
 }
 
-/// The npm package as a frontend team uses it: `cargo xtask dist`, a Vite 7 app that imports
-/// it, `vite build`, the bundle served by the real server, driven by playwright-core.
+/// The npm package as a frontend team uses it: `cargo xtask dist`, its TypeScript types
+/// checked by `tsc` against typical and wrong uses, a Vite 7 app that imports it,
+/// `vite build`, the bundle served by the real server, driven by playwright-core.
 fn vite_packaging() -> Result<String, String> {
     crate::dist::build()?;
     let app = root().join("client-wasm/tests/vite-app");
@@ -291,6 +292,8 @@ fn vite_packaging() -> Result<String, String> {
     // sync. With the lock present, `npm install` installs exactly its versions.
     quiet(Command::new("npm").args(["install", "--no-audit", "--no-fund"]).current_dir(&app))
         .map_err(|e| format!("npm install in {}: {e}", app.display()))?;
+    quiet(Command::new("node_modules/.bin/tsc").args(["-p", "tsconfig.json"]).current_dir(&app))
+        .map_err(|e| format!("the package's TypeScript types do not check: {e}"))?;
     quiet(Command::new("node_modules/.bin/vite").arg("build").current_dir(&app))
         .map_err(|e| format!("vite build: {e}"))?;
     quiet(cargo().args(["build", "-p", "taskpulse-server"]))?;
