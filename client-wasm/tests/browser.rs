@@ -60,7 +60,8 @@ fn bodies_that_are_not_task_updates_are_named_not_guessed() {
         assert!(err.contains(expected), "{body}: {err}");
     }
     // The optional fields, present and absent, as the shared DTO defines them.
-    let full = r#"{"taskNo":"T","status":"queued","progress":0,"message":"waiting","queuePosition":3}"#;
+    let full =
+        r#"{"taskNo":"T","status":"queued","progress":0,"message":"waiting","queuePosition":3}"#;
     let frame = Frame::new(Command::Message).with_body(full.as_bytes().to_vec());
     let update = task_update(&frame).unwrap();
     assert_eq!((update.queue_position, update.message.as_str()), (Some(3), "waiting"));

@@ -384,3 +384,38 @@ async fn heartbeat_loss_is_detected_and_the_client_reconnects() {
     assert_orderly(&task, &seen[&task]);
     client.disconnect().await;
 }
+
+#[wasm_bindgen_test]
+async fn the_online_event_skips_the_backoff_wait() {
+    let user = unique("online");
+    let token = register(&user).await;
+    // A minute between attempts, no jitter: only the event can bring it back in time.
+    let client = client(setup().http, TokenSource::Fixed(token), |o| {
+        o.reconnect.initial_ms = 60_000;
+        o.reconnect.max_ms = 60_000;
+        o.reconnect.jitter = false;
+    });
+    within(10_000, "connect", client.connect()).await.unwrap();
+    kick(&user).await;
+    within(5_000, "the scheduled retry", async {
+        while client.next_retry_at().is_none() {
+            sleep(20).await;
+        }
+    })
+    .await;
+    assert_eq!(client.state(), ConnectionState::Reconnecting);
+    let wait = client.next_retry_at().unwrap() - js_sys::Date::now();
+    assert!(wait > 50_000.0, "the next attempt is a minute away ({wait} ms)");
+
+    let window = web_sys::window().unwrap();
+    window.dispatch_event(&web_sys::Event::new("online").unwrap()).unwrap();
+    within(5_000, "the reconnect after `online`", async {
+        while !client.is_connected() {
+            sleep(20).await;
+        }
+    })
+    .await;
+    assert_eq!(client.next_retry_at(), None);
+    assert_eq!(client.stats().connects, 2);
+    client.disconnect().await;
+}
