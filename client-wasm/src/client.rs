@@ -97,7 +97,12 @@ pub struct DisconnectInfo {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientEvent {
     /// The state changed (also when a new retry time is scheduled).
-    StateChanged(ConnectionState),
+    StateChanged {
+        /// The new state.
+        state: ConnectionState,
+        /// While reconnecting: when the next attempt starts, ms since the epoch.
+        next_retry_at: Option<f64>,
+    },
     /// A session opened.
     Connected(ConnectInfo),
     /// A session (or an attempt that had opened its socket) ended.
@@ -762,7 +767,10 @@ impl Inner {
         // Reconnecting is re-announced when a new retry time is set.
         if changed || state == ConnectionState::Reconnecting {
             self.log(&format!("state: {}", state.as_str()));
-            self.emit(&ClientEvent::StateChanged(state));
+            self.emit(&ClientEvent::StateChanged {
+                state,
+                next_retry_at: self.next_retry_at.get(),
+            });
         }
     }
 

@@ -280,7 +280,7 @@ impl TaskWebSocketClient {
         callback: Function,
     ) -> Function {
         self.on(callback, |event| match event {
-            ClientEvent::StateChanged(state) => Some(state_name(*state).into()),
+            ClientEvent::StateChanged { state, .. } => Some(state_name(*state).into()),
             _ => None,
         })
     }

@@ -227,8 +227,8 @@ fn ui_smoke() -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&data);
     let _ = std::fs::remove_dir_all(&profile);
     let dom = String::from_utf8_lossy(&out.stdout);
-    // The status list is produced by the wasm app from `shared`, not by index.html.
-    if dom.contains("<h1>TaskPulse</h1>") && dom.contains("<li>processing</li>") {
+    // The sign-in form is produced by the wasm app, not by index.html (whose body is empty).
+    if dom.contains("<h1>TaskPulse</h1>") && dom.contains("id=\"auth-title\"") {
         println!("xtask: the UI rendered in Chromium; screenshot at {}", shot.display());
         Ok(())
     } else {

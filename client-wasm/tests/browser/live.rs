@@ -321,7 +321,7 @@ async fn a_rejected_token_is_reported_once_and_not_retried() {
     let (error_log, state_log) = (errors.clone(), states.clone());
     client.listen(move |event| match event {
         ClientEvent::Error(error) => error_log.borrow_mut().push(error.clone()),
-        ClientEvent::StateChanged(state) => state_log.borrow_mut().push(*state),
+        ClientEvent::StateChanged { state, .. } => state_log.borrow_mut().push(*state),
         _ => {}
     });
     let refused = within(10_000, "the refusal", client.connect()).await.unwrap_err();

@@ -1,0 +1,220 @@
+//! The page: the sign-in form until there is a session, then the monitor (header with the
+//! connection, submit form, task list, toasts), which owns the live connection.
+
+use std::{cell::RefCell, collections::HashSet, rc::Rc};
+
+use taskpulse_shared::dto::SubmitTaskRequest;
+use yew::{
+    Callback, Html, Properties, UseReducerDispatcher, function_component, html, use_effect_with,
+    use_mut_ref, use_reducer, use_state,
+};
+
+use crate::{
+    components::{
+        auth::AuthForm, connection::ConnectionIndicator, submit::SubmitForm, task_list::TaskList,
+        toasts::Toasts,
+    },
+    services::{
+        api, live,
+        live::Live,
+        notify,
+        session::{self, Session},
+    },
+    state::{Action, Board, Filter, Tone},
+};
+
+const SESSION_ENDED: &str = "Your session has ended. Please sign in again.";
+
+/// The whole page.
+#[function_component(App)]
+pub fn app() -> Html {
+    let session = use_state(session::load);
+    let notice = use_state(|| None::<String>);
+    let on_signed_in = {
+        let (session, notice) = (session.clone(), notice.clone());
+        Callback::from(move |signed_in: Session| {
+            session::save(&signed_in);
+            notice.set(None);
+            session.set(Some(signed_in));
+        })
+    };
+    let on_signed_out = {
+        let (session, notice) = (session.clone(), notice.clone());
+        Callback::from(move |why: Option<String>| {
+            session::clear();
+            notice.set(why);
+            session.set(None);
+        })
+    };
+    match (*session).clone() {
+        Some(session) => html! { <Monitor {session} on_signed_out={on_signed_out} /> },
+        None => html! { <AuthForm on_signed_in={on_signed_in} notice={(*notice).clone()} /> },
+    }
+}
+
+/// Props of [`Monitor`].
+#[derive(Properties, PartialEq)]
+pub struct MonitorProps {
+    /// The signed-in user.
+    pub session: Session,
+    /// Signed out, with the reason when it was not the user's choice.
+    pub on_signed_out: Callback<Option<String>>,
+}
+
+/// Loads the task list (or one task) and puts it on the board; a refused token signs out.
+fn load(
+    token: String,
+    task_no: Option<String>,
+    board: UseReducerDispatcher<Board>,
+    signed_out: Callback<Option<String>>,
+) {
+    wasm_bindgen_futures::spawn_local(async move {
+        let result = match task_no {
+            Some(task_no) => api::task(&token, &task_no).await.map(Action::Details),
+            None => api::tasks(&token).await.map(|page| Action::Loaded(page.tasks)),
+        };
+        match result {
+            Ok(action) => board.dispatch(action),
+            Err(failure) if failure.is_unauthorized() => {
+                signed_out.emit(Some(SESSION_ENDED.into()))
+            }
+            Err(failure) => {
+                board.dispatch(Action::Notify { text: failure.message, tone: Tone::Failure })
+            }
+        }
+    });
+}
+
+/// The signed-in page.
+#[function_component(Monitor)]
+pub fn monitor(props: &MonitorProps) -> Html {
+    let board = use_reducer(Board::default);
+    let live_handle = use_mut_ref(|| None::<Live>);
+    // Tasks whose details (prompt, times) the board has asked the API for.
+    let known: Rc<RefCell<HashSet<String>>> = use_mut_ref(HashSet::new);
+
+    {
+        let (dispatch, live_handle, known) =
+            (board.dispatcher(), live_handle.clone(), known.clone());
+        let signed_out = props.on_signed_out.clone();
+        use_effect_with(props.session.token.clone(), move |token: &String| {
+            load(token.clone(), None, dispatch.clone(), signed_out.clone());
+            let (token_for_events, dispatch_events) = (token.clone(), dispatch.clone());
+            let live = Live::start(token, move |event| match event {
+                live::Event::Board(action) => dispatch_events.dispatch(action),
+                live::Event::Changed { task_no, finished } => {
+                    // Details once for a task first seen here, and again when it finishes
+                    // (for the server's finish time).
+                    let first = known.borrow_mut().insert(task_no.clone());
+                    if first || finished {
+                        load(
+                            token_for_events.clone(),
+                            Some(task_no),
+                            dispatch_events.clone(),
+                            signed_out.clone(),
+                        );
+                    }
+                }
+                live::Event::Reconnected => load(
+                    token_for_events.clone(),
+                    None,
+                    dispatch_events.clone(),
+                    signed_out.clone(),
+                ),
+                live::Event::SignedOut(_) => signed_out.emit(Some(SESSION_ENDED.into())),
+            });
+            *live_handle.borrow_mut() = Some(live);
+            move || {
+                live_handle.borrow_mut().take();
+            }
+        });
+    }
+
+    // A finished task while the tab is hidden: a system notification as well as the toast.
+    {
+        let newest = board.toasts.last().cloned();
+        use_effect_with(newest.as_ref().map(|t| t.id), move |_| {
+            if let Some(toast) = newest.filter(|t| t.task_no.is_some()) {
+                if notify::page_hidden() {
+                    notify::show("TaskPulse", &toast.text);
+                }
+            }
+        });
+    }
+
+    let on_submitted = {
+        let dispatch = board.dispatcher();
+        Callback::from(move |(task_no, request): (String, SubmitTaskRequest)| {
+            dispatch.dispatch(Action::Submitted { task_no, request, now: js_sys::Date::now() });
+            notify::ask_permission();
+        })
+    };
+    let on_unauthorized = {
+        let signed_out = props.on_signed_out.clone();
+        Callback::from(move |()| signed_out.emit(Some(SESSION_ENDED.into())))
+    };
+    let on_cancel = {
+        let (dispatch, token, signed_out) =
+            (board.dispatcher(), props.session.token.clone(), props.on_signed_out.clone());
+        Callback::from(move |task_no: String| {
+            let (dispatch, token, signed_out) =
+                (dispatch.clone(), token.clone(), signed_out.clone());
+            wasm_bindgen_futures::spawn_local(async move {
+                match api::cancel(&token, &task_no).await {
+                    Ok(_) => {}
+                    Err(failure) if failure.is_unauthorized() => {
+                        signed_out.emit(Some(SESSION_ENDED.into()))
+                    }
+                    Err(failure) => dispatch.dispatch(Action::Notify {
+                        text: format!("Cannot cancel: {}", failure.message),
+                        tone: Tone::Failure,
+                    }),
+                }
+            });
+        })
+    };
+    let on_filter = {
+        let dispatch = board.dispatcher();
+        Callback::from(move |filter: Filter| dispatch.dispatch(Action::Filter(filter)))
+    };
+    let on_dismiss = {
+        let dispatch = board.dispatcher();
+        Callback::from(move |id: u64| dispatch.dispatch(Action::Dismiss(id)))
+    };
+    let on_retry = {
+        let live_handle = live_handle.clone();
+        Callback::from(move |()| {
+            if let Some(live) = live_handle.borrow().as_ref() {
+                live.retry_now();
+            }
+        })
+    };
+    let on_sign_out = {
+        let (token, signed_out) = (props.session.token.clone(), props.on_signed_out.clone());
+        Callback::from(move |_| {
+            let (token, signed_out) = (token.clone(), signed_out.clone());
+            wasm_bindgen_futures::spawn_local(async move {
+                // Revoke the token on the server too; sign out here whatever it answers.
+                let _ = api::logout(&token).await;
+                signed_out.emit(None);
+            });
+        })
+    };
+
+    html! {
+        <>
+            <header class="top">
+                <h1>{ "TaskPulse" }</h1>
+                <ConnectionIndicator connection={board.connection} on_retry={on_retry} />
+                <span class="user">{ props.session.username.clone() }</span>
+                <button type="button" class="sign-out" onclick={on_sign_out}>{ "Sign out" }</button>
+            </header>
+            <main class="monitor">
+                <SubmitForm token={props.session.token.clone()} on_submitted={on_submitted}
+                            on_unauthorized={on_unauthorized} />
+                <TaskList board={Rc::new((*board).clone())} on_filter={on_filter} on_cancel={on_cancel} />
+            </main>
+            <Toasts toasts={board.toasts.clone()} on_dismiss={on_dismiss} />
+        </>
+    }
+}

@@ -1,0 +1,58 @@
+//! The task list: status filters with counts, then one card per task, newest first.
+
+use yew::{Callback, Html, Properties, function_component, html};
+
+use super::task_card::TaskCard;
+use crate::state::{Board, Filter};
+
+/// Props of [`TaskList`].
+#[derive(Properties, PartialEq)]
+pub struct TaskListProps {
+    /// The board to show.
+    pub board: std::rc::Rc<Board>,
+    /// Called when a filter is chosen.
+    pub on_filter: Callback<Filter>,
+    /// Called with a task number to cancel.
+    pub on_cancel: Callback<String>,
+}
+
+/// The filters and the cards.
+#[function_component(TaskList)]
+pub fn task_list(props: &TaskListProps) -> Html {
+    let board = &props.board;
+    let filters = Filter::ALL.iter().map(|&filter| {
+        let on_filter = props.on_filter.clone();
+        let pressed = board.filter == filter;
+        html! {
+            <button type="button" class="filter" aria-pressed={pressed.to_string()}
+                    onclick={Callback::from(move |_| on_filter.emit(filter))}>
+                { filter.label() }
+                <span class="count">{ board.count(filter) }</span>
+            </button>
+        }
+    });
+    let cards: Vec<Html> = board
+        .visible()
+        .map(|entry| {
+            html! {
+                <li key={entry.update.task_no.clone()}>
+                    <TaskCard entry={entry.clone()} on_cancel={props.on_cancel.clone()} />
+                </li>
+            }
+        })
+        .collect();
+    html! {
+        <section class="tasks" aria-labelledby="tasks-title">
+            <h2 id="tasks-title">{ "Your tasks" }</h2>
+            <div class="filters" role="group" aria-label="Show tasks">{ for filters }</div>
+            if cards.is_empty() {
+                <p class="empty">{
+                    if board.tasks.is_empty() { "No tasks yet. Submit one to watch it run." }
+                    else { "No task matches this filter." }
+                }</p>
+            } else {
+                <ul class="task-list">{ for cards }</ul>
+            }
+        </section>
+    }
+}

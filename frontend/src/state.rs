@@ -1,0 +1,304 @@
+//! The task board: every task the user has, the connection's state, the filter and the
+//! toasts, changed only through [`Action`]s (a Yew `Reducible`). Pure: no I/O, no clock
+//! (times come in with the actions), so it is tested directly.
+
+use std::rc::Rc;
+
+use taskpulse_client::ConnectionState;
+use taskpulse_shared::{
+    TaskProgressDto, TaskStatus,
+    dto::{SubmitTaskRequest, TaskDetails},
+};
+use yew::Reducible;
+
+/// One task as the page shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskEntry {
+    /// The latest update (pushed, or from the API).
+    pub update: TaskProgressDto,
+    /// What was submitted, once known.
+    pub request: Option<SubmitTaskRequest>,
+    /// Submission time, ms since the epoch (the server's once known, else when first seen).
+    pub created_at: f64,
+    /// When it finished, ms since the epoch.
+    pub finished_at: Option<f64>,
+}
+
+impl TaskEntry {
+    /// The prompt, for display.
+    pub fn prompt(&self) -> Option<&str> {
+        match self.request.as_ref()? {
+            SubmitTaskRequest::TextToImage { prompt, .. }
+            | SubmitTaskRequest::ImageToImage { prompt, .. } => Some(prompt),
+            SubmitTaskRequest::External { description } => Some(description),
+        }
+    }
+
+    /// "text-to-image", "image-to-image" or "external", once known.
+    pub fn kind(&self) -> Option<&'static str> {
+        self.request.as_ref().map(|r| r.kind().as_str())
+    }
+}
+
+/// Which tasks the list shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Filter {
+    /// Every task.
+    #[default]
+    All,
+    /// Not finished yet.
+    Active,
+    /// Finished with `completed`.
+    Completed,
+    /// Finished with `failed`.
+    Failed,
+}
+
+impl Filter {
+    /// Every filter, in the order the page lists them.
+    pub const ALL: [Filter; 4] = [Filter::All, Filter::Active, Filter::Completed, Filter::Failed];
+
+    /// The label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Filter::All => "All",
+            Filter::Active => "Active",
+            Filter::Completed => "Completed",
+            Filter::Failed => "Failed",
+        }
+    }
+
+    /// Whether `status` passes.
+    pub fn admits(self, status: TaskStatus) -> bool {
+        match self {
+            Filter::All => true,
+            Filter::Active => !status.is_terminal(),
+            Filter::Completed => status == TaskStatus::Completed,
+            Filter::Failed => status == TaskStatus::Failed,
+        }
+    }
+}
+
+/// How a toast looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tone {
+    /// Something finished well.
+    Success,
+    /// Something failed.
+    Failure,
+}
+
+/// A short message in the corner.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Toast {
+    /// Unique within the page.
+    pub id: u64,
+    /// The text.
+    pub text: String,
+    /// How it looks.
+    pub tone: Tone,
+    /// The task it is about, when it is about one.
+    pub task_no: Option<String>,
+}
+
+/// The connection as the indicator shows it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Connection {
+    /// The client's state.
+    pub state: ConnectionState,
+    /// While reconnecting: when the next attempt starts.
+    pub next_retry_at: Option<f64>,
+}
+
+/// Everything the monitor shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Board {
+    /// Newest first.
+    pub tasks: Vec<TaskEntry>,
+    /// The list's filter.
+    pub filter: Filter,
+    /// The live connection.
+    pub connection: Connection,
+    /// Visible toasts, oldest first.
+    pub toasts: Vec<Toast>,
+    next_toast: u64,
+}
+
+impl Default for Board {
+    fn default() -> Self {
+        Board {
+            tasks: Vec::new(),
+            filter: Filter::All,
+            connection: Connection { state: ConnectionState::Connecting, next_retry_at: None },
+            toasts: Vec::new(),
+            next_toast: 1,
+        }
+    }
+}
+
+/// What can happen to the board.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// The task list from the API (the page was opened or reconnected).
+    Loaded(Vec<TaskDetails>),
+    /// One task's details from the API.
+    Details(TaskDetails),
+    /// A pushed update; `now` is the page's clock.
+    Update { update: TaskProgressDto, now: f64 },
+    /// The user just submitted a task: show it at once as `created`.
+    Submitted { task_no: String, request: SubmitTaskRequest, now: f64 },
+    /// The connection changed.
+    Connection(Connection),
+    /// Show only some tasks.
+    Filter(Filter),
+    /// A message for the user (for example a failed cancel).
+    Notify { text: String, tone: Tone },
+    /// The user closed a toast.
+    Dismiss(u64),
+}
+
+/// How far along a status is; updates never move a task back.
+fn rank(update: &TaskProgressDto) -> (u8, u8) {
+    let status = match update.status {
+        TaskStatus::Created => 0,
+        TaskStatus::Queued => 1,
+        TaskStatus::Processing => 2,
+        TaskStatus::Completed | TaskStatus::Failed => 3,
+    };
+    (status, if update.status == TaskStatus::Processing { update.progress } else { 0 })
+}
+
+impl Board {
+    /// The tasks the filter lets through, newest first.
+    pub fn visible(&self) -> impl Iterator<Item = &TaskEntry> {
+        self.tasks.iter().filter(|t| self.filter.admits(t.update.status))
+    }
+
+    /// How many tasks each filter would show.
+    pub fn count(&self, filter: Filter) -> usize {
+        self.tasks.iter().filter(|t| filter.admits(t.update.status)).count()
+    }
+
+    fn entry(&mut self, task_no: &str) -> Option<&mut TaskEntry> {
+        self.tasks.iter_mut().find(|t| t.update.task_no == task_no)
+    }
+
+    fn insert(&mut self, entry: TaskEntry) {
+        let at = self.tasks.iter().position(|t| t.created_at < entry.created_at);
+        self.tasks.insert(at.unwrap_or(self.tasks.len()), entry);
+    }
+
+    fn toast(&mut self, text: String, tone: Tone, task_no: Option<String>) {
+        self.toasts.push(Toast { id: self.next_toast, text, tone, task_no });
+        self.next_toast += 1;
+        // Keep the corner readable.
+        if self.toasts.len() > 4 {
+            self.toasts.remove(0);
+        }
+    }
+
+    /// Takes `details` unless the board already holds a newer state of that task.
+    fn merge_details(&mut self, details: TaskDetails) {
+        let created_at = details.created_at as f64;
+        let finished_at = details.finished_at.map(|t| t as f64);
+        match self.entry(&details.progress.task_no) {
+            Some(entry) => {
+                entry.request = Some(details.request);
+                entry.created_at = created_at;
+                if rank(&details.progress) >= rank(&entry.update) {
+                    entry.update = details.progress;
+                }
+                entry.finished_at = entry.finished_at.or(finished_at);
+            }
+            None => self.insert(TaskEntry {
+                update: details.progress,
+                request: Some(details.request),
+                created_at,
+                finished_at,
+            }),
+        }
+        self.tasks.sort_by(|a, b| b.created_at.total_cmp(&a.created_at));
+    }
+
+    fn apply_update(&mut self, update: TaskProgressDto, now: f64) {
+        let task_no = update.task_no.clone();
+        let finished = update.status.is_terminal();
+        let announce = match self.entry(&task_no) {
+            Some(entry) => {
+                if rank(&update) < rank(&entry.update) {
+                    return;
+                }
+                let was_running = !entry.update.status.is_terminal();
+                if finished && entry.finished_at.is_none() {
+                    entry.finished_at = Some(now);
+                }
+                entry.update = update.clone();
+                was_running && finished
+            }
+            None => {
+                self.insert(TaskEntry {
+                    update: update.clone(),
+                    request: None,
+                    created_at: now,
+                    finished_at: finished.then_some(now),
+                });
+                false
+            }
+        };
+        if announce {
+            let short = short_task_no(&task_no);
+            match update.status {
+                TaskStatus::Completed => {
+                    self.toast(format!("Task {short} completed"), Tone::Success, Some(task_no))
+                }
+                _ => self.toast(
+                    format!(
+                        "Task {short} failed: {}",
+                        update.error_message.as_deref().unwrap_or("no reason given")
+                    ),
+                    Tone::Failure,
+                    Some(task_no),
+                ),
+            }
+        }
+    }
+}
+
+/// The first 8 characters of a task number, enough to tell tasks apart on screen.
+pub fn short_task_no(task_no: &str) -> &str {
+    task_no.get(..8).unwrap_or(task_no)
+}
+
+impl Reducible for Board {
+    type Action = Action;
+
+    fn reduce(self: Rc<Self>, action: Action) -> Rc<Self> {
+        let mut board = (*self).clone();
+        match action {
+            Action::Loaded(list) => {
+                for details in list {
+                    board.merge_details(details);
+                }
+            }
+            Action::Details(details) => board.merge_details(details),
+            Action::Update { update, now } => board.apply_update(update, now),
+            Action::Submitted { task_no, request, now } => {
+                if board.entry(&task_no).is_none() {
+                    board.insert(TaskEntry {
+                        update: TaskProgressDto::new(&task_no, TaskStatus::Created, 0, "submitted"),
+                        request: Some(request),
+                        created_at: now,
+                        finished_at: None,
+                    });
+                } else if let Some(entry) = board.entry(&task_no) {
+                    entry.request.get_or_insert(request);
+                }
+            }
+            Action::Connection(connection) => board.connection = connection,
+            Action::Filter(filter) => board.filter = filter,
+            Action::Notify { text, tone } => board.toast(text, tone, None),
+            Action::Dismiss(id) => board.toasts.retain(|t| t.id != id),
+        }
+        Rc::new(board)
+    }
+}
