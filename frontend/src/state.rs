@@ -143,7 +143,7 @@ pub enum Action {
     Loaded(Vec<TaskDetails>),
     /// One task's details from the API.
     Details(TaskDetails),
-    /// A pushed update; `now` is the page's clock.
+    /// A pushed update, in the server's order; `now` is the page's clock.
     Update { update: TaskProgressDto, now: f64 },
     /// The user just submitted a task: show it at once as `created`.
     Submitted { task_no: String, request: SubmitTaskRequest, now: f64 },
@@ -157,7 +157,7 @@ pub enum Action {
     Dismiss(u64),
 }
 
-/// How far along a status is; updates never move a task back.
+/// How far along a status is: API data older than a live update must not undo it.
 fn rank(update: &TaskProgressDto) -> (u8, u8) {
     let status = match update.status {
         TaskStatus::Created => 0,
@@ -225,9 +225,9 @@ impl Board {
         let finished = update.status.is_terminal();
         let announce = match self.entry(&task_no) {
             Some(entry) => {
-                if rank(&update) < rank(&entry.update) {
-                    return;
-                }
+                // Live updates arrive in the server's order (the client drops replays it
+                // already applied), so each one is the truth, even a step back: a task that
+                // was running when the server restarted goes back to `queued`.
                 let was_running = !entry.update.status.is_terminal();
                 if finished && entry.finished_at.is_none() {
                     entry.finished_at = Some(now);

@@ -130,6 +130,8 @@ pub(crate) fn run() -> Result<(), String> {
     tally.runner("@stomp/stompjs interop (Node)", stompjs_interop());
     tally.runner("@taskpulse/client bundled by Vite, in Chromium", vite_packaging());
     tally.check("UI served and rendered in headless Chromium", ui_smoke());
+    tally.runner("frontend components in headless Chromium", frontend_components());
+    tally.runner("task monitor end to end (playwright-core)", monitor_e2e());
 
     println!("xtask: finished in {} s", started.elapsed().as_secs());
     if !tally.failures.is_empty() {
@@ -237,6 +239,38 @@ fn ui_smoke() -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr)
         ))
     }
+}
+
+/// The Yew components and the board's reducer, in headless Chromium.
+fn frontend_components() -> Result<String, String> {
+    captured(
+        cargo()
+            .args(["test", "-p", "taskpulse-frontend", "--target", "wasm32-unknown-unknown"])
+            .args(["--test", "components"])
+            .env("PATH", install::path_with_cargo_bin())
+            .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", "wasm-bindgen-test-runner")
+            .env("CHROMEDRIVER", "/usr/bin/chromedriver")
+            .env("WASM_BINDGEN_TEST_TIMEOUT", "120"),
+    )
+}
+
+/// The task monitor in Chromium against the real server, which the suite starts, kills and
+/// restarts itself (`frontend/tests/e2e`). Screenshots go to `artifacts/`.
+fn monitor_e2e() -> Result<String, String> {
+    let dist = build_frontend()?;
+    quiet(cargo().args(["build", "-p", "taskpulse-server"]))?;
+    let dir = root().join("frontend/tests/e2e");
+    quiet(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir))
+        .map_err(|e| format!("npm ci in {}: {e}", dir.display()))?;
+    let _ = std::fs::create_dir_all(root().join("artifacts"));
+    captured(
+        Command::new("node")
+            .args(["--test", "--test-reporter=tap", "--test-concurrency=1", "monitor.test.mjs"])
+            .current_dir(&dir)
+            .env("TASKPULSE_SERVER_BIN", root().join("target/debug/taskpulse-server"))
+            .env("TASKPULSE_UI_DIR", &dist)
+            .env("TASKPULSE_SCREENSHOTS", root().join("artifacts")),
+    )
 }
 
 /// Settings of the server the client's browser tests run against.

@@ -1,0 +1,219 @@
+//! Component and reducer tests in headless Chromium (`wasm-bindgen-test-runner`): a task
+//! card for every status, rendered by Yew into a real DOM, and the board's transitions.
+#![cfg(target_arch = "wasm32")]
+
+use std::rc::Rc;
+
+use gloo_timers::future::TimeoutFuture;
+use taskpulse_client::ConnectionState;
+use taskpulse_frontend::{
+    components::task_card::{TaskCard, TaskCardProps},
+    state::{Action, Board, Connection, Filter, TaskEntry, Tone},
+};
+use taskpulse_shared::{
+    TaskProgressDto, TaskStatus,
+    dto::{AspectRatio, SubmitTaskRequest, TaskDetails},
+};
+use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
+use web_sys::Element;
+use yew::{Callback, Reducible};
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+const TASK: &str = "0123456789abcdef0123456789abcdef";
+
+fn request() -> SubmitTaskRequest {
+    SubmitTaskRequest::TextToImage { prompt: "a red fox".into(), aspect_ratio: AspectRatio::Square }
+}
+
+fn entry(status: TaskStatus, progress: u8) -> TaskEntry {
+    let mut update = TaskProgressDto::new(TASK, status, progress, "working");
+    match status {
+        TaskStatus::Queued => update.queue_position = Some(3),
+        TaskStatus::Completed => update.result_url = Some("/result.png?signature=x".into()),
+        TaskStatus::Failed => update.error_message = Some("out of memory".into()),
+        _ => {}
+    }
+    TaskEntry {
+        update,
+        request: Some(request()),
+        created_at: 1_700_000_000_000.0,
+        finished_at: status.is_terminal().then_some(1_700_000_012_300.0),
+    }
+}
+
+/// Renders a card into a fresh element and lets Yew's scheduler run.
+async fn render(entry: TaskEntry) -> Element {
+    let document = web_sys::window().unwrap().document().unwrap();
+    let root = document.create_element("div").unwrap();
+    document.body().unwrap().append_child(&root).unwrap();
+    let props = TaskCardProps { entry, on_cancel: Callback::noop() };
+    yew::Renderer::<TaskCard>::with_root_and_props(root.clone(), props).render();
+    TimeoutFuture::new(0).await;
+    root
+}
+
+fn text(root: &Element, selector: &str) -> Option<String> {
+    root.query_selector(selector).unwrap().and_then(|e| e.text_content())
+}
+
+#[wasm_bindgen_test]
+async fn a_card_shows_what_each_status_means() {
+    for status in TaskStatus::ALL {
+        let progress = if status == TaskStatus::Completed { 100 } else { 40 };
+        let root = render(entry(status, progress)).await;
+        let card = root.query_selector("article.task-card").unwrap().expect("a card");
+        assert_eq!(card.get_attribute("data-status").as_deref(), Some(status.as_str()));
+        assert_eq!(text(&root, ".badge").as_deref(), Some(status.as_str()));
+        assert_eq!(text(&root, ".task-no").as_deref(), Some("01234567"));
+        assert_eq!(text(&root, ".prompt").as_deref(), Some("a red fox"));
+        assert_eq!(text(&root, ".kind").as_deref(), Some("text-to-image"));
+
+        let bar = root.query_selector("[role=progressbar]").unwrap().expect("a progress bar");
+        assert_eq!(bar.get_attribute("aria-valuenow"), Some(progress.to_string()));
+        assert_eq!(bar.get_attribute("aria-valuemax").as_deref(), Some("100"));
+        assert!(bar.get_attribute("aria-label").unwrap().contains("01234567"));
+        assert_eq!(text(&root, ".percent"), Some(format!("{progress}%")));
+        assert_eq!(text(&root, ".message").as_deref(), Some("working"));
+
+        let queue = text(&root, ".queue");
+        let image = root.query_selector(".result img").unwrap();
+        let error = text(&root, ".error");
+        let cancel = root.query_selector("button.cancel").unwrap();
+        let took = text(&root, ".duration");
+        match status {
+            TaskStatus::Queued => assert_eq!(queue.as_deref(), Some("Position in queue: 3")),
+            _ => assert_eq!(queue, None, "{status:?}"),
+        }
+        match status {
+            TaskStatus::Completed => {
+                let image = image.expect("a thumbnail");
+                assert_eq!(image.get_attribute("src").as_deref(), Some("/result.png?signature=x"));
+                assert!(image.get_attribute("alt").unwrap().contains("01234567"));
+                let link = root.query_selector("a.result").unwrap().unwrap();
+                assert_eq!(link.get_attribute("target").as_deref(), Some("_blank"));
+            }
+            _ => assert!(image.is_none(), "{status:?}"),
+        }
+        match status {
+            TaskStatus::Failed => assert_eq!(error.as_deref(), Some("out of memory")),
+            _ => assert_eq!(error, None, "{status:?}"),
+        }
+        assert_eq!(
+            cancel.is_some(),
+            !status.is_terminal(),
+            "{status:?}: cancel only while running"
+        );
+        assert_eq!(took.as_deref(), status.is_terminal().then_some("12.3 s"), "{status:?}");
+        root.remove();
+    }
+}
+
+fn board(actions: impl IntoIterator<Item = Action>) -> Rc<Board> {
+    actions.into_iter().fold(Rc::new(Board::default()), Reducible::reduce)
+}
+
+fn update(status: TaskStatus, progress: u8) -> Action {
+    Action::Update { update: TaskProgressDto::new(TASK, status, progress, ""), now: 5.0 }
+}
+
+#[wasm_bindgen_test]
+fn a_submitted_task_appears_at_once_and_follows_the_live_updates() {
+    let submitted = Action::Submitted { task_no: TASK.into(), request: request(), now: 1.0 };
+    let b = board([submitted.clone()]);
+    assert_eq!(b.tasks.len(), 1);
+    assert_eq!(b.tasks[0].update.status, TaskStatus::Created);
+    assert_eq!(b.tasks[0].prompt(), Some("a red fox"));
+
+    // Live updates come in the server's order: a restart puts a running task back in the
+    // queue, and the card says so.
+    let b = board([
+        submitted.clone(),
+        update(TaskStatus::Processing, 50),
+        update(TaskStatus::Queued, 0),
+    ]);
+    assert_eq!(b.tasks[0].update.status, TaskStatus::Queued);
+
+    let b =
+        board([submitted, update(TaskStatus::Processing, 90), update(TaskStatus::Completed, 100)]);
+    assert_eq!(b.tasks[0].update.status, TaskStatus::Completed);
+    assert_eq!(b.tasks[0].finished_at, Some(5.0));
+    assert_eq!(b.toasts.len(), 1, "a finish seen live is announced");
+    assert_eq!(b.toasts[0].tone, Tone::Success);
+    assert_eq!(b.toasts[0].task_no.as_deref(), Some(TASK));
+}
+
+#[wasm_bindgen_test]
+fn finished_tasks_from_a_snapshot_are_not_announced() {
+    let b = board([update(TaskStatus::Completed, 100)]);
+    assert_eq!(b.tasks.len(), 1);
+    assert!(b.toasts.is_empty(), "it finished before this page saw it run");
+    let failed = Action::Update {
+        update: TaskProgressDto {
+            error_message: Some("boom".into()),
+            ..TaskProgressDto::new(TASK, TaskStatus::Failed, 0, "")
+        },
+        now: 6.0,
+    };
+    let b = board([update(TaskStatus::Processing, 10), failed]);
+    assert_eq!(b.toasts[0].tone, Tone::Failure);
+    assert!(b.toasts[0].text.contains("boom"), "{}", b.toasts[0].text);
+}
+
+#[wasm_bindgen_test]
+fn api_details_fill_in_without_undoing_live_updates() {
+    let details = |status: TaskStatus, created_at: i64, task_no: &str| TaskDetails {
+        progress: TaskProgressDto::new(task_no, status, 0, ""),
+        request: request(),
+        created_at,
+        updated_at: created_at,
+        finished_at: None,
+        cost: 0,
+    };
+    // A live update got here before the list did: the list's older state loses.
+    let b = board([
+        update(TaskStatus::Processing, 70),
+        Action::Loaded(vec![
+            details(TaskStatus::Queued, 100, TASK),
+            details(TaskStatus::Queued, 200, "newer"),
+        ]),
+    ]);
+    assert_eq!(
+        b.tasks.iter().map(|t| t.update.task_no.as_str()).collect::<Vec<_>>(),
+        ["newer", TASK]
+    );
+    let ours = &b.tasks[1];
+    assert_eq!((ours.update.status, ours.update.progress), (TaskStatus::Processing, 70));
+    assert_eq!(ours.created_at, 100.0, "the server's submission time");
+    assert_eq!(ours.prompt(), Some("a red fox"));
+}
+
+#[wasm_bindgen_test]
+fn filters_connection_and_toasts() {
+    let b = board([
+        update(TaskStatus::Processing, 10),
+        Action::Update {
+            update: TaskProgressDto::new("done", TaskStatus::Completed, 100, ""),
+            now: 7.0,
+        },
+        Action::Filter(Filter::Active),
+    ]);
+    assert_eq!(b.visible().map(|t| t.update.task_no.as_str()).collect::<Vec<_>>(), [TASK]);
+    assert_eq!(
+        (b.count(Filter::All), b.count(Filter::Completed), b.count(Filter::Failed)),
+        (2, 1, 0)
+    );
+
+    let reconnecting =
+        Connection { state: ConnectionState::Reconnecting, next_retry_at: Some(9.0) };
+    let b = board([Action::Connection(reconnecting)]);
+    assert_eq!(b.connection, reconnecting);
+
+    let b = board([
+        Action::Notify { text: "one".into(), tone: Tone::Failure },
+        Action::Notify { text: "two".into(), tone: Tone::Failure },
+    ]);
+    let first = b.toasts[0].id;
+    let b = Rc::clone(&b).reduce(Action::Dismiss(first));
+    assert_eq!(b.toasts.iter().map(|t| t.text.as_str()).collect::<Vec<_>>(), ["two"]);
+}

@@ -1,0 +1,264 @@
+// The task monitor end to end: Debian's Chromium driven by playwright-core, against the real
+// server binary (demo executor, SQLite) that this file starts, kills and restarts itself.
+// `cargo xtask test` builds the UI and the server and passes their paths.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { createServer } from "node:net";
+import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const SERVER = process.env.TASKPULSE_SERVER_BIN;
+const UI = process.env.TASKPULSE_UI_DIR;
+const SHOTS = process.env.TASKPULSE_SCREENSHOTS ?? join(tmpdir(), "taskpulse-shots");
+const PASSWORD = "correct horse 9";
+
+let port;
+let data;
+let server;
+let browser;
+
+async function freePort() {
+  return new Promise((resolve) => {
+    const probe = createServer();
+    probe.listen(0, "127.0.0.1", () => {
+      const { port } = probe.address();
+      probe.close(() => resolve(port));
+    });
+  });
+}
+
+/** Starts the server on `port` with `data`; resolves once it listens. */
+function startServer() {
+  const child = spawn(SERVER, ["--listen", `127.0.0.1:${port}`, "--ui-dir", UI, "--data-dir", data], {
+    env: {
+      ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("TASKPULSE_"))),
+      TASKPULSE_DEMO_DURATION_MS: "4000",
+      TASKPULSE_DEMO_SIZE: "96",
+      NO_COLOR: "1",
+    },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("the server did not start in 30 s")), 30_000);
+    child.stdout.on("data", (chunk) => {
+      if (chunk.toString().includes("http://")) {
+        clearTimeout(timer);
+        resolve(child);
+      }
+    });
+    child.on("exit", (code) => reject(new Error(`the server exited with ${code}`)));
+  });
+}
+
+function kill(child) {
+  return new Promise((resolve) => {
+    child.on("exit", resolve);
+    child.kill("SIGKILL");
+  });
+}
+
+const url = () => `http://127.0.0.1:${port}/`;
+const shot = (page, name) => page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
+const uniqueName = (prefix) => `${prefix}${Math.floor(Math.random() * 1e9)}`;
+
+before(async () => {
+  assert.ok(SERVER && UI, "TASKPULSE_SERVER_BIN and TASKPULSE_UI_DIR are set by cargo xtask test");
+  mkdirSync(SHOTS, { recursive: true });
+  port = await freePort();
+  data = mkdtempSync(join(tmpdir(), "taskpulse-e2e-"));
+  server = await startServer();
+  browser = await chromium.launch({
+    executablePath: "/usr/bin/chromium",
+    args: [
+      "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+      "--no-first-run",
+    ],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  if (server) await kill(server);
+  rmSync(data, { recursive: true, force: true });
+});
+
+/** A fresh page that records every status each task card shows, in order. */
+async function openPage(context) {
+  const page = await context.newPage();
+  const errors = [];
+  page.on("pageerror", (error) => errors.push(error.message));
+  page.errors = errors;
+  await page.addInitScript(() => {
+    window.__statuses = {};
+    const record = () => {
+      for (const card of document.querySelectorAll("article.task-card")) {
+        const seen = (window.__statuses[card.dataset.taskNo] ??= []);
+        if (seen[seen.length - 1] !== card.dataset.status) seen.push(card.dataset.status);
+      }
+    };
+    new MutationObserver(record).observe(document, { subtree: true, childList: true, attributes: true });
+  });
+  await page.goto(url());
+  return page;
+}
+
+async function register(page, username) {
+  await page.waitForSelector("#auth-title");
+  await page.click("button.link"); // "Create an account"
+  await page.fill("#username", username);
+  await page.fill("#password", PASSWORD);
+  await page.click("form button[type=submit]");
+  await page.waitForSelector("#submit-title");
+}
+
+async function signIn(page, username) {
+  await page.waitForSelector("#auth-title");
+  await page.fill("#username", username);
+  await page.fill("#password", PASSWORD);
+  await page.click("form button[type=submit]");
+  await page.waitForSelector("#submit-title");
+}
+
+/** Submits a prompt and returns the new card's task number. */
+async function submit(page, prompt) {
+  const before = await page.$$eval("article.task-card", (cards) => cards.map((c) => c.dataset.taskNo));
+  await page.fill("#prompt", prompt);
+  await page.click(".submit button[type=submit]");
+  const handle = await page.waitForFunction(
+    (known) => [...document.querySelectorAll("article.task-card")].map((c) => c.dataset.taskNo).find((n) => !known.includes(n)),
+    before,
+  );
+  return handle.jsonValue();
+}
+
+const card = (taskNo) => `article.task-card[data-task-no="${taskNo}"]`;
+const statuses = (page, taskNo) => page.evaluate((n) => window.__statuses[n] ?? [], taskNo);
+
+function assertLifecycle(seen, label) {
+  const order = ["created", "queued", "processing", "completed"];
+  const ranks = seen.map((s) => order.indexOf(s));
+  assert.ok(ranks.every((r) => r >= 0), `${label}: unexpected status in ${seen}`);
+  assert.ok(ranks.every((r, i) => i === 0 || r > ranks[i - 1]), `${label}: out of order: ${seen}`);
+  assert.equal(seen.at(-1), "completed", `${label}: ${seen}`);
+}
+
+test("register, submit, and watch a task go through every status to its image", async () => {
+  const context = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+  const page = await openPage(context);
+  await register(page, uniqueName("alice"));
+  const taskNo = await submit(page, "a lighthouse at dusk");
+  await page.waitForSelector(`${card(taskNo)}[data-status="processing"]`);
+  await shot(page, "monitor-processing");
+  await page.waitForSelector(`${card(taskNo)}[data-status="completed"]`, { timeout: 30_000 });
+  const seen = await statuses(page, taskNo);
+  assertLifecycle(seen, "live");
+  for (const status of ["created", "queued", "processing", "completed"]) {
+    assert.ok(seen.includes(status), `${status} was never shown: ${seen}`);
+  }
+  const image = await page.waitForSelector(`${card(taskNo)} .result img`);
+  await page.waitForFunction((img) => img.complete && img.naturalWidth > 0, image);
+  assert.equal(await page.getAttribute(`${card(taskNo)} [role=progressbar]`, "aria-valuenow"), "100");
+  assert.match(await page.textContent(`${card(taskNo)} .duration`), /\d/);
+  await page.waitForSelector(".toast-success");
+  await shot(page, "monitor-completed");
+
+  // Keyboard: Tab reaches the controls, and the focused one is visibly marked.
+  await page.focus("body");
+  const reached = [];
+  for (let i = 0; i < 12; i++) {
+    await page.keyboard.press("Tab");
+    reached.push(await page.evaluate(() => {
+      const el = document.activeElement;
+      const tag = el.tagName.toLowerCase();
+      return { id: el.id || el.className || tag, tag, outline: getComputedStyle(el).outlineStyle };
+    }));
+  }
+  for (const id of ["kind", "prompt", "ratio"]) {
+    assert.ok(reached.some((r) => r.id === id), `Tab never reached #${id}: ${JSON.stringify(reached)}`);
+  }
+  // (Focus passes through the page itself when Tab wraps around.)
+  const controls = reached.filter((r) => r.tag !== "body");
+  assert.ok(controls.every((r) => r.outline !== "none"), `focus is visible: ${JSON.stringify(reached)}`);
+
+  // A phone-width screen stacks the form above the list.
+  await page.setViewportSize({ width: 390, height: 844 });
+  await shot(page, "monitor-phone");
+  await page.setViewportSize({ width: 1100, height: 800 });
+
+  // A reload keeps the session and shows the same final state, from the API and snapshot.
+  await page.reload();
+  await page.waitForSelector(`${card(taskNo)}[data-status="completed"]`);
+  assert.equal(await page.textContent(".connection-text"), "Live");
+  assert.deepEqual(page.errors, []);
+  await context.close();
+});
+
+test("a second browser of the same user sees the same updates", async () => {
+  const username = uniqueName("bob");
+  const first = await browser.newContext();
+  const second = await browser.newContext();
+  const a = await openPage(first);
+  await register(a, username);
+  const b = await openPage(second);
+  await signIn(b, username);
+  await b.waitForSelector('.connection[data-state="connected"]');
+  const taskNo = await submit(a, "two windows");
+  await b.waitForSelector(`${card(taskNo)}[data-status="processing"]`, { timeout: 30_000 });
+  await b.waitForSelector(`${card(taskNo)}[data-status="completed"]`, { timeout: 30_000 });
+  await a.waitForSelector(`${card(taskNo)}[data-status="completed"]`, { timeout: 30_000 });
+  assertLifecycle(await statuses(b, taskNo), "second browser");
+  assert.equal(await b.textContent(`${card(taskNo)} .prompt`), "two windows");
+  await shot(b, "monitor-second-browser");
+  await first.close();
+  await second.close();
+});
+
+test("the server is killed mid-task and restarted: the page reconnects and shows the true end", async () => {
+  const context = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+  const page = await openPage(context);
+  await register(page, uniqueName("carol"));
+  const taskNo = await submit(page, "survives a crash");
+  // Well into the run, so that the restart visibly starts it over.
+  await page.waitForFunction(
+    (selector) => Number(document.querySelector(selector)?.getAttribute("aria-valuenow")) >= 30,
+    `${card(taskNo)}[data-status="processing"] [role=progressbar]`,
+  );
+
+  await kill(server);
+  server = null;
+  await page.waitForSelector('.connection[data-state="reconnecting"]', { timeout: 20_000 });
+  await shot(page, "monitor-reconnecting");
+  server = await startServer();
+
+  await page.waitForSelector('.connection[data-state="connected"]', { timeout: 40_000 });
+  await page.waitForSelector(`${card(taskNo)}[data-status="completed"]`, { timeout: 40_000 });
+  const token = await page.evaluate(() => localStorage.getItem("taskpulse.token"));
+  const answer = await fetch(`${url()}api/tasks/${taskNo}`, { headers: { Authorization: `Bearer ${token}` } });
+  assert.equal((await answer.json()).status, "completed", "the page shows what the server holds");
+  const seen = await statuses(page, taskNo);
+  assert.equal(seen.at(-1), "completed", `${seen}`);
+  assert.deepEqual(page.errors, []);
+  await shot(page, "monitor-after-restart");
+  await context.close();
+});
+
+test("another user's task never appears", async () => {
+  const owner = await openPage(await browser.newContext());
+  await register(owner, uniqueName("dave"));
+  const other = await openPage(await browser.newContext());
+  await register(other, uniqueName("erin"));
+  await other.waitForSelector('.connection[data-state="connected"]');
+  const taskNo = await submit(owner, "private");
+  await owner.waitForSelector(`${card(taskNo)}[data-status="completed"]`, { timeout: 30_000 });
+  assert.equal(await other.$$eval("article.task-card", (cards) => cards.length), 0);
+  assert.deepEqual(await other.evaluate(() => window.__statuses), {});
+  await other.reload();
+  await other.waitForSelector('.connection[data-state="connected"]');
+  assert.equal(await other.$$eval("article.task-card", (cards) => cards.length), 0);
+  assert.match(await other.textContent(".empty"), /No tasks yet/);
+  await shot(other, "monitor-other-user");
+});
