@@ -67,19 +67,6 @@ impl ConnectionState {
     }
 }
 
-/// What a CONNECTED frame told the client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConnectInfo {
-    /// The STOMP version spoken.
-    pub version: Version,
-    /// The server's session id.
-    pub session: Option<String>,
-    /// The user the server authenticated.
-    pub user: Option<String>,
-    /// The server's name and version.
-    pub server: Option<String>,
-}
-
 /// How a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DisconnectInfo {
@@ -103,8 +90,8 @@ pub enum ClientEvent {
         /// While reconnecting: when the next attempt starts, ms since the epoch.
         next_retry_at: Option<f64>,
     },
-    /// A session opened.
-    Connected(ConnectInfo),
+    /// A session opened (and caught up): what its CONNECTED frame settled.
+    Connected(Session),
     /// A session (or an attempt that had opened its socket) ended.
     Disconnected(DisconnectInfo),
     /// A task changed: each status change once and in order, across reconnects.
@@ -624,12 +611,7 @@ async fn run_session(
                             stats.connects += 1;
                             inner.stats.set(stats);
                             inner.set_state(ConnectionState::Connected);
-                            inner.emit(&ClientEvent::Connected(ConnectInfo {
-                                version: session.version,
-                                session: session.id.clone(),
-                                user: session.user.clone(),
-                                server: session.server.clone(),
-                            }));
+                            inner.emit(&ClientEvent::Connected(session.clone()));
                             inner.settle_connect_waiters(Ok(()));
                         }
                         Ok(Flow::Ready) => {}

@@ -228,7 +228,7 @@ impl TaskWebSocketClient {
                 let object = Object::new();
                 set(&object, "version", &info.version.as_str().into());
                 for (name, value) in
-                    [("session", &info.session), ("user", &info.user), ("server", &info.server)]
+                    [("session", &info.id), ("user", &info.user), ("server", &info.server)]
                 {
                     if let Some(value) = value {
                         set(&object, name, &value.into());

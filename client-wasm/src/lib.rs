@@ -18,12 +18,13 @@ pub mod resume;
 mod socket;
 
 pub use client::{
-    Client, ClientEvent, ConnectInfo, ConnectionState, DisconnectInfo, Events, ListenerId, Stats,
+    Client, ClientEvent, ConnectionState, DisconnectInfo, Events, ListenerId, Stats,
     SubscriptionId, TASKS_DESTINATION,
 };
 pub use error::ClientError;
 pub use js::TaskWebSocketClient;
 pub use options::{ClientOptions, TokenSource};
+pub use protocol::Session;
 
 use taskpulse_shared::{
     TaskProgressDto,
