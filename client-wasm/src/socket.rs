@@ -7,9 +7,6 @@ use js_sys::{ArrayBuffer, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue, closure::Closure};
 use web_sys::{BinaryType, CloseEvent, Event, MessageEvent, WebSocket};
 
-/// The STOMP subprotocols offered, newest first (the server picks one).
-const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
-
 /// What the socket reports.
 #[derive(Debug)]
 pub(crate) enum SocketEvent {
@@ -34,14 +31,14 @@ pub(crate) struct Socket {
 impl Socket {
     /// Starts opening `url`.
     ///
+    /// No STOMP subprotocol (`v12.stomp`, …) is requested: the CONNECT frame's
+    /// `accept-version` settles the version, and a browser fails the handshake outright when
+    /// it asked for a subprotocol that a proxy on the way drops (`trunk serve`'s does).
+    ///
     /// # Errors
     /// The browser's exception text, e.g. for a malformed URL.
     pub(crate) fn open(url: &str) -> Result<Socket, String> {
-        let protocols = js_sys::Array::new();
-        for name in SUBPROTOCOLS {
-            protocols.push(&JsValue::from_str(name));
-        }
-        let ws = WebSocket::new_with_str_sequence(url, &protocols).map_err(describe)?;
+        let ws = WebSocket::new(url).map_err(describe)?;
         ws.set_binary_type(BinaryType::Arraybuffer);
         let (tx, events) = mpsc::unbounded();
 
