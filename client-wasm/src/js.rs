@@ -14,7 +14,7 @@ use wasm_bindgen_futures::{JsFuture, future_to_promise};
 use crate::{
     ClientError,
     backoff::Backoff,
-    client::{Client, ClientEvent, ConnectionState},
+    client::{Client, ClientEvent},
     dto_js,
     options::{ClientOptions, TokenFuture, TokenSource},
     socket::describe,
@@ -280,7 +280,7 @@ impl TaskWebSocketClient {
         callback: Function,
     ) -> Function {
         self.on(callback, |event| match event {
-            ClientEvent::StateChanged { state, .. } => Some(state_name(*state).into()),
+            ClientEvent::StateChanged { state, .. } => Some(state.as_str().into()),
             _ => None,
         })
     }
@@ -353,10 +353,6 @@ impl TaskWebSocketClient {
     pub fn client(&self) -> &Client {
         &self.client
     }
-}
-
-fn state_name(state: ConnectionState) -> &'static str {
-    state.as_str()
 }
 
 /// Calls a listener; an exception is logged, as the seed does, and does not stop the others.

@@ -37,6 +37,15 @@ impl Tally {
         self.failures.push(name.to_owned());
     }
 
+    /// Prints what failed and the summary line (always the last line); fails if anything did.
+    fn finish(self) -> Result<(), String> {
+        if !self.failures.is_empty() {
+            println!("xtask: failed: {}", self.failures.join(", "));
+        }
+        println!("{} passed, {} failed", self.passed, self.failed);
+        if self.failed == 0 && self.failures.is_empty() { Ok(()) } else { Err(String::new()) }
+    }
+
     /// Adds a test runner's counts; a runner that failed without reporting counts as a failure.
     fn runner(&mut self, name: &str, output: Result<String, String>) {
         let (text, ok) = match output {
@@ -134,11 +143,7 @@ pub(crate) fn run() -> Result<(), String> {
     tally.runner("task monitor end to end (playwright-core)", monitor_e2e());
 
     println!("xtask: finished in {} s", started.elapsed().as_secs());
-    if !tally.failures.is_empty() {
-        println!("xtask: failed: {}", tally.failures.join(", "));
-    }
-    println!("{} passed, {} failed", tally.passed, tally.failed);
-    if tally.failed == 0 && tally.failures.is_empty() { Ok(()) } else { Err(String::new()) }
+    tally.finish()
 }
 
 /// `cargo xtask test-client`: only the client's browser suite, for working on the client.
@@ -149,8 +154,7 @@ pub(crate) fn client_only() -> Result<(), String> {
     let mut tally = Tally::default();
     tally.runner("client-wasm in headless Chromium (live server)", client_browser_tests());
     tally.runner("@taskpulse/client bundled by Vite, in Chromium", vite_packaging());
-    println!("{} passed, {} failed", tally.passed, tally.failed);
-    if tally.failed == 0 && tally.failures.is_empty() { Ok(()) } else { Err(String::new()) }
+    tally.finish()
 }
 
 /// Runs a check, showing its output; the error is its exit status.
