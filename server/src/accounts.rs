@@ -1,16 +1,19 @@
 //! Accounts: registration and login with argon2-hashed passwords, the tokens this server
 //! issues (HS256, with a `jti`), and logout, which revokes a token everywhere.
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier, password_hash::SaltString};
 use taskpulse_shared::dto::{Credentials, TokenResponse};
+
+use tokio::sync::Semaphore;
 
 use crate::{
     Settings,
     broker::{Broker, Claims},
     storage::{Storage, StorageError, UserRecord},
     tasks::now_ms,
+    throttle::Throttle,
 };
 
 /// Why an account operation was refused.
@@ -36,6 +39,21 @@ pub enum AccountError {
     /// Wrong username or password (deliberately not saying which).
     #[error("wrong username or password")]
     BadCredentials,
+    /// Too many attempts from this address or for this name.
+    #[error(
+        "too many sign-in attempts {which}: at most {per_minute} a minute (accounts.attempts_per_minute)"
+    )]
+    Limited {
+        /// "from this address" or "for this user name".
+        which: &'static str,
+        /// The setting's value.
+        per_minute: u32,
+        /// When the next attempt is allowed.
+        retry_after: std::time::Duration,
+    },
+    /// The name belongs to a configured principal.
+    #[error("username {0:?} is reserved for a configured identity")]
+    Reserved(String),
     /// The token cannot be revoked.
     #[error("this token has no jti claim, so it cannot be revoked; it expires on its own")]
     NotRevocable,
@@ -59,6 +77,11 @@ pub struct Accounts {
     storage: Arc<dyn Storage>,
     broker: Broker,
     settings: Settings,
+    /// Password hashes computed at once: argon2id takes 19 MiB each, so unbounded hashing
+    /// is unbounded memory. One per core.
+    hashing: Arc<Semaphore>,
+    by_address: Arc<Throttle>,
+    by_name: Arc<Throttle>,
 }
 
 /// A hash to verify against when the user does not exist, so both cases take as long.
@@ -78,7 +101,51 @@ impl Accounts {
         for jti in storage.revoked_tokens(now_ms() / 1000).await? {
             broker.authenticator().revoke(&jti);
         }
-        Ok(Accounts { storage, broker, settings })
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let per_minute = settings.accounts.attempts_per_minute;
+        Ok(Accounts {
+            storage,
+            broker,
+            settings,
+            hashing: Arc::new(Semaphore::new(cores)),
+            by_address: Arc::new(Throttle::per_minute(per_minute)),
+            by_name: Arc::new(Throttle::per_minute(per_minute)),
+        })
+    }
+
+    /// Counts a login or registration attempt from `client` for `username`.
+    fn attempt(&self, client: Option<IpAddr>, username: &str) -> Result<(), AccountError> {
+        let per_minute = self.settings.accounts.attempts_per_minute;
+        if let Some(client) = client
+            && let Err(retry_after) = self.by_address.check(&client.to_string())
+        {
+            return Err(AccountError::Limited {
+                which: "from this address",
+                per_minute,
+                retry_after,
+            });
+        }
+        self.by_name.check(&username.to_ascii_lowercase()).map_err(|retry_after| {
+            AccountError::Limited { which: "for this user name", per_minute, retry_after }
+        })
+    }
+
+    /// Runs argon2 on a blocking thread, at most one per core at a time.
+    async fn hash_work<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, AccountError> {
+        let _permit =
+            self.hashing.acquire().await.map_err(|e| AccountError::Internal(e.to_string()))?;
+        tokio::task::spawn_blocking(work).await.map_err(|e| AccountError::Internal(e.to_string()))
+    }
+
+    /// Whether `name` belongs to a configured identity (a `[auth] users` login or a
+    /// `[authorization] send_by_user` principal), which no one may register.
+    fn reserved(&self, name: &str) -> bool {
+        let same = |other: &str| other.eq_ignore_ascii_case(name);
+        self.settings.auth.users.iter().any(|u| same(&u.login))
+            || self.settings.authorization.send_by_user.keys().any(|k| same(k))
     }
 
     fn check(credentials: &Credentials) -> Result<(), AccountError> {
@@ -104,11 +171,17 @@ impl Accounts {
         Ok(())
     }
 
-    /// Creates an account and signs it in.
+    /// Creates an account and signs it in; `client` is the caller's address, for the rate
+    /// limit.
     ///
     /// # Errors
-    /// Invalid fields, a taken name, registration closed, or external tokens.
-    pub async fn register(&self, credentials: Credentials) -> Result<TokenResponse, AccountError> {
+    /// Invalid fields, a taken or reserved name, registration closed, external tokens, or
+    /// too many attempts.
+    pub async fn register(
+        &self,
+        credentials: Credentials,
+        client: Option<IpAddr>,
+    ) -> Result<TokenResponse, AccountError> {
         if !self.settings.accounts.registration {
             return Err(AccountError::RegistrationClosed);
         }
@@ -116,42 +189,52 @@ impl Accounts {
             return Err(AccountError::ExternalTokens);
         }
         Self::check(&credentials)?;
+        self.attempt(client, &credentials.username)?;
+        if self.reserved(&credentials.username) {
+            return Err(AccountError::Reserved(credentials.username));
+        }
         let password = credentials.password;
         let mut salt = [0u8; 16];
         getrandom::fill(&mut salt).map_err(|e| AccountError::Internal(e.to_string()))?;
         let salt =
             SaltString::encode_b64(&salt).map_err(|e| AccountError::Internal(e.to_string()))?;
-        let hash = tokio::task::spawn_blocking(move || {
-            Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string())
-        })
-        .await
-        .map_err(|e| AccountError::Internal(e.to_string()))?
-        .map_err(|e| AccountError::Internal(e.to_string()))?;
+        let hash = self
+            .hash_work(move || {
+                Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string())
+            })
+            .await?
+            .map_err(|e| AccountError::Internal(e.to_string()))?;
         let credits = if self.settings.credits.enabled { self.settings.credits.initial } else { 0 };
         let user = UserRecord { username: credentials.username, password_hash: hash, credits };
         self.storage.create_user(&user, now_ms()).await?;
         self.issue(&user.username)
     }
 
-    /// Checks a password and signs in.
+    /// Checks a password and signs in; `client` is the caller's address, for the rate limit.
     ///
     /// # Errors
-    /// [`AccountError::BadCredentials`] for an unknown user or a wrong password.
-    pub async fn login(&self, credentials: Credentials) -> Result<TokenResponse, AccountError> {
+    /// [`AccountError::BadCredentials`] for an unknown user or a wrong password, or too many
+    /// attempts.
+    pub async fn login(
+        &self,
+        credentials: Credentials,
+        client: Option<IpAddr>,
+    ) -> Result<TokenResponse, AccountError> {
         if self.settings.jwt.algorithm != "HS256" {
             return Err(AccountError::ExternalTokens);
         }
+        self.attempt(client, &credentials.username)?;
         let user = self.storage.user(&credentials.username).await?;
         let stored =
             user.as_ref().map_or_else(|| DUMMY_HASH.to_owned(), |u| u.password_hash.clone());
         let password = credentials.password;
-        let valid = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&stored).is_ok_and(|hash| {
-                Argon2::default().verify_password(password.as_bytes(), &hash).is_ok()
+        let valid = self
+            .hash_work(move || {
+                PasswordHash::new(&stored).is_ok_and(|hash| {
+                    Argon2::default().verify_password(password.as_bytes(), &hash).is_ok()
+                })
             })
-        })
-        .await
-        .map_err(|e| AccountError::Internal(e.to_string()))?;
+            .await?;
         match user {
             Some(user) if valid => self.issue(&user.username),
             _ => Err(AccountError::BadCredentials),

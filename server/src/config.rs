@@ -14,8 +14,9 @@ Settings (TOML file given by --config, each also an environment variable
 TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the file):
 
 [jwt]
-  secret = \"\"              HS256 signing secret (TASKPULSE_JWT_SECRET). Empty: one is
-                           generated once and kept in <data-dir>/jwt-secret
+  secret = \"\"              HS256 signing secret (TASKPULSE_JWT_SECRET), at least 32 bytes.
+                           Empty: one is generated once and kept in <data-dir>/jwt-secret
+                           (mode 0600)
   algorithm = \"HS256\"      HS256, RS256 or ES256; tokens with any other alg are refused
   public_key_file = \"\"     PEM public key for RS256/ES256
   issuer = \"\"              required `iss` claim, if set
@@ -30,7 +31,10 @@ TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the fil
   send = [\"/queue/**\", \"/topic/chat.**\"]
                            destinations every user may SEND to (`*` one segment, `**` any rest;
                            /app/** is always allowed, it is routed to the server's handlers)
-  send_by_user = {}        extra patterns per principal, e.g. { backend = [\"/topic/**\"] }
+  send_by_user = {}        extra patterns per configured principal, e.g.
+                           { backend = [\"/topic/**\"] }; they apply to [auth] users logins
+                           (and to tokens of an external RS256/ES256 issuer), never to a
+                           registered account, and these names cannot be registered
 
 [stomp]
   connect_timeout_ms = 10000   close connections that have not sent CONNECT by then
@@ -38,7 +42,7 @@ TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the fil
   heartbeat_max_ms = 60000     [min, max]; a client offering 0 gets none
   heartbeat_tolerance = 2.0    silence allowed = negotiated interval x tolerance
   always_binary = false        send every frame as a binary WebSocket message
-  queue_pending = 10000        messages a /queue/** destination keeps while nobody consumes
+  queue_pending = 10000        messages one /queue/** destination keeps while nobody consumes
 
 [limits]
   frame_size = 65536               largest inbound frame, bytes
@@ -47,14 +51,24 @@ TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the fil
   subscriptions_per_connection = 256
   connections_per_user = 32
   unacked_per_subscription = 1024  client/client-individual deliveries awaiting ACK
-  outbound_buffer = 1048576        bytes waiting to be written to one connection; beyond it
-                                   task progress is coalesced, anything else disconnects
+  outbound_buffer = 1048576        bytes waiting to be written to one connection, counting
+                                   every frame (headers, receipts, replays, snapshots); beyond
+                                   it task progress is coalesced, anything else disconnects
+                                   (ERROR slow consumer). Deliveries awaiting ACK may hold as
+                                   much again
+  transactions_per_connection = 16 open STOMP transactions (BEGIN without COMMIT/ABORT)
+  transaction_bytes = 1048576      bytes the frames of a connection's open transactions hold
+  queues = 10000                   /queue/** destinations that exist at once (an empty one
+                                   without consumers is dropped)
+  queue_bytes = 67108864           bytes the messages waiting in all queues hold together
   ws_read_buffer = 4096            WebSocket read buffer per connection, bytes
   ws_write_buffer = 4096           WebSocket write buffer per connection, bytes
 
 [accounts]
   registration = true      POST /api/auth/register is open; false refuses it (403)
   token_ttl_s = 86400      lifetime of the tokens this server issues, seconds
+  attempts_per_minute = 10 login/register attempts per client address and per user name
+                           per minute; more get 429 with Retry-After
 
 [tasks]
   progress_interval_ms = 100   at most one progress push per task per interval (the latest
@@ -64,6 +78,14 @@ TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the fil
   result_url_ttl_s = 86400     lifetime of the signed resultUrl that <img src> can load
   image_fetch_bytes = 10485760 largest input image fetched for image-to-image
   image_fetch_timeout_ms = 10000
+  image_max_pixels = 16000000  largest input image decoded (width x height), checked before
+                               any pixel buffer is allocated
+  image_fetch_allow = []       hosts or CIDR ranges imageUrl may reach although they are not
+                               public, e.g. [\"127.0.0.1/32\", \"images.internal\"]; by default
+                               loopback, private, link-local and other non-public addresses
+                               are refused (every resolved address and redirect hop)
+  max_active_per_user = 100    unfinished tasks one user may have; more get 429
+  submissions_per_minute = 120 tasks one user may submit per minute; more get 429
 
 [demo]
   concurrency = 2          demo tasks running at once; the rest wait in a queue
@@ -105,6 +127,7 @@ TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the fil
   cors_origins = []        other origins whose pages may call the HTTP API, e.g.
                            [\"http://localhost:5173\"]; [\"*\"] allows any (no cookies are
                            used: the API takes Bearer tokens)
+  body_limit = 1048576     largest HTTP request body, bytes; larger ones get 413
 ";
 
 /// The command line. Everything else comes from [`Settings`].
@@ -313,6 +336,20 @@ impl Settings {
         if self.tasks.page_size == 0 || self.tasks.page_size > 100 {
             return Err(invalid("tasks.page_size", "must be between 1 and 100"));
         }
+        for entry in &self.tasks.image_fetch_allow {
+            if crate::tasks::HostRule::parse(entry).is_none() {
+                return Err(invalid(
+                    "tasks.image_fetch_allow",
+                    &format!("{entry:?} is neither a host name nor an address or CIDR range"),
+                ));
+            }
+        }
+        if self.accounts.attempts_per_minute == 0 || self.tasks.submissions_per_minute == 0 {
+            return Err(invalid(
+                "accounts.attempts_per_minute/tasks.submissions_per_minute",
+                "must be at least 1",
+            ));
+        }
         if self.demo.concurrency == 0 || self.comfyui.concurrency == 0 {
             return Err(invalid("demo.concurrency/comfyui.concurrency", "must be at least 1"));
         }
@@ -477,6 +514,14 @@ pub struct LimitSettings {
     pub ws_read_buffer: usize,
     /// WebSocket write buffer per connection.
     pub ws_write_buffer: usize,
+    /// Open transactions per connection.
+    pub transactions_per_connection: usize,
+    /// Bytes held by one connection's open transactions.
+    pub transaction_bytes: usize,
+    /// `/queue/**` destinations at once.
+    pub queues: usize,
+    /// Bytes of the messages waiting in all queues.
+    pub queue_bytes: usize,
 }
 
 impl Default for LimitSettings {
@@ -491,6 +536,10 @@ impl Default for LimitSettings {
             outbound_buffer: 1024 * 1024,
             ws_read_buffer: 4096,
             ws_write_buffer: 4096,
+            transactions_per_connection: 16,
+            transaction_bytes: 1024 * 1024,
+            queues: 10_000,
+            queue_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -503,11 +552,13 @@ pub struct AccountSettings {
     pub registration: bool,
     /// Lifetime of issued tokens, seconds.
     pub token_ttl_s: u64,
+    /// Login and registration attempts per client address and per user name per minute.
+    pub attempts_per_minute: u32,
 }
 
 impl Default for AccountSettings {
     fn default() -> Self {
-        AccountSettings { registration: true, token_ttl_s: 86_400 }
+        AccountSettings { registration: true, token_ttl_s: 86_400, attempts_per_minute: 10 }
     }
 }
 
@@ -527,6 +578,14 @@ pub struct TaskSettings {
     pub image_fetch_bytes: usize,
     /// Time allowed to fetch an input image.
     pub image_fetch_timeout_ms: u64,
+    /// Largest input image decoded, in pixels.
+    pub image_max_pixels: u64,
+    /// Non-public hosts or ranges image URLs may reach.
+    pub image_fetch_allow: Vec<String>,
+    /// Unfinished tasks per user.
+    pub max_active_per_user: u32,
+    /// Submissions per user per minute.
+    pub submissions_per_minute: u32,
 }
 
 impl Default for TaskSettings {
@@ -538,6 +597,10 @@ impl Default for TaskSettings {
             result_url_ttl_s: 86_400,
             image_fetch_bytes: 10 * 1024 * 1024,
             image_fetch_timeout_ms: 10_000,
+            image_max_pixels: 16_000_000,
+            image_fetch_allow: Vec::new(),
+            max_active_per_user: 100,
+            submissions_per_minute: 120,
         }
     }
 }
@@ -653,13 +716,21 @@ impl Default for ReplaySettings {
 }
 
 /// `[api]`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiSettings {
     /// Accepted `X-API-Key` values.
     pub keys: Vec<String>,
     /// Origins allowed by CORS (`*`: any).
     pub cors_origins: Vec<String>,
+    /// Largest HTTP request body.
+    pub body_limit: usize,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings { keys: Vec::new(), cors_origins: Vec::new(), body_limit: 1024 * 1024 }
+    }
 }
 
 #[cfg(test)]

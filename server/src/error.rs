@@ -38,6 +38,17 @@ pub enum AppError {
     /// The body is not JSON.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The body is larger than the server accepts.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// A rate limit or quota was hit; `retry_after` says when trying again can succeed.
+    #[error("{message}")]
+    TooManyRequests {
+        /// Which limit, naming its setting.
+        message: String,
+        /// The wait, for `Retry-After` (none for a quota that frees up when tasks end).
+        retry_after: Option<std::time::Duration>,
+    },
     /// The server is configured without this feature.
     #[error("{0}")]
     NotImplemented(String),
@@ -63,6 +74,8 @@ impl IntoResponse for AppError {
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             AppError::Internal(detail) => {
                 tracing::error!("request failed: {detail}");
@@ -73,9 +86,18 @@ impl IntoResponse for AppError {
             AppError::BadRequest { field, .. } => field.clone(),
             _ => None,
         };
+        let retry_after = match &self {
+            AppError::TooManyRequests { retry_after, .. } => *retry_after,
+            _ => None,
+        };
         let body = Json(ApiError { error: self.to_string(), field });
         if status == StatusCode::UNAUTHORIZED {
             return (status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response();
+        }
+        if let Some(wait) = retry_after {
+            // Whole seconds, rounded up: a client retrying then is allowed.
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            return (status, [(header::RETRY_AFTER, seconds.to_string())], body).into_response();
         }
         (status, body).into_response()
     }
@@ -88,6 +110,9 @@ impl From<TaskError> for AppError {
             TaskError::NotFound(_) => AppError::NotFound(error.to_string()),
             TaskError::Conflict(message) => AppError::Conflict(message),
             TaskError::InsufficientCredits { .. } => AppError::PaymentRequired(error.to_string()),
+            TaskError::Limited { retry_after, .. } => {
+                AppError::TooManyRequests { message: error.to_string(), retry_after }
+            }
             TaskError::Storage(e) => AppError::Internal(e.to_string()),
         }
     }
@@ -99,8 +124,14 @@ impl From<AccountError> for AppError {
             AccountError::Invalid { field, .. } => AppError::field(field, error.to_string()),
             AccountError::RegistrationClosed => AppError::Forbidden(error.to_string()),
             AccountError::ExternalTokens => AppError::NotImplemented(error.to_string()),
-            AccountError::Taken(_) => AppError::Conflict(error.to_string()),
+            AccountError::Taken(_) | AccountError::Reserved(_) => {
+                AppError::Conflict(error.to_string())
+            }
             AccountError::BadCredentials => AppError::Unauthorized(error.to_string()),
+            AccountError::Limited { retry_after, .. } => AppError::TooManyRequests {
+                message: error.to_string(),
+                retry_after: Some(retry_after),
+            },
             AccountError::NotRevocable => {
                 AppError::BadRequest { message: error.to_string(), field: None }
             }

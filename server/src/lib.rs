@@ -14,6 +14,7 @@ pub mod replay;
 mod secret;
 pub mod storage;
 pub mod tasks;
+mod throttle;
 mod web;
 mod ws;
 

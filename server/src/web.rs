@@ -3,7 +3,7 @@
 
 use axum::{
     Json, Router,
-    extract::State,
+    extract::{DefaultBodyLimit, State},
     http::Uri,
     response::{Html, IntoResponse, Response},
     routing::get,
@@ -32,7 +32,8 @@ pub fn app(state: AppState) -> Router {
         routes.fallback(ui_missing)
     };
     let cors = cors(&state.config.settings.api.cors_origins);
-    let routes = routes.with_state(state);
+    let body_limit = DefaultBodyLimit::max(state.config.settings.api.body_limit);
+    let routes = routes.layer(body_limit).with_state(state);
     match cors {
         Some(cors) => routes.layer(cors),
         None => routes,

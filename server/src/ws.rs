@@ -8,7 +8,7 @@ use axum::{
     Extension,
     extract::{
         ConnectInfo, Query, State,
-        ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
+        ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
     },
     response::Response,
 };
@@ -21,6 +21,16 @@ use crate::{
     AppState,
     broker::{Broker, Flow, Outbox, Outgoing, Session, TransportInfo},
 };
+
+/// Whether a WebSocket read failed because the message exceeded the size cap.
+fn too_large(error: axum::Error) -> Result<(), String> {
+    use tokio_tungstenite::tungstenite::Error;
+    let inner = error.into_inner();
+    match inner.downcast_ref::<Error>() {
+        Some(Error::Capacity(_)) => Ok(()),
+        _ => Err(inner.to_string()),
+    }
+}
 
 /// Subprotocols in order of preference.
 const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
@@ -120,13 +130,35 @@ async fn read(
         };
         last_seen = Instant::now();
         let flow = match next {
-            None | Some(Ok(Message::Close(_))) => {
+            None => {
                 session.on_eof();
                 return Flow::Continue;
             }
+            Some(Ok(Message::Close(_))) => {
+                // RFC 6455 5.5.1: the close is echoed; the writer sends it.
+                session.on_eof();
+                session.outbox().closed_by_peer();
+                return Flow::Close;
+            }
             Some(Err(error)) => {
-                return session
-                    .transport_error("websocket error", format!("The WebSocket failed: {error}."));
+                let limit = session.frame_limit();
+                return match too_large(error) {
+                    Ok(()) => session.transport_error(
+                        "frame too large",
+                        format!(
+                            "A WebSocket message was larger than this server accepts: a STOMP \
+                             frame may have at most {limit} bytes (limits.frame_size)."
+                        ),
+                    ),
+                    Err(detail) => {
+                        tracing::debug!(%detail, "WebSocket read failed");
+                        session.transport_error(
+                            "websocket error",
+                            "The WebSocket connection broke the WebSocket protocol or failed."
+                                .into(),
+                        )
+                    }
+                };
             }
             Some(Ok(Message::Text(text))) => session.on_bytes(text.as_bytes()),
             Some(Ok(Message::Binary(bytes))) => session.on_bytes(&bytes),
@@ -156,8 +188,10 @@ async fn write(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Outbox>, alw
         }
         let version = outbox.version().unwrap_or(Version::V1_2);
         for item in batch.drain(..) {
-            if let Outgoing::Close = item {
-                let _ = sink.flush().await;
+            if let Outgoing::Close(reason) = item {
+                // After the client's own close this only flushes the echo tungstenite queued.
+                let close = CloseFrame { code: reason.code(), reason: Utf8Bytes::from_static("") };
+                let _ = sink.send(Message::Close(Some(close))).await;
                 let _ = sink.close().await;
                 return;
             }
@@ -174,10 +208,9 @@ async fn write(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Outbox>, alw
                 continue;
             };
             let bytes = Bytes::from(buffer);
-            let message = if text && !always_binary {
-                Message::Text(Utf8Bytes::try_from(bytes).expect("checked UTF-8"))
-            } else {
-                Message::Binary(bytes)
+            let message = match Utf8Bytes::try_from(bytes.clone()) {
+                Ok(text_bytes) if text && !always_binary => Message::Text(text_bytes),
+                _ => Message::Binary(bytes),
             };
             if sink.feed(message).await.is_err() {
                 return;

@@ -175,7 +175,7 @@ fn load(extra: &[String]) -> Result<(), String> {
     )?;
     let data = env::temp_dir().join(format!("taskpulse-load-{}", std::process::id()));
     std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
-    let secret = "load-secret";
+    let secret = "load-tests-secret-of-at-least-thirty-two-bytes";
     let server = test::ServerProcess::start(
         &root().join("target/release/taskpulse-server"),
         &data.join("no-ui"),

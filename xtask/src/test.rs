@@ -278,7 +278,7 @@ fn monitor_e2e() -> Result<String, String> {
 }
 
 /// Settings of the server the client's browser tests run against.
-const CLIENT_TEST_SECRET: &str = "client-tests-secret";
+const CLIENT_TEST_SECRET: &str = "client-tests-secret-of-thirty-two-bytes";
 const CLIENT_TEST_API_KEY: &str = "client-tests-api-key";
 
 /// client-wasm's `wasm-bindgen-test` suite in headless Chromium, against the real server
@@ -362,13 +362,16 @@ fn stompjs_interop() -> Result<String, String> {
         .map_err(|e| format!("npm ci in {}: {e}", dir.display()))?;
     quiet(cargo().args(["build", "-p", "taskpulse-server"]))?;
     let data = tempdir("taskpulse-interop-data")?;
-    let secret = "interop-secret";
+    let secret = "interop-tests-secret-of-thirty-two-bytes";
+    let passcode = "interop-backend-passcode";
+    let users = format!(r#"[{{ login = "backend", passcode = "{passcode}" }}]"#);
     let server = ServerProcess::start(
         &root().join("target/debug/taskpulse-server"),
         &data.join("no-ui"),
         &data,
         &[
             ("TASKPULSE_JWT_SECRET", secret),
+            ("TASKPULSE_AUTH_USERS", &users),
             ("TASKPULSE_AUTHORIZATION_SEND_BY_USER", r#"{ backend = ["/user/**", "/topic/**"] }"#),
             ("TASKPULSE_DEMO_DURATION_MS", "600"),
         ],
@@ -379,7 +382,8 @@ fn stompjs_interop() -> Result<String, String> {
             .current_dir(&dir)
             .env("TASKPULSE_WS_URL", format!("ws://{}/ws", server.addr))
             .env("TASKPULSE_HTTP_URL", format!("http://{}", server.addr))
-            .env("TASKPULSE_JWT_SECRET", secret),
+            .env("TASKPULSE_JWT_SECRET", secret)
+            .env("TASKPULSE_BACKEND_PASSCODE", passcode),
     );
     drop(server);
     let _ = std::fs::remove_dir_all(&data);

@@ -1,24 +1,40 @@
 //! `/api/auth/*` and `/api/me`.
 
-use axum::{Json, extract::State, http::StatusCode};
+use std::net::SocketAddr;
+
+use axum::{
+    Extension, Json,
+    extract::{ConnectInfo, State},
+    http::StatusCode,
+};
 use taskpulse_shared::dto::{Credentials, Me, TokenResponse};
 
 use super::{Body, User};
 use crate::{AppError, AppState};
 
+/// The caller's address, when the server was started with connect info (tests calling the
+/// router directly have none).
+type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
+
+fn address(peer: Peer) -> Option<std::net::IpAddr> {
+    peer.map(|Extension(ConnectInfo(addr))| addr.ip())
+}
+
 pub(super) async fn register(
     State(state): State<AppState>,
+    peer: Peer,
     Body(credentials): Body<Credentials>,
 ) -> Result<(StatusCode, Json<TokenResponse>), AppError> {
-    let token = state.accounts.register(credentials).await?;
+    let token = state.accounts.register(credentials, address(peer)).await?;
     Ok((StatusCode::CREATED, Json(token)))
 }
 
 pub(super) async fn login(
     State(state): State<AppState>,
+    peer: Peer,
     Body(credentials): Body<Credentials>,
 ) -> Result<Json<TokenResponse>, AppError> {
-    Ok(Json(state.accounts.login(credentials).await?))
+    Ok(Json(state.accounts.login(credentials, address(peer)).await?))
 }
 
 pub(super) async fn logout(

@@ -9,7 +9,7 @@ use axum::{
     Router,
     body::Bytes,
     extract::{FromRequest, FromRequestParts, Request},
-    http::{header, request::Parts},
+    http::{StatusCode, header, request::Parts},
     routing::{get, post},
 };
 use serde::de::DeserializeOwned;
@@ -107,10 +107,10 @@ impl FromRequestParts<AppState> for Backend {
 /// A JSON body whose errors name the offending field.
 pub(crate) struct Body<T>(pub(crate) T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
     type Rejection = AppError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Body<T>, AppError> {
+    async fn from_request(request: Request, state: &AppState) -> Result<Body<T>, AppError> {
         let json = request
             .headers()
             .get(header::CONTENT_TYPE)
@@ -121,8 +121,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
                 "the body must be JSON with Content-Type: application/json".into(),
             ));
         }
+        let limit = state.config.settings.api.body_limit;
         let bytes = Bytes::from_request(request, state).await.map_err(|e| {
-            AppError::BadRequest { message: format!("cannot read the body: {e}"), field: None }
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                AppError::PayloadTooLarge(format!(
+                    "the body is larger than {limit} bytes (api.body_limit)"
+                ))
+            } else {
+                AppError::BadRequest { message: format!("cannot read the body: {e}"), field: None }
+            }
         })?;
         let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
         match serde_path_to_error::deserialize(&mut deserializer) {

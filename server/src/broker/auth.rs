@@ -41,6 +41,10 @@ pub struct Principal {
     pub name: String,
     /// The token's `jti`, when it had one.
     pub token_id: Option<String>,
+    /// A configured identity: a `[auth] users` login, or a token from an external issuer
+    /// (RS256/ES256), whose names no one can register here. Only these get the rights of
+    /// `[authorization] send_by_user`; an account anyone registered never does.
+    pub configured: bool,
 }
 
 /// Why authentication failed. Logged; the client only sees "authentication failed".
@@ -61,12 +65,19 @@ pub enum AuthError {
     /// A configured login with the wrong passcode.
     #[error("wrong passcode for configured user {0:?}")]
     WrongPasscode(String),
+    /// `login`/`passcode` for a login that is not configured, and no token anywhere.
+    #[error("login {0:?} is not a configured user ([auth] users) and no token was given")]
+    UnknownLogin(String),
 }
 
 /// Why the authentication settings are unusable.
 #[derive(Debug, thiserror::Error)]
 #[error("jwt settings: {0}")]
 pub struct KeyError(String);
+
+/// The shortest HS256 secret accepted: 256 bits, the size of the HMAC's output. A short
+/// secret can be found by trying candidates against any token the server issued.
+pub(crate) const MIN_SECRET_BYTES: usize = 32;
 
 /// Validates credentials against the configured keys and users.
 pub struct Authenticator {
@@ -98,6 +109,12 @@ impl Authenticator {
             "HS256" => {
                 let secret = if jwt.secret.is_empty() {
                     stored_secret(data_dir, "jwt-secret")?
+                } else if jwt.secret.len() < MIN_SECRET_BYTES {
+                    return Err(KeyError(format!(
+                        "jwt.secret has {} bytes; an HS256 secret needs at least \
+                         {MIN_SECRET_BYTES} (leave it empty to have one generated)",
+                        jwt.secret.len()
+                    )));
                 } else {
                     jwt.secret.clone().into_bytes()
                 };
@@ -166,7 +183,7 @@ impl Authenticator {
             && let Some(expected) = self.users.get(login)
         {
             return if constant_time_eq(expected.as_bytes(), passcode.as_bytes()) {
-                Ok(Principal { name: login.to_owned(), token_id: None })
+                Ok(Principal { name: login.to_owned(), token_id: None, configured: true })
             } else {
                 Err(AuthError::WrongPasscode(login.to_owned()))
             };
@@ -174,9 +191,10 @@ impl Authenticator {
         if let Some(token) = connect.header("passcode").filter(|p| p.matches('.').count() == 2) {
             return self.validate(token);
         }
-        match access_token {
-            Some(token) => self.validate(token),
-            None => Err(AuthError::NoCredentials),
+        match (access_token, connect.header("login")) {
+            (Some(token), _) => self.validate(token),
+            (None, Some(login)) => Err(AuthError::UnknownLogin(login.to_owned())),
+            (None, None) => Err(AuthError::NoCredentials),
         }
     }
 
@@ -186,7 +204,8 @@ impl Authenticator {
     /// An [`AuthError`] saying why.
     pub fn validate(&self, token: &str) -> Result<Principal, AuthError> {
         let claims = self.validate_claims(token)?;
-        Ok(Principal { name: claims.sub, token_id: claims.jti })
+        let configured = self.algorithm != Algorithm::HS256;
+        Ok(Principal { name: claims.sub, token_id: claims.jti, configured })
     }
 
     /// Validates one token and returns its claims (logout needs `jti` and `exp`).
@@ -221,18 +240,57 @@ impl Authenticator {
     }
 }
 
-/// Reads `data_dir/<name>`, creating it with 32 random bytes (hex) the first time.
+/// Reads `data_dir/<name>`, creating it with 32 random bytes (hex) the first time. The file
+/// is readable by its owner only (0600); one left readable by others is tightened.
 pub(crate) fn stored_secret(data_dir: &Path, name: &str) -> Result<Vec<u8>, KeyError> {
     let path = data_dir.join(name);
+    let cannot =
+        |what: &str, e: std::io::Error| KeyError(format!("cannot {what} {}: {e}", path.display()));
     match std::fs::read_to_string(&path) {
-        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().as_bytes().to_vec()),
+        Ok(text) if !text.trim().is_empty() => {
+            owner_only(&path).map_err(|e| cannot("restrict", e))?;
+            return Ok(text.trim().as_bytes().to_vec());
+        }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(KeyError(format!("cannot read {}: {e}", path.display()))),
+        Err(e) => return Err(cannot("read", e)),
     }
     let hex = random_hex(32).map_err(|e| KeyError(format!("no randomness: {e}")))?;
-    std::fs::create_dir_all(data_dir)
-        .and_then(|()| std::fs::write(&path, &hex))
-        .map_err(|e| KeyError(format!("cannot write {}: {e}", path.display())))?;
+    std::fs::create_dir_all(data_dir).map_err(|e| cannot("create the directory of", e))?;
+    write_owner_only(&path, hex.as_bytes()).map_err(|e| cannot("write", e))?;
     Ok(hex.into_bytes())
+}
+
+#[cfg(unix)]
+fn write_owner_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)?;
+    // `mode` applies only to a file this call created.
+    owner_only(path)
+}
+
+#[cfg(not(unix))]
+fn write_owner_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, bytes)
+}
+
+#[cfg(unix)]
+fn owner_only(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn owner_only(_: &Path) -> std::io::Result<()> {
+    Ok(())
 }

@@ -4,7 +4,7 @@
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use taskpulse_shared::stomp::{Command, Frame, Headers, Version, encode};
+use taskpulse_shared::stomp::{Command, Frame, Headers, Version, encode, encode_header};
 
 /// What the server publishes through [`super::Broker::send_to_user`] and
 /// [`super::Broker::publish`].
@@ -63,6 +63,8 @@ pub struct Message {
     pub(crate) coalesce: Option<Coalesce>,
     /// Whether the encoded frame is valid UTF-8 (a text WebSocket message).
     pub(crate) text: bool,
+    /// See [`Message::cost`]; computed once.
+    cost: usize,
     tails: [OnceLock<Option<Bytes>>; 3],
 }
 
@@ -75,6 +77,10 @@ impl Message {
         let text = std::str::from_utf8(&body).is_ok();
         // Copy small bodies so that a kept message does not pin a large read buffer.
         let body = if body.len() < 4096 { Bytes::copy_from_slice(&body) } else { body };
+        // The encoded frame (every header included) plus room for the per-delivery
+        // `subscription` and `ack` headers and `redelivered`.
+        let header_bytes: usize = headers.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
+        let cost = body.len() + destination.len() + id.len() + header_bytes + 96;
         Message {
             id,
             destination,
@@ -83,6 +89,7 @@ impl Message {
             redelivered: false,
             coalesce,
             text,
+            cost,
             tails: Default::default(),
         }
     }
@@ -102,12 +109,15 @@ impl Message {
             redelivered: true,
             coalesce: self.coalesce.clone(),
             text: self.text,
+            cost: self.cost,
             tails: Default::default(),
         }
     }
 
-    /// The encoded frame after `MESSAGE\n`: shared headers, blank line, body, NUL. `None` if a
-    /// header cannot be written in `version` (e.g. a newline in a 1.0 header).
+    /// The encoded frame after `MESSAGE\n`: shared headers, blank line, body, NUL. A header
+    /// that `version` cannot carry (a newline in a 1.0 header, a trailing CR before 1.2, in a
+    /// value some client SENT) is left out rather than costing every subscriber of that
+    /// version its connection. `None` only if the destination itself cannot be written.
     pub(crate) fn tail(&self, version: Version) -> Option<&Bytes> {
         let slot = &self.tails[version as usize];
         slot.get_or_init(|| {
@@ -117,7 +127,11 @@ impl Message {
             if self.redelivered {
                 frame.headers.push("redelivered", "true");
             }
-            frame.headers.extend(self.headers.iter());
+            let mut scratch = Vec::new();
+            frame.headers.extend(self.headers.iter().filter(|(name, value)| {
+                scratch.clear();
+                encode_header(name, value, Command::Message, version, &mut scratch).is_ok()
+            }));
             frame.headers.push("content-length", &self.body.len().to_string());
             let frame = frame.with_body(self.body.clone());
             let mut out = Vec::new();
@@ -127,9 +141,10 @@ impl Message {
         .as_ref()
     }
 
-    /// Bytes this message occupies in an outbound buffer, for the slow-consumer limit.
+    /// Bytes this message occupies in an outbound buffer, for the slow-consumer limit and
+    /// the unacknowledged bytes of a connection.
     pub(crate) fn cost(&self) -> usize {
-        self.body.len() + self.destination.len() + self.id.len() + 96
+        self.cost
     }
 }
 
@@ -146,4 +161,12 @@ pub(crate) fn is_protocol_header(name: &str) -> bool {
             | "ack"
             | "redelivered"
     )
+}
+
+/// Headers only the server writes: the delivery guarantee's (README, "Never losing a final
+/// status"). A client's SEND never carries them through to subscribers.
+pub(crate) fn is_reserved_header(name: &str) -> bool {
+    matches!(name, "seq" | "epoch" | "x-replayed")
+        || name.starts_with("x-snapshot")
+        || name.starts_with("x-resume-")
 }

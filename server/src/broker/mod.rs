@@ -24,8 +24,8 @@ pub use auth::{AuthError, Authenticator, Claims, KeyError, Principal};
 use bytes::Bytes;
 pub use destination::{Destination, DestinationError, pattern_matches};
 pub use message::{Coalesce, Publication};
-use message::{Message, is_protocol_header};
-pub use outbox::{Delivery, Outbox, Outgoing};
+use message::{Message, is_protocol_header, is_reserved_header};
+pub use outbox::{CloseReason, Delivery, Outbox, Outgoing};
 use outbox::{Leftovers, Unacked};
 pub use session::{Flow, Session, TransportInfo};
 use taskpulse_shared::stomp::{AckMode, Headers};
@@ -43,6 +43,14 @@ pub struct AppMessage {
     pub headers: Headers,
     /// The body.
     pub body: Bytes,
+}
+
+/// Who is SENDing: the principal, and whether it authenticated as a configured identity
+/// (only those get the rights of `[authorization] send_by_user`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sender<'a> {
+    pub(crate) principal: &'a str,
+    pub(crate) configured: bool,
 }
 
 /// Handles SENDs to one `/app/**` pattern. An `Err` becomes the ERROR frame's message.
@@ -63,13 +71,18 @@ pub enum RouteError {
         destination: String,
     },
     /// A queue with no consumer is holding its maximum of messages.
-    #[error("queue {queue:?} is full: {limit} messages are waiting for a consumer")]
+    #[error(
+        "queue {queue:?} is full: {limit} messages are waiting for a consumer (stomp.queue_pending)"
+    )]
     QueueFull {
         /// The queue.
         queue: String,
         /// `stomp.queue_pending`.
         limit: usize,
     },
+    /// Every queue together holds its maximum of bytes, or there are as many queues as allowed.
+    #[error("{0}")]
+    QueuesFull(String),
     /// No handler is registered for an `/app/**` destination.
     #[error("no application handler for {0:?}")]
     NoHandler(String),
@@ -97,6 +110,23 @@ struct Queue {
     pending: VecDeque<Arc<Message>>,
     consumers: Vec<Subscriber>,
     next: usize,
+}
+
+/// Every `/queue/**` destination, and the bytes their pending messages hold together.
+#[derive(Debug, Default)]
+struct Queues {
+    by_name: HashMap<Arc<str>, Queue>,
+    /// Sum of [`Message::cost`] over every queue's `pending`.
+    pending_bytes: usize,
+}
+
+impl Queues {
+    /// Drops `name` when nobody consumes it and nothing waits in it.
+    fn drop_if_idle(&mut self, name: &str) {
+        if self.by_name.get(name).is_some_and(|q| q.consumers.is_empty() && q.pending.is_empty()) {
+            self.by_name.remove(name);
+        }
+    }
 }
 
 /// Decides which SUBSCRIBEs to user destinations start with what the client missed, and
@@ -190,7 +220,7 @@ struct Inner {
     auth: Authenticator,
     /// Topics and user destinations: every subscriber gets every message.
     routes: RwLock<HashMap<RouteKey, Vec<Subscriber>>>,
-    queues: Mutex<HashMap<Arc<str>, Queue>>,
+    queues: Mutex<Queues>,
     /// Open sessions, for connection limits and shutdown.
     sessions: Mutex<OpenSessions>,
     apps: RwLock<Vec<(String, AppHandler)>>,
@@ -397,25 +427,33 @@ impl Broker {
         }
     }
 
-    fn may_send(&self, principal: &str, destination: &Destination) -> bool {
+    /// Whether `sender` may SEND to `destination`: the patterns everyone has, plus those
+    /// `[authorization] send_by_user` grants a configured identity.
+    fn may_send(&self, sender: &Sender<'_>, destination: &Destination) -> bool {
         let name = destination.to_string();
         let rules = &self.inner.settings.authorization;
-        let own = rules.send_by_user.get(principal).into_iter().flatten();
+        let own = rules
+            .send_by_user
+            .get(sender.principal)
+            .filter(|_| sender.configured)
+            .into_iter()
+            .flatten();
         rules.send.iter().chain(own).any(|pattern| pattern_matches(pattern, &name))
     }
 
     /// A client's SEND: authorized, then routed or handed to an application handler.
     fn client_send(
         &self,
-        principal: &str,
+        sender: &Sender<'_>,
         destination: &str,
         headers: Headers,
         body: Bytes,
     ) -> Result<(), RouteError> {
+        let principal = sender.principal;
         let resolved = match Destination::resolve(destination, principal) {
             // Sending to another user's private destination is a matter of authorization.
             Err(DestinationError::ForeignUser { .. }) => {
-                let rest = &destination["/user/".len()..];
+                let rest = destination.get("/user/".len()..).unwrap_or_default();
                 let (user, _) = rest.split_once('/').unwrap_or((rest, ""));
                 Destination::resolve(destination, user)?
             }
@@ -436,14 +474,19 @@ impl Broker {
             return handler(message)
                 .map_err(|reason| RouteError::Handler { destination: name.clone(), reason });
         }
-        if !self.may_send(principal, &resolved) {
+        if !self.may_send(sender, &resolved) {
             return Err(RouteError::Forbidden {
                 principal: principal.to_owned(),
                 destination: destination.to_owned(),
             });
         }
+        // STOMP's own headers are the broker's to write, and the delivery guarantee's
+        // (`seq`, `epoch`, `x-replayed`, `x-snapshot*`) are the server's: a forged `seq` would
+        // make a resuming client drop real updates. Neither passes through.
         let mut publication = Publication { headers: Headers::new(), body, coalesce: None };
-        publication.headers.extend(headers.iter().filter(|(n, _)| !is_protocol_header(n)));
+        publication.headers.extend(
+            headers.iter().filter(|(n, _)| !is_protocol_header(n) && !is_reserved_header(n)),
+        );
         self.route(&resolved, publication).map(|_| ())
     }
 
@@ -483,8 +526,10 @@ impl Broker {
                         None,
                         format!(
                             "Subscription {:?} has {limit} messages awaiting ACK \
-                             (limits.unacked_per_subscription).",
-                            &*s.sub
+                             (limits.unacked_per_subscription), or this connection's \
+                             unacknowledged messages hold more than {} bytes \
+                             (limits.outbound_buffer).",
+                            &*s.sub, self.inner.settings.limits.outbound_buffer
                         ),
                     );
                 }
@@ -496,15 +541,29 @@ impl Broker {
 
     fn enqueue(&self, name: &str, publication: Publication) -> Result<usize, RouteError> {
         let message = self.message(&Destination::Queue(name.to_owned()), publication);
-        let limit = self.inner.settings.stomp.queue_pending;
+        let settings = &self.inner.settings;
+        let limit = settings.stomp.queue_pending;
         let mut queues = lock(&self.inner.queues);
-        let queue = queues.entry(Arc::from(name)).or_default();
+        if !queues.by_name.contains_key(name) && queues.by_name.len() >= settings.limits.queues {
+            return Err(RouteError::QueuesFull(format!(
+                "there are already {} queues (limits.queues); /queue/{name} cannot be created",
+                settings.limits.queues
+            )));
+        }
+        if queues.pending_bytes + message.cost() > settings.limits.queue_bytes {
+            return Err(RouteError::QueuesFull(format!(
+                "the queues' waiting messages would hold more than {} bytes \
+                 (limits.queue_bytes); nothing consumes them fast enough",
+                settings.limits.queue_bytes
+            )));
+        }
+        let key: Arc<str> = Arc::from(name);
+        let queue = queues.by_name.entry(key.clone()).or_default();
         if queue.pending.len() >= limit {
             return Err(RouteError::QueueFull { queue: name.to_owned(), limit });
         }
-        queue.pending.push_back(message);
-        let key: Arc<str> = Arc::from(name);
-        Ok(dispatch(&key, queue, None))
+        queues.pending_bytes += message.cost();
+        Ok(queues.push_and_dispatch(&key, message, false, None))
     }
 
     /// Subscribes; a user destination the replay source wants is held and handed to it,
@@ -546,9 +605,8 @@ impl Broker {
         if let Destination::Queue(name) = destination {
             let key: Arc<str> = Arc::from(name.as_str());
             let mut queues = lock(&self.inner.queues);
-            let queue = queues.entry(key.clone()).or_default();
-            queue.consumers.push(subscriber);
-            dispatch(&key, queue, None);
+            queues.by_name.entry(key.clone()).or_default().consumers.push(subscriber);
+            queues.dispatch(&key, None);
         } else if let Some(key) = Self::route_key(destination) {
             write(&self.inner.routes).entry(key).or_default().push(subscriber);
         }
@@ -558,12 +616,10 @@ impl Broker {
         let keep = |s: &Subscriber| !(s.outbox.id == outbox && &*s.sub == sub);
         if let Destination::Queue(name) = destination {
             let mut queues = lock(&self.inner.queues);
-            if let Some(queue) = queues.get_mut(name.as_str()) {
+            if let Some(queue) = queues.by_name.get_mut(name.as_str()) {
                 queue.consumers.retain(keep);
-                if queue.consumers.is_empty() && queue.pending.is_empty() {
-                    queues.remove(name.as_str());
-                }
             }
+            queues.drop_if_idle(name);
         } else if let Some(key) = Self::route_key(destination) {
             let mut routes = write(&self.inner.routes);
             if let Some(subscribers) = routes.get_mut(&key) {
@@ -582,22 +638,23 @@ impl Broker {
         let mut touched: Vec<Arc<str>> = Vec::new();
         for Unacked { message, queue, .. } in settled {
             let Some(name) = queue else { continue };
-            if nack && let Some(q) = queues.get_mut(&name) {
-                q.pending.push_front(Arc::new(message.redelivery()));
-                dispatch(&name, q, Some(from));
+            if nack && queues.by_name.contains_key(&name) {
+                let message = Arc::new(message.redelivery());
+                queues.pending_bytes += message.cost();
+                queues.push_and_dispatch(&name, message, true, Some(from));
             }
             if !touched.contains(&name) {
                 touched.push(name);
             }
         }
         for name in touched {
-            if let Some(q) = queues.get_mut(&name) {
-                dispatch(&name, q, None);
-            }
+            queues.dispatch(&name, None);
+            queues.drop_if_idle(&name);
         }
     }
 
-    /// Queue messages a closed or unsubscribed consumer never acknowledged.
+    /// Queue messages a closed or unsubscribed consumer never acknowledged. They were
+    /// accepted once, so they come back even past `limits.queue_bytes`.
     fn redeliver(&self, leftovers: Leftovers) {
         if leftovers.redeliver.is_empty() {
             return;
@@ -606,24 +663,52 @@ impl Broker {
         let mut touched: Vec<Arc<str>> = Vec::new();
         // Oldest first at the front: push in reverse.
         for (name, message) in leftovers.redeliver.into_iter().rev() {
-            let queue = queues.entry(name.clone()).or_default();
-            queue.pending.push_front(Arc::new(message.redelivery()));
+            let message = Arc::new(message.redelivery());
+            queues.pending_bytes += message.cost();
+            queues.by_name.entry(name.clone()).or_default().pending.push_front(message);
             if !touched.contains(&name) {
                 touched.push(name);
             }
         }
         for name in touched {
-            if let Some(q) = queues.get_mut(&name) {
-                dispatch(&name, q, None);
-            }
+            queues.dispatch(&name, None);
         }
     }
 }
 
-/// Hands a queue's pending messages to its consumers in turn, skipping full or closing ones
-/// (and `exclude`, the consumer that just NACKed). Returns how many were handed out.
-fn dispatch(name: &Arc<str>, queue: &mut Queue, exclude: Option<u64>) -> usize {
+impl Queues {
+    /// Adds `message` to queue `name` (at the front for a redelivery) and dispatches.
+    fn push_and_dispatch(
+        &mut self,
+        name: &Arc<str>,
+        message: Arc<Message>,
+        front: bool,
+        exclude: Option<u64>,
+    ) -> usize {
+        let queue = self.by_name.entry(name.clone()).or_default();
+        if front {
+            queue.pending.push_front(message);
+        } else {
+            queue.pending.push_back(message);
+        }
+        self.dispatch(name, exclude)
+    }
+
+    /// Hands queue `name`'s pending messages to its consumers in turn, skipping full or
+    /// closing ones (and `exclude`, the consumer that just NACKed). Returns how many were
+    /// handed out.
+    fn dispatch(&mut self, name: &Arc<str>, exclude: Option<u64>) -> usize {
+        let Some(queue) = self.by_name.get_mut(name) else { return 0 };
+        let handed = dispatch(name, queue, exclude);
+        self.pending_bytes = self.pending_bytes.saturating_sub(handed.1);
+        handed.0
+    }
+}
+
+/// See [`Queues::dispatch`]; returns how many messages were handed out and their bytes.
+fn dispatch(name: &Arc<str>, queue: &mut Queue, exclude: Option<u64>) -> (usize, usize) {
     let mut handed = 0;
+    let mut bytes = 0;
     queue.consumers.retain(|c| !c.outbox.is_closed());
     'messages: while let Some(message) = queue.pending.front().cloned() {
         let n = queue.consumers.len();
@@ -639,10 +724,11 @@ fn dispatch(name: &Arc<str>, queue: &mut Queue, exclude: Option<u64>) -> usize {
                 queue.pending.pop_front();
                 queue.next = idx + 1;
                 handed += 1;
+                bytes += message.cost();
                 continue 'messages;
             }
         }
         break;
     }
-    handed
+    (handed, bytes)
 }

@@ -30,8 +30,47 @@ pub enum Outgoing {
         /// What to deliver.
         message: Arc<Message>,
     },
-    /// Close the connection after writing everything before this.
-    Close,
+    /// Close the connection after writing everything before this, saying why.
+    Close(CloseReason),
+}
+
+/// Why the server closes a connection, as a WebSocket close code (RFC 6455 7.4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// 1000: the session ended normally (DISCONNECT, or the client closed first).
+    Normal,
+    /// 1001: the server is shutting down.
+    GoingAway,
+    /// 1008: the client broke a rule (authentication, authorization, a limit, the protocol).
+    Policy,
+    /// 1009: a message was larger than allowed.
+    TooBig,
+    /// 1011: the server failed.
+    ServerError,
+}
+
+impl CloseReason {
+    /// The close code.
+    pub fn code(self) -> u16 {
+        match self {
+            CloseReason::Normal => 1000,
+            CloseReason::GoingAway => 1001,
+            CloseReason::Policy => 1008,
+            CloseReason::TooBig => 1009,
+            CloseReason::ServerError => 1011,
+        }
+    }
+
+    /// The close that follows an ERROR with this `message`.
+    fn after_error(message: &str) -> CloseReason {
+        match message {
+            "frame too large" | "header line too long" | "too many headers" => CloseReason::TooBig,
+            "server is shutting down" => CloseReason::GoingAway,
+            "disconnected" => CloseReason::Normal,
+            "internal error" => CloseReason::ServerError,
+            _ => CloseReason::Policy,
+        }
+    }
 }
 
 impl Outgoing {
@@ -53,7 +92,7 @@ impl Outgoing {
                 out.extend_from_slice(tail);
                 Some(message.text)
             }
-            Outgoing::Close => None,
+            Outgoing::Close(_) => None,
         }
     }
 }
@@ -92,7 +131,13 @@ pub struct Leftovers {
 #[derive(Debug, Default)]
 struct State {
     items: VecDeque<Outgoing>,
+    /// Encoded size of `items` (every frame: deliveries with their headers, RECEIPTs,
+    /// ERRORs, replays, snapshots).
     bytes: usize,
+    /// Size of the live messages in `held`; counted against the same ceiling as `bytes`.
+    held_bytes: usize,
+    /// Size of the deliveries in `unacked`.
+    unacked_bytes: usize,
     closed: bool,
     version: Option<Version>,
     heartbeat_every: Duration,
@@ -159,13 +204,40 @@ impl Outbox {
         self.lock().version
     }
 
-    /// Queues a control frame. Ignored once the outbox is closed.
+    /// Queues a control frame; it counts against the outbound ceiling like any other bytes.
+    /// A frame the session's version cannot carry (a client-chosen value in a header) is
+    /// never written half-right: the connection fails with an ERROR saying so. Ignored once
+    /// the outbox is closed.
     pub fn send(&self, command: ServerCommand) {
-        let bytes = command
+        let version = self.version().unwrap_or(Version::V1_2);
+        match command.into_frame().to_bytes(version) {
+            Ok(bytes) => self.push(Outgoing::Frame(bytes)),
+            Err(error) => self.fail(
+                "unrepresentable frame",
+                None,
+                format!(
+                    "The server cannot write its answer faithfully in STOMP {version}: {error}."
+                ),
+            ),
+        }
+    }
+
+    /// The ERROR frame, encoded: without the `receipt-id` if the version cannot carry it, and
+    /// at worst without the body.
+    fn error_frame(&self, message: &str, receipt_id: Option<String>, body: String) -> Bytes {
+        let version = self.version().unwrap_or(Version::V1_2);
+        let error = |receipt_id, body| ServerCommand::Error {
+            message: message.to_owned(),
+            receipt_id,
+            body,
+        };
+        error(receipt_id, body.clone())
             .into_frame()
-            .to_bytes(self.version().unwrap_or(Version::V1_2))
-            .expect("server control frames are representable");
-        self.push(Outgoing::Frame(bytes), 0);
+            .to_bytes(version)
+            .or_else(|_| error(None, body).into_frame().to_bytes(version))
+            .or_else(|_| error(None, String::new()).into_frame().to_bytes(version))
+            // Only static text is left: a bare frame that every version can carry.
+            .unwrap_or_else(|_| Bytes::from_static(b"ERROR\n\n\0"))
     }
 
     /// Queues an ERROR and then the close; nothing is accepted afterwards. Pending
@@ -173,18 +245,17 @@ impl Outbox {
     /// from [`Outbox::finish`] for redelivery), so the ERROR goes out at once even to a
     /// consumer that fell behind.
     pub fn fail(&self, message: &str, receipt_id: Option<String>, body: String) {
-        let bytes = ServerCommand::Error { message: message.to_owned(), receipt_id, body }
-            .into_frame()
-            .to_bytes(self.version().unwrap_or(Version::V1_2))
-            .expect("server ERROR frames are representable");
+        let bytes = self.error_frame(message, receipt_id, body);
         let mut state = self.lock();
         if state.closed {
             return;
         }
         let dropped: VecDeque<Outgoing> = std::mem::take(&mut state.items);
-        state.bytes = 0;
+        state.bytes = bytes.len();
+        state.held.clear();
+        state.held_bytes = 0;
         state.items.push_back(Outgoing::Frame(bytes));
-        state.items.push_back(Outgoing::Close);
+        state.items.push_back(Outgoing::Close(CloseReason::after_error(message)));
         state.closed = true;
         // Unwritten queue deliveries that needed an ACK are still in `unacked`; keep the
         // auto ones so that `finish` returns them too.
@@ -196,19 +267,51 @@ impl Outbox {
 
     /// Queues the close after everything already queued (DISCONNECT).
     pub fn close(&self) {
-        self.push(Outgoing::Close, 0);
+        self.push(Outgoing::Close(CloseReason::Normal));
         self.lock().closed = true;
     }
 
-    fn push(&self, item: Outgoing, cost: usize) {
+    /// The client closed the connection: nothing more can be written but the close's echo,
+    /// so whatever was queued is dropped (queue messages among it come back from
+    /// [`Outbox::finish`] for redelivery).
+    pub fn closed_by_peer(&self) {
+        let mut state = self.lock();
+        let dropped = std::mem::take(&mut state.items);
+        state.bytes = 0;
+        state.held.clear();
+        state.held_bytes = 0;
+        state.items.push_back(Outgoing::Close(CloseReason::Normal));
+        state.closed = true;
+        state.unsent.extend(unsent_queue_messages(dropped));
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// Queues a control frame or the close; past the ceiling the connection fails instead.
+    fn push(&self, item: Outgoing) {
+        let cost = match &item {
+            Outgoing::Frame(bytes) => bytes.len(),
+            _ => 0,
+        };
         let mut state = self.lock();
         if state.closed {
+            return;
+        }
+        if state.bytes + state.held_bytes + cost > self.buffer_limit {
+            drop(state);
+            self.fail_slow();
             return;
         }
         state.bytes += cost;
         state.items.push_back(item);
         drop(state);
         self.wake.notify_one();
+    }
+
+    /// Bytes queued, held and awaiting ACK, for tests and limits checks.
+    pub fn held_bytes(&self) -> usize {
+        let state = self.lock();
+        state.bytes + state.held_bytes + state.unacked_bytes
     }
 
     /// Hands `message` to subscription `sub`. When the buffer is over its limit, a
@@ -236,11 +339,15 @@ impl Outbox {
                 None => {}
             }
         }
-        if queue.is_none()
-            && let Some(held) = state.held.get_mut(sub)
-        {
-            if held.len() < HOLD_LIMIT {
+        if queue.is_none() && state.held.contains_key(sub) {
+            let cost = message.cost();
+            let fits = state.bytes + state.held_bytes + cost <= self.buffer_limit;
+            if let Some(held) = state.held.get_mut(sub)
+                && held.len() < HOLD_LIMIT
+                && fits
+            {
                 held.push(message.clone());
+                state.held_bytes += cost;
                 return Delivery::Queued;
             }
             drop(state);
@@ -263,7 +370,9 @@ impl Outbox {
         }
     }
 
-    /// Queues one delivery; `bounded` applies the buffer limit (and the slow-consumer policy).
+    /// Queues one delivery within the ceiling; `coalescable` lets a replaceable progress value
+    /// merge into an unwritten one instead of failing the connection (live messages only: a
+    /// catch-up is never merged).
     fn push_delivery(
         &self,
         state: &mut State,
@@ -271,15 +380,19 @@ impl Outbox {
         mode: AckMode,
         message: &Arc<Message>,
         queue: Option<&Arc<str>>,
-        bounded: bool,
+        coalescable: bool,
     ) -> Pushed {
         let cost = message.cost();
         if mode != AckMode::Auto
-            && state.unacked_per_sub.get(sub).copied().unwrap_or(0) >= self.unacked_limit
+            && (state.unacked_per_sub.get(sub).copied().unwrap_or(0) >= self.unacked_limit
+                || state.unacked_bytes + cost > self.buffer_limit)
         {
             return Pushed::Done(Delivery::AckLimit);
         }
-        if bounded && state.bytes + cost > self.buffer_limit {
+        if state.bytes + state.held_bytes + cost > self.buffer_limit {
+            if !coalescable {
+                return Pushed::SlowConsumer;
+            }
             return match coalesce(state, sub, message) {
                 Some(coalesced) => Pushed::Done(coalesced),
                 None => Pushed::SlowConsumer,
@@ -293,6 +406,7 @@ impl Outbox {
             let unacked =
                 Unacked { sub: sub.clone(), message: message.clone(), queue: queue.cloned() };
             state.unacked.insert(id, unacked);
+            state.unacked_bytes += cost;
             *state.unacked_per_sub.entry(sub.clone()).or_default() += 1;
             Some(id)
         };
@@ -311,8 +425,9 @@ impl Outbox {
             "slow consumer",
             None,
             format!(
-                "More than {limit} bytes were waiting to be sent to this connection \
-                 (limits.outbound_buffer). Messages that cannot be merged are not dropped \
+                "More than {limit} bytes (limits.outbound_buffer) were waiting to be sent to \
+                 this connection, counting every frame: messages with their headers, receipts, \
+                 replays and snapshots. Messages that cannot be merged are not dropped \
                  silently, so the connection is closed; reconnect and resubscribe."
             ),
         );
@@ -327,8 +442,9 @@ impl Outbox {
     /// Queues `replay` (what the client missed, oldest first), then the live messages held
     /// meanwhile, minus those the replay already contained (`seq` at or below `replayed_up_to`):
     /// no gap and no duplicate across the switch. The SUBSCRIBE's RECEIPT, if it asked for
-    /// one, goes between the two. The replay is not subject to the buffer
-    /// limit; its length is bounded by the caller (`replay.max_replay`).
+    /// one, goes between the two. The replay counts against the same
+    /// ceiling as everything else: a catch-up that does not fit fails the connection
+    /// (the caller sizes it to fit an empty buffer, see `replay::UserLog`).
     pub fn release(
         &self,
         sub: &Arc<str>,
@@ -337,14 +453,16 @@ impl Outbox {
         replayed_up_to: Option<i64>,
         receipt_id: Option<String>,
     ) {
-        let receipt = receipt_id.map(|receipt_id| {
-            ServerCommand::Receipt { receipt_id }
-                .into_frame()
-                .to_bytes(self.version().unwrap_or(Version::V1_2))
-                .expect("a RECEIPT is representable")
+        let version = self.version().unwrap_or(Version::V1_2);
+        // The session checked that its version can carry the id; if not, no RECEIPT rather
+        // than a wrong one.
+        let receipt = receipt_id.and_then(|receipt_id| {
+            ServerCommand::Receipt { receipt_id }.into_frame().to_bytes(version).ok()
         });
         let mut state = self.lock();
         let Some(held) = state.held.remove(sub) else { return };
+        let held_cost: usize = held.iter().map(|m| m.cost()).sum();
+        state.held_bytes = state.held_bytes.saturating_sub(held_cost);
         if state.closed {
             return;
         }
@@ -355,19 +473,32 @@ impl Outbox {
         if let Some(up_to) = replayed_up_to {
             state.floors.insert(sub.clone(), up_to);
         }
-        // Unbounded pushes never answer SlowConsumer.
+        let mut fits = true;
         for message in replay {
-            let _ = self.push_delivery(&mut state, sub, mode, &message, None, false);
+            fits &= !matches!(
+                self.push_delivery(&mut state, sub, mode, &message, None, false),
+                Pushed::SlowConsumer
+            );
         }
         // The SUBSCRIBE's RECEIPT marks the end of the catch-up.
         if let Some(receipt) = receipt {
+            fits &= state.bytes + state.held_bytes + receipt.len() <= self.buffer_limit;
+            state.bytes += receipt.len();
             state.items.push_back(Outgoing::Frame(receipt));
         }
         for message in live {
-            let _ = self.push_delivery(&mut state, sub, mode, &message, None, false);
+            fits &= !matches!(
+                self.push_delivery(&mut state, sub, mode, &message, None, false),
+                Pushed::SlowConsumer
+            );
         }
         drop(state);
-        self.wake.notify_one();
+        if fits {
+            self.wake.notify_one();
+        } else {
+            // Not a partial catch-up: the client resumes from where it was.
+            self.fail_slow();
+        }
     }
 
     /// Takes everything queued (for the writer), or waits until something is.
@@ -406,6 +537,7 @@ impl Outbox {
         }
         settled.push(target);
         for unacked in &settled {
+            state.unacked_bytes = state.unacked_bytes.saturating_sub(unacked.message.cost());
             if let Some(count) = state.unacked_per_sub.get_mut(&unacked.sub) {
                 *count = count.saturating_sub(1);
             }
@@ -432,12 +564,17 @@ impl Outbox {
             state.unacked.iter().filter(|(_, u)| &*u.sub == sub).map(|(k, _)| *k).collect();
         let mut leftovers = Leftovers::default();
         for id in ids {
-            if let Some(Unacked { message, queue: Some(queue), .. }) = state.unacked.remove(&id) {
+            let Some(Unacked { message, queue, .. }) = state.unacked.remove(&id) else { continue };
+            state.unacked_bytes = state.unacked_bytes.saturating_sub(message.cost());
+            if let Some(queue) = queue {
                 leftovers.redeliver.push((queue, message));
             }
         }
         state.unacked_per_sub.remove(sub);
-        state.held.remove(sub);
+        if let Some(held) = state.held.remove(sub) {
+            let cost: usize = held.iter().map(|m| m.cost()).sum();
+            state.held_bytes = state.held_bytes.saturating_sub(cost);
+        }
         state.floors.remove(sub);
         leftovers
     }
@@ -457,7 +594,9 @@ impl Outbox {
         let items = std::mem::take(&mut state.items);
         leftovers.redeliver.extend(unsent_queue_messages(items));
         state.unacked_per_sub.clear();
+        state.unacked_bytes = 0;
         state.held.clear();
+        state.held_bytes = 0;
         state.floors.clear();
         leftovers
     }
@@ -534,7 +673,7 @@ mod tests {
                 Outgoing::Frame(bytes) => {
                     String::from_utf8_lossy(bytes).lines().next().unwrap().to_owned()
                 }
-                Outgoing::Close => "CLOSE".into(),
+                Outgoing::Close(_) => "CLOSE".into(),
             })
             .collect()
     }

@@ -5,8 +5,8 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use taskpulse_shared::stomp::{
-    AckMode, Acknowledge, ClientCommand, ClientFrame, Connect, DecodeError, Decoder, Frame,
-    Headers, HeartBeat, Limits, Send, ServerCommand, Subscribe, Version,
+    AckMode, Acknowledge, ClientCommand, ClientFrame, Command, Connect, DecodeError, Decoder,
+    Frame, Headers, HeartBeat, Limits, Send, ServerCommand, Subscribe, Version, encode_header,
 };
 
 use super::{Broker, Destination, Outbox, RouteError, Subscriber};
@@ -47,11 +47,30 @@ enum Deferred {
 #[derive(Debug)]
 struct Connected {
     principal: Arc<str>,
+    /// Authenticated as a configured identity, so `[authorization] send_by_user` applies.
+    configured: bool,
     version: Version,
     send_every: Duration,
     expect_within: Duration,
     subscriptions: HashMap<String, Subscription>,
     transactions: HashMap<String, Vec<Deferred>>,
+    /// Bytes of the frames deferred in `transactions`.
+    transaction_bytes: usize,
+}
+
+impl Deferred {
+    /// What the deferred frame holds in memory, for `limits.transaction_bytes`.
+    fn size(&self) -> usize {
+        let headers = |h: &Headers| h.iter().map(|(n, v)| n.len() + v.len() + 2).sum::<usize>();
+        match self {
+            Deferred::Send(send) => {
+                send.destination.len() + headers(&send.headers) + send.body.len() + 64
+            }
+            Deferred::Settle(ack, _) => {
+                ack.id.len() + ack.subscription.as_ref().map_or(0, String::len) + 64
+            }
+        }
+    }
 }
 
 /// The resume position of a SUBSCRIBE: `x-resume-epoch` and `x-resume-seq`, both or neither.
@@ -100,7 +119,7 @@ impl From<RouteError> for Refusal {
         let message = match &error {
             RouteError::Destination(_) => "invalid destination",
             RouteError::Forbidden { .. } => "not allowed",
-            RouteError::QueueFull { .. } => "queue full",
+            RouteError::QueueFull { .. } | RouteError::QueuesFull(_) => "queue full",
             RouteError::NoHandler(_) => "unknown destination",
             RouteError::Handler { .. } => "rejected by the application",
         };
@@ -139,6 +158,11 @@ impl Session {
     /// The queue the transport writes from.
     pub fn outbox(&self) -> &Arc<Outbox> {
         &self.outbox
+    }
+
+    /// The largest frame accepted (`limits.frame_size`).
+    pub fn frame_limit(&self) -> usize {
+        self.broker.settings().limits.frame_size
     }
 
     /// The principal, once connected.
@@ -210,13 +234,19 @@ impl Session {
     }
 
     fn malformed(&mut self, error: &DecodeError) -> Flow {
-        let message = match error {
-            DecodeError::FrameTooLarge { .. } => "frame too large",
-            DecodeError::TooManyHeaders { .. } => "too many headers",
-            DecodeError::HeaderLineTooLong { .. } => "header line too long",
-            _ => "malformed frame",
+        let (message, setting) = match error {
+            DecodeError::FrameTooLarge { .. } => ("frame too large", Some("limits.frame_size")),
+            DecodeError::TooManyHeaders { .. } => ("too many headers", Some("limits.headers")),
+            DecodeError::HeaderLineTooLong { .. } => {
+                ("header line too long", Some("limits.header_line"))
+            }
+            _ => ("malformed frame", None),
         };
-        self.fail(refuse(message, error.to_string()), None)
+        let body = match setting {
+            Some(setting) => format!("{error} ({setting})."),
+            None => error.to_string(),
+        };
+        self.fail(refuse(message, body), None)
     }
 
     fn fail(&mut self, refusal: Refusal, receipt: Option<String>) -> Flow {
@@ -228,6 +258,22 @@ impl Session {
 
     fn on_frame(&mut self, frame: Frame) -> Flow {
         let receipt = frame.header("receipt").map(str::to_owned);
+        if let Some(id) = &receipt
+            && let Some(connected) = &self.connected
+            && !representable("receipt-id", id, Command::Receipt, connected.version)
+        {
+            let version = connected.version;
+            return self.fail(
+                refuse(
+                    "invalid receipt",
+                    format!(
+                        "The receipt header {id:?} cannot be echoed in a STOMP {version} RECEIPT \
+                         (a value ending in a carriage return needs STOMP 1.2)."
+                    ),
+                ),
+                None,
+            );
+        }
         let result = match self.connected.as_ref().map(|c| c.version) {
             None => self.on_connect(frame),
             Some(version) => match ClientFrame::parse(frame, version) {
@@ -275,6 +321,7 @@ impl Session {
             }
         };
         let token_id = principal.token_id;
+        let configured = principal.configured;
         let principal: Arc<str> = Arc::from(principal.name);
         self.broker
             .attach(&principal, token_id.as_deref(), &self.outbox)
@@ -302,11 +349,13 @@ impl Session {
         });
         self.connected = Some(Connected {
             principal,
+            configured,
             version,
             send_every: Duration::from_millis(send_every.into()),
             expect_within: Duration::from_millis(expect_within.into()),
             subscriptions: HashMap::new(),
             transactions: HashMap::new(),
+            transaction_bytes: 0,
         });
         Ok(Flow::Continue)
     }
@@ -327,13 +376,18 @@ impl Session {
     }
 
     fn on_command(&mut self, command: ClientCommand) -> Result<Flow, Refusal> {
-        let connected = self.connected.as_mut().expect("commands arrive after CONNECT");
+        let limits = &self.broker.settings().limits;
+        let (max_transactions, max_transaction_bytes) =
+            (limits.transactions_per_connection, limits.transaction_bytes);
+        let Some(connected) = self.connected.as_mut() else {
+            return Err(refuse("not connected", "The first frame must be CONNECT or STOMP."));
+        };
         match command {
             ClientCommand::Connect(_) => {
                 return Err(refuse("already connected", "This session is already connected."));
             }
             ClientCommand::Send(send) => match send.transaction.clone() {
-                Some(tx) => in_transaction(connected, &tx)?.push(Deferred::Send(send)),
+                Some(tx) => defer(connected, &tx, Deferred::Send(send), max_transaction_bytes)?,
                 None => self.apply_send(send)?,
             },
             ClientCommand::Subscribe(subscribe) => self.subscribe(subscribe)?,
@@ -348,11 +402,15 @@ impl Session {
                 self.broker.redeliver(self.outbox.drop_subscription(&id));
             }
             ClientCommand::Ack(ack) => match ack.transaction.clone() {
-                Some(tx) => in_transaction(connected, &tx)?.push(Deferred::Settle(ack, false)),
+                Some(tx) => {
+                    defer(connected, &tx, Deferred::Settle(ack, false), max_transaction_bytes)?;
+                }
                 None => self.settle(&ack, false)?,
             },
             ClientCommand::Nack(nack) => match nack.transaction.clone() {
-                Some(tx) => in_transaction(connected, &tx)?.push(Deferred::Settle(nack, true)),
+                Some(tx) => {
+                    defer(connected, &tx, Deferred::Settle(nack, true), max_transaction_bytes)?;
+                }
                 None => self.settle(&nack, true)?,
             },
             ClientCommand::Begin { transaction } => {
@@ -362,6 +420,16 @@ impl Session {
                         format!("Transaction {transaction:?} is already open."),
                     ));
                 }
+                if connected.transactions.len() >= max_transactions {
+                    return Err(refuse(
+                        "too many transactions",
+                        format!(
+                            "This connection already has {max_transactions} open transactions \
+                             (limits.transactions_per_connection); COMMIT or ABORT one first."
+                        ),
+                    ));
+                }
+                connected.transaction_bytes += transaction.len() + 64;
                 connected.transactions.insert(transaction, Vec::new());
             }
             ClientCommand::Commit { transaction } => {
@@ -382,14 +450,30 @@ impl Session {
     }
 
     fn apply_send(&mut self, send: Send) -> Result<(), Refusal> {
-        let principal = self.principal().expect("connected").to_owned();
-        self.broker.client_send(&principal, &send.destination, send.headers, send.body)?;
+        let Some(connected) = &self.connected else {
+            return Err(refuse("not connected", "The first frame must be CONNECT or STOMP."));
+        };
+        let sender =
+            super::Sender { principal: &connected.principal, configured: connected.configured };
+        self.broker.client_send(&sender, &send.destination, send.headers, send.body)?;
         Ok(())
     }
 
     fn subscribe(&mut self, subscribe: Subscribe) -> Result<(), Refusal> {
         let limit = self.broker.settings().limits.subscriptions_per_connection;
-        let connected = self.connected.as_mut().expect("connected");
+        let Some(connected) = self.connected.as_mut() else {
+            return Err(refuse("not connected", "The first frame must be CONNECT or STOMP."));
+        };
+        if !representable("subscription", &subscribe.id, Command::Message, connected.version) {
+            return Err(refuse(
+                "invalid subscription id",
+                format!(
+                    "The id {:?} cannot be written in the subscription header of a STOMP {} \
+                     MESSAGE (a value ending in a carriage return needs STOMP 1.2).",
+                    subscribe.id, connected.version
+                ),
+            ));
+        }
         let destination = Destination::resolve(&subscribe.destination, &connected.principal)
             .map_err(|e| refuse("invalid destination", e.to_string()))?;
         if let Destination::App(name) = &destination {
@@ -434,7 +518,9 @@ impl Session {
     }
 
     fn settle(&mut self, ack: &Acknowledge, nack: bool) -> Result<(), Refusal> {
-        let connected = self.connected.as_ref().expect("connected");
+        let Some(connected) = self.connected.as_ref() else {
+            return Err(refuse("not connected", "The first frame must be CONNECT or STOMP."));
+        };
         let unknown = || {
             refuse(
                 "unknown message",
@@ -455,7 +541,15 @@ impl Session {
     }
 
     /// Leaves the broker: subscriptions removed, unacknowledged queue messages redelivered.
-    pub fn end(mut self) {
+    /// Dropping the session does the same, so a transport task that panics or is aborted
+    /// never leaves a session registered.
+    pub fn end(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
         if let Some(connected) = self.connected.take() {
             for (id, subscription) in &connected.subscriptions {
                 self.broker.unsubscribe(&subscription.destination, self.outbox.id, id);
@@ -466,15 +560,40 @@ impl Session {
     }
 }
 
-fn in_transaction<'a>(
-    connected: &'a mut Connected,
+/// Whether `value` can be written as header `name` of a `command` frame in `version`.
+fn representable(name: &str, value: &str, command: Command, version: Version) -> bool {
+    encode_header(name, value, command, version, &mut Vec::new()).is_ok()
+}
+
+/// Adds a frame to an open transaction, within `limits.transaction_bytes` for all of the
+/// connection's open transactions together.
+fn defer(
+    connected: &mut Connected,
     tx: &str,
-) -> Result<&'a mut Vec<Deferred>, Refusal> {
-    connected.transactions.get_mut(tx).ok_or_else(|| unknown_transaction(tx))
+    action: Deferred,
+    max_bytes: usize,
+) -> Result<(), Refusal> {
+    let size = action.size();
+    if connected.transaction_bytes + size > max_bytes {
+        return Err(refuse(
+            "transaction too large",
+            format!(
+                "The open transactions of this connection would hold more than {max_bytes} \
+                 bytes (limits.transaction_bytes); COMMIT smaller transactions."
+            ),
+        ));
+    }
+    let deferred = connected.transactions.get_mut(tx).ok_or_else(|| unknown_transaction(tx))?;
+    deferred.push(action);
+    connected.transaction_bytes += size;
+    Ok(())
 }
 
 fn take_transaction(connected: &mut Connected, tx: &str) -> Result<Vec<Deferred>, Refusal> {
-    connected.transactions.remove(tx).ok_or_else(|| unknown_transaction(tx))
+    let deferred = connected.transactions.remove(tx).ok_or_else(|| unknown_transaction(tx))?;
+    let size: usize = deferred.iter().map(Deferred::size).sum::<usize>() + tx.len() + 64;
+    connected.transaction_bytes = connected.transaction_bytes.saturating_sub(size);
+    Ok(deferred)
 }
 
 fn unknown_transaction(tx: &str) -> Refusal {
@@ -495,7 +614,7 @@ mod tests {
 
     fn broker() -> Broker {
         let mut settings = Settings::default();
-        settings.jwt.secret = "unit".into();
+        settings.jwt.secret = "unit-tests-secret-of-thirty-two-bytes".into();
         let auth =
             Authenticator::new(&settings.jwt, &settings.auth, std::path::Path::new(".")).unwrap();
         Broker::new(settings, auth)

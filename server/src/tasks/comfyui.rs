@@ -21,7 +21,7 @@ use taskpulse_shared::dto::SubmitTaskRequest;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{Artifact, Executor, Job, Progress, demo::ImageFetcher};
+use super::{Artifact, Executor, Job, Progress, fetch::ImageFetcher};
 use crate::{ComfyUiSettings, Settings};
 
 /// How long a followed prompt may stay silent before `/history` is asked.

@@ -7,7 +7,7 @@ use std::{io::Cursor, time::Duration};
 use async_trait::async_trait;
 use taskpulse_shared::dto::{AspectRatio, SubmitTaskRequest};
 
-use super::{Artifact, Executor, Job, Progress};
+use super::{Artifact, Executor, Job, Progress, fetch::ImageFetcher};
 use crate::Settings;
 
 /// Renders pictures on the CPU.
@@ -16,6 +16,7 @@ pub struct DemoExecutor {
     duration: Duration,
     steps: u32,
     size: u32,
+    max_pixels: u64,
     fetcher: ImageFetcher,
 }
 
@@ -29,6 +30,7 @@ impl DemoExecutor {
             duration: Duration::from_millis(settings.demo.duration_ms),
             steps: settings.demo.steps,
             size: settings.demo.size,
+            max_pixels: settings.tasks.image_max_pixels,
             fetcher: ImageFetcher::new(settings),
         }
     }
@@ -55,7 +57,14 @@ impl Executor for DemoExecutor {
             }
         };
         let (width, height) = dimensions(ratio, self.size);
-        let mut canvas = Canvas::new(width, height, prompt, input.as_deref());
+        // Decoding is CPU work on untrusted bytes: a blocking thread, never an async worker.
+        let (prompt, max_pixels) = (prompt.clone(), self.max_pixels);
+        let canvas = tokio::task::spawn_blocking(move || {
+            Canvas::new(width, height, &prompt, input.as_deref(), max_pixels)
+        })
+        .await
+        .map_err(|e| format!("could not read the input image: {e}"))?;
+        let mut canvas = canvas?;
         let pause = self.duration / self.steps;
         for step in 0..self.steps {
             canvas.paint_rows(step * height / self.steps, (step + 1) * height / self.steps);
@@ -136,7 +145,15 @@ struct Canvas {
 }
 
 impl Canvas {
-    fn new(width: u32, height: u32, prompt: &str, input: Option<&[u8]>) -> Canvas {
+    /// # Errors
+    /// The input is a PNG that is too large or broken (other formats only seed the picture).
+    fn new(
+        width: u32,
+        height: u32,
+        prompt: &str,
+        input: Option<&[u8]>,
+        max_pixels: u64,
+    ) -> Result<Canvas, String> {
         let mut seed = fnv1a(prompt.trim().as_bytes(), 0xcbf2_9ce4_8422_2325);
         if let Some(input) = input {
             seed = fnv1a(input, seed);
@@ -154,8 +171,11 @@ impl Canvas {
                 }
             })
             .collect();
-        let input = input.and_then(|bytes| decode_scaled(bytes, width, height));
-        Canvas {
+        let input = match input {
+            Some(bytes) => decode_scaled(bytes, width, height, max_pixels)?,
+            None => None,
+        };
+        Ok(Canvas {
             width,
             height,
             pixels: vec![0; (width * height * 3) as usize],
@@ -163,7 +183,7 @@ impl Canvas {
             to,
             discs,
             input,
-        }
+        })
     }
 
     fn paint_rows(&mut self, first: u32, end: u32) {
@@ -204,92 +224,110 @@ fn mix(a: u8, b: u8, t: u32) -> u8 {
     ((u32::from(a) * (255 - t) + u32::from(b) * t) / 255) as u8
 }
 
-/// Decodes a PNG and scales it (nearest neighbour) to `width` x `height` RGB; `None` for
-/// anything that is not a PNG of sensible size (the picture then follows its bytes' hash).
-fn decode_scaled(bytes: &[u8], width: u32, height: u32) -> Option<Vec<u8>> {
-    let mut decoder =
-        png::Decoder::new_with_limits(Cursor::new(bytes), png::Limits { bytes: 64 << 20 });
+/// The PNG signature: input that starts with it is decoded, anything else only seeds the
+/// picture.
+const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+/// Decodes a PNG and scales it (nearest neighbour) to `width` x `height` RGB. `Ok(None)` for
+/// input that is not a PNG (the picture then follows its bytes' hash).
+///
+/// The header's dimensions are checked against `max_pixels` before anything is allocated,
+/// and rows are decoded one at a time, so a PNG declaring 2^20 x 2^31 pixels costs nothing and
+/// a large allowed one costs one row, not the whole frame (interlaced PNGs, whose rows come in
+/// passes, take the frame: at most `max_pixels` x 8 bytes).
+///
+/// # Errors
+/// A PNG that is too large or cannot be decoded, said for the user.
+fn decode_scaled(
+    bytes: &[u8],
+    width: u32,
+    height: u32,
+    max_pixels: u64,
+) -> Result<Option<Vec<u8>>, String> {
+    if !bytes.starts_with(PNG_SIGNATURE) {
+        return Ok(None);
+    }
+    let broken = |e: png::DecodingError| format!("the input image is not a readable PNG: {e}");
+    // The decoder's own buffers (chunks, text) stay small; pixel buffers are ours below.
+    let limits = png::Limits { bytes: 8 << 20 };
+    let mut decoder = png::Decoder::new_with_limits(Cursor::new(bytes), limits);
     decoder.set_transformations(png::Transformations::normalize_to_color8());
-    let mut reader = decoder.read_info().ok()?;
-    let mut buf = vec![0; reader.output_buffer_size()?];
-    let info = reader.next_frame(&mut buf).ok()?;
-    let channels = match info.color_type {
+    let mut reader = decoder.read_info().map_err(broken)?;
+    let (source_width, source_height, interlaced) = {
+        let info = reader.info();
+        (info.width, info.height, info.interlaced)
+    };
+    let pixels = u64::from(source_width) * u64::from(source_height);
+    if pixels > max_pixels {
+        return Err(format!(
+            "the input image is {source_width} x {source_height} pixels, more than the \
+             {max_pixels} allowed (tasks.image_max_pixels)"
+        ));
+    }
+    let (color, _) = reader.output_color_type();
+    let channels = match color {
         png::ColorType::Grayscale => 1,
         png::ColorType::GrayscaleAlpha => 2,
         png::ColorType::Rgb => 3,
         png::ColorType::Rgba => 4,
-        png::ColorType::Indexed => return None,
+        // normalize_to_color8 expands palettes.
+        png::ColorType::Indexed => {
+            return Err("the input image has an unsupported colour type".into());
+        }
     };
-    let mut out = Vec::with_capacity((width * height * 3) as usize);
-    for y in 0..height {
-        let sy = (u64::from(y) * u64::from(info.height) / u64::from(height)) as usize;
+    let row_bytes = source_width as usize * channels;
+    let mut out = Vec::with_capacity(width as usize * height as usize * 3);
+    let push_row = |row: &[u8], out: &mut Vec<u8>| {
         for x in 0..width {
-            let sx = (u64::from(x) * u64::from(info.width) / u64::from(width)) as usize;
-            let px = &buf[sy * info.line_size + sx * channels..];
-            if channels < 3 {
-                out.extend_from_slice(&[px[0]; 3]);
-            } else {
-                out.extend_from_slice(&px[..3]);
-            }
+            let sx = (u64::from(x) * u64::from(source_width) / u64::from(width)) as usize;
+            let px = row.get(sx * channels..).unwrap_or_default();
+            let rgb = match (channels, px) {
+                (1 | 2, [g, ..]) => [*g; 3],
+                (_, [r, g, b, ..]) => [*r, *g, *b],
+                _ => [0; 3],
+            };
+            out.extend_from_slice(&rgb);
         }
+    };
+    let source_row = |y: u32| (u64::from(y) * u64::from(source_height) / u64::from(height)) as u32;
+    if interlaced {
+        let size = reader.output_buffer_size().ok_or("the input image is too large")?;
+        let mut frame = vec![0; size];
+        let info = reader.next_frame(&mut frame).map_err(broken)?;
+        for y in 0..height {
+            let start = source_row(y) as usize * info.line_size;
+            push_row(frame.get(start..start + row_bytes).unwrap_or_default(), &mut out);
+        }
+        return Ok(Some(out));
     }
-    Some(out)
-}
-
-/// Fetches input images with a size and time limit.
-#[derive(Debug, Clone)]
-pub(super) struct ImageFetcher {
-    client: reqwest::Client,
-    limit: usize,
-}
-
-impl ImageFetcher {
-    pub(super) fn new(settings: &Settings) -> ImageFetcher {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_millis(settings.tasks.image_fetch_timeout_ms))
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .build()
-            .expect("a plain HTTP client builds");
-        ImageFetcher { client, limit: settings.tasks.image_fetch_bytes }
-    }
-
-    /// The image at `url`.
-    ///
-    /// # Errors
-    /// A sentence for the user: unreachable, not 2xx, too large, too slow.
-    pub(super) async fn fetch(&self, url: &str) -> Result<Vec<u8>, String> {
-        let fail = |e: reqwest::Error| {
-            if e.is_timeout() {
-                format!("fetching imageUrl timed out ({url})")
-            } else {
-                format!("could not fetch imageUrl {url}: {e}")
+    let mut row = vec![0; row_bytes];
+    let mut current = 0u32;
+    let mut have = false;
+    for y in 0..height {
+        let wanted = source_row(y);
+        while !have || current < wanted {
+            let next = reader.next_row().map_err(broken)?.ok_or("the input image is truncated")?;
+            let data = next.data();
+            let len = data.len().min(row.len());
+            row[..len].copy_from_slice(&data[..len]);
+            if have {
+                current += 1;
             }
-        };
-        let mut response = self.client.get(url).send().await.map_err(fail)?;
-        if !response.status().is_success() {
-            return Err(format!("fetching imageUrl {url} answered {}", response.status()));
+            have = true;
         }
-        let too_large = || format!("the image at imageUrl is larger than {} bytes", self.limit);
-        if response.content_length().is_some_and(|n| n > self.limit as u64) {
-            return Err(too_large());
-        }
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(fail)? {
-            if bytes.len() + chunk.len() > self.limit {
-                return Err(too_large());
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        Ok(bytes)
+        push_row(&row, &mut out);
     }
+    Ok(Some(out))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const MAX: u64 = 16_000_000;
+
     fn render(prompt: &str, input: Option<&[u8]>) -> Vec<u8> {
-        let mut canvas = Canvas::new(64, 48, prompt, input);
+        let mut canvas = Canvas::new(64, 48, prompt, input, MAX).unwrap();
         canvas.paint_rows(0, 48);
         canvas.encode().unwrap()
     }
@@ -302,9 +340,82 @@ mod tests {
         assert_ne!(cat, render("a dog", None));
         let with_input = render("a cat", Some(&cat));
         assert_ne!(with_input, cat);
-        let decoded = decode_scaled(&cat, 32, 24).expect("our own PNG decodes");
+        let decoded = decode_scaled(&cat, 32, 24, MAX).unwrap().expect("our own PNG decodes");
         assert_eq!(decoded.len(), 32 * 24 * 3);
-        assert!(decode_scaled(b"not a png", 4, 4).is_none());
+        assert_eq!(decode_scaled(b"not a png", 4, 4, MAX), Ok(None));
+    }
+
+    /// A PNG that declares `width` x `height` pixels and holds none of them: an IDAT with an
+    /// empty zlib stream.
+    fn declared_png(width: u32, height: u32) -> Vec<u8> {
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(&width.to_be_bytes());
+        ihdr.extend_from_slice(&height.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB, not interlaced
+        let mut png = PNG_SIGNATURE.to_vec();
+        for (kind, data) in [
+            (b"IHDR", &ihdr[..]),
+            (b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01][..]),
+            (b"IEND", &[][..]),
+        ] {
+            let mut typed = kind.to_vec();
+            typed.extend_from_slice(data);
+            png.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            png.extend_from_slice(&typed);
+            png.extend_from_slice(&crc32(&typed).to_be_bytes());
+        }
+        png
+    }
+
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = u32::MAX;
+        for b in bytes {
+            crc ^= u32::from(*b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn a_png_declaring_too_many_pixels_is_refused_before_allocation() {
+        // 65 bytes that used to abort the process ("memory allocation of ... failed").
+        let bomb = declared_png(1_048_576, 2_147_483_647);
+        assert_eq!(bomb.len(), 65);
+        let refused = decode_scaled(&bomb, 64, 48, MAX).unwrap_err();
+        assert!(refused.contains("tasks.image_max_pixels"), "{refused}");
+        let refused = decode_scaled(&declared_png(10_000, 10_000), 64, 48, MAX).unwrap_err();
+        assert!(refused.contains("10000 x 10000"), "{refused}");
+        // Within the limit but without its pixel data: a clear error, not a panic.
+        let truncated = decode_scaled(&declared_png(100, 100), 64, 48, MAX).unwrap_err();
+        assert!(truncated.contains("PNG") || truncated.contains("truncated"), "{truncated}");
+    }
+
+    #[test]
+    fn large_pngs_are_scaled_row_by_row() {
+        // A 2000 x 1500 gradient, decoded into 64 x 48 without holding the frame.
+        let (w, h) = (2000u32, 1500u32);
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, w, h);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let pixels: Vec<u8> = (0..h)
+            .flat_map(|y| (0..w).flat_map(move |x| [(x / 8) as u8, (y / 6) as u8, 7]))
+            .collect();
+        let mut writer = encoder.write_header().unwrap();
+        writer.write_image_data(&pixels).unwrap();
+        writer.finish().unwrap();
+        let scaled = decode_scaled(&out, 64, 48, MAX).unwrap().unwrap();
+        assert_eq!(scaled.len(), 64 * 48 * 3);
+        // Row 47 samples source row 47 * 1500 / 48 = 1468, whose green is 1468 / 6 = 244.
+        let last = &scaled[47 * 64 * 3..];
+        assert_eq!(last[1], 244);
+        assert_eq!(last[63 * 3], (63 * 2000 / 64 / 8) as u8);
+        assert_eq!(
+            decode_scaled(&out, 64, 48, 1_000_000).unwrap_err().contains("2000 x 1500"),
+            true
+        );
     }
 
     #[test]

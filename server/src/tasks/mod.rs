@@ -7,6 +7,7 @@
 
 mod comfyui;
 mod demo;
+mod fetch;
 mod lane;
 mod results;
 
@@ -19,6 +20,7 @@ use std::{
 use async_trait::async_trait;
 pub use comfyui::ComfyUiExecutor;
 pub use demo::DemoExecutor;
+pub use fetch::{HostRule, is_public};
 use lane::Lane;
 pub use results::{ResultStore, SignedUrlError};
 use taskpulse_shared::{
@@ -127,6 +129,14 @@ pub enum TaskError {
         /// Balance.
         balance: i64,
     },
+    /// A quota or rate limit, naming its setting.
+    #[error("{message}")]
+    Limited {
+        /// What was exceeded.
+        message: String,
+        /// When trying again can succeed, if that is a matter of time.
+        retry_after: Option<Duration>,
+    },
     /// The database failed.
     #[error(transparent)]
     Storage(StorageError),
@@ -171,6 +181,8 @@ struct Inner {
     lanes: HashMap<&'static str, Arc<Lane>>,
     /// Tasks not yet terminal.
     live: Mutex<HashMap<String, Arc<LiveTask>>>,
+    /// `tasks.submissions_per_minute`, per owner.
+    submissions: crate::throttle::Throttle,
 }
 
 /// A task that is not terminal yet.
@@ -220,6 +232,8 @@ impl TaskService {
             );
             lanes.insert(comfy.name(), Arc::new(Lane::new(comfy, settings.comfyui.concurrency)));
         }
+        let submissions =
+            crate::throttle::Throttle::per_minute(settings.tasks.submissions_per_minute);
         let service = TaskService {
             inner: Arc::new(Inner {
                 storage,
@@ -228,6 +242,7 @@ impl TaskService {
                 log,
                 lanes,
                 live: Mutex::default(),
+                submissions,
             }),
         };
         for lane in service.inner.lanes.values() {
@@ -309,6 +324,14 @@ impl TaskService {
         request: SubmitTaskRequest,
     ) -> Result<String, TaskError> {
         self.validate(&request)?;
+        let limits = &self.inner.settings.tasks;
+        self.inner.submissions.check(owner).map_err(|wait| TaskError::Limited {
+            message: format!(
+                "too many submissions: at most {} a minute (tasks.submissions_per_minute)",
+                limits.submissions_per_minute
+            ),
+            retry_after: Some(wait),
+        })?;
         let task_no = new_task_no();
         let kind = request.kind();
         let lane = self.lane_for(kind);
@@ -327,6 +350,19 @@ impl TaskService {
             finished_at: None,
         };
         let mut turn = self.inner.log.turn(owner).await?;
+        // Counted under the owner's turn, which every submission of the owner takes, so two
+        // concurrent submissions cannot both take the last place.
+        let active = lock(&self.inner.live).values().filter(|t| t.owner == owner).count();
+        if active >= limits.max_active_per_user as usize {
+            return Err(TaskError::Limited {
+                message: format!(
+                    "{active} tasks are still running or queued: at most {} at once \
+                     (tasks.max_active_per_user); wait for some to finish",
+                    limits.max_active_per_user
+                ),
+                retry_after: None,
+            });
+        }
         let entry = turn.entry(PROGRESS_PATH, "application/json", self.body(&state));
         self.inner.storage.insert_task(&record, Some(&entry)).await?;
         let live = self.track(owner, lane, state.clone());

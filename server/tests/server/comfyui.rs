@@ -15,6 +15,8 @@ async fn setup(url: String) -> (TestServer, String, StompClient) {
         c.settings.comfyui.reconnect_max_ms = 200;
         c.settings.comfyui.timeout_s = 20;
         c.settings.tasks.progress_interval_ms = 10;
+        // The simulator also serves the input images, on loopback.
+        c.settings.tasks.image_fetch_allow = vec!["127.0.0.1".into()];
     })
     .await;
     let token = server.api().register("alice").await;

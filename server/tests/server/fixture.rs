@@ -33,6 +33,9 @@ use tokio_tungstenite::{
 /// How long a test waits for something that should happen promptly.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(5);
 
+/// The HS256 secret of in-process test servers (at least 32 bytes, as the server requires).
+pub(crate) const TEST_SECRET: &str = "in-process-tests-secret-of-32-bytes";
+
 pub(crate) struct TestServer {
     /// Kept so that the directories live as long as the server.
     pub(crate) dirs: Vec<tempfile::TempDir>,
@@ -52,7 +55,10 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let mut config = Config::new(addr, data_dir.to_path_buf());
         config.ui_dir = ui_dir.to_path_buf();
-        config.settings.jwt.secret = "test-secret".into();
+        config.settings.jwt.secret = TEST_SECRET.into();
+        // Tests register many users from one address; the limit itself has its own test.
+        config.settings.accounts.attempts_per_minute = 100_000;
+        config.settings.tasks.submissions_per_minute = 100_000;
         tweak(&mut config);
         let state = AppState::new(config).await.unwrap();
         let broker = state.broker.clone();
@@ -164,10 +170,12 @@ pub(crate) fn spawn_at(data: &Path, listen: &str, env: &[(&str, &str)]) -> Proce
         .arg(data)
         .arg("--ui-dir")
         .arg(data.join("no-ui"))
-        .env("TASKPULSE_JWT_SECRET", "restart-secret")
+        .env("TASKPULSE_JWT_SECRET", "restart-tests-secret-of-thirty-two-bytes")
         .env("TASKPULSE_DEMO_DURATION_MS", "1500")
         .env("TASKPULSE_DEMO_CONCURRENCY", "1")
         .env("TASKPULSE_TASKS_PROGRESS_INTERVAL_MS", "20")
+        .env("TASKPULSE_ACCOUNTS_ATTEMPTS_PER_MINUTE", "100000")
+        .env("TASKPULSE_TASKS_SUBMISSIONS_PER_MINUTE", "100000")
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .envs(env.iter().copied())
@@ -459,6 +467,19 @@ impl StompClient {
         assert_eq!(frame.command, Command::Error, "expected ERROR, got {frame:?}");
         assert!(self.closed().await, "the connection closes after an ERROR");
         frame
+    }
+
+    /// The code of the WebSocket close the server sends within [`PATIENCE`] (frames before
+    /// it are skipped); `None` if the connection ends without one.
+    pub(crate) async fn close_code(&mut self) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            match tokio::time::timeout_at(deadline, self.socket.next()).await.ok()?? {
+                Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
     }
 
     /// Whether the server closes the socket within [`PATIENCE`].

@@ -4,6 +4,7 @@ mod chaos;
 mod comfyui;
 mod comfyui_sim;
 mod fixture;
+mod hardening;
 mod http;
 mod replay;
 mod restart;

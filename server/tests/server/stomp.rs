@@ -10,7 +10,7 @@ use taskpulse_server::broker::{AppMessage, Publication};
 use taskpulse_shared::stomp::{Command, Frame, Version};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::fixture::{PATIENCE, StompClient, TestServer, body};
+use crate::fixture::{PATIENCE, StompClient, TEST_SECRET, TestServer, body};
 
 const SHORT: Duration = Duration::from_millis(300);
 
@@ -449,8 +449,12 @@ async fn app_destinations_go_to_handlers_and_are_never_echoed() {
 }
 
 #[tokio::test]
-async fn sends_are_authorized_by_configured_patterns() {
+async fn sends_are_authorized_by_configured_patterns_for_configured_identities_only() {
     let server = TestServer::stomp(|c| {
+        c.settings.auth.users.push(taskpulse_server::ConfigUser {
+            login: "backend".into(),
+            passcode: "backend-passcode".into(),
+        });
         c.settings.authorization.send_by_user.insert("backend".into(), vec!["/topic/**".into()]);
     })
     .await;
@@ -462,7 +466,22 @@ async fn sends_are_authorized_by_configured_patterns() {
     assert_eq!(error.header("message"), Some("not allowed"));
     assert_eq!(error.header("receipt-id"), Some("r"));
     assert!(body(&error).contains("/topic/news"));
-    let mut backend = server.client("backend").await;
+
+    // A token whose principal is named like the configured one (as an account registered
+    // under that name would have) gets no rights from the name.
+    let mut impostor = server.client("backend").await;
+    impostor.frame(Command::Send, &[("destination", "/topic/news")], "forged").await;
+    assert_eq!(impostor.expect_error().await.header("message"), Some("not allowed"));
+    // ... and the name cannot be registered.
+    let body_json = serde_json::json!({"username": "Backend", "password": "long enough password"});
+    let (status, answer) = server.api().post("/api/auth/register", None, body_json).await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("reserved"), "{answer}");
+
+    let mut backend = StompClient::open(&server.ws_url(), &["v12.stomp"]).await;
+    let connected =
+        backend.connect(&[("login", "backend"), ("passcode", "backend-passcode")]).await;
+    assert_eq!(connected.command, Command::Connected, "{connected:?}");
     backend.send_to("/topic/news", "news").await;
     assert_eq!(body(&listener.recv().await), "news");
     server.stop().await;
@@ -523,7 +542,10 @@ async fn oversize_frames_are_refused_with_the_limit() {
 async fn bad_expired_and_missing_credentials_fail_authentication() {
     let server = TestServer::stomp(|c| c.settings.stomp.connect_timeout_ms = 200).await;
     let other_secret = {
-        let other = TestServer::stomp(|c| c.settings.jwt.secret = "another-secret".into()).await;
+        let other = TestServer::stomp(|c| {
+            c.settings.jwt.secret = "another-secret-of-at-least-thirty-two-bytes".into()
+        })
+        .await;
         other.token("alice")
     };
     let cases = [
@@ -696,7 +718,7 @@ async fn es256_tokens_validate_with_the_configured_public_key_and_alg_is_pinned(
     let hs256 = {
         let claims =
             serde_json::json!({ "sub": "erin", "exp": exp, "iss": "https://issuer.example" });
-        let key = jsonwebtoken::EncodingKey::from_secret(b"test-secret");
+        let key = jsonwebtoken::EncodingKey::from_secret(TEST_SECRET.as_bytes());
         jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
     };
     for token in [sign("https://elsewhere.example"), hs256] {

@@ -201,6 +201,8 @@ async fn credits_are_reserved_spent_and_refunded() {
         c.settings.credits.initial = 3;
         c.settings.credits.image_to_image = 2;
         c.settings.tasks.image_fetch_timeout_ms = 1000;
+        // The silent listener below is on loopback, which fetches may not reach by default.
+        c.settings.tasks.image_fetch_allow = vec!["127.0.0.1".into()];
     })
     .await;
     let api = server.api();

@@ -3,7 +3,9 @@
 //   TASKPULSE_WS_URL      ws://127.0.0.1:PORT/ws
 //   TASKPULSE_JWT_SECRET  the HS256 secret the server validates with
 //   TASKPULSE_HTTP_URL    http://127.0.0.1:PORT, for the task API
-// The server is configured so that the principal `backend` may SEND to /user/** and /topic/**.
+//   TASKPULSE_BACKEND_PASSCODE  the passcode of the configured login `backend`
+// The server is configured so that the configured login `backend` may SEND to /user/** and
+// /topic/** (rights bind to configured identities, never to a registrable name).
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -14,7 +16,8 @@ import WebSocket from 'ws';
 const URL = process.env.TASKPULSE_WS_URL;
 const SECRET = process.env.TASKPULSE_JWT_SECRET;
 const HTTP = process.env.TASKPULSE_HTTP_URL;
-assert.ok(URL && SECRET && HTTP, 'TASKPULSE_WS_URL, TASKPULSE_JWT_SECRET and TASKPULSE_HTTP_URL must be set');
+const BACKEND_PASSCODE = process.env.TASKPULSE_BACKEND_PASSCODE;
+assert.ok(URL && SECRET && HTTP && BACKEND_PASSCODE, 'TASKPULSE_WS_URL, TASKPULSE_JWT_SECRET, TASKPULSE_HTTP_URL and TASKPULSE_BACKEND_PASSCODE must be set');
 
 const b64url = (data) => Buffer.from(data).toString('base64url');
 
@@ -104,7 +107,9 @@ test('per-user queue: every session of the user gets the task update, nobody els
   const tab1 = client('alice');
   const tab2 = client('alice');
   const bob = client('bob');
-  const backend = client('backend');
+  const backend = client('backend', {
+    extra: { connectHeaders: { login: 'backend', passcode: BACKEND_PASSCODE } },
+  });
   await Promise.all([connect(tab1), connect(tab2), connect(bob), connect(backend)]);
   const got1 = collect(tab1, '/user/queue/tasks-progress', 1);
   const got2 = collect(tab2, '/user/queue/tasks-progress', 1);

@@ -1,0 +1,434 @@
+//! What an attacker sends: inputs that used to crash the server or pin its memory, forged
+//! rights and headers, requests to internal addresses, floods. Each case gets a clear
+//! refusal naming its limit, and everyone else carries on.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{Router, http::header, response::IntoResponse, routing::get, serve::ListenerExt};
+use futures_util::SinkExt;
+use serde_json::json;
+use taskpulse_server::Config;
+use taskpulse_shared::{TaskStatus, stomp::Command};
+use tokio_tungstenite::tungstenite::{
+    Message,
+    protocol::{CloseFrame, frame::coding::CloseCode},
+};
+
+use crate::fixture::{PATIENCE, StompClient, TestServer, body};
+
+const PROGRESS: &str = "/user/queue/tasks-progress";
+
+/// 65 bytes: a PNG declaring 1048576 x 2147483647 pixels, with an empty IDAT. Decoding it
+/// used to abort the whole process ("memory allocation of ... bytes failed").
+const PNG_BOMB: &str = "89504e470d0a1a0a0000000d49484452001000007fffffff0802000000c752eda7\
+                        0000000849444154789c030000000001480689d20000000049454e44ae426082";
+
+fn fast(config: &mut Config) {
+    config.settings.demo.duration_ms = 100;
+    config.settings.demo.steps = 2;
+    config.settings.demo.size = 32;
+    config.settings.tasks.progress_interval_ms = 10;
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
+}
+
+/// An HTTP server on `127.0.0.1:0` (or `ip`) serving `app`; counts accepted connections.
+async fn web(ip: &str, app: Router) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind(format!("{ip}:0")).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let listener = listener.tap_io(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, accepted)
+}
+
+async fn image_to_image(server: &TestServer, token: &str, url: &str) -> String {
+    let body = json!({"kind": "image-to-image", "prompt": "p", "imageUrl": url});
+    let (status, answer) = server.api().post("/api/tasks", Some(token), body).await;
+    assert_eq!(status, 202, "{answer}");
+    answer["taskNo"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_png_bomb_fails_its_task_with_a_clear_message_and_the_server_carries_on() {
+    let app = Router::new().route(
+        "/bomb.png",
+        get(|| async { ([(header::CONTENT_TYPE, "image/png")], unhex(PNG_BOMB)).into_response() }),
+    );
+    let (addr, _) = web("127.0.0.1", app).await;
+    let server = TestServer::stomp(|c| {
+        fast(c);
+        c.settings.tasks.image_fetch_allow = vec!["127.0.0.1".into()];
+    })
+    .await;
+    let token = server.api().register("alice").await;
+    let mut client = server.client_with(&token).await;
+    client.subscribe("t", PROGRESS, "auto").await;
+
+    let bomb = image_to_image(&server, &token, &format!("http://{addr}/bomb.png")).await;
+    let end = client.updates_until_done(&bomb).await.pop().unwrap();
+    assert_eq!(end.status, TaskStatus::Failed);
+    let reason = end.error_message.unwrap();
+    assert!(
+        reason.contains("1048576 x 2147483647") && reason.contains("tasks.image_max_pixels"),
+        "{reason}"
+    );
+
+    let next = server.api().submit(&token, "still alive").await;
+    let end = client.updates_until_done(&next).await.pop().unwrap();
+    assert_eq!(end.status, TaskStatus::Completed);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn image_urls_reach_only_public_addresses_unless_allowed() {
+    let hits = Router::new().route("/in.png", get(|| async { "not an image" }));
+    let (internal, internal_hits) = web("127.0.0.1", hits).await;
+    // An allowed host that redirects to a refused one (127.0.0.2 is loopback too).
+    let target = format!("http://{internal}/in.png");
+    let redirect = Router::new().route(
+        "/r",
+        get(move || {
+            let target = target.clone();
+            async move { (axum::http::StatusCode::FOUND, [(header::LOCATION, target)]) }
+        }),
+    );
+    let (redirector, redirector_hits) = web("127.0.0.2", redirect).await;
+    let server = TestServer::stomp(|c| {
+        fast(c);
+        c.settings.tasks.image_fetch_allow = vec!["127.0.0.2/32".into()];
+    })
+    .await;
+    let token = server.api().register("alice").await;
+    let mut client = server.client_with(&token).await;
+    client.subscribe("t", PROGRESS, "auto").await;
+
+    let urls = [
+        format!("http://{internal}/in.png"),
+        format!("http://localhost:{}/in.png", internal.port()),
+        format!("http://[::ffff:127.0.0.1]:{}/in.png", internal.port()),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        format!("http://{redirector}/r"),
+    ];
+    for url in &urls {
+        let task = image_to_image(&server, &token, url).await;
+        let end = client.updates_until_done(&task).await.pop().unwrap();
+        assert_eq!(end.status, TaskStatus::Failed, "{url}");
+        // The same words whatever happened: nothing tells whether an internal port answered.
+        assert_eq!(end.error_message.as_deref(), Some("could not fetch the image at imageUrl"));
+    }
+    assert_eq!(internal_hits.load(Ordering::SeqCst), 0, "no request reached 127.0.0.1");
+    assert_eq!(redirector_hits.load(Ordering::SeqCst), 1, "the allowed host was asked");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_receipt_that_stomp_1_1_cannot_echo_gets_an_error_and_leaks_no_session() {
+    let server = TestServer::stomp(|c| c.settings.limits.connections_per_user = 4).await;
+    // More rounds than the per-user limit: a leaked session would lock alice out.
+    for _ in 0..10 {
+        let mut client = StompClient::open(&server.ws_url(), &["v11.stomp"]).await;
+        let token = server.token("alice");
+        let connected = client.connect(&[("Authorization", &format!("Bearer {token}"))]).await;
+        assert_eq!(connected.header("version"), Some("1.1"));
+        // CRLF ends the line, so the value keeps the first CR.
+        let frame = "SEND\ndestination:/queue/a\nreceipt:abc\r\r\n\nx\0";
+        client.send_raw(Message::binary(frame.as_bytes().to_vec())).await;
+        let error = client.expect_error().await;
+        assert_eq!(error.header("message"), Some("invalid receipt"));
+        assert_eq!(error.header("receipt-id"), None, "a 1.1 header cannot carry it either");
+    }
+    // A subscription id with the same problem is refused at SUBSCRIBE.
+    let mut client = StompClient::open(&server.ws_url(), &["v11.stomp"]).await;
+    let token = server.token("alice");
+    client.connect(&[("Authorization", &format!("Bearer {token}"))]).await;
+    let frame = "SUBSCRIBE\nid:s\r\r\ndestination:/topic/chat.x\n\n\0";
+    client.send_raw(Message::binary(frame.as_bytes().to_vec())).await;
+    assert_eq!(client.expect_error().await.header("message"), Some("invalid subscription id"));
+
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while server.broker.session_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.broker.session_count(), 0, "every session was removed");
+    let mut fine = server.client("alice").await;
+    fine.subscribe("s", "/topic/chat.x", "auto").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn clients_cannot_forge_the_delivery_guarantee_headers() {
+    let server = TestServer::stomp(|_| {}).await;
+    let mut listener = server.client("bob").await;
+    listener.subscribe("s", "/topic/chat.x", "auto").await;
+    let mut sender = server.client("mallory").await;
+    let forged = [
+        ("destination", "/topic/chat.x"),
+        ("seq", "999999"),
+        ("epoch", "forged"),
+        ("x-replayed", "true"),
+        ("x-snapshot", "1/1"),
+        ("x-snapshot-seq", "999999"),
+        ("x-resume-seq", "1"),
+        ("x-custom", "kept"),
+    ];
+    sender.frame(Command::Send, &forged, "hello").await;
+    let message = listener.recv().await;
+    assert_eq!(body(&message), "hello");
+    for reserved in ["seq", "epoch", "x-replayed", "x-snapshot", "x-snapshot-seq", "x-resume-seq"] {
+        assert_eq!(message.header(reserved), None, "{reserved} was stripped");
+    }
+    assert_eq!(message.header("x-custom"), Some("kept"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_header_an_old_subscriber_cannot_carry_is_left_out_not_fatal() {
+    let server = TestServer::stomp(|_| {}).await;
+    let mut old = StompClient::open(&server.ws_url(), &["v11.stomp"]).await;
+    let token = server.token("bob");
+    old.connect(&[("Authorization", &format!("Bearer {token}"))]).await;
+    old.subscribe("s", "/topic/chat.x", "auto").await;
+    let mut sender = server.client("mallory").await;
+    // STOMP 1.2 escapes the CR; 1.1 cannot write it.
+    sender
+        .frame(Command::Send, &[("destination", "/topic/chat.x"), ("note", "abc\r")], "one")
+        .await;
+    sender.send_to("/topic/chat.x", "two").await;
+    let first = old.recv().await;
+    assert_eq!((body(&first), first.header("note")), ("one", None));
+    assert_eq!(body(&old.recv().await), "two", "still connected");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn transactions_are_bounded_in_number_and_bytes() {
+    let server = TestServer::stomp(|c| {
+        c.settings.limits.transactions_per_connection = 3;
+        c.settings.limits.transaction_bytes = 10_000;
+    })
+    .await;
+    let mut many = server.client("alice").await;
+    for tx in ["a", "b", "c"] {
+        many.frame(Command::Begin, &[("transaction", tx)], "").await;
+    }
+    many.frame(Command::Begin, &[("transaction", "d")], "").await;
+    let error = many.expect_error().await;
+    assert_eq!(error.header("message"), Some("too many transactions"));
+    assert!(body(&error).contains("limits.transactions_per_connection"), "{}", body(&error));
+
+    let mut large = server.client("alice").await;
+    large.frame(Command::Begin, &[("transaction", "t")], "").await;
+    let chunk = "x".repeat(3000);
+    for _ in 0..4 {
+        large
+            .frame(Command::Send, &[("destination", "/queue/q"), ("transaction", "t")], &chunk)
+            .await;
+    }
+    let error = large.expect_error().await;
+    assert_eq!(error.header("message"), Some("transaction too large"));
+    assert!(body(&error).contains("limits.transaction_bytes"), "{}", body(&error));
+
+    // Committed and aborted transactions give their room back.
+    let mut fine = server.client("alice").await;
+    for round in 0..10 {
+        let tx = format!("t{round}");
+        fine.frame(Command::Begin, &[("transaction", &tx)], "").await;
+        fine.frame(Command::Send, &[("destination", "/queue/q"), ("transaction", &tx)], &chunk)
+            .await;
+        let end = if round % 2 == 0 { Command::Commit } else { Command::Abort };
+        fine.frame(end, &[("transaction", &tx), ("receipt", "r")], "").await;
+        assert_eq!(fine.recv().await.command, Command::Receipt);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn queues_are_bounded_in_number_and_bytes_and_idle_ones_go() {
+    let server = TestServer::stomp(|c| {
+        c.settings.limits.queues = 3;
+        c.settings.limits.queue_bytes = 20_000;
+    })
+    .await;
+    let mut sender = server.client("alice").await;
+    for name in ["/queue/a", "/queue/b", "/queue/c"] {
+        sender.send_to(name, "waiting").await;
+    }
+    sender.frame(Command::Send, &[("destination", "/queue/d"), ("receipt", "r")], "x").await;
+    let error = sender.expect_error().await;
+    assert_eq!(error.header("message"), Some("queue full"));
+    assert!(body(&error).contains("limits.queues"), "{}", body(&error));
+
+    // Consuming a queue empties it; without consumers it is dropped, making room.
+    let mut consumer = server.client("bob").await;
+    for name in ["/queue/a", "/queue/b"] {
+        consumer.subscribe(name, name, "auto").await;
+        assert_eq!(body(&consumer.recv().await), "waiting");
+        consumer.frame(Command::Unsubscribe, &[("id", name), ("receipt", "u")], "").await;
+        assert_eq!(consumer.recv().await.command, Command::Receipt);
+    }
+    let mut bytes = server.client("alice").await;
+    let chunk = "y".repeat(6000);
+    bytes.send_to("/queue/d", &chunk).await;
+    bytes.send_to("/queue/d", &chunk).await;
+    bytes.send_to("/queue/d", &chunk).await;
+    bytes.frame(Command::Send, &[("destination", "/queue/d"), ("receipt", "r")], &chunk).await;
+    let error = bytes.expect_error().await;
+    assert_eq!(error.header("message"), Some("queue full"));
+    assert!(body(&error).contains("limits.queue_bytes"), "{}", body(&error));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_subscriber_that_does_not_read_is_cut_off_at_the_outbound_limit() {
+    let server = TestServer::stomp(|c| c.settings.limits.outbound_buffer = 256 * 1024).await;
+    let mut lazy = server.client("bob").await;
+    lazy.subscribe("s", "/topic/chat.big", "auto").await;
+    let mut sender = server.client("alice").await;
+    // Messages whose weight is in their headers (the body is one byte): they count too.
+    let value = "h".repeat(7000);
+    let names: Vec<String> = (0..7).map(|i| format!("x-pad-{i}")).collect();
+    let mut headers: Vec<(&str, &str)> = vec![("destination", "/topic/chat.big")];
+    headers.extend(names.iter().map(|n| (n.as_str(), value.as_str())));
+    // Far more than the loopback socket buffers and the outbound limit together.
+    for _ in 0..600 {
+        sender.frame(Command::Send, &headers, "x").await;
+    }
+    sender.frame(Command::Send, &[("destination", "/topic/chat.x"), ("receipt", "r")], "").await;
+    assert_eq!(sender.recv().await.command, Command::Receipt);
+    let mut messages = 0;
+    let error = loop {
+        let frame = lazy.try_recv(Duration::from_secs(10)).await.expect("an ERROR arrives");
+        if frame.command == Command::Error {
+            break frame;
+        }
+        messages += 1;
+    };
+    assert_eq!(error.header("message"), Some("slow consumer"));
+    assert!(body(&error).contains("limits.outbound_buffer"), "{}", body(&error));
+    assert!(messages < 600, "cut off before everything arrived ({messages})");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn over_limit_bodies_get_413_naming_the_setting() {
+    let server = TestServer::stomp(|c| c.settings.api.body_limit = 4096).await;
+    let token = server.api().register("alice").await;
+    let body = json!({"kind": "text-to-image", "prompt": "x".repeat(8000)});
+    let (status, answer) = server.api().post("/api/tasks", Some(&token), body).await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("api.body_limit"), "{answer}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn sign_in_attempts_are_rate_limited_per_name_and_address() {
+    let server = TestServer::stomp(|c| c.settings.accounts.attempts_per_minute = 3).await;
+    let api = server.api();
+    let wrong = json!({"username": "victim", "password": "not the password"});
+    for _ in 0..3 {
+        assert_eq!(api.post("/api/auth/login", None, wrong.clone()).await.0, 401);
+    }
+    let response =
+        reqwest::Client::new().post(api.url("/api/auth/login")).json(&wrong).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    let retry: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert!(answer["error"].as_str().unwrap().contains("accounts.attempts_per_minute"));
+    // The same address is over its budget for any name now.
+    let other = json!({"username": "someone", "password": "whatever password"});
+    assert_eq!(api.post("/api/auth/register", None, other).await.0, 429);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn submissions_are_bounded_by_active_tasks_and_rate() {
+    let server = TestServer::stomp(|c| {
+        c.settings.demo.duration_ms = 60_000;
+        c.settings.tasks.max_active_per_user = 2;
+    })
+    .await;
+    let api = server.api();
+    let token = api.register("alice").await;
+    api.submit(&token, "one").await;
+    api.submit(&token, "two").await;
+    let body = json!({"kind": "text-to-image", "prompt": "three"});
+    let (status, answer) = api.post("/api/tasks", Some(&token), body.clone()).await;
+    assert_eq!(status, 429, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("tasks.max_active_per_user"), "{answer}");
+    // Another user is not affected.
+    let other = api.register("bob").await;
+    api.submit(&other, "bob's").await;
+    server.stop().await;
+
+    let server = TestServer::stomp(|c| c.settings.tasks.submissions_per_minute = 2).await;
+    let api = server.api();
+    let token = api.register("alice").await;
+    api.submit(&token, "one").await;
+    api.submit(&token, "two").await;
+    let (status, answer) = api.post("/api/tasks", Some(&token), body).await;
+    assert_eq!(status, 429, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("tasks.submissions_per_minute"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_client_s_close_is_echoed_and_server_closes_carry_a_code() {
+    let server = TestServer::stomp(|c| c.settings.limits.frame_size = 4096).await;
+    let mut client = server.client("alice").await;
+    let close = CloseFrame { code: CloseCode::Normal, reason: "bye".into() };
+    client.socket.send(Message::Close(Some(close))).await.unwrap();
+    assert_eq!(client.close_code().await, Some(1000), "the close is echoed");
+
+    // Past the WebSocket cap: ERROR naming the STOMP limit, then close 1009.
+    let mut huge = server.client("alice").await;
+    huge.send_raw(Message::text("x".repeat(64 * 1024))).await;
+    let error = huge.recv().await;
+    assert_eq!(error.header("message"), Some("frame too large"));
+    assert!(body(&error).contains("limits.frame_size"), "{}", body(&error));
+    assert!(!body(&error).to_lowercase().contains("space limit"), "no library internals");
+    assert_eq!(huge.close_code().await, Some(1009));
+
+    // DISCONNECT: a normal close.
+    let mut polite = server.client("alice").await;
+    polite.frame(Command::Disconnect, &[("receipt", "bye")], "").await;
+    assert_eq!(polite.recv().await.command, Command::Receipt);
+    assert_eq!(polite.close_code().await, Some(1000));
+
+    // Refused credentials: policy.
+    let mut stranger = StompClient::open(&server.ws_url(), &[]).await;
+    stranger.connect(&[("Authorization", "Bearer nope")]).await;
+    assert_eq!(stranger.close_code().await, Some(1008));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn short_jwt_secrets_are_refused_and_generated_secrets_are_private() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config::new("127.0.0.1:0".parse().unwrap(), data.path().to_path_buf());
+    config.settings.jwt.secret = "too-short".into();
+    let error = taskpulse_server::AppState::new(config).await.unwrap_err().to_string();
+    assert!(error.contains("jwt.secret") && error.contains("32"), "{error}");
+
+    let mut config = Config::new("127.0.0.1:0".parse().unwrap(), data.path().to_path_buf());
+    config.settings.jwt.secret = String::new();
+    let _state = taskpulse_server::AppState::new(config).await.unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for name in ["jwt-secret", "result-key"] {
+        let mode = std::fs::metadata(data.path().join(name)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{name} is {mode:o}");
+    }
+}
