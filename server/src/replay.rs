@@ -25,6 +25,10 @@ use crate::{
 /// The user path of task updates.
 pub const TASKS_PATH: &str = "/queue/tasks-progress";
 
+/// What one replayed or snapshot message costs beyond its body in an outbound buffer: the
+/// destination, ids and the guarantee's headers (see `broker::Message::cost`).
+const REPLAY_OVERHEAD: usize = 256;
+
 /// What a resume position gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plan {
@@ -208,12 +212,21 @@ impl UserLog {
             }
             None => None,
         };
+        // A catch-up must fit the connection's outbound budget with room for live traffic;
+        // one that does not is treated like one too far behind.
+        let budget = self.inner.broker.settings().limits.outbound_buffer / 2;
+        let mut after = after;
+        let mut entries = Vec::new();
+        if let Some(from) = after.filter(|a| *a != i64::MAX) {
+            entries = storage.log_after(&user, &path, from, settings.max_replay).await?;
+            let bytes: usize = entries.iter().map(|e| e.body.len() + REPLAY_OVERHEAD).sum();
+            if bytes > budget {
+                tracing::info!(%user, %path, bytes, budget, "catch-up larger than half of limits.outbound_buffer; not replayed");
+                after = None;
+                entries.clear();
+            }
+        }
         if let Some(after) = after {
-            let entries = if after == i64::MAX {
-                Vec::new()
-            } else {
-                storage.log_after(&user, &path, after, settings.max_replay).await?
-            };
             let up_to = entries.last().map_or(after, |e| e.seq);
             let replay = entries
                 .iter()
@@ -232,13 +245,25 @@ impl UserLog {
         let (_, high) = storage.log_range(&user).await?;
         let since = now_ms() - (settings.snapshot_finished_s as i64) * 1000;
         let tasks = storage.snapshot_tasks(&user, since, settings.snapshot_limit).await?;
-        let count = tasks.len();
-        let snapshot = tasks
-            .iter()
+        // Task documents are bounded (tasks::MAX_TEXT_CHARS per text field), so a snapshot of
+        // `replay.snapshot_limit` of them fits; the newest come first if one ever does not.
+        let mut bodies = Vec::with_capacity(tasks.len());
+        let mut bytes = 0;
+        for task in &tasks {
+            let state: TaskProgressDto = self.inner.results.signed(&task.state);
+            let Ok(body) = serde_json::to_vec(&state) else { continue };
+            bytes += body.len() + REPLAY_OVERHEAD;
+            if bytes > budget {
+                tracing::warn!(%user, "snapshot cut at {} tasks by limits.outbound_buffer", bodies.len());
+                break;
+            }
+            bodies.push(body);
+        }
+        let count = bodies.len();
+        let snapshot = bodies
+            .into_iter()
             .enumerate()
-            .map(|(i, task)| {
-                let state: TaskProgressDto = self.inner.results.signed(&task.state);
-                let body = serde_json::to_vec(&state).expect("a DTO serialises");
+            .map(|(i, body)| {
                 Publication::json(body)
                     .with_header("epoch", &self.inner.epoch)
                     .with_header("x-snapshot", &format!("{}/{count}", i + 1))

@@ -783,4 +783,105 @@ mod tests {
         let leftovers = outbox.finish();
         assert_eq!(leftovers.redeliver.len(), 1, "the unacknowledged queue message comes back");
     }
+
+    fn with_headers(n: usize, header_bytes: usize) -> Arc<Message> {
+        let mut publication = Publication::new("text/plain", "x");
+        for i in 0..n {
+            publication = publication.with_header(&format!("h{i}"), &"v".repeat(header_bytes));
+        }
+        Arc::new(Message::new(format!("m{n}"), "/topic/t".into(), publication))
+    }
+
+    fn last_error(outbox: &Outbox) -> Option<String> {
+        let state = outbox.lock();
+        state.items.iter().find_map(|item| match item {
+            Outgoing::Frame(bytes) if bytes.starts_with(b"ERROR") => {
+                Some(String::from_utf8_lossy(bytes).into_owned())
+            }
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn every_frame_counts_against_one_ceiling() {
+        const LIMIT: usize = 64 * 1024;
+        let sub: Arc<str> = Arc::from("s");
+
+        // Messages whose weight is in their headers.
+        let outbox = Outbox::new(1, LIMIT, 10);
+        let heavy = with_headers(7, 1000);
+        assert!(heavy.cost() > 7000, "headers count: {}", heavy.cost());
+        let mut taken = 0;
+        while outbox.deliver(&sub, AckMode::Auto, &heavy, None) == Delivery::Queued {
+            taken += 1;
+            assert!(outbox.held_bytes() <= LIMIT);
+        }
+        assert!(taken < LIMIT / 7000 + 1, "{taken}");
+        assert!(last_error(&outbox).unwrap().contains("limits.outbound_buffer"));
+
+        // Control frames: RECEIPTs for a client that never reads.
+        let outbox = Outbox::new(2, LIMIT, 10);
+        outbox.set_connected(Version::V1_2, Duration::ZERO);
+        for n in 0..10_000 {
+            outbox.send(ServerCommand::Receipt { receipt_id: format!("{n:07500}") });
+            assert!(outbox.held_bytes() <= LIMIT);
+            if outbox.is_closed() {
+                break;
+            }
+        }
+        assert!(outbox.is_closed(), "receipts count: the connection is cut");
+        assert!(last_error(&outbox).unwrap().contains("slow consumer"));
+
+        // A catch-up (replay or snapshot) counts as well: repeated ones cannot pile up.
+        let outbox = Outbox::new(3, LIMIT, 10);
+        let snapshot: Vec<Arc<Message>> = (0..40).map(|_| with_headers(1, 200)).collect();
+        for round in 0.. {
+            outbox.hold(&sub);
+            outbox.release(&sub, AckMode::Auto, snapshot.clone(), Some(round), None);
+            assert!(outbox.held_bytes() <= LIMIT);
+            if outbox.is_closed() {
+                break;
+            }
+            assert!(round < 100, "never cut");
+        }
+
+        // Live messages held while a replay is read count too.
+        let outbox = Outbox::new(4, LIMIT, 10);
+        outbox.hold(&sub);
+        while outbox.deliver(&sub, AckMode::Auto, &heavy, None) == Delivery::Queued {
+            assert!(outbox.held_bytes() <= LIMIT);
+        }
+        assert!(outbox.is_closed());
+
+        // Unacknowledged deliveries are bounded by bytes too, not only by count.
+        let outbox = Outbox::new(5, LIMIT, 1_000_000);
+        let mut delivered = 0;
+        loop {
+            match outbox.deliver(&sub, AckMode::Client, &heavy, None) {
+                Delivery::Queued => delivered += 1,
+                Delivery::AckLimit => break,
+                other => panic!("{other:?}"),
+            }
+            // The writer drains the queue; the deliveries stay unacknowledged.
+            let _ = std::mem::take(&mut outbox.lock().items);
+            outbox.lock().bytes = 0;
+        }
+        assert!(delivered * heavy.cost() <= LIMIT && delivered > 0, "{delivered}");
+    }
+
+    #[test]
+    fn an_unrepresentable_receipt_fails_the_connection_instead_of_panicking() {
+        let outbox = Outbox::new(1, 1 << 20, 10);
+        outbox.set_connected(Version::V1_1, Duration::ZERO);
+        outbox.send(ServerCommand::Receipt { receipt_id: "abc\r".into() });
+        assert!(outbox.is_closed());
+        let error = last_error(&outbox).unwrap();
+        assert!(error.contains("unrepresentable frame"), "{error}");
+        // An ERROR whose receipt-id cannot be written goes out without it.
+        let outbox = Outbox::new(2, 1 << 20, 10);
+        outbox.set_connected(Version::V1_0, Duration::ZERO);
+        outbox.fail("malformed frame", Some("x\ny".into()), "why".into());
+        let error = last_error(&outbox).unwrap();
+        assert!(error.starts_with("ERROR\nmessage:malformed frame\n") && !error.contains("x\ny"));
+    }
 }

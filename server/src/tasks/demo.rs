@@ -412,10 +412,8 @@ mod tests {
         let last = &scaled[47 * 64 * 3..];
         assert_eq!(last[1], 244);
         assert_eq!(last[63 * 3], (63 * 2000 / 64 / 8) as u8);
-        assert_eq!(
-            decode_scaled(&out, 64, 48, 1_000_000).unwrap_err().contains("2000 x 1500"),
-            true
-        );
+        let refused = decode_scaled(&out, 64, 48, 1_000_000).unwrap_err();
+        assert!(refused.contains("2000 x 1500"), "{refused}");
     }
 
     #[test]

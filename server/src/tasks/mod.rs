@@ -305,6 +305,9 @@ impl TaskService {
             return invalid(field, "must not contain control characters".into());
         }
         if let SubmitTaskRequest::ImageToImage { image_url, .. } = request {
+            if image_url.len() > MAX_TEXT_CHARS {
+                return invalid("imageUrl", format!("must be at most {MAX_TEXT_CHARS} characters"));
+            }
             match reqwest::Url::parse(image_url) {
                 Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
                 Ok(_) => return invalid("imageUrl", "must be an http:// or https:// URL".into()),
@@ -773,11 +776,28 @@ impl TaskService {
 }
 
 /// The state an external report leads to, or why it is refused.
+/// Longest `message`, `errorMessage` and `resultUrl` an external worker may report, and
+/// longest `imageUrl`: every task update is stored, logged and pushed to every session of
+/// its owner, so its size is bounded.
+pub const MAX_TEXT_CHARS: usize = 2048;
+
 fn next_external_state(
     current: &TaskProgressDto,
     report: ProgressReport,
 ) -> Result<TaskProgressDto, TaskError> {
     let invalid = |field, reason: &str| TaskError::Invalid { field, reason: reason.to_owned() };
+    for (field, text) in [
+        ("message", &report.message),
+        ("errorMessage", &report.error_message),
+        ("resultUrl", &report.result_url),
+    ] {
+        if text.as_ref().is_some_and(|t| t.chars().count() > MAX_TEXT_CHARS) {
+            return Err(TaskError::Invalid {
+                field,
+                reason: format!("must be at most {MAX_TEXT_CHARS} characters"),
+            });
+        }
+    }
     let status = report.status.unwrap_or(current.status);
     if status == TaskStatus::Created && current.status != TaskStatus::Created {
         return Err(invalid("status", "a task cannot go back to created"));

@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::{
 use crate::fixture::{PATIENCE, StompClient, TestServer, body};
 
 const PROGRESS: &str = "/user/queue/tasks-progress";
+const BACKEND_KEY: &str = "hardening-backend-key-0123";
 
 /// 65 bytes: a PNG declaring 1048576 x 2147483647 pixels, with an empty IDAT. Decoding it
 /// used to abort the whole process ("memory allocation of ... bytes failed").
@@ -431,4 +432,68 @@ async fn short_jwt_secrets_are_refused_and_generated_secrets_are_private() {
         let mode = std::fs::metadata(data.path().join(name)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{name} is {mode:o}");
     }
+}
+
+/// Sends `frame` until the server stops taking it (it cut the connection) or `times` is
+/// reached, never reading; then reads everything that did arrive and returns the ERROR.
+async fn flood_then_error(client: &mut StompClient, frames: &[String], times: usize) -> String {
+    let mut sent = 0;
+    'outer: for _ in 0..times {
+        for frame in frames {
+            let message = Message::binary(frame.as_bytes().to_vec());
+            if client.socket.send(message).await.is_err() {
+                break 'outer;
+            }
+            sent += 1;
+            if sent % 16 == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+    // Still not reading while the server produces what was asked for.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut read = 0;
+    loop {
+        let frame = client.try_recv(Duration::from_secs(10)).await;
+        let frame = frame.unwrap_or_else(|| panic!("no ERROR after {sent} sent, {read} read"));
+        read += 1;
+        if frame.command == Command::Error {
+            assert_eq!(frame.header("message"), Some("slow consumer"));
+            return body(&frame).to_owned();
+        }
+    }
+}
+
+#[tokio::test]
+async fn receipts_and_snapshots_for_a_client_that_does_not_read_are_bounded_too() {
+    let server = TestServer::stomp(|c| {
+        c.settings.limits.outbound_buffer = 512 * 1024;
+        c.settings.api.keys = vec![BACKEND_KEY.into()];
+    })
+    .await;
+    let mut receipts = server.client("alice").await;
+    let receipt = "r".repeat(7500);
+    let send = format!("SEND\ndestination:/topic/chat.void\nreceipt:{receipt}\n\nx\0");
+    let why = flood_then_error(&mut receipts, &[send], 3000).await;
+    assert!(why.contains("limits.outbound_buffer") && why.contains("receipts"), "{why}");
+
+    // 100 tasks whose documents are large (an external worker's 2000-character message).
+    let api = server.api();
+    let token = api.register("bob").await;
+    let message = "m".repeat(2000);
+    for _ in 0..100 {
+        let body = json!({"kind": "external"});
+        let (status, answer) = api.post("/api/tasks", Some(&token), body).await;
+        assert_eq!(status, 202, "{answer}");
+        let path = format!("/api/tasks/{}/progress", answer["taskNo"].as_str().unwrap());
+        let report = json!({"status": "processing", "progress": 10, "message": message});
+        assert_eq!(api.post_as_backend(&path, BACKEND_KEY, report).await.0, 200);
+    }
+    let mut snapshots = server.client_with(&token).await;
+    // Every SUBSCRIBE to the tasks destination starts with a snapshot (about 230 KB here).
+    let subscribes: Vec<String> =
+        (0..250).map(|n| format!("SUBSCRIBE\nid:x{n}\ndestination:{PROGRESS}\n\n\0")).collect();
+    let why = flood_then_error(&mut snapshots, &subscribes, 1).await;
+    assert!(why.contains("limits.outbound_buffer"), "{why}");
+    server.stop().await;
 }
