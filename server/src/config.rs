@@ -61,6 +61,11 @@ TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the fil
   queues = 10000                   /queue/** destinations that exist at once (an empty one
                                    without consumers is dropped)
   queue_bytes = 67108864           bytes the messages waiting in all queues hold together
+  max_connections = 15000          TCP connections open at once (under the process's file
+                                   descriptor limit); past it new ones are closed at once
+  http_reserve = 256               of those, kept for plain HTTP: a WebSocket upgrade that
+                                   would take one gets 503, so /healthz and the API answer
+  header_timeout_ms = 10000        time a client has to send a request's headers
   ws_read_buffer = 4096            WebSocket read buffer per connection, bytes
   ws_write_buffer = 4096           WebSocket write buffer per connection, bytes
 
@@ -330,6 +335,12 @@ impl Settings {
         if self.stomp.heartbeat_tolerance.is_nan() || self.stomp.heartbeat_tolerance < 1.0 {
             return Err(invalid("stomp.heartbeat_tolerance", "must be at least 1.0"));
         }
+        if self.limits.http_reserve >= self.limits.max_connections {
+            return Err(invalid("limits.http_reserve", "must be below limits.max_connections"));
+        }
+        if self.limits.header_timeout_ms == 0 {
+            return Err(invalid("limits.header_timeout_ms", "must be at least 1"));
+        }
         if self.limits.frame_size < 1024 {
             return Err(invalid("limits.frame_size", "must be at least 1024 bytes"));
         }
@@ -522,6 +533,12 @@ pub struct LimitSettings {
     pub queues: usize,
     /// Bytes of the messages waiting in all queues.
     pub queue_bytes: usize,
+    /// TCP connections at once.
+    pub max_connections: usize,
+    /// Connections kept for plain HTTP.
+    pub http_reserve: usize,
+    /// Time allowed for a request's headers.
+    pub header_timeout_ms: u64,
 }
 
 impl Default for LimitSettings {
@@ -540,6 +557,9 @@ impl Default for LimitSettings {
             transaction_bytes: 1024 * 1024,
             queues: 10_000,
             queue_bytes: 64 * 1024 * 1024,
+            max_connections: 15_000,
+            http_reserve: 256,
+            header_timeout_ms: 10_000,
         }
     }
 }

@@ -49,6 +49,9 @@ pub enum AppError {
         /// The wait, for `Retry-After` (none for a quota that frees up when tasks end).
         retry_after: Option<std::time::Duration>,
     },
+    /// The server cannot take this now (a capacity limit); trying later can succeed.
+    #[error("{0}")]
+    Unavailable(String),
     /// The server is configured without this feature.
     #[error("{0}")]
     NotImplemented(String),
@@ -77,6 +80,7 @@ impl IntoResponse for AppError {
             AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(detail) => {
                 tracing::error!("request failed: {detail}");
                 StatusCode::INTERNAL_SERVER_ERROR

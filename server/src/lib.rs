@@ -12,15 +12,15 @@ mod config;
 mod error;
 pub mod replay;
 mod secret;
+mod serve;
 pub mod storage;
 pub mod tasks;
 mod throttle;
 mod web;
 mod ws;
 
-use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, io, sync::Arc, time::Duration};
 
-use axum::serve::ListenerExt;
 pub use config::{
     AccountSettings, ApiSettings, AuthSettings, AuthorizationSettings, Cli, ComfyUiSettings,
     Config, ConfigError, ConfigUser, CreditSettings, DemoSettings, JwtSettings, LimitSettings,
@@ -51,6 +51,15 @@ pub struct AppState {
     pub accounts: Accounts,
     /// The per-user log: seq/epoch, replay, snapshots.
     pub log: UserLog,
+    /// Open TCP connections (see `limits.max_connections`).
+    connections: Arc<serve::Connections>,
+}
+
+impl AppState {
+    /// TCP connections open now.
+    pub(crate) fn open_connections(&self) -> usize {
+        self.connections.open()
+    }
 }
 
 /// Why the server could not start.
@@ -101,12 +110,22 @@ impl AppState {
         let tasks =
             TaskService::start(storage, log.clone(), settings.clone(), results, &config.data_dir)
                 .await?;
-        Ok(AppState { config: Arc::new(config), broker, tasks, accounts, log })
+        Ok(AppState {
+            config: Arc::new(config),
+            broker,
+            tasks,
+            accounts,
+            log,
+            connections: Arc::default(),
+        })
     }
 }
 
 /// How long STOMP sessions get to receive their shutdown ERROR.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// How long open HTTP requests get to finish at shutdown.
+const DRAIN: Duration = Duration::from_secs(10);
 
 /// Serves [`app`] on `listener` until `shutdown` completes; then tells every STOMP session
 /// that the server is shutting down and drains open requests.
@@ -123,13 +142,11 @@ pub async fn run(
         shutdown.await;
         broker.shutdown("server is shutting down", SHUTDOWN_GRACE).await;
     };
-    let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
-    // Without TCP_NODELAY, a push written right after another waits for the client's
-    // delayed ACK (40 ms on Linux): Nagle's algorithm.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {e}");
-        }
-    });
-    axum::serve(listener, service).with_graceful_shutdown(shutdown).await
+    let limits = &state.config.settings.limits;
+    let door = serve::DoorLimits {
+        max_connections: limits.max_connections,
+        header_timeout: Duration::from_millis(limits.header_timeout_ms),
+    };
+    let connections = state.connections.clone();
+    serve::serve(listener, app(state), connections, door, shutdown, DRAIN).await
 }

@@ -10,7 +10,7 @@ use axum::{
         ConnectInfo, Query, State,
         ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
     },
-    response::Response,
+    response::{IntoResponse, Response},
 };
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt, stream::SplitSink, stream::SplitStream};
@@ -18,7 +18,7 @@ use taskpulse_shared::stomp::Version;
 use tokio::time::Instant;
 
 use crate::{
-    AppState,
+    AppError, AppState,
     broker::{Broker, Flow, Outbox, Outgoing, Session, TransportInfo},
 };
 
@@ -52,6 +52,17 @@ pub(crate) async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let limits = &state.broker.settings().limits;
+    // The last `http_reserve` connections are for plain HTTP: /healthz and the API keep
+    // answering when WebSockets take everything else.
+    let open = state.open_connections();
+    if open > limits.max_connections.saturating_sub(limits.http_reserve) {
+        return AppError::Unavailable(format!(
+            "too many connections: {open} are open (limits.max_connections = {}, of which \
+             limits.http_reserve = {} are kept for HTTP requests); try again later",
+            limits.max_connections, limits.http_reserve
+        ))
+        .into_response();
+    }
     // Room for a maximal frame plus a few small ones in the same message; larger messages
     // are refused by tungstenite before they are buffered.
     let max_message = limits.frame_size.saturating_mul(4);

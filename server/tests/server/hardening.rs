@@ -497,3 +497,51 @@ async fn receipts_and_snapshots_for_a_client_that_does_not_read_are_bounded_too(
     assert!(why.contains("limits.outbound_buffer"), "{why}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn slow_headers_are_cut_and_connections_are_capped_with_room_for_http() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::stomp(|c| {
+        c.settings.limits.header_timeout_ms = 300;
+        c.settings.limits.max_connections = 12;
+        c.settings.limits.http_reserve = 4;
+    })
+    .await;
+    // Slowloris: headers that never end are cut after the deadline.
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, slow.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the connection was closed");
+
+    // WebSockets may take all but the reserve.
+    let mut sockets = Vec::new();
+    for _ in 0..8 {
+        sockets.push(server.client("alice").await);
+    }
+    let refused = tokio_tungstenite::connect_async(server.ws_url()).await.unwrap_err();
+    let tokio_tungstenite::tungstenite::Error::Http(response) = refused else {
+        panic!("expected an HTTP refusal, got {refused:?}")
+    };
+    assert_eq!(response.status().as_u16(), 503);
+    let text = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned();
+    assert!(text.contains("limits.max_connections"), "{text}");
+    // ... and HTTP still answers.
+    assert_eq!(server.get("/healthz").await.0, 200);
+
+    // Past the cap itself, a connection is closed at once, and the rest carry on.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut over = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let _ = over.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, over.read_to_end(&mut answer)).await.unwrap();
+    assert!(answer.is_empty(), "closed without an answer");
+    drop(idle);
+    let first = sockets.first_mut().unwrap();
+    first.subscribe("s", "/topic/chat.x", "auto").await;
+    server.stop().await;
+}
