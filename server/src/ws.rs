@@ -124,18 +124,22 @@ async fn read(
     loop {
         let connected = session.principal().is_some();
         let (_, silence) = session.heartbeat();
-        let deadline = if !connected {
-            Some(connect_deadline)
-        } else if !silence.is_zero() {
-            Some(last_seen + silence)
+        let heartbeat = (connected && !silence.is_zero()).then(|| last_seen + silence);
+        // Re-read every time: an in-band refresh moves it.
+        let expiry = session.token_remaining().map(|left| Instant::now() + left);
+        let deadline = if connected {
+            [heartbeat, expiry].into_iter().flatten().min()
         } else {
-            None
+            Some(connect_deadline)
         };
         let next = match deadline {
             Some(deadline) => match tokio::time::timeout_at(deadline, stream.next()).await {
                 Ok(next) => next,
-                Err(_) if connected => return session.heartbeat_timeout(),
-                Err(_) => return session.connect_timeout(),
+                Err(_) if !connected => return session.connect_timeout(),
+                Err(_) if expiry.is_some_and(|e| e <= Instant::now()) => {
+                    return session.token_expired();
+                }
+                Err(_) => return session.heartbeat_timeout(),
             },
             None => stream.next().await,
         };

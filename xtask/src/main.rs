@@ -182,7 +182,11 @@ fn load(extra: &[String]) -> Result<(), String> {
         &data,
         &[
             ("TASKPULSE_JWT_SECRET", secret),
-            ("TASKPULSE_AUTHORIZATION_SEND_BY_USER", r#"{ bench = ["/topic/**"] }"#),
+            // The broker scenarios publish to topics as ordinary token holders.
+            ("TASKPULSE_AUTHORIZATION_SEND", r#"["/queue/**", "/topic/**"]"#),
+            ("TASKPULSE_ACCOUNTS_ATTEMPTS_PER_MINUTE", "1000000"),
+            ("TASKPULSE_TASKS_SUBMISSIONS_PER_MINUTE", "1000000"),
+            ("TASKPULSE_TASKS_MAX_ACTIVE_PER_USER", "1000000"),
             // The tasks scenario measures the service, not the renderer: no pacing, small PNGs.
             ("TASKPULSE_DEMO_DURATION_MS", "0"),
             ("TASKPULSE_DEMO_SIZE", "64"),

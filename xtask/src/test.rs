@@ -277,6 +277,10 @@ fn monitor_e2e() -> Result<String, String> {
     )
 }
 
+/// Test suites sign in many users from one address; the limit has its own test.
+const ATTEMPTS: &str = "TASKPULSE_ACCOUNTS_ATTEMPTS_PER_MINUTE";
+const MANY: &str = "100000";
+
 /// Settings of the server the client's browser tests run against.
 const CLIENT_TEST_SECRET: &str = "client-tests-secret-of-thirty-two-bytes";
 const CLIENT_TEST_API_KEY: &str = "client-tests-api-key";
@@ -298,6 +302,7 @@ fn client_browser_tests() -> Result<String, String> {
             ("TASKPULSE_DEMO_DURATION_MS", "1500"),
             ("TASKPULSE_DEMO_SIZE", "64"),
             ("TASKPULSE_STOMP_HEARTBEAT_MIN_MS", "500"),
+            (ATTEMPTS, MANY),
         ],
     )?;
     let proxy = FreezableProxy::start(&server.addr)?;
@@ -340,7 +345,7 @@ fn vite_packaging() -> Result<String, String> {
         &root().join("target/debug/taskpulse-server"),
         &app.join("dist"),
         &data,
-        &[("TASKPULSE_DEMO_DURATION_MS", "1500"), ("TASKPULSE_DEMO_SIZE", "64")],
+        &[("TASKPULSE_DEMO_DURATION_MS", "1500"), ("TASKPULSE_DEMO_SIZE", "64"), (ATTEMPTS, MANY)],
     )?;
     let _ = std::fs::create_dir_all(root().join("artifacts"));
     let result = captured(
@@ -374,6 +379,7 @@ fn stompjs_interop() -> Result<String, String> {
             ("TASKPULSE_AUTH_USERS", &users),
             ("TASKPULSE_AUTHORIZATION_SEND_BY_USER", r#"{ backend = ["/user/**", "/topic/**"] }"#),
             ("TASKPULSE_DEMO_DURATION_MS", "600"),
+            (ATTEMPTS, MANY),
         ],
     )?;
     let result = captured(

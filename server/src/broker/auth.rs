@@ -45,6 +45,9 @@ pub struct Principal {
     /// (RS256/ES256), whose names no one can register here. Only these get the rights of
     /// `[authorization] send_by_user`; an account anyone registered never does.
     pub configured: bool,
+    /// When the credentials stop being valid (a token's `exp` plus the allowed leeway),
+    /// seconds since the Unix epoch; `None` for configured logins, which do not expire.
+    pub expires_at: Option<u64>,
 }
 
 /// Why authentication failed. Logged; the client only sees "authentication failed".
@@ -183,7 +186,12 @@ impl Authenticator {
             && let Some(expected) = self.users.get(login)
         {
             return if constant_time_eq(expected.as_bytes(), passcode.as_bytes()) {
-                Ok(Principal { name: login.to_owned(), token_id: None, configured: true })
+                Ok(Principal {
+                    name: login.to_owned(),
+                    token_id: None,
+                    configured: true,
+                    expires_at: None,
+                })
             } else {
                 Err(AuthError::WrongPasscode(login.to_owned()))
             };
@@ -205,7 +213,8 @@ impl Authenticator {
     pub fn validate(&self, token: &str) -> Result<Principal, AuthError> {
         let claims = self.validate_claims(token)?;
         let configured = self.algorithm != Algorithm::HS256;
-        Ok(Principal { name: claims.sub, token_id: claims.jti, configured })
+        let expires_at = Some(claims.exp.saturating_add(self.validation.leeway));
+        Ok(Principal { name: claims.sub, token_id: claims.jti, configured, expires_at })
     }
 
     /// Validates one token and returns its claims (logout needs `jti` and `exp`).

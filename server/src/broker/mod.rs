@@ -27,7 +27,7 @@ pub use message::{Coalesce, Publication};
 use message::{Message, is_protocol_header, is_reserved_header};
 pub use outbox::{CloseReason, Delivery, Outbox, Outgoing};
 use outbox::{Leftovers, Unacked};
-pub use session::{Flow, Session, TransportInfo};
+pub use session::{AUTH_REFRESH, Flow, Session, TransportInfo};
 use taskpulse_shared::stomp::{AckMode, Headers};
 
 use crate::config::Settings;
@@ -413,6 +413,13 @@ impl Broker {
         sessions.by_id.insert(outbox.id, session);
         *sessions.per_user.entry(principal.clone()).or_default() += 1;
         Ok(())
+    }
+
+    /// The session `id` now authenticates with the token `token_id` (an in-band refresh).
+    fn retoken(&self, id: u64, token_id: Option<&str>) {
+        if let Some(session) = lock(&self.inner.sessions).by_id.get_mut(&id) {
+            session.token_id = token_id.map(Box::from);
+        }
     }
 
     fn detach(&self, id: u64) {

@@ -2,7 +2,11 @@
 //! in the [`Outbox`]. No sockets and no clocks here; the transport owns both and reports
 //! timeouts, so this is testable by feeding bytes.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use taskpulse_shared::stomp::{
     AckMode, Acknowledge, ClientCommand, ClientFrame, Command, Connect, DecodeError, Decoder,
@@ -56,7 +60,14 @@ struct Connected {
     transactions: HashMap<String, Vec<Deferred>>,
     /// Bytes of the frames deferred in `transactions`.
     transaction_bytes: usize,
+    /// When the credentials expire (seconds since the epoch); the session ends then unless
+    /// renewed through [`AUTH_REFRESH`].
+    expires_at: Option<u64>,
 }
+
+/// Where a client SENDs a fresh token (in `Authorization: Bearer`, or as the body) to keep
+/// its session past the current token's expiry. Never routed: the session handles it.
+pub const AUTH_REFRESH: &str = "/app/auth.refresh";
 
 impl Deferred {
     /// What the deferred frame holds in memory, for `limits.transaction_bytes`.
@@ -215,6 +226,27 @@ impl Session {
         )
     }
 
+    /// How long until the session's credentials expire; `None` if they do not.
+    pub fn token_remaining(&self) -> Option<Duration> {
+        let expires_at = self.connected.as_ref()?.expires_at?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Some(Duration::from_secs(expires_at.saturating_sub(now)))
+    }
+
+    /// The credentials expired without a refresh.
+    pub fn token_expired(&mut self) -> Flow {
+        self.fail(
+            refuse(
+                "token expired",
+                format!(
+                    "The token this connection authenticated with has expired. Connect again \
+                     with a fresh token, or send one to {AUTH_REFRESH} before it expires."
+                ),
+            ),
+            None,
+        )
+    }
+
     /// Nothing arrived for longer than the negotiated heart-beat allows.
     pub fn heartbeat_timeout(&mut self) -> Flow {
         let (_, within) = self.heartbeat();
@@ -322,6 +354,7 @@ impl Session {
         };
         let token_id = principal.token_id;
         let configured = principal.configured;
+        let expires_at = principal.expires_at;
         let principal: Arc<str> = Arc::from(principal.name);
         self.broker
             .attach(&principal, token_id.as_deref(), &self.outbox)
@@ -356,6 +389,7 @@ impl Session {
             subscriptions: HashMap::new(),
             transactions: HashMap::new(),
             transaction_bytes: 0,
+            expires_at,
         });
         Ok(Flow::Continue)
     }
@@ -450,12 +484,50 @@ impl Session {
     }
 
     fn apply_send(&mut self, send: Send) -> Result<(), Refusal> {
+        if send.destination == AUTH_REFRESH {
+            return self.refresh(&send);
+        }
         let Some(connected) = &self.connected else {
             return Err(refuse("not connected", "The first frame must be CONNECT or STOMP."));
         };
         let sender =
             super::Sender { principal: &connected.principal, configured: connected.configured };
         self.broker.client_send(&sender, &send.destination, send.headers, send.body)?;
+        Ok(())
+    }
+
+    /// Renews the session's credentials with a token for the same principal.
+    fn refresh(&mut self, send: &Send) -> Result<(), Refusal> {
+        let Some(connected) = self.connected.as_mut() else {
+            return Err(refuse("not connected", "The first frame must be CONNECT or STOMP."));
+        };
+        let header = send
+            .headers
+            .get("Authorization")
+            .or_else(|| send.headers.get("authorization"))
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        let token = match header {
+            Some(token) => token.trim().to_owned(),
+            None => String::from_utf8_lossy(&send.body).trim().to_owned(),
+        };
+        let refused = |why: &str| {
+            refuse(
+                "token refresh refused",
+                format!("The token sent to {AUTH_REFRESH} was not accepted: {why}."),
+            )
+        };
+        let principal = match self.broker.authenticator().validate(&token) {
+            Ok(principal) => principal,
+            Err(reason) => {
+                tracing::info!(peer = %self.transport.peer, user = %connected.principal, %reason, "token refresh refused");
+                return Err(refused("it is invalid, expired or revoked"));
+            }
+        };
+        if *principal.name != *connected.principal {
+            return Err(refused("it is for another principal"));
+        }
+        connected.expires_at = principal.expires_at;
+        self.broker.retoken(self.outbox.id, principal.token_id.as_deref());
         Ok(())
     }
 

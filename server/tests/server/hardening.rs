@@ -545,3 +545,33 @@ async fn slow_headers_are_cut_and_connections_are_capped_with_room_for_http() {
     first.subscribe("s", "/topic/chat.x", "auto").await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_session_ends_when_its_token_expires_unless_renewed_in_band() {
+    let server = TestServer::stomp(|c| c.settings.jwt.leeway_s = 0).await;
+    let mut short = server.client_with(&server.token_expiring("alice", 2)).await;
+    short.subscribe("s", "/topic/chat.x", "auto").await;
+    let error = short.try_recv(Duration::from_secs(5)).await.expect("closed at expiry");
+    assert_eq!(error.header("message"), Some("token expired"));
+    assert!(body(&error).contains("/app/auth.refresh"), "{}", body(&error));
+    assert_eq!(short.close_code().await, Some(1008));
+
+    // Renewed before expiry: the session outlives the first token.
+    let mut renewed = server.client_with(&server.token_expiring("alice", 2)).await;
+    let fresh = format!("Bearer {}", server.token("alice"));
+    let refresh =
+        [("destination", "/app/auth.refresh"), ("Authorization", &fresh), ("receipt", "r")];
+    renewed.frame(Command::Send, &refresh, "").await;
+    assert_eq!(renewed.recv().await.command, Command::Receipt);
+    renewed.expect_nothing(Duration::from_secs(3)).await;
+    renewed.subscribe("s", "/topic/chat.x", "auto").await;
+
+    // A token for someone else does not renew anything.
+    let mut other = server.client_with(&server.token_expiring("alice", 60)).await;
+    let bob = server.token("bob");
+    other.frame(Command::Send, &[("destination", "/app/auth.refresh")], &bob).await;
+    let error = other.expect_error().await;
+    assert_eq!(error.header("message"), Some("token refresh refused"));
+    assert!(body(&error).contains("another principal"), "{}", body(&error));
+    server.stop().await;
+}
