@@ -21,7 +21,8 @@ usage: cargo xtask <command>
                          ends with 'N passed, N failed'
   test-client            only client-wasm's browser suite against a live server
   dist                   build the npm package @taskpulse/client into client-wasm/pkg
-  fuzz [SECONDS]         fuzz the STOMP decoder (default 300 s)
+  fuzz [SECONDS] [TARGET] fuzz the STOMP decoder (decode, the default) or whole
+                         sessions (session); 300 s by default
   bench                  run the codec benchmarks (criterion)
   load [LOAD ARGS...]    start a release server and run the broker load tool
                          (taskpulse-load --help lists scenarios and sizes)
@@ -36,7 +37,7 @@ fn main() -> ExitCode {
         Some("test") => test::run(),
         Some("test-client") => test::client_only(),
         Some("dist") => dist::run(),
-        Some("fuzz") => fuzz(args.get(1).map(String::as_str)),
+        Some("fuzz") => fuzz(args.get(1).map(String::as_str), args.get(2).map(String::as_str)),
         Some("bench") => bench(),
         Some("load") => load(&args[1..]),
         Some("chaos") => chaos(args.get(1).map(String::as_str)),
@@ -117,27 +118,33 @@ fn run(server_args: &[String]) -> Result<(), String> {
     status(server.args(server_args), "running the server")
 }
 
-fn fuzz(seconds: Option<&str>) -> Result<(), String> {
+fn fuzz(seconds: Option<&str>, target: Option<&str>) -> Result<(), String> {
     let seconds: u64 =
         seconds.unwrap_or("300").parse().map_err(|_| "fuzz takes a number of seconds")?;
+    // Each target lives in the fuzz workspace of the crate it exercises.
+    let (crate_dir, target, what, max_len) = match target.unwrap_or("decode") {
+        "decode" => ("shared", "decode", "the STOMP decoder", "4096"),
+        "session" => ("server", "session", "whole STOMP sessions", "16384"),
+        other => return Err(format!("unknown fuzz target {other:?}: decode or session")),
+    };
     install::cargo_fuzz()?;
-    let corpus = root().join("shared/fuzz/corpus/decode");
+    let corpus = root().join(crate_dir).join("fuzz/corpus").join(target);
     std::fs::create_dir_all(&corpus)
         .map_err(|e| format!("cannot create {}: {e}", corpus.display()))?;
     // cargo-fuzz needs nightly flags; this machine has one stable toolchain, so
     // RUSTC_BOOTSTRAP unlocks them. No sanitizer: stable ships no ASan runtime.
     status(
         cargo()
-            .current_dir(root().join("shared"))
+            .current_dir(root().join(crate_dir))
             .env("RUSTC_BOOTSTRAP", "1")
-            .args(["fuzz", "run", "--sanitizer", "none", "decode"])
+            .args(["fuzz", "run", "--sanitizer", "none", target])
             // New inputs go to the (ignored) corpus; the committed seeds are read only.
             .arg(&corpus)
-            .arg(root().join("shared/fuzz/seeds"))
+            .arg(root().join(crate_dir).join("fuzz/seeds"))
             .arg("--")
             .arg(format!("-max_total_time={seconds}"))
-            .arg("-max_len=4096"),
-        &format!("fuzzing the STOMP decoder for {seconds} s"),
+            .arg(format!("-max_len={max_len}")),
+        &format!("fuzzing {what} for {seconds} s"),
     )
 }
 

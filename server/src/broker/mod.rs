@@ -6,6 +6,8 @@
 
 mod auth;
 mod destination;
+#[doc(hidden)]
+pub mod exercise;
 mod message;
 mod outbox;
 mod session;
