@@ -303,3 +303,59 @@ fn owner_only(path: &Path) -> std::io::Result<()> {
 fn owner_only(_: &Path) -> std::io::Result<()> {
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use taskpulse_shared::stomp::{Headers, HeartBeat, Version};
+
+    use super::*;
+    use crate::config::ConfigUser;
+
+    fn connect(headers: &[(&str, &str)]) -> Connect {
+        let mut all = Headers::new();
+        for (name, value) in headers {
+            all.push(name, value);
+        }
+        Connect {
+            accept_version: vec![Version::V1_2],
+            host: None,
+            heart_beat: HeartBeat::default(),
+            headers: all,
+        }
+    }
+
+    #[test]
+    fn each_refusal_says_why_for_the_log() {
+        let jwt = JwtSettings {
+            secret: "auth-tests-secret-of-thirty-two-bytes".into(),
+            ..Default::default()
+        };
+        let auth = AuthSettings {
+            users: vec![ConfigUser { login: "svc".into(), passcode: "right".into() }],
+        };
+        let auth = Authenticator::new(&jwt, &auth, Path::new(".")).unwrap();
+        let reason = |headers: &[(&str, &str)]| auth.authenticate(&connect(headers), None);
+        assert!(matches!(reason(&[]), Err(AuthError::NoCredentials)));
+        assert!(matches!(
+            reason(&[("login", "svc"), ("passcode", "wrong")]),
+            Err(AuthError::WrongPasscode(login)) if login == "svc"
+        ));
+        // A login nobody configured used to be logged as "no credentials".
+        assert!(matches!(
+            reason(&[("login", "nobody"), ("passcode", "x")]),
+            Err(AuthError::UnknownLogin(login)) if login == "nobody"
+        ));
+        let ok = reason(&[("login", "svc"), ("passcode", "right")]).unwrap();
+        assert!(ok.configured && ok.expires_at.is_none());
+        // Tokens this server issues belong to registrable accounts: not configured.
+        let claims =
+            Claims { sub: "svc".into(), exp: u64::MAX / 4, nbf: None, iat: None, jti: None };
+        let token = auth.issue(&claims).unwrap();
+        let principal = reason(&[("Authorization", &format!("Bearer {token}"))]).unwrap();
+        assert!(!principal.configured && principal.expires_at.is_some());
+
+        let short = JwtSettings { secret: "short".into(), ..Default::default() };
+        let refused = Authenticator::new(&short, &AuthSettings::default(), Path::new("."));
+        assert!(refused.unwrap_err().to_string().contains("jwt.secret has 5 bytes"));
+    }
+}

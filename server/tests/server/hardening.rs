@@ -575,3 +575,45 @@ async fn a_session_ends_when_its_token_expires_unless_renewed_in_band() {
     assert!(body(&error).contains("another principal"), "{}", body(&error));
     server.stop().await;
 }
+
+/// `VmHWM` (peak resident memory) of process `pid`, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn concurrent_password_hashing_is_bounded_in_memory() {
+    let data = tempfile::tempdir().unwrap();
+    let server = crate::fixture::spawn(data.path());
+    let api = crate::fixture::Api::new(server.addr);
+    api.register("alice").await;
+    let before = peak_rss_kib(server.child.id());
+    // One after the other: the memory is reused, not allocated per login.
+    for _ in 0..6 {
+        let body = json!({"username": "alice", "password": "password-of-alice"});
+        assert_eq!(api.post("/api/auth/login", None, body).await.0, 200);
+    }
+    let sequential = peak_rss_kib(server.child.id());
+    // 48 logins at once: argon2id takes 19 MiB each, so unbounded this was ~900 MiB.
+    let logins = (0..48).map(|n| {
+        let api = api.clone();
+        async move {
+            let password = if n % 2 == 0 { "password-of-alice" } else { "wrong password" };
+            let body = json!({"username": "alice", "password": password});
+            api.post("/api/auth/login", None, body).await.0
+        }
+    });
+    let statuses = futures_util::future::join_all(logins).await;
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 401), "{statuses:?}");
+    let peak = peak_rss_kib(server.child.id());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    // One hash per core at a time: 19 MiB each, plus the server itself.
+    let bound = (100 + 20 * cores) * 1024;
+    println!(
+        "peak RSS: {before} KiB after one registration, {sequential} KiB after 6 logins, \
+         {peak} KiB after 48 concurrent logins ({cores} cores)"
+    );
+    assert!(peak < bound, "peak RSS {peak} KiB over {bound} KiB");
+}
