@@ -54,6 +54,9 @@ pub enum AccountError {
         /// When the next attempt is allowed.
         retry_after: std::time::Duration,
     },
+    /// Too many sign-ins are waiting for password hashing.
+    #[error("too many sign-ins are waiting; try again in a moment")]
+    Busy,
     /// The name belongs to a configured principal.
     #[error("username {0:?} is reserved for a configured identity")]
     Reserved(String),
@@ -138,9 +141,7 @@ impl Hashers {
         let job = Box::new(move |memory: &mut Vec<Block>| {
             let _ = done.send(work(memory));
         });
-        self.jobs.try_send(job).map_err(|_| {
-            AccountError::Internal("too many sign-ins are waiting for password hashing".into())
-        })?;
+        self.jobs.try_send(job).map_err(|_| AccountError::Busy)?;
         result.await.map_err(|_| AccountError::Internal("password hashing failed".into()))
     }
 }

@@ -128,6 +128,7 @@ impl From<AccountError> for AppError {
             AccountError::Invalid { field, .. } => AppError::field(field, error.to_string()),
             AccountError::RegistrationClosed => AppError::Forbidden(error.to_string()),
             AccountError::ExternalTokens => AppError::NotImplemented(error.to_string()),
+            AccountError::Busy => AppError::Unavailable(error.to_string()),
             AccountError::Taken(_) | AccountError::Reserved(_) => {
                 AppError::Conflict(error.to_string())
             }
