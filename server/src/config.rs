@@ -60,7 +60,7 @@ TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the fil
   transaction_bytes = 1048576      bytes the frames of a connection's open transactions hold
   queues = 10000                   /queue/** destinations that exist at once (an empty one
                                    without consumers is dropped)
-  queue_bytes = 67108864           bytes the messages waiting in all queues hold together
+  queue_bytes = 16777216           bytes the messages waiting in all queues hold together
   max_connections = 15000          TCP connections open at once (under the process's file
                                    descriptor limit); past it new ones are closed at once
   http_reserve = 256               of those, kept for plain HTTP: a WebSocket upgrade that
@@ -556,7 +556,7 @@ impl Default for LimitSettings {
             transactions_per_connection: 16,
             transaction_bytes: 1024 * 1024,
             queues: 10_000,
-            queue_bytes: 64 * 1024 * 1024,
+            queue_bytes: 16 * 1024 * 1024,
             max_connections: 15_000,
             http_reserve: 256,
             header_timeout_ms: 10_000,
