@@ -469,7 +469,9 @@ async fn main() {
                 let (mut conns, _) =
                     open_many(&args.url, &args.secret, |i| format!("idle{i}"), args.idle, 64).await;
                 for conn in &mut conns {
-                    conn.subscribe("/user/queue/tasks-progress").await.expect("subscribe");
+                    conn.subscribe(taskpulse_shared::resume::TASKS_DESTINATION)
+                        .await
+                        .expect("subscribe");
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 let after = args.server_pid.and_then(rss_kib);

@@ -17,7 +17,7 @@ use std::{
 
 use bytes::Bytes;
 use futures_util::SinkExt;
-use taskpulse_shared::stomp::Command;
+use taskpulse_shared::{resume, stomp::Command};
 
 use crate::{Args, Conn, frame, percentile, token};
 
@@ -65,7 +65,7 @@ async fn epoch(args: &Args, base: &str) -> String {
     publish(&reqwest::Client::new(), base, &args.api_key, "replay-probe", 0).await;
     loop {
         let frame = conn.next().await.expect("the probe's notice");
-        if let Some(epoch) = frame.header("epoch") {
+        if let Some(epoch) = frame.header(resume::EPOCH) {
             return epoch.to_owned();
         }
     }
@@ -87,8 +87,8 @@ async fn resume(
             ("id", "0"),
             ("destination", &destination),
             ("receipt", "r"),
-            ("x-resume-epoch", epoch),
-            ("x-resume-seq", "0"),
+            (resume::RESUME_EPOCH, epoch),
+            (resume::RESUME_SEQ, "0"),
         ],
         Bytes::new(),
     );

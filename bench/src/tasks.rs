@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use taskpulse_shared::{TaskProgressDto, TaskStatus, stomp::Command};
+use taskpulse_shared::{TaskProgressDto, TaskStatus, resume::TASKS_DESTINATION, stomp::Command};
 
 use crate::{Args, Conn, percentile, token};
 
@@ -39,7 +39,7 @@ async fn watch(args: &Args, timeline: &Arc<Mutex<Timeline>>) -> Vec<tokio::task:
         let mut conn = Conn::open(&args.url, &token(&args.secret, &format!("tasks{user}")))
             .await
             .expect("subscriber connects");
-        conn.subscribe("/user/queue/tasks-progress").await.expect("subscribe");
+        conn.subscribe(TASKS_DESTINATION).await.expect("subscribe");
         let timeline = timeline.clone();
         watchers.push(tokio::spawn(async move {
             while let Some(frame) = conn.next().await {

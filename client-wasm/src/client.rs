@@ -16,7 +16,7 @@ use futures_channel::{mpsc, oneshot};
 use futures_util::{FutureExt, Stream, StreamExt, select_biased, stream};
 use gloo_timers::future::{IntervalStream, TimeoutFuture};
 use taskpulse_shared::{
-    TaskProgressDto,
+    TaskProgressDto, resume,
     stomp::{Command, Decoder, Frame, Limits, Version},
 };
 use wasm_bindgen::{JsCast, closure::Closure};
@@ -30,7 +30,7 @@ use crate::{
 };
 
 /// Where task updates arrive, for every session of the token's user.
-pub const TASKS_DESTINATION: &str = "/user/queue/tasks-progress";
+pub use taskpulse_shared::resume::TASKS_DESTINATION;
 /// A connection that stayed up this long resets the backoff.
 const HEALTHY_AFTER_MS: f64 = 5_000.0;
 /// How long `disconnect()` waits for the server's RECEIPT before closing anyway.
@@ -718,8 +718,7 @@ fn drain(inner: &Inner, decoder: &mut Decoder) -> Result<Flow, ClientError> {
                 _ => {}
             },
             Command::Error => {
-                let message = frame.header("message").unwrap_or_default();
-                if message.contains("resume position") {
+                if frame.header(resume::ERROR_CODE) == Some(resume::INVALID_RESUME_POSITION) {
                     // Never expected (positions come from the server), but retrying the
                     // same position would fail forever: start over with a snapshot.
                     inner.forget_positions();
@@ -775,10 +774,10 @@ impl Inner {
         };
         if id == 0 {
             let mut stats = self.stats.get();
-            if frame.header("x-replayed") == Some("true") {
+            if frame.header(resume::REPLAYED) == Some("true") {
                 stats.replayed += 1;
             }
-            if frame.header("x-snapshot").is_some() {
+            if frame.header(resume::SNAPSHOT).is_some() {
                 stats.snapshot_entries += 1;
             }
             self.stats.set(stats);

@@ -5,16 +5,15 @@
 //!
 //! No I/O and no clock: the transport feeds frames in and reads resume headers out.
 
-use taskpulse_shared::{TaskProgressDto, stomp::Frame};
+use taskpulse_shared::{
+    TaskProgressDto,
+    resume::{self, ResumePosition},
+    stomp::Frame,
+};
 
-/// The client's position in its user's log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Position {
-    /// The log's epoch.
-    pub epoch: String,
-    /// The highest `seq` applied (or the position a snapshot reflected).
-    pub seq: i64,
-}
+/// The client's position in its user's log: the highest `seq` applied (or the position a
+/// snapshot reflected) in an epoch.
+pub type Position = ResumePosition;
 
 /// A subscription's place in the user's log: which numbered messages were already applied.
 /// Every `/user/...` subscription keeps one, so that a resume asks for exactly what it missed.
@@ -28,12 +27,7 @@ impl Cursor {
     /// Headers for the next SUBSCRIBE: `x-resume-epoch`/`x-resume-seq` once a position is
     /// known, none before.
     pub fn resume_headers(&self) -> Vec<(&'static str, String)> {
-        match &self.position {
-            Some(p) => {
-                vec![("x-resume-epoch", p.epoch.clone()), ("x-resume-seq", p.seq.to_string())]
-            }
-            None => Vec::new(),
-        }
+        self.position.iter().flat_map(ResumePosition::headers).collect()
     }
 
     /// The position, once known.
@@ -51,15 +45,15 @@ impl Cursor {
     /// message from another epoch (a wiped server) restarts the position; an unnumbered
     /// message (an older server) is always new.
     pub fn admit(&mut self, frame: &Frame) -> bool {
-        let epoch = frame.header("epoch");
-        if frame.header("x-snapshot").is_some() {
-            let seq = frame.header("x-snapshot-seq").and_then(|s| s.parse().ok());
+        let epoch = frame.header(resume::EPOCH);
+        if frame.header(resume::SNAPSHOT).is_some() {
+            let seq = frame.header(resume::SNAPSHOT_SEQ).and_then(|s| s.parse().ok());
             if let (Some(epoch), Some(seq)) = (epoch, seq) {
                 self.position = Some(Position { epoch: epoch.to_owned(), seq });
             }
             return true;
         }
-        let seq: Option<i64> = frame.header("seq").and_then(|s| s.parse().ok());
+        let seq: Option<i64> = frame.header(resume::SEQ).and_then(|s| s.parse().ok());
         match (epoch, seq, &mut self.position) {
             (Some(epoch), Some(seq), Some(p)) if p.epoch == epoch => {
                 if seq <= p.seq {

@@ -12,18 +12,16 @@ use std::{
     time::Duration,
 };
 
-use taskpulse_shared::TaskProgressDto;
+pub use taskpulse_shared::resume::TASKS_PATH;
+use taskpulse_shared::{TaskProgressDto, resume::ResumePosition};
 use tokio::sync::OwnedMutexGuard;
 
 use crate::{
     ReplaySettings,
-    broker::{Broker, Coalesce, Publication, ReplayRequest, ReplaySource},
+    broker::{Broker, Coalesce, LogPlace, Publication, ReplayRequest, ReplaySource},
     storage::{LogEntry, Storage, StorageError},
     tasks::{ResultStore, now_ms},
 };
-
-/// The user path of task updates.
-pub const TASKS_PATH: &str = "/queue/tasks-progress";
 
 /// What one replayed or snapshot message costs beyond its body in an outbound buffer: the
 /// destination, ids and the guarantee's headers (see `broker::Message::cost`).
@@ -69,29 +67,29 @@ struct Inner {
     storage: Arc<dyn Storage>,
     broker: Broker,
     results: ResultStore,
-    epoch: String,
+    epoch: Arc<str>,
     settings: ReplaySettings,
-    /// Each user's last `seq` (`None` until read from storage), behind an async lock that
-    /// orders that user's appends and sends.
-    users: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<i64>>>>>,
+    /// Each user's turn: an async lock that orders that user's appends and sends, so that
+    /// send order is `seq` order (storage numbers, in the transaction that stores).
+    users: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Paths with an offline mark for some user (the marks themselves are stored).
     offline_paths: Mutex<HashSet<String>>,
 }
 
-/// One user's turn to append and send: holds that user's sequencer.
+/// One user's turn to append and send: holds that user's lock.
 #[derive(Debug)]
 pub struct UserTurn {
     log: UserLog,
     user: String,
-    last: OwnedMutexGuard<Option<i64>>,
+    _order: OwnedMutexGuard<()>,
 }
 
 impl UserTurn {
-    /// The log entry for the next message to `/user{path}`.
+    /// The log entry for the next message to `/user{path}`; storage gives it its `seq`.
     pub fn entry(&self, path: &str, content_type: &str, body: Vec<u8>) -> LogEntry {
         LogEntry {
             user: self.user.clone(),
-            seq: self.last.unwrap_or(0) + 1,
+            seq: 0,
             at: now_ms(),
             path: path.to_owned(),
             content_type: content_type.to_owned(),
@@ -99,10 +97,10 @@ impl UserTurn {
         }
     }
 
-    /// Sends a stored entry to the user's sessions; returns how many subscriptions took it.
+    /// Sends a stored entry (numbered by storage) to the user's sessions; returns how many
+    /// subscriptions took it.
     pub fn send(&mut self, entry: &LogEntry, coalesce: Option<Coalesce>) -> usize {
-        *self.last = Some(entry.seq);
-        let mut publication = self.log.publication(entry);
+        let mut publication = self.log.publication(entry, false);
         if let Some(coalesce) = coalesce {
             publication = publication.coalesce(coalesce);
         }
@@ -125,7 +123,7 @@ impl UserLog {
         results: ResultStore,
         settings: ReplaySettings,
     ) -> Result<UserLog, StorageError> {
-        let epoch = storage.epoch().await?;
+        let epoch = Arc::from(storage.epoch().await?);
         let offline_paths = storage.offline_paths().await?.into_iter().collect();
         let log = UserLog {
             inner: Arc::new(Inner {
@@ -150,16 +148,9 @@ impl UserLog {
 
     /// Waits for `user`'s turn (appends and sends of one user happen one at a time, in `seq`
     /// order).
-    ///
-    /// # Errors
-    /// Reading the user's last `seq` failed.
-    pub async fn turn(&self, user: &str) -> Result<UserTurn, StorageError> {
-        let sequencer = lock(&self.inner.users).entry(user.to_owned()).or_default().clone();
-        let mut last = sequencer.lock_owned().await;
-        if last.is_none() {
-            *last = Some(self.inner.storage.log_range(user).await?.1);
-        }
-        Ok(UserTurn { log: self.clone(), user: user.to_owned(), last })
+    pub async fn turn(&self, user: &str) -> UserTurn {
+        let order = lock(&self.inner.users).entry(user.to_owned()).or_default().clone();
+        UserTurn { log: self.clone(), user: user.to_owned(), _order: order.lock_owned().await }
     }
 
     /// Appends and sends a message that is not a task change (a notice, a queue position).
@@ -176,9 +167,9 @@ impl UserLog {
         body: Vec<u8>,
         coalesce: Option<Coalesce>,
     ) -> Result<usize, StorageError> {
-        let mut turn = self.turn(user).await?;
-        let entry = turn.entry(path, content_type, body);
-        self.inner.storage.append_log(&entry).await?;
+        let mut turn = self.turn(user).await;
+        let mut entry = turn.entry(path, content_type, body);
+        entry.seq = self.inner.storage.append_log(&entry).await?;
         let handed = turn.send(&entry, coalesce);
         if handed == 0 && path != TASKS_PATH {
             self.inner.storage.mark_offline(user, path, entry.seq).await?;
@@ -187,10 +178,10 @@ impl UserLog {
         Ok(handed)
     }
 
-    fn publication(&self, entry: &LogEntry) -> Publication {
-        Publication::new(&entry.content_type, entry.body.clone())
-            .with_header("seq", &entry.seq.to_string())
-            .with_header("epoch", &self.inner.epoch)
+    fn publication(&self, entry: &LogEntry, replayed: bool) -> Publication {
+        let place =
+            LogPlace::Numbered { seq: entry.seq, epoch: self.inner.epoch.clone(), replayed };
+        Publication::new(&entry.content_type, entry.body.clone()).at(place)
     }
 
     async fn serve(&self, request: ReplayRequest) -> Result<(), StorageError> {
@@ -198,7 +189,7 @@ impl UserLog {
         let settings = &self.inner.settings;
         let storage = &self.inner.storage;
         let after = match resume {
-            Some((epoch, seq)) => {
+            Some(ResumePosition { epoch, seq }) => {
                 let range = storage.log_range(&user).await?;
                 match plan(&epoch, seq, &self.inner.epoch, range, settings.max_replay) {
                     Plan::Replay { after } => Some(after),
@@ -228,10 +219,7 @@ impl UserLog {
         }
         if let Some(after) = after {
             let up_to = entries.last().map_or(after, |e| e.seq);
-            let replay = entries
-                .iter()
-                .map(|e| self.publication(e).with_header("x-replayed", "true"))
-                .collect();
+            let replay = entries.iter().map(|e| self.publication(e, true)).collect();
             held.release(replay, Some(up_to));
             return Ok(());
         }
@@ -264,10 +252,12 @@ impl UserLog {
             .into_iter()
             .enumerate()
             .map(|(i, body)| {
-                Publication::json(body)
-                    .with_header("epoch", &self.inner.epoch)
-                    .with_header("x-snapshot", &format!("{}/{count}", i + 1))
-                    .with_header("x-snapshot-seq", &high.to_string())
+                Publication::json(body).at(LogPlace::Snapshot {
+                    index: i + 1,
+                    count,
+                    seq: high,
+                    epoch: self.inner.epoch.clone(),
+                })
             })
             .collect();
         held.release(snapshot, Some(high));

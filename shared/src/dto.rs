@@ -5,9 +5,6 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// The destination every client subscribes to for its own task updates.
-pub const TASK_PROGRESS_DESTINATION: &str = "/user/queue/tasks-progress";
-
 /// Where a task is in its lifecycle: `created -> queued -> processing -> completed | failed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

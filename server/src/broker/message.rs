@@ -4,7 +4,10 @@
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use taskpulse_shared::stomp::{Command, Frame, Headers, Version, encode, encode_header};
+use taskpulse_shared::{
+    resume,
+    stomp::{Command, Frame, Headers, Version, encode, encode_header},
+};
 
 /// What the server publishes through [`super::Broker::send_to_user`] and
 /// [`super::Broker::publish`].
@@ -13,6 +16,54 @@ pub struct Publication {
     pub(crate) headers: Headers,
     pub(crate) body: Bytes,
     pub(crate) coalesce: Option<Coalesce>,
+    pub(crate) place: Option<LogPlace>,
+}
+
+/// Where a message stands in its user's log. Typed until a transport encodes it (as the
+/// `seq`, `epoch`, `x-replayed`, `x-snapshot*` headers of [`resume`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogPlace {
+    /// A numbered message, live or sent again from the log.
+    Numbered {
+        /// Its position.
+        seq: i64,
+        /// The log's epoch.
+        epoch: Arc<str>,
+        /// Sent again by a catch-up.
+        replayed: bool,
+    },
+    /// Entry `index` (from 1) of `count` of a snapshot that stands for position `seq`.
+    Snapshot {
+        /// 1-based.
+        index: usize,
+        /// Entries in the snapshot.
+        count: usize,
+        /// The position the snapshot stands for.
+        seq: i64,
+        /// The log's epoch.
+        epoch: Arc<str>,
+    },
+}
+
+impl LogPlace {
+    /// Its headers, in wire order.
+    fn headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            LogPlace::Numbered { seq, epoch, replayed } => {
+                let mut headers =
+                    vec![(resume::SEQ, seq.to_string()), (resume::EPOCH, epoch.to_string())];
+                if *replayed {
+                    headers.push((resume::REPLAYED, "true".into()));
+                }
+                headers
+            }
+            LogPlace::Snapshot { index, count, seq, epoch } => vec![
+                (resume::EPOCH, epoch.to_string()),
+                (resume::SNAPSHOT, format!("{index}/{count}")),
+                (resume::SNAPSHOT_SEQ, seq.to_string()),
+            ],
+        }
+    }
 }
 
 /// How a message may be merged with a newer one for a consumer that cannot keep up.
@@ -35,7 +86,13 @@ impl Publication {
     pub fn new(content_type: &str, body: impl Into<Bytes>) -> Publication {
         let mut headers = Headers::new();
         headers.push("content-type", content_type);
-        Publication { headers, body: body.into(), coalesce: None }
+        Publication { headers, body: body.into(), coalesce: None, place: None }
+    }
+
+    /// Places the message in its user's log.
+    pub fn at(mut self, place: LogPlace) -> Publication {
+        self.place = Some(place);
+        self
     }
 
     /// Adds a header that subscribers receive.
@@ -61,6 +118,7 @@ pub struct Message {
     pub(crate) body: Bytes,
     pub(crate) redelivered: bool,
     pub(crate) coalesce: Option<Coalesce>,
+    pub(crate) place: Option<LogPlace>,
     /// Whether the encoded frame is valid UTF-8 (a text WebSocket message).
     pub(crate) text: bool,
     /// See [`Message::cost`]; computed once.
@@ -73,14 +131,15 @@ pub(crate) const MESSAGE_LINE: &[u8] = b"MESSAGE\n";
 
 impl Message {
     pub(crate) fn new(id: String, destination: String, publication: Publication) -> Message {
-        let Publication { headers, body, coalesce } = publication;
+        let Publication { headers, body, coalesce, place } = publication;
         let text = std::str::from_utf8(&body).is_ok();
         // Copy small bodies so that a kept message does not pin a large read buffer.
         let body = if body.len() < 4096 { Bytes::copy_from_slice(&body) } else { body };
         // The encoded frame (every header included) plus room for the per-delivery
         // `subscription` and `ack` headers and `redelivered`.
         let header_bytes: usize = headers.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
-        let cost = body.len() + destination.len() + id.len() + header_bytes + 96;
+        // Room for the log place's headers too.
+        let cost = body.len() + destination.len() + id.len() + header_bytes + 160;
         Message {
             id,
             destination,
@@ -88,15 +147,19 @@ impl Message {
             body,
             redelivered: false,
             coalesce,
+            place,
             text,
             cost,
             tails: Default::default(),
         }
     }
 
-    /// The `seq` header of a user-log message.
+    /// The position of a numbered user-log message.
     pub(crate) fn seq(&self) -> Option<i64> {
-        self.headers.get("seq")?.parse().ok()
+        match &self.place {
+            Some(LogPlace::Numbered { seq, .. }) => Some(*seq),
+            _ => None,
+        }
     }
 
     /// The same message marked `redelivered:true`.
@@ -108,6 +171,7 @@ impl Message {
             body: self.body.clone(),
             redelivered: true,
             coalesce: self.coalesce.clone(),
+            place: self.place.clone(),
             text: self.text,
             cost: self.cost,
             tails: Default::default(),
@@ -132,6 +196,9 @@ impl Message {
                 scratch.clear();
                 encode_header(name, value, Command::Message, version, &mut scratch).is_ok()
             }));
+            for (name, value) in self.place.iter().flat_map(LogPlace::headers) {
+                frame.headers.push(name, &value);
+            }
             frame.headers.push("content-length", &self.body.len().to_string());
             let frame = frame.with_body(self.body.clone());
             let mut out = Vec::new();
@@ -161,12 +228,4 @@ pub(crate) fn is_protocol_header(name: &str) -> bool {
             | "ack"
             | "redelivered"
     )
-}
-
-/// Headers only the server writes: the delivery guarantee's (README, "Never losing a final
-/// status"). A client's SEND never carries them through to subscribers.
-pub(crate) fn is_reserved_header(name: &str) -> bool {
-    matches!(name, "seq" | "epoch" | "x-replayed")
-        || name.starts_with("x-snapshot")
-        || name.starts_with("x-resume-")
 }

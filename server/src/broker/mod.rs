@@ -25,12 +25,15 @@ pub(crate) use auth::stored_secret;
 pub use auth::{AuthError, Authenticator, Claims, KeyError, Principal};
 use bytes::Bytes;
 pub use destination::{Destination, DestinationError, pattern_matches};
-pub use message::{Coalesce, Publication};
-use message::{Message, is_protocol_header, is_reserved_header};
+pub use message::{Coalesce, LogPlace, Publication};
+use message::{Message, is_protocol_header};
 pub use outbox::{CloseReason, Delivery, Outbox, Outgoing};
 use outbox::{Leftovers, Unacked};
 pub use session::{AUTH_REFRESH, Flow, Session, TransportInfo};
-use taskpulse_shared::stomp::{AckMode, Headers};
+use taskpulse_shared::{
+    resume::{self, ResumePosition},
+    stomp::{AckMode, Headers},
+};
 
 use crate::config::Settings;
 
@@ -150,8 +153,8 @@ pub struct ReplayRequest {
     pub user: String,
     /// The user path, e.g. `/queue/tasks-progress`.
     pub path: String,
-    /// `(x-resume-epoch, x-resume-seq)`, when the client sent them.
-    pub resume: Option<(String, i64)>,
+    /// The position the client sent, if any.
+    pub resume: Option<ResumePosition>,
     /// The subscription whose live messages are held meanwhile.
     pub held: HeldSubscription,
 }
@@ -492,9 +495,12 @@ impl Broker {
         // STOMP's own headers are the broker's to write, and the delivery guarantee's
         // (`seq`, `epoch`, `x-replayed`, `x-snapshot*`) are the server's: a forged `seq` would
         // make a resuming client drop real updates. Neither passes through.
-        let mut publication = Publication { headers: Headers::new(), body, coalesce: None };
+        let mut publication =
+            Publication { headers: Headers::new(), body, coalesce: None, place: None };
         publication.headers.extend(
-            headers.iter().filter(|(n, _)| !is_protocol_header(n) && !is_reserved_header(n)),
+            headers
+                .iter()
+                .filter(|(n, _)| !is_protocol_header(n) && !resume::is_reserved_header(n)),
         );
         self.route(&resolved, publication).map(|_| ())
     }
@@ -581,7 +587,7 @@ impl Broker {
         &self,
         destination: &Destination,
         subscriber: Subscriber,
-        resume: Option<(String, i64)>,
+        resume: Option<ResumePosition>,
         receipt: Option<String>,
     ) -> bool {
         let replay = match destination {

@@ -11,7 +11,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use taskpulse_shared::stomp::{AckMode, Command, ServerCommand, Version, encode_header};
+use taskpulse_shared::{
+    resume,
+    stomp::{AckMode, Command, ServerCommand, Version, encode_header},
+};
 use tokio::sync::Notify;
 
 use super::message::{MESSAGE_LINE, Message};
@@ -226,16 +229,17 @@ impl Outbox {
     /// at worst without the body.
     fn error_frame(&self, message: &str, receipt_id: Option<String>, body: String) -> Bytes {
         let version = self.version().unwrap_or(Version::V1_2);
-        let error = |receipt_id, body| ServerCommand::Error {
-            message: message.to_owned(),
-            receipt_id,
-            body,
+        // Clients match the machine-readable code, never the wording.
+        let error = |receipt_id, body| {
+            let mut frame =
+                ServerCommand::Error { message: message.to_owned(), receipt_id, body }.into_frame();
+            frame.headers.push(resume::ERROR_CODE, &resume::error_code(message));
+            frame
         };
         error(receipt_id, body.clone())
-            .into_frame()
             .to_bytes(version)
-            .or_else(|_| error(None, body).into_frame().to_bytes(version))
-            .or_else(|_| error(None, String::new()).into_frame().to_bytes(version))
+            .or_else(|_| error(None, body).to_bytes(version))
+            .or_else(|_| error(None, String::new()).to_bytes(version))
             // Only static text is left: a bare frame that every version can carry.
             .unwrap_or_else(|_| Bytes::from_static(b"ERROR\n\n\0"))
     }
@@ -648,7 +652,9 @@ fn coalesce(state: &mut State, sub: &Arc<str>, message: &Arc<Message>) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::{Coalesce, Publication};
+    use taskpulse_shared::resume::TASKS_DESTINATION;
+
+    use crate::broker::{Coalesce, LogPlace, Publication};
 
     fn progress(task: &str, value: u32, replaceable: bool) -> Arc<Message> {
         let body = format!(r#"{{"taskNo":"{task}","progress":{value}}}"#);
@@ -738,8 +744,9 @@ mod tests {
     }
 
     fn numbered(seq: i64) -> Arc<Message> {
-        let publication = Publication::json(format!("{seq}")).with_header("seq", &seq.to_string());
-        Arc::new(Message::new(format!("m{seq}"), "/user/queue/tasks-progress".into(), publication))
+        let place = LogPlace::Numbered { seq, epoch: Arc::from("e"), replayed: false };
+        let publication = Publication::json(format!("{seq}")).at(place);
+        Arc::new(Message::new(format!("m{seq}"), TASKS_DESTINATION.into(), publication))
     }
 
     #[test]

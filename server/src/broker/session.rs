@@ -13,6 +13,8 @@ use taskpulse_shared::stomp::{
     Frame, Headers, HeartBeat, Limits, Send, ServerCommand, Subscribe, Version, encode_header,
 };
 
+use taskpulse_shared::resume::ResumePosition;
+
 use super::{Broker, Destination, Outbox, RouteError, Subscriber};
 
 /// What the transport knows about the connection before CONNECT.
@@ -84,22 +86,10 @@ impl Deferred {
     }
 }
 
-/// The resume position of a SUBSCRIBE: `x-resume-epoch` and `x-resume-seq`, both or neither.
-fn resume_position(headers: &Headers) -> Result<Option<(String, i64)>, Refusal> {
-    match (headers.get("x-resume-epoch"), headers.get("x-resume-seq")) {
-        (None, None) => Ok(None),
-        (Some(epoch), Some(seq)) => match seq.parse::<i64>() {
-            Ok(seq) if seq >= 0 && !epoch.is_empty() => Ok(Some((epoch.to_owned(), seq))),
-            _ => Err(refuse(
-                "invalid resume position",
-                format!("x-resume-seq must be a non-negative integer, got {seq:?}."),
-            )),
-        },
-        _ => Err(refuse(
-            "invalid resume position",
-            "A resume position needs both x-resume-epoch and x-resume-seq.",
-        )),
-    }
+/// The resume position of a SUBSCRIBE, both headers or neither.
+fn resume_position(headers: &Headers) -> Result<Option<ResumePosition>, Refusal> {
+    ResumePosition::from_headers(headers)
+        .map_err(|e| refuse("invalid resume position", format!("{e}.")))
 }
 
 /// One client's session.

@@ -53,7 +53,8 @@ pub struct TaskRecord {
 pub struct LogEntry {
     /// The user.
     pub user: String,
-    /// Position in the user's log, strictly increasing.
+    /// Position in the user's log, strictly increasing. Storage allocates it, in the
+    /// transaction that stores the entry; what a caller puts here when appending is ignored.
     pub seq: i64,
     /// Milliseconds since the Unix epoch.
     pub at: i64,
@@ -122,31 +123,30 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     async fn revoked_tokens(&self, now: i64) -> Result<Vec<String>, StorageError>;
 
     /// Stores a new task and its first event, taking `task.cost` credits from the owner, and
-    /// appends `log` (the push that announces it) in the same transaction.
+    /// appends `log` (the push that announces it) in the same transaction. Returns the `seq`
+    /// it gave `log`.
     ///
     /// # Errors
     /// [`StorageError::InsufficientCredits`] when the balance is below the cost.
-    async fn insert_task(
-        &self,
-        task: &TaskRecord,
-        log: Option<&LogEntry>,
-    ) -> Result<(), StorageError>;
+    async fn insert_task(&self, task: &TaskRecord, log: &LogEntry) -> Result<i64, StorageError>;
 
-    /// Stores a task's new state, appends it to the history and `log` to the user's log,
-    /// unless the task is already terminal (then nothing changes and `false` is returned). A
-    /// `failed` state refunds the task's cost to the owner in the same transaction.
+    /// Stores a task's new state, appends it to the history and `log` to the user's log, and
+    /// returns the `seq` it gave `log`; unless the task is already terminal (then nothing
+    /// changes and `None` is returned). A `failed` state refunds the task's cost to the owner
+    /// in the same transaction.
     async fn update_task(
         &self,
         state: &TaskProgressDto,
         at: i64,
-        log: Option<&LogEntry>,
-    ) -> Result<bool, StorageError>;
+        log: &LogEntry,
+    ) -> Result<Option<i64>, StorageError>;
 
     /// The log's epoch: fixed for the life of the database.
     async fn epoch(&self) -> Result<String, StorageError>;
 
-    /// Appends a message that is not a task change (a notice, a queue position).
-    async fn append_log(&self, entry: &LogEntry) -> Result<(), StorageError>;
+    /// Appends a message that is not a task change (a notice, a queue position); returns the
+    /// `seq` it was given (one above the user's highest).
+    async fn append_log(&self, entry: &LogEntry) -> Result<i64, StorageError>;
 
     /// The lowest and the highest `seq` kept in `user`'s log; `(0, 0)` when it is empty.
     async fn log_range(&self, user: &str) -> Result<(i64, i64), StorageError>;

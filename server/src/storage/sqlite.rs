@@ -111,40 +111,42 @@ fn event_json(state: &TaskProgressDto) -> String {
 }
 
 /// The task's history row and, when given, the user's log entry for the same push.
+/// Appends a task's new state to its history and `log` to its owner's log; returns the
+/// entry's `seq`.
 async fn record_push(
     conn: &mut sqlx::SqliteConnection,
     state: &TaskProgressDto,
     at: i64,
-    log: Option<&LogEntry>,
-) -> Result<(), StorageError> {
+    log: &LogEntry,
+) -> Result<i64, StorageError> {
     sqlx::query("INSERT INTO task_events (task_no, at, dto) VALUES (?, ?, ?)")
         .bind(&state.task_no)
         .bind(at)
         .bind(event_json(state))
         .execute(&mut *conn)
         .await?;
-    if let Some(entry) = log {
-        insert_log(conn, entry).await?;
-    }
-    Ok(())
+    insert_log(conn, log).await
 }
 
+/// Appends `entry` as the next `seq` of its user, numbered here, in the caller's
+/// transaction: nothing in memory decides it. (Pruning always keeps a user's newest entry, so
+/// the highest `seq` never goes back.)
 async fn insert_log(
     conn: &mut sqlx::SqliteConnection,
     entry: &LogEntry,
-) -> Result<(), StorageError> {
-    sqlx::query(
-        "INSERT INTO user_log (username, seq, at, path, content_type, body) VALUES (?, ?, ?, ?, ?, ?)",
+) -> Result<i64, StorageError> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO user_log (username, seq, at, path, content_type, body) \
+         SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5 FROM user_log WHERE username = ?1 \
+         RETURNING seq",
     )
     .bind(&entry.user)
-    .bind(entry.seq)
     .bind(entry.at)
     .bind(&entry.path)
     .bind(&entry.content_type)
     .bind(&entry.body)
-    .execute(conn)
-    .await?;
-    Ok(())
+    .fetch_one(conn)
+    .await?)
 }
 
 #[async_trait]
@@ -202,11 +204,7 @@ impl Storage for SqliteStorage {
         rows.iter().map(|r| r.try_get("jti").map_err(StorageError::from)).collect()
     }
 
-    async fn insert_task(
-        &self,
-        task: &TaskRecord,
-        log: Option<&LogEntry>,
-    ) -> Result<(), StorageError> {
+    async fn insert_task(&self, task: &TaskRecord, log: &LogEntry) -> Result<i64, StorageError> {
         let mut tx = self.pool.begin().await?;
         if task.cost > 0 {
             let charged = sqlx::query(
@@ -251,17 +249,17 @@ impl Storage for SqliteStorage {
         .bind(task.updated_at)
         .execute(&mut *tx)
         .await?;
-        record_push(&mut tx, state, task.created_at, log).await?;
+        let seq = record_push(&mut tx, state, task.created_at, log).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(seq)
     }
 
     async fn update_task(
         &self,
         state: &TaskProgressDto,
         at: i64,
-        log: Option<&LogEntry>,
-    ) -> Result<bool, StorageError> {
+        log: &LogEntry,
+    ) -> Result<Option<i64>, StorageError> {
         let mut tx = self.pool.begin().await?;
         let terminal = state.status.is_terminal();
         let updated = sqlx::query(
@@ -280,7 +278,7 @@ impl Storage for SqliteStorage {
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() == 0 {
-            return Ok(false);
+            return Ok(None);
         }
         if state.status == TaskStatus::Failed {
             sqlx::query(
@@ -292,9 +290,9 @@ impl Storage for SqliteStorage {
             .execute(&mut *tx)
             .await?;
         }
-        record_push(&mut tx, state, at, log).await?;
+        let seq = record_push(&mut tx, state, at, log).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(seq))
     }
 
     async fn epoch(&self) -> Result<String, StorageError> {
@@ -303,7 +301,7 @@ impl Storage for SqliteStorage {
             .await?)
     }
 
-    async fn append_log(&self, entry: &LogEntry) -> Result<(), StorageError> {
+    async fn append_log(&self, entry: &LogEntry) -> Result<i64, StorageError> {
         let mut conn = self.pool.acquire().await?;
         insert_log(&mut conn, entry).await
     }
@@ -496,7 +494,17 @@ mod tests {
 
     impl SqliteStorage {
         async fn insert_task_plain(&self, task: &TaskRecord) -> Result<(), StorageError> {
-            self.insert_task(task, None).await
+            self.insert_task(task, &entry(&task.owner, 0, task.created_at, "/queue/p")).await?;
+            Ok(())
+        }
+
+        async fn update_task_plain(
+            &self,
+            state: &TaskProgressDto,
+            at: i64,
+        ) -> Result<bool, StorageError> {
+            let stored = self.update_task(state, at, &entry("alice", 0, at, "/queue/p")).await?;
+            Ok(stored.is_some())
         }
     }
 
@@ -519,10 +527,11 @@ mod tests {
         assert_eq!(db.log_range("alice").await.unwrap(), (0, 0));
         for seq in 1..=10 {
             let path = if seq % 2 == 0 { "/queue/a" } else { "/queue/b" };
-            db.append_log(&entry("alice", seq, seq * 100, path)).await.unwrap();
+            // Storage numbers: what the caller put in `seq` does not matter.
+            let given = db.append_log(&entry("alice", 99, seq * 100, path)).await.unwrap();
+            assert_eq!(given, seq);
         }
-        db.append_log(&entry("bob", 1, 50, "/queue/a")).await.unwrap();
-        assert!(db.append_log(&entry("alice", 10, 1, "/queue/a")).await.is_err(), "seq is unique");
+        assert_eq!(db.append_log(&entry("bob", 0, 50, "/queue/a")).await.unwrap(), 1);
         let evens: Vec<i64> =
             db.log_after("alice", "/queue/a", 4, 10).await.unwrap().iter().map(|e| e.seq).collect();
         assert_eq!(evens, [6, 8, 10]);
@@ -535,6 +544,8 @@ mod tests {
         assert_eq!(db.log_range("alice").await.unwrap(), (10, 10));
         assert_eq!(db.log_range("bob").await.unwrap(), (1, 1));
         assert_eq!(db.epoch().await.unwrap(), epoch);
+        // Numbering goes on above the newest kept entry: seq never restarts.
+        assert_eq!(db.append_log(&entry("alice", 0, 2000, "/queue/a")).await.unwrap(), 11);
     }
 
     #[tokio::test]
@@ -550,13 +561,14 @@ mod tests {
     #[tokio::test]
     async fn a_task_change_and_its_log_entry_commit_together() {
         let db = with_user(0).await;
-        db.insert_task(&task("T1", "alice", 0), Some(&entry("alice", 1, 1, "/queue/p")))
-            .await
-            .unwrap();
+        let (t1, first) = (task("T1", "alice", 0), entry("alice", 0, 1, "/queue/p"));
+        assert_eq!(db.insert_task(&t1, &first).await.unwrap(), 1);
         let done = TaskProgressDto::completed("T1", "/r");
-        assert!(db.update_task(&done, 2, Some(&entry("alice", 2, 2, "/queue/p"))).await.unwrap());
+        let stored = db.update_task(&done, 2, &entry("alice", 0, 2, "/queue/p")).await.unwrap();
+        assert_eq!(stored, Some(2));
         // Refused (already terminal): the entry is not written either.
-        assert!(!db.update_task(&done, 3, Some(&entry("alice", 3, 3, "/queue/p"))).await.unwrap());
+        let refused = db.update_task(&done, 3, &entry("alice", 0, 3, "/queue/p")).await.unwrap();
+        assert_eq!(refused, None);
         assert_eq!(db.log_range("alice").await.unwrap(), (1, 2));
         let snapshot = db.snapshot_tasks("alice", 3, 10).await.unwrap();
         assert!(snapshot.is_empty(), "finished before the window");
@@ -590,10 +602,10 @@ mod tests {
         assert!(db.task("T2").await.unwrap().is_none(), "a refused task is not stored");
 
         let failed = TaskProgressDto::failed("T1", 10, "cancelled");
-        assert!(db.update_task(&failed, 5, None).await.unwrap());
+        assert!(db.update_task_plain(&failed, 5).await.unwrap());
         assert_eq!(db.user("alice").await.unwrap().unwrap().credits, 3);
         // A second terminal update changes nothing and refunds nothing.
-        assert!(!db.update_task(&failed, 6, None).await.unwrap());
+        assert!(!db.update_task_plain(&failed, 6).await.unwrap());
         assert_eq!(db.user("alice").await.unwrap().unwrap().credits, 3);
     }
 
@@ -601,7 +613,7 @@ mod tests {
     async fn completion_spends_the_reservation() {
         let db = with_user(3).await;
         db.insert_task_plain(&task("T1", "alice", 2)).await.unwrap();
-        assert!(db.update_task(&TaskProgressDto::completed("T1", "/r"), 9, None).await.unwrap());
+        assert!(db.update_task_plain(&TaskProgressDto::completed("T1", "/r"), 9).await.unwrap());
         assert_eq!(db.user("alice").await.unwrap().unwrap().credits, 1);
         let stored = db.task("T1").await.unwrap().unwrap();
         assert_eq!(stored.state.status, TaskStatus::Completed);
@@ -616,7 +628,7 @@ mod tests {
             db.insert_task_plain(&task(&format!("T{n}"), "alice", 0)).await.unwrap();
         }
         db.insert_task_plain(&task("B1", "bob", 0)).await.unwrap();
-        db.update_task(&TaskProgressDto::new("T1", TaskStatus::Queued, 0, "queued"), 2, None)
+        db.update_task_plain(&TaskProgressDto::new("T1", TaskStatus::Queued, 0, "queued"), 2)
             .await
             .unwrap();
         let events = db.events("T1").await.unwrap();

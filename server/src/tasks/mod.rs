@@ -352,7 +352,7 @@ impl TaskService {
             updated_at: now,
             finished_at: None,
         };
-        let mut turn = self.inner.log.turn(owner).await?;
+        let mut turn = self.inner.log.turn(owner).await;
         // Counted under the owner's turn, which every submission of the owner takes, so two
         // concurrent submissions cannot both take the last place.
         let active = lock(&self.inner.live).values().filter(|t| t.owner == owner).count();
@@ -366,8 +366,8 @@ impl TaskService {
                 retry_after: None,
             });
         }
-        let entry = turn.entry(PROGRESS_PATH, "application/json", self.body(&state));
-        self.inner.storage.insert_task(&record, Some(&entry)).await?;
+        let mut entry = turn.entry(PROGRESS_PATH, "application/json", self.body(&state));
+        entry.seq = self.inner.storage.insert_task(&record, &entry).await?;
         let live = self.track(owner, lane, state.clone());
         turn.send(&entry, Some(coalesce_key(&state, false)));
         drop(turn);
@@ -429,13 +429,14 @@ impl TaskService {
             return false;
         }
         let stored = async {
-            let mut turn = self.inner.log.turn(&live.owner).await?;
-            let entry = turn.entry(PROGRESS_PATH, "application/json", self.body(&next));
-            let applied = self.inner.storage.update_task(&next, entry.at, Some(&entry)).await?;
-            if applied {
+            let mut turn = self.inner.log.turn(&live.owner).await;
+            let mut entry = turn.entry(PROGRESS_PATH, "application/json", self.body(&next));
+            let stored = self.inner.storage.update_task(&next, entry.at, &entry).await?;
+            if let Some(seq) = stored {
+                entry.seq = seq;
                 turn.send(&entry, Some(coalesce_key(&next, replaceable)));
             }
-            Ok::<bool, StorageError>(applied)
+            Ok::<bool, StorageError>(stored.is_some())
         };
         match stored.await {
             Ok(true) => {}
