@@ -13,6 +13,10 @@ pub const SETTINGS_HELP: &str = "\
 Settings (TOML file given by --config, each also an environment variable
 TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the file):
 
+[storage]
+  url = \"\"                 the database: sqlite://<path>, or postgres://user:pass@host/db
+                           (postgresql:// too); empty: sqlite://<data-dir>/taskpulse.db
+
 [jwt]
   secret = \"\"              HS256 signing secret (TASKPULSE_JWT_SECRET), at least 32 bytes.
                            Empty: one is generated once and kept in <data-dir>/jwt-secret
@@ -209,6 +213,15 @@ impl Config {
         }
     }
 
+    /// The database to open: `[storage] url`, or the SQLite file in the data directory.
+    pub fn storage_url(&self) -> String {
+        if self.settings.storage.url.is_empty() {
+            format!("sqlite://{}", self.data_dir.join("taskpulse.db").display())
+        } else {
+            self.settings.storage.url.clone()
+        }
+    }
+
     /// Reads the `--config` file named by `cli`, then overlays the `TASKPULSE_*` entries of
     /// `env`.
     ///
@@ -291,6 +304,8 @@ fn overlay_env(
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
+    /// The database.
+    pub storage: StorageSettings,
     /// Token validation.
     pub jwt: JwtSettings,
     /// Configured login/passcode users.
@@ -347,6 +362,14 @@ impl Settings {
         if self.tasks.page_size == 0 || self.tasks.page_size > 100 {
             return Err(invalid("tasks.page_size", "must be between 1 and 100"));
         }
+        let url = &self.storage.url;
+        let schemes = ["sqlite://", "postgres://", "postgresql://"];
+        if !url.is_empty() && !schemes.iter().any(|s| url.starts_with(s)) {
+            return Err(invalid(
+                "storage.url",
+                "must start with sqlite://, postgres:// or postgresql://",
+            ));
+        }
         for entry in &self.tasks.image_fetch_allow {
             if crate::tasks::HostRule::parse(entry).is_none() {
                 return Err(invalid(
@@ -396,6 +419,14 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSettings {
+    /// `sqlite://<path>` or `postgres://...`; empty for the file in the data directory.
+    pub url: String,
 }
 
 /// `[jwt]`.

@@ -24,7 +24,7 @@ use std::{future::Future, io, sync::Arc, time::Duration};
 pub use config::{
     AccountSettings, ApiSettings, AuthSettings, AuthorizationSettings, Cli, ComfyUiSettings,
     Config, ConfigError, ConfigUser, CreditSettings, DemoSettings, JwtSettings, LimitSettings,
-    ReplaySettings, SETTINGS_HELP, Settings, StompSettings, TaskSettings,
+    ReplaySettings, SETTINGS_HELP, Settings, StompSettings, StorageSettings, TaskSettings,
 };
 pub use error::AppError;
 use tokio::net::TcpListener;
@@ -34,7 +34,7 @@ use crate::{
     accounts::Accounts,
     broker::{Authenticator, Broker, KeyError},
     replay::UserLog,
-    storage::{SqliteStorage, Storage, StorageError},
+    storage::{SqlStorage, Storage, StorageError},
     tasks::{ResultStore, ServiceError, TaskService},
 };
 
@@ -85,7 +85,8 @@ pub enum StartError {
 }
 
 impl AppState {
-    /// Creates the data directory, opens `<data-dir>/taskpulse.db` (migrating it), and
+    /// Creates the data directory, opens the database of `[storage] url` (by default
+    /// `<data-dir>/taskpulse.db`, migrating it), and
     /// starts the broker and the task service, which resumes unfinished tasks.
     ///
     /// # Errors
@@ -93,8 +94,7 @@ impl AppState {
     pub async fn new(config: Config) -> Result<AppState, StartError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
-        let storage: Arc<dyn Storage> =
-            Arc::new(SqliteStorage::open(&config.data_dir.join("taskpulse.db")).await?);
+        let storage: Arc<dyn Storage> = Arc::new(SqlStorage::open(&config.storage_url()).await?);
         let settings = &config.settings;
         let auth = Authenticator::new(&settings.jwt, &settings.auth, &config.data_dir)?;
         let broker = Broker::new(settings.clone(), auth);

@@ -90,17 +90,13 @@ async fn serve(socket: WebSocket, broker: Broker, info: TransportInfo) {
     let stomp = broker.settings().stomp.clone();
     let mut session = Session::new(broker, info);
     let outbox = session.outbox().clone();
-    let (sink, stream) = socket.split();
+    let (sink, mut stream) = socket.split();
     let mut writer = tokio::spawn(write(sink, outbox, stomp.always_binary));
     let connect_deadline = Instant::now() + Duration::from_millis(stomp.connect_timeout_ms);
-    // The writer also ends sessions the broker closed (slow consumer, shutdown): then
-    // there is nothing more to read.
+    // The writer also ends sessions the broker closed (slow consumer, shutdown).
     let flow = tokio::select! {
-        flow = read(&mut session, stream, connect_deadline) => flow,
-        _ = &mut writer => {
-            session.end();
-            return;
-        }
+        flow = read(&mut session, &mut stream, connect_deadline) => flow,
+        _ = &mut writer => Flow::Close,
     };
     if flow == Flow::Close {
         // Let the writer send what is left (RECEIPT, ERROR) before the socket closes.
@@ -111,13 +107,31 @@ async fn serve(socket: WebSocket, broker: Broker, info: TransportInfo) {
         writer.abort();
     }
     session.end();
+    if flow == Flow::Close {
+        linger(&mut stream).await;
+    }
+}
+
+/// After the server closed: reads (and drops) what the client still sends until it answers
+/// the close, for at most [`CLOSE_GRACE`]. Closing a socket with unread input makes the
+/// kernel send a reset that discards the frames not yet delivered, so a client that was
+/// busy sending would never see the ERROR that says why it was closed.
+async fn linger(stream: &mut SplitStream<WebSocket>) {
+    let drain = async {
+        while let Some(Ok(message)) = stream.next().await {
+            if let Message::Close(_) = message {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
 }
 
 /// Reads until the session closes ([`Flow::Close`]) or the client goes away
 /// ([`Flow::Continue`]: nothing more to write).
 async fn read(
     session: &mut Session,
-    mut stream: SplitStream<WebSocket>,
+    stream: &mut SplitStream<WebSocket>,
     connect_deadline: Instant,
 ) -> Flow {
     let mut last_seen = Instant::now();

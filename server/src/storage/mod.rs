@@ -1,12 +1,13 @@
 //! Durable state behind one small trait: accounts, revoked tokens, tasks and their pushed
-//! history. [`SqliteStorage`] is the default; another database implements [`Storage`].
+//! history, the user log. [`SqlStorage`] implements it on SQLite (the default) and
+//! PostgreSQL.
 //!
 //! Every method is one transaction, so a crash leaves either the old or the new state.
 
-mod sqlite;
+mod sql;
 
 use async_trait::async_trait;
-pub use sqlite::SqliteStorage;
+pub use sql::{Backend, SqlStorage};
 use taskpulse_shared::{
     TaskProgressDto,
     dto::{SubmitTaskRequest, TaskEvent, TaskStatus},
@@ -93,6 +94,9 @@ pub enum StorageError {
         /// What the user has.
         balance: i64,
     },
+    /// `[storage] url` names no supported database.
+    #[error("storage.url {0:?} is neither sqlite://<path> nor postgres://... (postgresql://...)")]
+    Url(String),
     /// The database failed.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),

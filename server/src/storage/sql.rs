@@ -1,17 +1,18 @@
-//! [`Storage`] on SQLite through sqlx: one file, WAL journal, migrations from
-//! `server/migrations/` compiled into the binary.
+//! [`Storage`] in SQL, one implementation for both backends through sqlx's `Any` driver:
+//! SQLite (one file, WAL journal; the embedded default) or PostgreSQL (`postgres://`).
+//! Migrations per backend live in `server/migrations/{sqlite,postgres}/` and are compiled into
+//! the binary; every query is written in the SQL both accept.
 //!
-//! A transaction committed before a `kill -9` survives it (WAL with `synchronous=NORMAL`
-//! loses at most the last commits on a power failure, never on a process crash).
+//! A transaction committed before a `kill -9` survives it (SQLite's WAL with
+//! `synchronous=NORMAL` loses at most the last commits on a power failure, never on a process
+//! crash; PostgreSQL commits are durable).
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::path::Path;
 
 use async_trait::async_trait;
 use sqlx::{
-    Row, SqlitePool,
-    sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-    },
+    AnyConnection, AnyPool, Executor, Row,
+    any::{AnyPoolOptions, AnyRow},
 };
 use taskpulse_shared::{
     TaskProgressDto,
@@ -20,52 +21,89 @@ use taskpulse_shared::{
 
 use super::{LogEntry, Storage, StorageError, TaskQuery, TaskRecord, UserRecord};
 
-/// SQLite-backed storage.
-#[derive(Debug, Clone)]
-pub struct SqliteStorage {
-    pool: SqlitePool,
+/// Which database a [`SqlStorage`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite, the embedded default.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
 }
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// Storage on SQLite or PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct SqlStorage {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 const TASK_COLUMNS: &str = "id, task_no, owner, request, status, progress, message, result_url, \
      error_message, cost, executor, external_ref, created_at, updated_at, finished_at";
 
-impl SqliteStorage {
-    /// Opens (creating if needed) the database file and applies pending migrations.
+impl SqlStorage {
+    /// Opens the database named by `url`: `sqlite://<path>` (created if missing),
+    /// `postgres://` or `postgresql://`. Applies pending migrations.
+    ///
+    /// # Errors
+    /// An unknown scheme, a database that cannot be reached, or a failed migration.
+    pub async fn open(url: &str) -> Result<SqlStorage, StorageError> {
+        sqlx::any::install_default_drivers();
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            return Self::sqlite(Path::new(path)).await;
+        }
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(StorageError::Url(url.to_owned()));
+        }
+        let pool = AnyPoolOptions::new().max_connections(16).connect(url).await?;
+        POSTGRES.run(&pool).await?;
+        Ok(SqlStorage { pool, backend: Backend::Postgres })
+    }
+
+    /// Opens (creating if needed) the SQLite file at `path`.
     ///
     /// # Errors
     /// The file cannot be opened or a migration fails.
-    pub async fn open(path: &Path) -> Result<SqliteStorage, StorageError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        Self::connect(options).await
+    pub async fn sqlite(path: &Path) -> Result<SqlStorage, StorageError> {
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        // SQLite serialises writers; a few connections let reads proceed beside one write.
+        Self::sqlite_pool(&url, 4).await
     }
 
-    /// A private in-memory database, for tests.
+    /// A private in-memory SQLite database, for tests.
     ///
     /// # Errors
     /// A migration fails.
-    pub async fn in_memory() -> Result<SqliteStorage, StorageError> {
-        let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
-        Self::connect(options).await
+    pub async fn in_memory() -> Result<SqlStorage, StorageError> {
+        // An in-memory database exists per connection, so it gets exactly one.
+        Self::sqlite_pool("sqlite::memory:", 1).await
     }
 
-    async fn connect(options: SqliteConnectOptions) -> Result<SqliteStorage, StorageError> {
-        // SQLite serialises writers; a few connections let reads proceed beside one write.
-        // An in-memory database exists per connection, so it gets exactly one.
-        let memory = options.get_filename() == Path::new(":memory:");
-        let pool = SqlitePoolOptions::new()
-            .max_connections(if memory { 1 } else { 4 })
-            .connect_with(options)
+    async fn sqlite_pool(url: &str, connections: u32) -> Result<SqlStorage, StorageError> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(connections)
+            .after_connect(|conn: &mut AnyConnection, _| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect(url)
             .await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(SqliteStorage { pool })
+        SQLITE.run(&pool).await?;
+        Ok(SqlStorage { pool, backend: Backend::Sqlite })
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 }
 
@@ -73,7 +111,7 @@ fn corrupt(task_no: &str, what: impl std::fmt::Display) -> StorageError {
     StorageError::Corrupt(task_no.to_owned(), what.to_string())
 }
 
-fn task_from_row(row: &SqliteRow) -> Result<TaskRecord, StorageError> {
+fn task_from_row(row: &AnyRow) -> Result<TaskRecord, StorageError> {
     let task_no: String = row.try_get("task_no")?;
     let request = serde_json::from_str(row.try_get::<&str, _>("request")?)
         .map_err(|e| corrupt(&task_no, e))?;
@@ -114,12 +152,12 @@ fn event_json(state: &TaskProgressDto) -> String {
 /// Appends a task's new state to its history and `log` to its owner's log; returns the
 /// entry's `seq`.
 async fn record_push(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut AnyConnection,
     state: &TaskProgressDto,
     at: i64,
     log: &LogEntry,
 ) -> Result<i64, StorageError> {
-    sqlx::query("INSERT INTO task_events (task_no, at, dto) VALUES (?, ?, ?)")
+    sqlx::query("INSERT INTO task_events (task_no, at, dto) VALUES ($1, $2, $3)")
         .bind(&state.task_no)
         .bind(at)
         .bind(event_json(state))
@@ -128,32 +166,38 @@ async fn record_push(
     insert_log(conn, log).await
 }
 
-/// Appends `entry` as the next `seq` of its user, numbered here, in the caller's
-/// transaction: nothing in memory decides it. (Pruning always keeps a user's newest entry, so
-/// the highest `seq` never goes back.)
-async fn insert_log(
-    conn: &mut sqlx::SqliteConnection,
-    entry: &LogEntry,
-) -> Result<i64, StorageError> {
-    Ok(sqlx::query_scalar(
-        "INSERT INTO user_log (username, seq, at, path, content_type, body) \
-         SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5 FROM user_log WHERE username = ?1 \
-         RETURNING seq",
+/// Appends `entry` as the next `seq` of its user, numbered here in the caller's
+/// transaction: nothing in memory decides it. The counter row is an upsert, which locks it,
+/// so two transactions appending for one user (two servers on one PostgreSQL) serialise
+/// rather than collide, and `seq` order is commit order.
+async fn insert_log(conn: &mut AnyConnection, entry: &LogEntry) -> Result<i64, StorageError> {
+    let seq: i64 = sqlx::query_scalar(
+        "INSERT INTO user_seqs (username, seq) VALUES ($1, 1) \
+         ON CONFLICT (username) DO UPDATE SET seq = user_seqs.seq + 1 RETURNING seq",
     )
     .bind(&entry.user)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO user_log (username, seq, at, path, content_type, body) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&entry.user)
+    .bind(seq)
     .bind(entry.at)
     .bind(&entry.path)
     .bind(&entry.content_type)
     .bind(&entry.body)
-    .fetch_one(conn)
-    .await?)
+    .execute(conn)
+    .await?;
+    Ok(seq)
 }
 
 #[async_trait]
-impl Storage for SqliteStorage {
+impl Storage for SqlStorage {
     async fn create_user(&self, user: &UserRecord, now: i64) -> Result<(), StorageError> {
         let result = sqlx::query(
-            "INSERT INTO users (username, password_hash, credits, created_at) VALUES (?, ?, ?, ?) \
+            "INSERT INTO users (username, password_hash, credits, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (username) DO NOTHING",
         )
         .bind(&user.username)
@@ -170,7 +214,7 @@ impl Storage for SqliteStorage {
 
     async fn user(&self, username: &str) -> Result<Option<UserRecord>, StorageError> {
         let row =
-            sqlx::query("SELECT username, password_hash, credits FROM users WHERE username = ?")
+            sqlx::query("SELECT username, password_hash, credits FROM users WHERE username = $1")
                 .bind(username)
                 .fetch_optional(&self.pool)
                 .await?;
@@ -186,7 +230,7 @@ impl Storage for SqliteStorage {
 
     async fn revoke_token(&self, jti: &str, expires_at: i64) -> Result<(), StorageError> {
         sqlx::query(
-            "INSERT INTO revoked_tokens (jti, expires_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
         .bind(jti)
         .bind(expires_at)
@@ -196,7 +240,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn revoked_tokens(&self, now: i64) -> Result<Vec<String>, StorageError> {
-        sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < ?")
+        sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < $1")
             .bind(now)
             .execute(&self.pool)
             .await?;
@@ -208,7 +252,7 @@ impl Storage for SqliteStorage {
         let mut tx = self.pool.begin().await?;
         if task.cost > 0 {
             let charged = sqlx::query(
-                "UPDATE users SET credits = credits - ?1 WHERE username = ?2 AND credits >= ?1",
+                "UPDATE users SET credits = credits - $1 WHERE username = $2 AND credits >= $1",
             )
             .bind(task.cost)
             .bind(&task.owner)
@@ -216,7 +260,7 @@ impl Storage for SqliteStorage {
             .await?;
             if charged.rows_affected() == 0 {
                 let balance: Option<i64> =
-                    sqlx::query_scalar("SELECT credits FROM users WHERE username = ?")
+                    sqlx::query_scalar("SELECT credits FROM users WHERE username = $1")
                         .bind(&task.owner)
                         .fetch_optional(&mut *tx)
                         .await?;
@@ -231,7 +275,7 @@ impl Storage for SqliteStorage {
         sqlx::query(
             "INSERT INTO tasks (task_no, owner, kind, request, status, progress, message, \
              result_url, error_message, cost, executor, external_ref, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(&state.task_no)
         .bind(&task.owner)
@@ -263,9 +307,9 @@ impl Storage for SqliteStorage {
         let mut tx = self.pool.begin().await?;
         let terminal = state.status.is_terminal();
         let updated = sqlx::query(
-            "UPDATE tasks SET status = ?, progress = ?, message = ?, result_url = ?, \
-             error_message = ?, updated_at = ?, finished_at = ? \
-             WHERE task_no = ? AND status NOT IN ('completed', 'failed')",
+            "UPDATE tasks SET status = $1, progress = $2, message = $3, result_url = $4, \
+             error_message = $5, updated_at = $6, finished_at = $7 \
+             WHERE task_no = $8 AND status NOT IN ('completed', 'failed')",
         )
         .bind(state.status.as_str())
         .bind(i64::from(state.progress))
@@ -283,8 +327,8 @@ impl Storage for SqliteStorage {
         if state.status == TaskStatus::Failed {
             sqlx::query(
                 "UPDATE users SET credits = credits + \
-                 (SELECT cost FROM tasks WHERE task_no = ?1) \
-                 WHERE username = (SELECT owner FROM tasks WHERE task_no = ?1)",
+                 (SELECT cost FROM tasks WHERE task_no = $1) \
+                 WHERE username = (SELECT owner FROM tasks WHERE task_no = $1)",
             )
             .bind(&state.task_no)
             .execute(&mut *tx)
@@ -302,14 +346,16 @@ impl Storage for SqliteStorage {
     }
 
     async fn append_log(&self, entry: &LogEntry) -> Result<i64, StorageError> {
-        let mut conn = self.pool.acquire().await?;
-        insert_log(&mut conn, entry).await
+        let mut tx = self.pool.begin().await?;
+        let seq = insert_log(&mut tx, entry).await?;
+        tx.commit().await?;
+        Ok(seq)
     }
 
     async fn log_range(&self, user: &str) -> Result<(i64, i64), StorageError> {
         let row = sqlx::query(
             "SELECT COALESCE(MIN(seq), 0) AS low, COALESCE(MAX(seq), 0) AS high \
-             FROM user_log WHERE username = ?",
+             FROM user_log WHERE username = $1",
         )
         .bind(user)
         .fetch_one(&self.pool)
@@ -326,7 +372,7 @@ impl Storage for SqliteStorage {
     ) -> Result<Vec<LogEntry>, StorageError> {
         let rows = sqlx::query(
             "SELECT seq, at, path, content_type, body FROM user_log \
-             WHERE username = ? AND path = ? AND seq > ? ORDER BY seq LIMIT ?",
+             WHERE username = $1 AND path = $2 AND seq > $3 ORDER BY seq LIMIT $4",
         )
         .bind(user)
         .bind(path)
@@ -350,11 +396,11 @@ impl Storage for SqliteStorage {
 
     async fn prune_log(&self, before: i64, keep: u32) -> Result<u64, StorageError> {
         let newest = "SELECT MAX(seq) FROM user_log AS n WHERE n.username = user_log.username";
-        let old = sqlx::query(&format!("DELETE FROM user_log WHERE at < ? AND seq < ({newest})"))
+        let old = sqlx::query(&format!("DELETE FROM user_log WHERE at < $1 AND seq < ({newest})"))
             .bind(before)
             .execute(&self.pool)
             .await?;
-        let many = sqlx::query(&format!("DELETE FROM user_log WHERE seq <= ({newest}) - ?"))
+        let many = sqlx::query(&format!("DELETE FROM user_log WHERE seq <= ({newest}) - $1"))
             .bind(i64::from(keep.max(1)))
             .execute(&self.pool)
             .await?;
@@ -363,7 +409,7 @@ impl Storage for SqliteStorage {
 
     async fn mark_offline(&self, user: &str, path: &str, seq: i64) -> Result<(), StorageError> {
         sqlx::query(
-            "INSERT INTO offline_marks (username, path, first_seq) VALUES (?, ?, ?) \
+            "INSERT INTO offline_marks (username, path, first_seq) VALUES ($1, $2, $3) \
              ON CONFLICT DO NOTHING",
         )
         .bind(user)
@@ -376,7 +422,7 @@ impl Storage for SqliteStorage {
 
     async fn take_offline(&self, user: &str, path: &str) -> Result<Option<i64>, StorageError> {
         Ok(sqlx::query_scalar(
-            "DELETE FROM offline_marks WHERE username = ? AND path = ? RETURNING first_seq",
+            "DELETE FROM offline_marks WHERE username = $1 AND path = $2 RETURNING first_seq",
         )
         .bind(user)
         .bind(path)
@@ -397,8 +443,9 @@ impl Storage for SqliteStorage {
         limit: u32,
     ) -> Result<Vec<TaskRecord>, StorageError> {
         let sql = format!(
-            "SELECT {TASK_COLUMNS} FROM (SELECT * FROM tasks WHERE owner = ? \
-             AND (finished_at IS NULL OR finished_at >= ?) ORDER BY id DESC LIMIT ?) ORDER BY id"
+            "SELECT {TASK_COLUMNS} FROM (SELECT * FROM tasks WHERE owner = $1 \
+             AND (finished_at IS NULL OR finished_at >= $2) ORDER BY id DESC LIMIT $3) AS recent \
+             ORDER BY id"
         );
         let rows = sqlx::query(&sql)
             .bind(owner)
@@ -414,7 +461,7 @@ impl Storage for SqliteStorage {
         task_no: &str,
         external_ref: &str,
     ) -> Result<(), StorageError> {
-        sqlx::query("UPDATE tasks SET external_ref = ? WHERE task_no = ?")
+        sqlx::query("UPDATE tasks SET external_ref = $1 WHERE task_no = $2")
             .bind(external_ref)
             .bind(task_no)
             .execute(&self.pool)
@@ -423,21 +470,20 @@ impl Storage for SqliteStorage {
     }
 
     async fn task(&self, task_no: &str) -> Result<Option<TaskRecord>, StorageError> {
-        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE task_no = ?");
+        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE task_no = $1");
         let row = sqlx::query(&sql).bind(task_no).fetch_optional(&self.pool).await?;
         row.as_ref().map(task_from_row).transpose()
     }
 
     async fn tasks(&self, query: TaskQuery<'_>) -> Result<Vec<TaskRecord>, StorageError> {
         let sql = format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE owner = ? AND id < ? \
-             AND (? IS NULL OR status = ?) ORDER BY id DESC LIMIT ?"
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE owner = $1 AND id < $2 \
+             AND (CAST($3 AS TEXT) IS NULL OR status = $3) ORDER BY id DESC LIMIT $4"
         );
         let status = query.status.map(TaskStatus::as_str);
         let rows = sqlx::query(&sql)
             .bind(query.owner)
             .bind(query.before.unwrap_or(i64::MAX))
-            .bind(status)
             .bind(status)
             .bind(i64::from(query.limit))
             .fetch_all(&self.pool)
@@ -446,7 +492,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn events(&self, task_no: &str) -> Result<Vec<TaskEvent>, StorageError> {
-        let rows = sqlx::query("SELECT at, dto FROM task_events WHERE task_no = ? ORDER BY id")
+        let rows = sqlx::query("SELECT at, dto FROM task_events WHERE task_no = $1 ORDER BY id")
             .bind(task_no)
             .fetch_all(&self.pool)
             .await?;
@@ -492,7 +538,7 @@ mod tests {
         }
     }
 
-    impl SqliteStorage {
+    impl SqlStorage {
         async fn insert_task_plain(&self, task: &TaskRecord) -> Result<(), StorageError> {
             self.insert_task(task, &entry(&task.owner, 0, task.created_at, "/queue/p")).await?;
             Ok(())
@@ -576,8 +622,8 @@ mod tests {
         assert_eq!(snapshot.len(), 1);
     }
 
-    async fn with_user(credits: i64) -> SqliteStorage {
-        let db = SqliteStorage::in_memory().await.unwrap();
+    async fn with_user(credits: i64) -> SqlStorage {
+        let db = SqlStorage::in_memory().await.unwrap();
         let user = UserRecord { username: "alice".into(), password_hash: "h".into(), credits };
         db.create_user(&user, 0).await.unwrap();
         db
