@@ -13,7 +13,7 @@ use crate::{root, status};
 
 pub(crate) const TRUNK_VERSION: &str = "0.21.14";
 /// Debian packages the tests drive: a real browser and its driver, and Redis.
-pub(crate) const TEST_PACKAGES: [&str; 3] = ["chromium", "chromium-driver", "redis-server"];
+pub(crate) const TEST_PACKAGES: [&str; 3] = ["chromium", "chromium-driver", "postgresql"];
 
 /// The directory `cargo install` puts binaries in.
 fn cargo_bin_dir() -> PathBuf {

@@ -26,7 +26,7 @@ use taskpulse_shared::{
 };
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::fixture::{Api, Process, spawn_at};
+use crate::fixture::{Api, Postgres, Process, spawn_at};
 
 const KEY: &str = "chaos-operator-key-0123";
 
@@ -188,7 +188,20 @@ fn essence(state: &TaskProgressDto) -> (String, u8, String, Option<String>, Opti
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_client_ends_with_the_true_final_state_through_chaos() {
+async fn every_client_ends_with_the_true_final_state_through_chaos_on_sqlite() {
+    chaos(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_ends_with_the_true_final_state_through_chaos_on_postgresql() {
+    let postgres = Postgres::start();
+    let url = postgres.fresh_database().await;
+    chaos(Some(&url)).await;
+}
+
+/// Users with resuming clients, random drops, kicks and SIGKILL restarts, on SQLite or on the
+/// PostgreSQL database at `storage`.
+async fn chaos(storage: Option<&str>) {
     let (users, clients, tasks, kills) =
         (setting("USERS", 3), setting("CLIENTS", 3), setting("TASKS", 120), setting("KILLS", 2));
     let seed = now_seed();
@@ -205,6 +218,7 @@ async fn every_client_ends_with_the_true_final_state_through_chaos() {
         ("TASKPULSE_DEMO_SIZE", "32"),
         ("TASKPULSE_API_KEYS", "[\"chaos-operator-key-0123\"]"),
         ("RUST_LOG", "warn,taskpulse_server=info"),
+        ("TASKPULSE_STORAGE_URL", storage.unwrap_or_default()),
     ];
     let server: Arc<Mutex<Option<Process>>> =
         Arc::new(Mutex::new(Some(spawn_at(data.path(), &listen, &env))));

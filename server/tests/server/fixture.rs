@@ -499,3 +499,105 @@ impl StompClient {
 pub(crate) fn body(frame: &Frame) -> &str {
     frame.body_text().unwrap()
 }
+
+/// A throw-away PostgreSQL: a cluster `initdb` makes in a temporary directory, serving on a
+/// free loopback port, stopped (and its files removed) when dropped. As root it runs as the
+/// `postgres` user, which PostgreSQL requires. Needs Debian's `postgresql` package
+/// (`cargo xtask test` installs it).
+pub(crate) struct Postgres {
+    dir: tempfile::TempDir,
+    port: u16,
+    bin: std::path::PathBuf,
+    databases: std::sync::atomic::AtomicUsize,
+}
+
+impl Postgres {
+    pub(crate) fn start() -> Postgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL is installed (/usr/lib/postgresql); cargo xtask test installs it")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|p| p.join("postgres").is_file())
+            .max()
+            .expect("a PostgreSQL version with bin/postgres");
+        let dir = tempfile::tempdir().unwrap();
+        if is_root() {
+            let owner = std::fs::read_to_string("/etc/passwd")
+                .unwrap()
+                .lines()
+                .find_map(|l| {
+                    let fields: Vec<&str> = l.split(':').collect();
+                    (fields[0] == "postgres")
+                        .then(|| (fields[2].parse().unwrap(), fields[3].parse().unwrap()))
+                })
+                .expect("a postgres user");
+            std::os::unix::fs::chown(dir.path(), Some(owner.0), Some(owner.1)).unwrap();
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let data = dir.path().join("data");
+        let server = Postgres { dir, port, bin, databases: Default::default() };
+        server.run(
+            "initdb",
+            &["-D", path(&data), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"],
+        );
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} \
+             -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            path(server.dir.path())
+        );
+        let log = server.dir.path().join("postgres.log");
+        server.run(
+            "pg_ctl",
+            &["start", "-w", "-t", "60", "-D", path(&data), "-l", path(&log), "-o", &options],
+        );
+        server
+    }
+
+    /// One of PostgreSQL's programs, to run as `postgres` when this is root.
+    fn command(&self, program: &str) -> ProcessCommand {
+        let program = self.bin.join(program);
+        let mut command = if is_root() {
+            let mut c = ProcessCommand::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            ProcessCommand::new(&program)
+        };
+        command.current_dir(self.dir.path());
+        command
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let output = self.command(program).args(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{program} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// The URL of a new, empty database on this server.
+    pub(crate) async fn fresh_database(&self) -> String {
+        use sqlx::Connection;
+        let n = self.databases.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let admin = format!("postgres://postgres@127.0.0.1:{}/postgres", self.port);
+        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE test{n}")).execute(&mut conn).await.unwrap();
+        format!("postgres://postgres@127.0.0.1:{}/test{n}", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = self.command("pg_ctl").args(["stop", "-m", "immediate", "-D"]).arg(&data).output();
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("temporary paths are UTF-8")
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+}

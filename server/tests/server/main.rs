@@ -9,4 +9,5 @@ mod http;
 mod replay;
 mod restart;
 mod stomp;
+mod storage;
 mod tasks;

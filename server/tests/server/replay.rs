@@ -9,7 +9,7 @@ use taskpulse_shared::{
     stomp::{Command, Frame},
 };
 
-use crate::fixture::{StompClient, TestServer, body};
+use crate::fixture::{Postgres, StompClient, TestServer, body};
 
 const PROGRESS: &str = "/user/queue/tasks-progress";
 const BACKEND_KEY: &str = "backend-key-0123456789";
@@ -55,8 +55,24 @@ async fn wait_completed(server: &TestServer, token: &str, task_no: &str) {
 }
 
 #[tokio::test]
-async fn a_resumed_subscription_gets_exactly_what_it_missed() {
-    let server = TestServer::stomp(fast).await;
+async fn a_resumed_subscription_gets_exactly_what_it_missed_on_sqlite() {
+    resumed_subscription(TestServer::stomp(fast).await).await;
+}
+
+#[tokio::test]
+async fn a_resumed_subscription_gets_exactly_what_it_missed_on_postgresql() {
+    let postgres = Postgres::start();
+    let url = postgres.fresh_database().await;
+    resumed_subscription(TestServer::stomp(|c| on(c, url)).await).await;
+}
+
+/// The fast settings on the database at `url`.
+fn on(config: &mut Config, url: String) {
+    fast(config);
+    config.settings.storage.url = url;
+}
+
+async fn resumed_subscription(server: TestServer) {
     let api = server.api();
     let token = api.register("alice").await;
     let mut first = server.client_with(&token).await;

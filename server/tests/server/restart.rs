@@ -11,7 +11,7 @@ use taskpulse_shared::{TaskProgressDto, TaskStatus};
 
 use crate::{
     comfyui_sim::ComfySim,
-    fixture::{Api, StompClient, spawn, spawn_with},
+    fixture::{Api, Postgres, StompClient, spawn_with},
 };
 
 async fn subscriber(addr: SocketAddr, token: &str) -> StompClient {
@@ -22,9 +22,22 @@ async fn subscriber(addr: SocketAddr, token: &str) -> StompClient {
 }
 
 #[tokio::test]
-async fn tasks_survive_kill_9_and_run_again() {
+async fn tasks_survive_kill_9_and_run_again_on_sqlite() {
+    kill_9_and_run_again(&[]).await;
+}
+
+#[tokio::test]
+async fn tasks_survive_kill_9_and_run_again_on_postgresql() {
+    let postgres = Postgres::start();
+    let url = postgres.fresh_database().await;
+    kill_9_and_run_again(&[("TASKPULSE_STORAGE_URL", &url)]).await;
+}
+
+/// Running, queued and pending tasks across a SIGKILL of the server, with the settings of
+/// `env` (the storage backend).
+async fn kill_9_and_run_again(env: &[(&str, &str)]) {
     let data = tempfile::tempdir().unwrap();
-    let mut first = spawn(data.path());
+    let mut first = spawn_with(data.path(), env);
     let api = Api::new(first.addr);
     let token = api.register("alice").await;
     let mut client = subscriber(first.addr, &token).await;
@@ -48,7 +61,7 @@ async fn tasks_survive_kill_9_and_run_again() {
     first.child.wait().unwrap();
     drop(first);
 
-    let second = spawn(data.path());
+    let second = spawn_with(data.path(), env);
     let api = Api::new(second.addr);
     let mut client = subscriber(second.addr, &token).await;
     let last = client.updates_until_done(&tasks[2]).await;

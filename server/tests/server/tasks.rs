@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use taskpulse_server::Config;
 use taskpulse_shared::{TaskProgressDto, TaskStatus, stomp::Command};
 
-use crate::fixture::{StompClient, TestServer, body};
+use crate::fixture::{Postgres, StompClient, TestServer, body};
 
 const PROGRESS: &str = "/user/queue/tasks-progress";
 const BACKEND_KEY: &str = "backend-key-0123456789";
@@ -35,8 +35,23 @@ fn statuses(updates: &[TaskProgressDto]) -> Vec<TaskStatus> {
 }
 
 #[tokio::test]
-async fn a_task_goes_through_every_status_to_a_png_result() {
-    let server = TestServer::stomp(fast).await;
+async fn a_task_goes_through_every_status_to_a_png_result_on_sqlite() {
+    every_status_to_a_png(TestServer::stomp(fast).await).await;
+}
+
+#[tokio::test]
+async fn a_task_goes_through_every_status_to_a_png_result_on_postgresql() {
+    let postgres = Postgres::start();
+    let url = postgres.fresh_database().await;
+    let server = TestServer::stomp(|c| {
+        fast(c);
+        c.settings.storage.url = url;
+    })
+    .await;
+    every_status_to_a_png(server).await;
+}
+
+async fn every_status_to_a_png(server: TestServer) {
     let api = server.api();
     let token = api.register("alice").await;
     let mut client = subscriber(&server, &token).await;

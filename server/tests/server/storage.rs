@@ -1,0 +1,246 @@
+//! The storage conformance suite: every `Storage` method and its edge cases, run against
+//! SQLite (in memory) and against a throw-away PostgreSQL, through the same trait object the
+//! server uses.
+
+use std::{future::Future, sync::Arc};
+
+use taskpulse_server::storage::{
+    LogEntry, SqlStorage, Storage, StorageError, TaskQuery, TaskRecord, UserRecord,
+};
+use taskpulse_shared::{
+    TaskProgressDto, TaskStatus,
+    dto::{AspectRatio, SubmitTaskRequest},
+};
+
+use crate::fixture::Postgres;
+
+type Db = Arc<dyn Storage>;
+
+fn task(no: &str, owner: &str, cost: i64) -> TaskRecord {
+    TaskRecord {
+        id: 0,
+        owner: owner.into(),
+        request: SubmitTaskRequest::TextToImage {
+            prompt: "a lighthouse".into(),
+            aspect_ratio: AspectRatio::Square,
+        },
+        state: TaskProgressDto::new(no, TaskStatus::Created, 0, "created"),
+        cost,
+        executor: "demo".into(),
+        external_ref: None,
+        created_at: 1,
+        updated_at: 1,
+        finished_at: None,
+    }
+}
+
+fn entry(user: &str, at: i64, path: &str) -> LogEntry {
+    LogEntry {
+        user: user.into(),
+        // Storage numbers; what a caller puts here does not matter.
+        seq: 999,
+        at,
+        path: path.into(),
+        content_type: "application/json".into(),
+        body: format!("{{\"at\":{at}}}").into_bytes(),
+    }
+}
+
+async fn insert(db: &Db, task: &TaskRecord) -> Result<i64, StorageError> {
+    db.insert_task(task, &entry(&task.owner, task.created_at, "/queue/p")).await
+}
+
+async fn update(db: &Db, state: &TaskProgressDto, at: i64) -> Option<i64> {
+    db.update_task(state, at, &entry("alice", at, "/queue/p")).await.unwrap()
+}
+
+async fn with_alice(db: &Db, credits: i64) {
+    let user = UserRecord { username: "alice".into(), password_hash: "h".into(), credits };
+    db.create_user(&user, 0).await.unwrap();
+}
+
+async fn the_log_numbers_keeps_order_bounds_and_its_newest_entry(db: Db) {
+    let epoch = db.epoch().await.unwrap();
+    assert_eq!(epoch.len(), 16);
+    assert_eq!(db.log_range("alice").await.unwrap(), (0, 0));
+    for seq in 1..=10 {
+        let path = if seq % 2 == 0 { "/queue/a" } else { "/queue/b" };
+        assert_eq!(db.append_log(&entry("alice", seq * 100, path)).await.unwrap(), seq);
+    }
+    assert_eq!(db.append_log(&entry("bob", 50, "/queue/a")).await.unwrap(), 1);
+    let evens: Vec<i64> =
+        db.log_after("alice", "/queue/a", 4, 10).await.unwrap().iter().map(|e| e.seq).collect();
+    assert_eq!(evens, [6, 8, 10]);
+    let limited = db.log_after("alice", "/queue/a", 0, 2).await.unwrap();
+    assert_eq!(limited.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 4]);
+    assert_eq!(limited[0].body, b"{\"at\":200}");
+    assert_eq!(db.log_range("alice").await.unwrap(), (1, 10));
+    // Keep 4 per user, and nothing older than 350 ms.
+    db.prune_log(350, 4).await.unwrap();
+    assert_eq!(db.log_range("alice").await.unwrap(), (7, 10));
+    // Age alone never removes a user's newest entry.
+    db.prune_log(i64::MAX, 100).await.unwrap();
+    assert_eq!(db.log_range("alice").await.unwrap(), (10, 10));
+    assert_eq!(db.log_range("bob").await.unwrap(), (1, 1));
+    assert_eq!(db.epoch().await.unwrap(), epoch);
+    // Numbering goes on above the newest entry: seq never restarts.
+    assert_eq!(db.append_log(&entry("alice", 2000, "/queue/a")).await.unwrap(), 11);
+}
+
+async fn concurrent_appends_of_one_user_get_distinct_increasing_numbers(db: Db) {
+    let appends = (0..20).map(|n| {
+        let db = db.clone();
+        async move { db.append_log(&entry("alice", n, "/queue/a")).await.unwrap() }
+    });
+    let mut seqs = futures_util::future::join_all(appends).await;
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=20).collect::<Vec<i64>>());
+}
+
+async fn offline_marks_keep_the_first_seq_until_taken(db: Db) {
+    db.mark_offline("alice", "/queue/n", 4).await.unwrap();
+    db.mark_offline("alice", "/queue/n", 9).await.unwrap();
+    assert_eq!(db.offline_paths().await.unwrap(), ["/queue/n"]);
+    assert_eq!(db.take_offline("alice", "/queue/n").await.unwrap(), Some(4));
+    assert_eq!(db.take_offline("alice", "/queue/n").await.unwrap(), None);
+}
+
+async fn a_task_change_and_its_log_entry_commit_together(db: Db) {
+    with_alice(&db, 0).await;
+    assert_eq!(insert(&db, &task("T1", "alice", 0)).await.unwrap(), 1);
+    let done = TaskProgressDto::completed("T1", "/r");
+    assert_eq!(update(&db, &done, 2).await, Some(2));
+    // Refused (already terminal): the entry is not written either.
+    assert_eq!(update(&db, &done, 3).await, None);
+    assert_eq!(db.log_range("alice").await.unwrap(), (1, 2));
+    assert!(db.snapshot_tasks("alice", 3, 10).await.unwrap().is_empty(), "finished before");
+    assert_eq!(db.snapshot_tasks("alice", 2, 10).await.unwrap().len(), 1);
+}
+
+async fn snapshots_hold_the_newest_unfinished_and_recent_tasks_oldest_first(db: Db) {
+    with_alice(&db, 0).await;
+    for n in 1..=4 {
+        insert(&db, &task(&format!("T{n}"), "alice", 0)).await.unwrap();
+    }
+    update(&db, &TaskProgressDto::completed("T2", "/r"), 10).await;
+    let names = |tasks: Vec<TaskRecord>| -> Vec<String> {
+        tasks.into_iter().map(|t| t.state.task_no).collect()
+    };
+    assert_eq!(names(db.snapshot_tasks("alice", 11, 10).await.unwrap()), ["T1", "T3", "T4"]);
+    assert_eq!(names(db.snapshot_tasks("alice", 0, 2).await.unwrap()), ["T3", "T4"]);
+}
+
+async fn duplicate_users_are_refused(db: Db) {
+    with_alice(&db, 0).await;
+    let again = UserRecord { username: "alice".into(), password_hash: "x".into(), credits: 0 };
+    assert!(matches!(db.create_user(&again, 0).await, Err(StorageError::UserExists(_))));
+    assert_eq!(db.user("alice").await.unwrap().unwrap().password_hash, "h");
+    assert_eq!(db.user("bob").await.unwrap(), None);
+}
+
+async fn credits_are_reserved_and_refunded_once_on_failure(db: Db) {
+    with_alice(&db, 3).await;
+    insert(&db, &task("T1", "alice", 2)).await.unwrap();
+    assert_eq!(db.user("alice").await.unwrap().unwrap().credits, 1);
+    let refused = insert(&db, &task("T2", "alice", 2)).await.unwrap_err();
+    assert!(matches!(refused, StorageError::InsufficientCredits { cost: 2, balance: 1 }));
+    assert!(db.task("T2").await.unwrap().is_none(), "a refused task is not stored");
+    assert_eq!(db.log_range("alice").await.unwrap(), (1, 1), "nor its log entry");
+
+    let failed = TaskProgressDto::failed("T1", 10, "cancelled");
+    assert!(update(&db, &failed, 5).await.is_some());
+    assert_eq!(db.user("alice").await.unwrap().unwrap().credits, 3);
+    // A second terminal update changes nothing and refunds nothing.
+    assert!(update(&db, &failed, 6).await.is_none());
+    assert_eq!(db.user("alice").await.unwrap().unwrap().credits, 3);
+}
+
+async fn completion_spends_the_reservation(db: Db) {
+    with_alice(&db, 3).await;
+    insert(&db, &task("T1", "alice", 2)).await.unwrap();
+    assert!(update(&db, &TaskProgressDto::completed("T1", "/r"), 9).await.is_some());
+    assert_eq!(db.user("alice").await.unwrap().unwrap().credits, 1);
+    let stored = db.task("T1").await.unwrap().unwrap();
+    assert_eq!(stored.state.status, TaskStatus::Completed);
+    assert_eq!(stored.state.result_url.as_deref(), Some("/r"));
+    assert_eq!(stored.finished_at, Some(9));
+    assert!(db.unfinished_tasks().await.unwrap().is_empty());
+    db.set_external_ref("T1", "prompt-7").await.unwrap();
+    assert_eq!(db.task("T1").await.unwrap().unwrap().external_ref.as_deref(), Some("prompt-7"));
+}
+
+async fn history_and_pages_are_ordered(db: Db) {
+    with_alice(&db, 0).await;
+    for n in 1..=5 {
+        insert(&db, &task(&format!("T{n}"), "alice", 0)).await.unwrap();
+    }
+    insert(&db, &task("B1", "bob", 0)).await.unwrap();
+    update(&db, &TaskProgressDto::new("T1", TaskStatus::Queued, 0, "queued"), 2).await;
+    let events = db.events("T1").await.unwrap();
+    let statuses: Vec<_> = events.iter().map(|e| e.progress.status).collect();
+    assert_eq!(statuses, [TaskStatus::Created, TaskStatus::Queued]);
+    assert_eq!(events[1].at, 2);
+
+    let page = |before| db.tasks(TaskQuery { owner: "alice", before, status: None, limit: 2 });
+    let first = page(None).await.unwrap();
+    let names: Vec<_> = first.iter().map(|t| t.state.task_no.as_str()).collect();
+    assert_eq!(names, ["T5", "T4"]);
+    let second = page(Some(first[1].id)).await.unwrap();
+    assert_eq!(second[0].state.task_no, "T3");
+    let queued = db
+        .tasks(TaskQuery {
+            owner: "alice",
+            before: None,
+            status: Some(TaskStatus::Queued),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(db.unfinished_tasks().await.unwrap().len(), 6);
+}
+
+async fn revocations_expire(db: Db) {
+    db.revoke_token("a", 100).await.unwrap();
+    db.revoke_token("b", 10).await.unwrap();
+    db.revoke_token("a", 100).await.unwrap();
+    assert_eq!(db.revoked_tokens(50).await.unwrap(), ["a"]);
+}
+
+/// Runs every check, each on a database from `fresh`.
+async fn every_check<F: Future<Output = Db>>(fresh: impl Fn() -> F) {
+    the_log_numbers_keeps_order_bounds_and_its_newest_entry(fresh().await).await;
+    concurrent_appends_of_one_user_get_distinct_increasing_numbers(fresh().await).await;
+    offline_marks_keep_the_first_seq_until_taken(fresh().await).await;
+    a_task_change_and_its_log_entry_commit_together(fresh().await).await;
+    snapshots_hold_the_newest_unfinished_and_recent_tasks_oldest_first(fresh().await).await;
+    duplicate_users_are_refused(fresh().await).await;
+    credits_are_reserved_and_refunded_once_on_failure(fresh().await).await;
+    completion_spends_the_reservation(fresh().await).await;
+    history_and_pages_are_ordered(fresh().await).await;
+    revocations_expire(fresh().await).await;
+}
+
+#[tokio::test]
+async fn storage_conformance_on_sqlite() {
+    every_check(|| async { Arc::new(SqlStorage::in_memory().await.unwrap()) as Db }).await;
+    // A file, as the server opens it, reopened: migrations are idempotent, data stays.
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let db: Db = Arc::new(SqlStorage::open(&url).await.unwrap());
+    db.append_log(&entry("alice", 1, "/queue/a")).await.unwrap();
+    drop(db);
+    let db = SqlStorage::open(&url).await.unwrap();
+    assert_eq!(db.log_range("alice").await.unwrap(), (1, 1));
+    assert!(matches!(SqlStorage::open("mysql://x").await, Err(StorageError::Url(_))));
+}
+
+#[tokio::test]
+async fn storage_conformance_on_postgresql() {
+    let postgres = Postgres::start();
+    every_check(|| async {
+        let url = postgres.fresh_database().await;
+        Arc::new(SqlStorage::open(&url).await.unwrap()) as Db
+    })
+    .await;
+}
