@@ -20,16 +20,9 @@ pub(crate) fn parse(body: &[u8]) -> Result<TaskProgressDto, String> {
         return Err("the body is not a JSON object".into());
     }
     let status = string(&value, "status")?.ok_or("status is missing")?;
-    let status = [
-        TaskStatus::Created,
-        TaskStatus::Queued,
-        TaskStatus::Processing,
-        TaskStatus::Completed,
-        TaskStatus::Failed,
-    ]
-    .into_iter()
-    .find(|s| s.as_str() == status)
-    .ok_or("status is not one of created, queued, processing, completed, failed")?;
+    let status = status
+        .parse::<TaskStatus>()
+        .map_err(|_| "status is not one of created, queued, processing, completed, failed")?;
     let progress = integer(&value, "progress", 100)?.ok_or("progress is missing")?;
     let mut update = TaskProgressDto::new(
         string(&value, "taskNo")?.ok_or("taskNo is missing")?,

@@ -108,7 +108,7 @@ const HASH_QUEUE: usize = 1024;
 impl Hashers {
     fn start(threads: usize) -> Hashers {
         let (jobs, queue) = std::sync::mpsc::sync_channel::<HashJob>(HASH_QUEUE);
-        let queue = Arc::new(std::sync::Mutex::new(queue));
+        let queue = Arc::new(parking_lot::Mutex::new(queue));
         for n in 0..threads.max(1) {
             let queue = queue.clone();
             let spawned =
@@ -116,10 +116,7 @@ impl Hashers {
                     let mut memory = Vec::new();
                     loop {
                         // The lock is held only to take the next job.
-                        let job = match queue.lock() {
-                            Ok(queue) => queue.recv(),
-                            Err(poisoned) => poisoned.into_inner().recv(),
-                        };
+                        let job = queue.lock().recv();
                         match job {
                             Ok(job) => job(&mut memory),
                             Err(_) => return,

@@ -8,10 +8,11 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
+use parking_lot::Mutex;
 pub use taskpulse_shared::resume::TASKS_PATH;
 use taskpulse_shared::{TaskProgressDto, resume::ResumePosition};
 use tokio::sync::OwnedMutexGuard;
@@ -108,10 +109,6 @@ impl UserTurn {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl UserLog {
     /// Reads the epoch, installs the log as the broker's replay source and starts pruning.
     ///
@@ -149,7 +146,7 @@ impl UserLog {
     /// Waits for `user`'s turn (appends and sends of one user happen one at a time, in `seq`
     /// order).
     pub async fn turn(&self, user: &str) -> UserTurn {
-        let order = lock(&self.inner.users).entry(user.to_owned()).or_default().clone();
+        let order = self.inner.users.lock().entry(user.to_owned()).or_default().clone();
         UserTurn { log: self.clone(), user: user.to_owned(), _order: order.lock_owned().await }
     }
 
@@ -173,7 +170,7 @@ impl UserLog {
         let handed = turn.send(&entry, coalesce);
         if handed == 0 && path != TASKS_PATH {
             self.inner.storage.mark_offline(user, path, entry.seq).await?;
-            lock(&self.inner.offline_paths).insert(path.to_owned());
+            self.inner.offline_paths.lock().insert(path.to_owned());
         }
         Ok(handed)
     }
@@ -267,7 +264,7 @@ impl UserLog {
 
 impl ReplaySource for UserLog {
     fn wants(&self, path: &str, resume: bool) -> bool {
-        resume || path == TASKS_PATH || lock(&self.inner.offline_paths).contains(path)
+        resume || path == TASKS_PATH || self.inner.offline_paths.lock().contains(path)
     }
 
     fn replay(&self, request: ReplayRequest) {

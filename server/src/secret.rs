@@ -16,9 +16,10 @@ pub(crate) fn random_hex(len: usize) -> Result<String, getrandom::Error> {
     Ok(hex(&bytes))
 }
 
-/// Equality of two secrets that takes the same time wherever they differ.
+/// Equality of two secrets that takes the same time wherever they differ (`subtle`).
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 #[cfg(test)]

@@ -48,6 +48,23 @@ impl TaskStatus {
     }
 }
 
+/// A status spelling that is none of the five.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("status {0:?} is not one of created, queued, processing, completed, failed")]
+pub struct UnknownStatus(pub String);
+
+impl std::str::FromStr for TaskStatus {
+    type Err = UnknownStatus;
+
+    /// The wire spelling, e.g. `"processing"`.
+    fn from_str(text: &str) -> Result<TaskStatus, UnknownStatus> {
+        TaskStatus::ALL
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| UnknownStatus(text.to_owned()))
+    }
+}
+
 impl fmt::Display for TaskStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -59,7 +59,7 @@ pub(super) async fn list(
     let status = query
         .get("status")
         .map(|s| {
-            TaskStatus::ALL.into_iter().find(|t| t.as_str() == s).ok_or_else(|| {
+            s.parse::<TaskStatus>().map_err(|_| {
                 AppError::field(
                     "status",
                     "must be created, queued, processing, completed or failed",

@@ -4,10 +4,10 @@
 use std::{
     collections::{HashMap, HashSet},
     path::Path,
-    sync::RwLock,
 };
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use taskpulse_shared::stomp::Connect;
 
@@ -228,7 +228,7 @@ impl Authenticator {
             return Err(AuthError::BadPrincipal(claims.sub));
         }
         if let Some(jti) = &claims.jti
-            && self.revoked.read().unwrap_or_else(|p| p.into_inner()).contains(jti)
+            && self.revoked.read().contains(jti)
         {
             return Err(AuthError::Revoked(jti.clone()));
         }
@@ -238,7 +238,7 @@ impl Authenticator {
     /// Refuses tokens with this `jti` from now on (see [`super::Broker::revoke_token`], which
     /// also closes their sessions).
     pub fn revoke(&self, token_id: &str) {
-        self.revoked.write().unwrap_or_else(|p| p.into_inner()).insert(token_id.to_owned());
+        self.revoked.write().insert(token_id.to_owned());
     }
 
     /// Signs `claims` with the HS256 secret; `None` when tokens are validated with a public

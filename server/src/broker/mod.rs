@@ -15,7 +15,7 @@ mod session;
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
-        Arc, Mutex, RwLock,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -29,6 +29,7 @@ pub use message::{Coalesce, LogPlace, Publication};
 use message::{Message, is_protocol_header};
 pub use outbox::{CloseReason, Delivery, Outbox, Outgoing};
 use outbox::{Leftovers, Unacked};
+use parking_lot::{Mutex, RwLock};
 pub use session::{AUTH_REFRESH, Flow, Session, TransportInfo};
 use taskpulse_shared::{
     resume::{self, ResumePosition},
@@ -243,18 +244,6 @@ impl std::fmt::Debug for Broker {
     }
 }
 
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|p| p.into_inner())
-}
-
-fn lock<T>(lock: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    lock.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Broker {
     /// A broker with the given settings and authenticator.
     pub fn new(settings: Settings, auth: Authenticator) -> Broker {
@@ -314,28 +303,28 @@ impl Broker {
     /// Registers `handler` for SENDs to destinations matching `pattern` (e.g.
     /// `/app/tasks.cancel` or `/app/chat.**`).
     pub fn register_app(&self, pattern: &str, handler: AppHandler) {
-        write(&self.inner.apps).push((pattern.to_owned(), handler));
+        self.inner.apps.write().push((pattern.to_owned(), handler));
     }
 
     /// Installs the source of replays and snapshots for user subscriptions.
     pub fn set_replay_source(&self, source: Arc<dyn ReplaySource>) {
-        *write(&self.inner.replay) = Some(source);
+        *self.inner.replay.write() = Some(source);
     }
 
     fn replay_source(&self) -> Option<Arc<dyn ReplaySource>> {
-        read(&self.inner.replay).clone()
+        self.inner.replay.read().clone()
     }
 
     /// Closes every session with an ERROR saying why, and waits (up to `grace`) until their
     /// transports have let go.
     pub async fn shutdown(&self, reason: &str, grace: Duration) {
         let open: Vec<Arc<Outbox>> =
-            lock(&self.inner.sessions).by_id.values().map(|s| s.outbox.clone()).collect();
+            self.inner.sessions.lock().by_id.values().map(|s| s.outbox.clone()).collect();
         for outbox in open {
             outbox.fail(reason, None, format!("The server closed this connection: {reason}."));
         }
         let deadline = tokio::time::Instant::now() + grace;
-        while !lock(&self.inner.sessions).by_id.is_empty() && tokio::time::Instant::now() < deadline
+        while !self.inner.sessions.lock().by_id.is_empty() && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -345,7 +334,7 @@ impl Broker {
     /// with it is closed with ERROR `token revoked`. Returns how many were closed.
     pub fn revoke_token(&self, token_id: &str) -> usize {
         self.inner.auth.revoke(token_id);
-        let sessions = lock(&self.inner.sessions);
+        let sessions = self.inner.sessions.lock();
         let mut closed = 0;
         for session in sessions.by_id.values() {
             if session.token_id.as_deref() == Some(token_id) {
@@ -363,7 +352,7 @@ impl Broker {
     /// Closes every session of `user` with ERROR `disconnected` saying why (an operator's
     /// kick). Returns how many were closed.
     pub fn disconnect_user(&self, user: &str, reason: &str) -> usize {
-        let sessions = lock(&self.inner.sessions);
+        let sessions = self.inner.sessions.lock();
         let mut closed = 0;
         for session in sessions.by_id.values().filter(|s| &*s.principal == user) {
             session.outbox.fail(
@@ -378,7 +367,7 @@ impl Broker {
 
     /// Number of open STOMP sessions.
     pub fn session_count(&self) -> usize {
-        lock(&self.inner.sessions).by_id.len()
+        self.inner.sessions.lock().by_id.len()
     }
 
     fn next_session_id(&self) -> u64 {
@@ -403,7 +392,7 @@ impl Broker {
         outbox: &Arc<Outbox>,
     ) -> Result<(), String> {
         let limit = self.inner.settings.limits.connections_per_user;
-        let mut sessions = lock(&self.inner.sessions);
+        let mut sessions = self.inner.sessions.lock();
         let open = sessions.per_user.get(principal).copied().unwrap_or(0);
         if open >= limit {
             return Err(format!(
@@ -422,13 +411,13 @@ impl Broker {
 
     /// The session `id` now authenticates with the token `token_id` (an in-band refresh).
     fn retoken(&self, id: u64, token_id: Option<&str>) {
-        if let Some(session) = lock(&self.inner.sessions).by_id.get_mut(&id) {
+        if let Some(session) = self.inner.sessions.lock().by_id.get_mut(&id) {
             session.token_id = token_id.map(Box::from);
         }
     }
 
     fn detach(&self, id: u64) {
-        let mut sessions = lock(&self.inner.sessions);
+        let mut sessions = self.inner.sessions.lock();
         if let Some(OpenSession { principal: user, .. }) = sessions.by_id.remove(&id)
             && let Some(count) = sessions.per_user.get_mut(&user)
         {
@@ -472,7 +461,10 @@ impl Broker {
             other => other?,
         };
         if let Destination::App(name) = &resolved {
-            let handler = read(&self.inner.apps)
+            let handler = self
+                .inner
+                .apps
+                .read()
                 .iter()
                 .find(|(pattern, _)| pattern_matches(pattern, name))
                 .map(|(_, h)| h.clone())
@@ -527,7 +519,7 @@ impl Broker {
 
     fn fan_out(&self, destination: &Destination, publication: Publication) -> usize {
         let Some(key) = Self::route_key(destination) else { return 0 };
-        let routes = read(&self.inner.routes);
+        let routes = self.inner.routes.read();
         let Some(subscribers) = routes.get(&key).filter(|s| !s.is_empty()) else { return 0 };
         let message = self.message(destination, publication);
         let mut handed = 0;
@@ -558,7 +550,7 @@ impl Broker {
         let message = self.message(&Destination::Queue(name.to_owned()), publication);
         let settings = &self.inner.settings;
         let limit = settings.stomp.queue_pending;
-        let mut queues = lock(&self.inner.queues);
+        let mut queues = self.inner.queues.lock();
         if !queues.by_name.contains_key(name) && queues.by_name.len() >= settings.limits.queues {
             return Err(RouteError::QueuesFull(format!(
                 "there are already {} queues (limits.queues); /queue/{name} cannot be created",
@@ -619,24 +611,24 @@ impl Broker {
     fn subscribe(&self, destination: &Destination, subscriber: Subscriber) {
         if let Destination::Queue(name) = destination {
             let key: Arc<str> = Arc::from(name.as_str());
-            let mut queues = lock(&self.inner.queues);
+            let mut queues = self.inner.queues.lock();
             queues.by_name.entry(key.clone()).or_default().consumers.push(subscriber);
             queues.dispatch(&key, None);
         } else if let Some(key) = Self::route_key(destination) {
-            write(&self.inner.routes).entry(key).or_default().push(subscriber);
+            self.inner.routes.write().entry(key).or_default().push(subscriber);
         }
     }
 
     fn unsubscribe(&self, destination: &Destination, outbox: u64, sub: &str) {
         let keep = |s: &Subscriber| !(s.outbox.id == outbox && &*s.sub == sub);
         if let Destination::Queue(name) = destination {
-            let mut queues = lock(&self.inner.queues);
+            let mut queues = self.inner.queues.lock();
             if let Some(queue) = queues.by_name.get_mut(name.as_str()) {
                 queue.consumers.retain(keep);
             }
             queues.drop_if_idle(name);
         } else if let Some(key) = Self::route_key(destination) {
-            let mut routes = write(&self.inner.routes);
+            let mut routes = self.inner.routes.write();
             if let Some(subscribers) = routes.get_mut(&key) {
                 subscribers.retain(keep);
                 if subscribers.is_empty() {
@@ -649,7 +641,7 @@ impl Broker {
     /// ACKed or NACKed deliveries: queue consumers have room again; NACKed queue messages go
     /// to another consumer, marked redelivered.
     fn settled(&self, settled: Vec<Unacked>, nack: bool, from: u64) {
-        let mut queues = lock(&self.inner.queues);
+        let mut queues = self.inner.queues.lock();
         let mut touched: Vec<Arc<str>> = Vec::new();
         for Unacked { message, queue, .. } in settled {
             let Some(name) = queue else { continue };
@@ -674,7 +666,7 @@ impl Broker {
         if leftovers.redeliver.is_empty() {
             return;
         }
-        let mut queues = lock(&self.inner.queues);
+        let mut queues = self.inner.queues.lock();
         let mut touched: Vec<Arc<str>> = Vec::new();
         // Oldest first at the front: push in reverse.
         for (name, message) in leftovers.redeliver.into_iter().rev() {

@@ -6,11 +6,12 @@
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::Arc,
     time::Duration,
 };
 
 use bytes::Bytes;
+use parking_lot::{Mutex, MutexGuard};
 use taskpulse_shared::{
     resume,
     stomp::{AckMode, Command, ServerCommand, Version, encode_header},
@@ -184,9 +185,7 @@ impl Outbox {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves no invariant half-updated that matters more
-        // than keeping the connection's other users running.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock()
     }
 
     /// Sets the version frames are encoded in and how often the writer sends a heart-beat

@@ -116,8 +116,7 @@ fn task_from_row(row: &AnyRow) -> Result<TaskRecord, StorageError> {
     let request = serde_json::from_str(row.try_get::<&str, _>("request")?)
         .map_err(|e| corrupt(&task_no, e))?;
     let status: TaskStatus =
-        serde_json::from_value(serde_json::Value::String(row.try_get("status")?))
-            .map_err(|e| corrupt(&task_no, e))?;
+        row.try_get::<String, _>("status")?.parse().map_err(|e| corrupt(&task_no, e))?;
     let progress: i64 = row.try_get("progress")?;
     let mut state = TaskProgressDto::new(
         task_no.clone(),

@@ -7,14 +7,11 @@
 //! backoff. Messages sent while it was down are lost, so after every reconnect each waiting
 //! task asks `/history/{prompt_id}` what became of its prompt.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
+use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use taskpulse_shared::dto::SubmitTaskRequest;
@@ -77,10 +74,6 @@ enum Event {
     Interrupted,
     /// The WebSocket came back after a gap: ask /history.
     Reconnected,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Reads a workflow file, or the built-in one.
@@ -289,7 +282,7 @@ async fn follow(inner: std::sync::Weak<Inner>, max_backoff: Duration) {
                 backoff = Duration::from_millis(250);
                 // Prompts followed before this connection may have moved meanwhile.
                 if let Some(strong) = inner.upgrade() {
-                    for waiter in lock(&strong.waiters).values() {
+                    for waiter in strong.waiters.lock().values() {
                         let _ = waiter.send(Event::Reconnected);
                     }
                 }
@@ -298,7 +291,7 @@ async fn follow(inner: std::sync::Weak<Inner>, max_backoff: Duration) {
                     let Message::Text(text) = message else { continue };
                     let Some(strong) = inner.upgrade() else { return };
                     if let Some((prompt_id, event)) = parse_message(&text)
-                        && let Some(waiter) = lock(&strong.waiters).get(&prompt_id)
+                        && let Some(waiter) = strong.waiters.lock().get(&prompt_id)
                     {
                         let _ = waiter.send(event);
                     }
@@ -324,7 +317,7 @@ struct Registration<'a> {
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        lock(&self.inner.waiters).remove(&self.prompt_id);
+        self.inner.waiters.lock().remove(&self.prompt_id);
     }
 }
 
@@ -521,19 +514,19 @@ impl Executor for ComfyUiExecutor {
                 )
             }
         };
-        lock(&inner.waiters).insert(prompt_id.clone(), sender.clone());
-        lock(&inner.prompts).insert(job.task_no.clone(), prompt_id.clone());
+        inner.waiters.lock().insert(prompt_id.clone(), sender.clone());
+        inner.prompts.lock().insert(job.task_no.clone(), prompt_id.clone());
         let _registration = Registration { inner, prompt_id: prompt_id.clone() };
         let outcome = self.run_prompt(job, progress, &prompt_id, &sender, &mut events).await;
         // Reached unless the run was dropped by a cancel, which then finds the prompt here.
-        lock(&inner.prompts).remove(&job.task_no);
+        inner.prompts.lock().remove(&job.task_no);
         outcome
     }
 
     async fn cancel(&self, job: &Job) {
         let inner = &*self.inner;
         let prompt_id =
-            lock(&inner.prompts).remove(&job.task_no).or_else(|| job.external_ref.clone());
+            inner.prompts.lock().remove(&job.task_no).or_else(|| job.external_ref.clone());
         let Some(prompt_id) = prompt_id else { return };
         // Drop it from the queue if it waits there, and interrupt it if it runs.
         let queue =

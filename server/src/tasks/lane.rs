@@ -1,11 +1,9 @@
 //! One executor with its queue: tasks wait in order until one of the executor's
 //! `concurrency` slots is free (the seed's semaphore that keeps the GPU from overloading).
 
-use std::{
-    collections::VecDeque,
-    sync::{Arc, Mutex},
-};
+use std::{collections::VecDeque, sync::Arc};
 
+use parking_lot::Mutex;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::Executor;
@@ -33,8 +31,8 @@ impl Lane {
         }
     }
 
-    fn waiting_queue(&self) -> std::sync::MutexGuard<'_, VecDeque<String>> {
-        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    fn waiting_queue(&self) -> parking_lot::MutexGuard<'_, VecDeque<String>> {
+        self.waiting.lock()
     }
 
     pub(super) fn waiting_len(&self) -> usize {

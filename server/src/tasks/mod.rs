@@ -13,7 +13,7 @@ mod results;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -22,6 +22,7 @@ pub use comfyui::ComfyUiExecutor;
 pub use demo::DemoExecutor;
 pub use fetch::{HostRule, is_public};
 use lane::Lane;
+use parking_lot::Mutex;
 pub use results::{ResultStore, SignedUrlError};
 use taskpulse_shared::{
     TaskProgressDto,
@@ -206,10 +207,6 @@ struct LiveState {
     announced_position: Option<u32>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl TaskService {
     /// Builds the service with the demo executor, and the ComfyUI one when
     /// `comfyui.url` is set, then picks up the tasks a previous run left unfinished.
@@ -355,7 +352,7 @@ impl TaskService {
         let mut turn = self.inner.log.turn(owner).await;
         // Counted under the owner's turn, which every submission of the owner takes, so two
         // concurrent submissions cannot both take the last place.
-        let active = lock(&self.inner.live).values().filter(|t| t.owner == owner).count();
+        let active = self.inner.live.lock().values().filter(|t| t.owner == owner).count();
         if active >= limits.max_active_per_user as usize {
             return Err(TaskError::Limited {
                 message: format!(
@@ -395,12 +392,12 @@ impl TaskService {
             }),
             cancelled: Notify::new(),
         });
-        lock(&self.inner.live).insert(current.task_no, live.clone());
+        self.inner.live.lock().insert(current.task_no, live.clone());
         live
     }
 
     fn live(&self, task_no: &str) -> Option<Arc<LiveTask>> {
-        lock(&self.inner.live).get(task_no).cloned()
+        self.inner.live.lock().get(task_no).cloned()
     }
 
     /// Marks the task `queued` (with its position) and puts it in its executor's queue.
@@ -449,7 +446,7 @@ impl TaskService {
         state.last_push = Instant::now();
         if next.status.is_terminal() {
             state.pending = None;
-            lock(&self.inner.live).remove(&next.task_no);
+            self.inner.live.lock().remove(&next.task_no);
         }
         state.current = next;
         true
