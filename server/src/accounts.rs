@@ -13,9 +13,9 @@ use tokio::sync::oneshot;
 
 use crate::{
     Settings,
-    broker::{Broker, Claims},
+    broker::{Broker, Claims, Fanout},
+    now_ms,
     storage::{Storage, StorageError, UserRecord},
-    tasks::now_ms,
     throttle::Throttle,
 };
 
@@ -82,6 +82,8 @@ impl From<StorageError> for AccountError {
 pub struct Accounts {
     storage: Arc<dyn Storage>,
     broker: Broker,
+    /// Where revocations go (every session of the token, on every server).
+    fanout: Arc<dyn Fanout>,
     settings: Settings,
     /// Where passwords are hashed: argon2id takes 19 MiB a hash, so unbounded hashing is
     /// unbounded memory.
@@ -211,6 +213,7 @@ impl Accounts {
     pub async fn start(
         storage: Arc<dyn Storage>,
         broker: Broker,
+        fanout: Arc<dyn Fanout>,
         settings: Settings,
     ) -> Result<Accounts, StorageError> {
         for jti in storage.revoked_tokens(now_ms() / 1000).await? {
@@ -221,6 +224,7 @@ impl Accounts {
         Ok(Accounts {
             storage,
             broker,
+            fanout,
             settings,
             hashers: Arc::new(Hashers::start(cores)),
             by_address: Arc::new(Throttle::per_minute(per_minute)),
@@ -355,7 +359,7 @@ impl Accounts {
     pub async fn logout(&self, claims: &Claims) -> Result<usize, AccountError> {
         let jti = claims.jti.as_deref().ok_or(AccountError::NotRevocable)?;
         self.storage.revoke_token(jti, claims.exp as i64).await?;
-        Ok(self.broker.revoke_token(jti))
+        Ok(self.fanout.revoke_token(jti))
     }
 
     fn issue(&self, username: &str) -> Result<TokenResponse, AccountError> {

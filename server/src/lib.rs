@@ -32,10 +32,10 @@ pub use web::app;
 
 use crate::{
     accounts::Accounts,
-    broker::{Authenticator, Broker, KeyError},
+    broker::{Authenticator, Broker, Fanout, KeyError},
     replay::UserLog,
     storage::{SqlStorage, Storage, StorageError},
-    tasks::{ResultStore, ServiceError, TaskService},
+    tasks::{ResultStore, ServiceError, TaskService, TaskSnapshots},
 };
 
 /// Shared state handed to every request handler.
@@ -51,8 +51,16 @@ pub struct AppState {
     pub accounts: Accounts,
     /// The per-user log: seq/epoch, replay, snapshots.
     pub log: UserLog,
+    /// Where pushes go: to the sessions of this process (and, clustered, of the others).
+    pub fanout: Arc<dyn Fanout>,
     /// Open TCP connections (see `limits.max_connections`).
     connections: Arc<serve::Connections>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 impl AppState {
@@ -98,12 +106,17 @@ impl AppState {
         let settings = &config.settings;
         let auth = Authenticator::new(&settings.jwt, &settings.auth, &config.data_dir)?;
         let broker = Broker::new(settings.clone(), auth);
-        let accounts = Accounts::start(storage.clone(), broker.clone(), settings.clone()).await?;
+        let fanout: Arc<dyn Fanout> = Arc::new(broker.clone());
+        let accounts =
+            Accounts::start(storage.clone(), broker.clone(), fanout.clone(), settings.clone())
+                .await?;
         let results = ResultStore::new(&config.data_dir, settings.tasks.result_url_ttl_s)?;
+        let snapshots = Arc::new(TaskSnapshots::new(storage.clone(), results.clone()));
         let log = UserLog::start(
             storage.clone(),
-            broker.clone(),
-            results.clone(),
+            &broker,
+            fanout.clone(),
+            snapshots,
             settings.replay.clone(),
         )
         .await?;
@@ -116,6 +129,7 @@ impl AppState {
             tasks,
             accounts,
             log,
+            fanout,
             connections: Arc::default(),
         })
     }

@@ -13,16 +13,34 @@ use std::{
 };
 
 use parking_lot::Mutex;
+use taskpulse_shared::resume::ResumePosition;
 pub use taskpulse_shared::resume::TASKS_PATH;
-use taskpulse_shared::{TaskProgressDto, resume::ResumePosition};
 use tokio::sync::OwnedMutexGuard;
 
 use crate::{
     ReplaySettings,
-    broker::{Broker, Coalesce, LogPlace, Publication, ReplayRequest, ReplaySource},
+    broker::{Broker, Coalesce, Fanout, LogPlace, Publication, ReplayRequest, ReplaySource},
+    now_ms,
     storage::{LogEntry, Storage, StorageError},
-    tasks::{ResultStore, now_ms},
 };
+
+/// Where a snapshot's documents come from: the current state of a user's tasks. The task
+/// service knows what those are; the log only numbers, stores and sends, so it depends on
+/// this trait and never on the task service.
+#[async_trait::async_trait]
+pub trait SnapshotSource: Send + Sync + std::fmt::Debug {
+    /// `user`'s unfinished tasks and those finished at or after `finished_since` (ms), oldest
+    /// first, at most `limit`, each as the JSON document its subscribers receive.
+    ///
+    /// # Errors
+    /// Storage failed.
+    async fn snapshot(
+        &self,
+        user: &str,
+        finished_since: i64,
+        limit: u32,
+    ) -> Result<Vec<Vec<u8>>, StorageError>;
+}
 
 /// What one replayed or snapshot message costs beyond its body in an outbound buffer: the
 /// destination, ids and the guarantee's headers (see `broker::Message::cost`).
@@ -66,8 +84,10 @@ pub struct UserLog {
 #[derive(Debug)]
 struct Inner {
     storage: Arc<dyn Storage>,
-    broker: Broker,
-    results: ResultStore,
+    fanout: Arc<dyn Fanout>,
+    snapshots: Arc<dyn SnapshotSource>,
+    /// Half of `limits.outbound_buffer`: the largest catch-up a connection can take.
+    catch_up_budget: usize,
     epoch: Arc<str>,
     settings: ReplaySettings,
     /// Each user's turn: an async lock that orders that user's appends and sends, so that
@@ -105,19 +125,21 @@ impl UserTurn {
         if let Some(coalesce) = coalesce {
             publication = publication.coalesce(coalesce);
         }
-        self.log.inner.broker.send_to_user(&self.user, &entry.path, publication)
+        self.log.inner.fanout.to_user(&self.user, &entry.path, publication)
     }
 }
 
 impl UserLog {
-    /// Reads the epoch, installs the log as the broker's replay source and starts pruning.
+    /// Reads the epoch, installs the log as the broker's replay source and starts pruning;
+    /// pushes go through `fanout`.
     ///
     /// # Errors
     /// Storage failed.
     pub async fn start(
         storage: Arc<dyn Storage>,
-        broker: Broker,
-        results: ResultStore,
+        broker: &Broker,
+        fanout: Arc<dyn Fanout>,
+        snapshots: Arc<dyn SnapshotSource>,
         settings: ReplaySettings,
     ) -> Result<UserLog, StorageError> {
         let epoch = Arc::from(storage.epoch().await?);
@@ -125,8 +147,9 @@ impl UserLog {
         let log = UserLog {
             inner: Arc::new(Inner {
                 storage,
-                broker: broker.clone(),
-                results,
+                fanout,
+                snapshots,
+                catch_up_budget: broker.settings().limits.outbound_buffer / 2,
                 epoch,
                 settings,
                 users: Mutex::default(),
@@ -202,7 +225,7 @@ impl UserLog {
         };
         // A catch-up must fit the connection's outbound budget with room for live traffic;
         // one that does not is treated like one too far behind.
-        let budget = self.inner.broker.settings().limits.outbound_buffer / 2;
+        let budget = self.inner.catch_up_budget;
         let mut after = after;
         let mut entries = Vec::new();
         if let Some(from) = after.filter(|a| *a != i64::MAX) {
@@ -229,14 +252,13 @@ impl UserLog {
         // and also comes live after it (the same state twice, never an older one).
         let (_, high) = storage.log_range(&user).await?;
         let since = now_ms() - (settings.snapshot_finished_s as i64) * 1000;
-        let tasks = storage.snapshot_tasks(&user, since, settings.snapshot_limit).await?;
+        let documents =
+            self.inner.snapshots.snapshot(&user, since, settings.snapshot_limit).await?;
         // Task documents are bounded (tasks::MAX_TEXT_CHARS per text field), so a snapshot of
         // `replay.snapshot_limit` of them fits; the newest come first if one ever does not.
-        let mut bodies = Vec::with_capacity(tasks.len());
+        let mut bodies = Vec::with_capacity(documents.len());
         let mut bytes = 0;
-        for task in &tasks {
-            let state: TaskProgressDto = self.inner.results.signed(&task.state);
-            let Ok(body) = serde_json::to_vec(&state) else { continue };
+        for body in documents {
             bytes += body.len() + REPLAY_OVERHEAD;
             if bytes > budget {
                 tracing::warn!(%user, "snapshot cut at {} tasks by limits.outbound_buffer", bodies.len());

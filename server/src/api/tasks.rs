@@ -189,7 +189,7 @@ pub(super) async fn publish(
             .await
             .map_err(|e| AppError::Internal(e.to_string()))?,
         None => {
-            state.broker.publish(destination, Publication::json(body)).map_err(|e| match e {
+            state.fanout.publish(destination, Publication::json(body)).map_err(|e| match e {
                 RouteError::Destination(_) => AppError::field("destination", e.to_string()),
                 other => AppError::Conflict(other.to_string()),
             })?
@@ -211,6 +211,6 @@ pub(super) async fn disconnect(
     _backend: Backend,
     Body(request): Body<Disconnect>,
 ) -> Json<serde_json::Value> {
-    let closed = state.broker.disconnect_user(&request.user, "disconnected by an operator");
+    let closed = state.fanout.disconnect_user(&request.user, "disconnected by an operator");
     Json(serde_json::json!({ "closed": closed }))
 }

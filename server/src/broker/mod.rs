@@ -135,6 +135,48 @@ impl Queues {
     }
 }
 
+/// The one seam between "this is for these subscribers" and the sessions that get it: every
+/// push the server makes (a numbered user message from the user log, a topic publication, a
+/// token revocation, an operator's disconnect) goes through it. [`Broker`] is the in-process
+/// implementation; one that spans several server processes implements the same trait, so
+/// callers never know which runs.
+pub trait Fanout: Send + Sync + std::fmt::Debug {
+    /// Hands `publication` to every session of `user` subscribed to `/user{path}`; returns
+    /// how many subscriptions (here) took it.
+    fn to_user(&self, user: &str, path: &str, publication: Publication) -> usize;
+
+    /// Publishes to a `/topic/**` or `/queue/**` destination (or `/user/{name}/…`) on the
+    /// server's behalf.
+    ///
+    /// # Errors
+    /// The destination is invalid or the queue is full.
+    fn publish(&self, destination: &str, publication: Publication) -> Result<usize, RouteError>;
+
+    /// Refuses the token from now on and closes its sessions; returns how many.
+    fn revoke_token(&self, token_id: &str) -> usize;
+
+    /// Closes every session of `user`, saying why; returns how many.
+    fn disconnect_user(&self, user: &str, reason: &str) -> usize;
+}
+
+impl Fanout for Broker {
+    fn to_user(&self, user: &str, path: &str, publication: Publication) -> usize {
+        self.send_to_user(user, path, publication)
+    }
+
+    fn publish(&self, destination: &str, publication: Publication) -> Result<usize, RouteError> {
+        Broker::publish(self, destination, publication)
+    }
+
+    fn revoke_token(&self, token_id: &str) -> usize {
+        Broker::revoke_token(self, token_id)
+    }
+
+    fn disconnect_user(&self, user: &str, reason: &str) -> usize {
+        Broker::disconnect_user(self, user, reason)
+    }
+}
+
 /// Decides which SUBSCRIBEs to user destinations start with what the client missed, and
 /// produces it (the user log of the replay issue lives outside the broker).
 pub trait ReplaySource: Send + Sync {

@@ -11,11 +11,7 @@ mod fetch;
 mod lane;
 mod results;
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 pub use comfyui::ComfyUiExecutor;
@@ -35,6 +31,7 @@ use tokio::{sync::Notify, time::Instant};
 use crate::{
     Settings,
     broker::Coalesce,
+    now_ms,
     replay::UserLog,
     storage::{Storage, StorageError, TaskQuery, TaskRecord},
 };
@@ -42,9 +39,35 @@ use crate::{
 /// The user path of task updates (`/user/queue/tasks-progress` for the owner).
 const PROGRESS_PATH: &str = crate::replay::TASKS_PATH;
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+/// The task documents of snapshots: each task's stored state with its result URL signed,
+/// for the user log (which knows nothing of tasks).
+#[derive(Debug)]
+pub struct TaskSnapshots {
+    storage: Arc<dyn Storage>,
+    results: ResultStore,
+}
+
+impl TaskSnapshots {
+    /// Snapshots from `storage`, result URLs signed by `results`.
+    pub fn new(storage: Arc<dyn Storage>, results: ResultStore) -> TaskSnapshots {
+        TaskSnapshots { storage, results }
+    }
+}
+
+#[async_trait]
+impl crate::replay::SnapshotSource for TaskSnapshots {
+    async fn snapshot(
+        &self,
+        user: &str,
+        finished_since: i64,
+        limit: u32,
+    ) -> Result<Vec<Vec<u8>>, StorageError> {
+        let tasks = self.storage.snapshot_tasks(user, finished_since, limit).await?;
+        Ok(tasks
+            .iter()
+            .filter_map(|task| serde_json::to_vec(&self.results.signed(&task.state)).ok())
+            .collect())
+    }
 }
 
 /// What an executor is asked to do.
