@@ -12,7 +12,7 @@ use taskpulse_shared::dto::{Credentials, TokenResponse};
 use tokio::sync::oneshot;
 
 use crate::{
-    Settings,
+    JwtAlgorithm, Settings,
     broker::{Broker, Claims, Fanout},
     now_ms,
     storage::{Storage, StorageError, UserRecord},
@@ -302,7 +302,7 @@ impl Accounts {
         if !self.settings.accounts.registration {
             return Err(AccountError::RegistrationClosed);
         }
-        if self.settings.jwt.algorithm != "HS256" {
+        if self.settings.jwt.algorithm != JwtAlgorithm::HS256 {
             return Err(AccountError::ExternalTokens);
         }
         Self::check(&credentials)?;
@@ -335,7 +335,7 @@ impl Accounts {
         credentials: Credentials,
         client: Option<IpAddr>,
     ) -> Result<TokenResponse, AccountError> {
-        if self.settings.jwt.algorithm != "HS256" {
+        if self.settings.jwt.algorithm != JwtAlgorithm::HS256 {
             return Err(AccountError::ExternalTokens);
         }
         self.attempt(client, &credentials.username)?;

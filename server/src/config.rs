@@ -338,10 +338,9 @@ impl Settings {
             origin: "settings".into(),
             message: format!("{key}: {message}"),
         };
-        if !["HS256", "RS256", "ES256"].contains(&self.jwt.algorithm.as_str()) {
-            return Err(invalid("jwt.algorithm", "expected HS256, RS256 or ES256"));
-        }
-        if self.jwt.algorithm != "HS256" && self.jwt.public_key_file.as_os_str().is_empty() {
+        if self.jwt.algorithm != JwtAlgorithm::HS256
+            && self.jwt.public_key_file.as_os_str().is_empty()
+        {
             return Err(invalid("jwt.public_key_file", "required for RS256 and ES256"));
         }
         if self.stomp.heartbeat_min_ms > self.stomp.heartbeat_max_ms {
@@ -436,7 +435,7 @@ pub struct JwtSettings {
     /// HS256 secret; empty means generated and kept in the data directory.
     pub secret: String,
     /// The one algorithm accepted.
-    pub algorithm: String,
+    pub algorithm: JwtAlgorithm,
     /// PEM public key for RS256/ES256.
     pub public_key_file: PathBuf,
     /// Required issuer, if not empty.
@@ -451,13 +450,25 @@ impl Default for JwtSettings {
     fn default() -> Self {
         JwtSettings {
             secret: String::new(),
-            algorithm: "HS256".into(),
+            algorithm: JwtAlgorithm::HS256,
             public_key_file: PathBuf::new(),
             issuer: String::new(),
             audience: String::new(),
             leeway_s: 5,
         }
     }
+}
+
+/// The one JWT algorithm accepted: `"HS256"` (the server issues tokens too), `"RS256"` or
+/// `"ES256"` (tokens come from another system; only validated here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    /// HMAC with SHA-256 and a shared secret.
+    HS256,
+    /// RSA PKCS#1 v1.5 with SHA-256, with a public key.
+    RS256,
+    /// ECDSA P-256 with SHA-256, with a public key.
+    ES256,
 }
 
 /// `[auth]`.

@@ -23,8 +23,9 @@ use std::{future::Future, io, sync::Arc, time::Duration};
 
 pub use config::{
     AccountSettings, ApiSettings, AuthSettings, AuthorizationSettings, Cli, ComfyUiSettings,
-    Config, ConfigError, ConfigUser, CreditSettings, DemoSettings, JwtSettings, LimitSettings,
-    ReplaySettings, SETTINGS_HELP, Settings, StompSettings, StorageSettings, TaskSettings,
+    Config, ConfigError, ConfigUser, CreditSettings, DemoSettings, JwtAlgorithm, JwtSettings,
+    LimitSettings, ReplaySettings, SETTINGS_HELP, Settings, StompSettings, StorageSettings,
+    TaskSettings,
 };
 pub use error::AppError;
 use tokio::net::TcpListener;

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use taskpulse_shared::stomp::Connect;
 
 use crate::{
-    config::{AuthSettings, JwtSettings},
+    config::{AuthSettings, JwtAlgorithm, JwtSettings},
     secret::{constant_time_eq, random_hex},
 };
 
@@ -108,8 +108,8 @@ impl Authenticator {
     /// The public key file is missing or not a PEM key of the configured algorithm, or the
     /// secret file cannot be written.
     pub fn new(jwt: &JwtSettings, auth: &AuthSettings, data_dir: &Path) -> Result<Self, KeyError> {
-        let (algorithm, decoding, encoding) = match jwt.algorithm.as_str() {
-            "HS256" => {
+        let (algorithm, decoding, encoding) = match jwt.algorithm {
+            JwtAlgorithm::HS256 => {
                 let secret = if jwt.secret.is_empty() {
                     stored_secret(data_dir, "jwt-secret")?
                 } else if jwt.secret.len() < MIN_SECRET_BYTES {
@@ -127,11 +127,11 @@ impl Authenticator {
                     Some(EncodingKey::from_secret(&secret)),
                 )
             }
-            name => {
+            asymmetric => {
                 let path = &jwt.public_key_file;
                 let pem = std::fs::read(path)
                     .map_err(|e| KeyError(format!("cannot read {}: {e}", path.display())))?;
-                let (algorithm, key) = if name == "RS256" {
+                let (algorithm, key) = if asymmetric == JwtAlgorithm::RS256 {
                     (Algorithm::RS256, DecodingKey::from_rsa_pem(&pem))
                 } else {
                     (Algorithm::ES256, DecodingKey::from_ec_pem(&pem))

@@ -692,7 +692,7 @@ async fn shutdown_tells_sessions_why() {
 async fn es256_tokens_validate_with_the_configured_public_key_and_alg_is_pinned() {
     let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/server/keys");
     let server = TestServer::stomp(|c| {
-        c.settings.jwt.algorithm = "ES256".into();
+        c.settings.jwt.algorithm = taskpulse_server::JwtAlgorithm::ES256;
         c.settings.jwt.public_key_file = keys.join("es256-public.pem");
         c.settings.jwt.issuer = "https://issuer.example".into();
     })
