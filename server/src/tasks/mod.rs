@@ -7,19 +7,23 @@
 
 mod comfyui;
 mod demo;
+mod executor;
 mod fetch;
 mod lane;
 mod results;
+mod snapshots;
+mod validation;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use async_trait::async_trait;
 pub use comfyui::ComfyUiExecutor;
 pub use demo::DemoExecutor;
+pub use executor::{Artifact, Executor, Job, Progress};
 pub use fetch::{HostRule, is_public};
 use lane::Lane;
 use parking_lot::Mutex;
 pub use results::{ResultStore, SignedUrlError};
+pub use snapshots::TaskSnapshots;
 use taskpulse_shared::{
     TaskProgressDto,
     dto::{
@@ -27,6 +31,8 @@ use taskpulse_shared::{
     },
 };
 use tokio::{sync::Notify, time::Instant};
+pub use validation::{MAX_TEXT_CHARS, is_task_no};
+use validation::{new_task_no, next_external_state, validate};
 
 use crate::{
     Settings,
@@ -38,95 +44,6 @@ use crate::{
 
 /// The user path of task updates (`/user/queue/tasks-progress` for the owner).
 const PROGRESS_PATH: &str = crate::replay::TASKS_PATH;
-
-/// The task documents of snapshots: each task's stored state with its result URL signed,
-/// for the user log (which knows nothing of tasks).
-#[derive(Debug)]
-pub struct TaskSnapshots {
-    storage: Arc<dyn Storage>,
-    results: ResultStore,
-}
-
-impl TaskSnapshots {
-    /// Snapshots from `storage`, result URLs signed by `results`.
-    pub fn new(storage: Arc<dyn Storage>, results: ResultStore) -> TaskSnapshots {
-        TaskSnapshots { storage, results }
-    }
-}
-
-#[async_trait]
-impl crate::replay::SnapshotSource for TaskSnapshots {
-    async fn snapshot(
-        &self,
-        user: &str,
-        finished_since: i64,
-        limit: u32,
-    ) -> Result<Vec<Vec<u8>>, StorageError> {
-        let tasks = self.storage.snapshot_tasks(user, finished_since, limit).await?;
-        Ok(tasks
-            .iter()
-            .filter_map(|task| serde_json::to_vec(&self.results.signed(&task.state)).ok())
-            .collect())
-    }
-}
-
-/// What an executor is asked to do.
-#[derive(Debug, Clone)]
-pub struct Job {
-    /// The task.
-    pub task_no: String,
-    /// What was submitted.
-    pub request: SubmitTaskRequest,
-    /// The executor's own id from an earlier attempt (a ComfyUI `prompt_id` before a restart).
-    pub external_ref: Option<String>,
-}
-
-/// What an executor produced.
-#[derive(Debug, Clone)]
-pub struct Artifact {
-    /// The image file.
-    pub bytes: Vec<u8>,
-}
-
-/// An executor's way to report progress on one task.
-#[derive(Debug, Clone)]
-pub struct Progress {
-    service: TaskService,
-    task_no: String,
-}
-
-impl Progress {
-    /// Reports `percent` done and what is happening. Coalesced: at most one push per
-    /// `tasks.progress_interval_ms`, always the latest.
-    pub async fn report(&self, percent: u8, message: impl Into<String>) {
-        self.service.report_progress(&self.task_no, percent.min(100), message.into()).await;
-    }
-
-    /// Remembers the executor's id for the task, so a restarted server can follow it.
-    pub async fn set_external_ref(&self, external_ref: &str) {
-        if let Err(e) =
-            self.service.inner.storage.set_external_ref(&self.task_no, external_ref).await
-        {
-            tracing::warn!(task = %self.task_no, "cannot store executor id: {e}");
-        }
-    }
-}
-
-/// Runs tasks of some kinds.
-#[async_trait]
-pub trait Executor: Send + Sync + std::fmt::Debug {
-    /// Its name in logs and in the database.
-    fn name(&self) -> &'static str;
-
-    /// Runs one job to completion.
-    ///
-    /// # Errors
-    /// Why the task failed, as the user should read it.
-    async fn run(&self, job: &Job, progress: &Progress) -> Result<Artifact, String>;
-
-    /// Stops a running job that was cancelled (its `run` future has been dropped).
-    async fn cancel(&self, _job: &Job) {}
-}
 
 /// Why a task operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -306,37 +223,6 @@ impl TaskService {
         }
     }
 
-    /// Checks a submission.
-    fn validate(&self, request: &SubmitTaskRequest) -> Result<(), TaskError> {
-        let max = self.inner.settings.tasks.max_prompt_chars;
-        let invalid = |field, reason: String| Err(TaskError::Invalid { field, reason });
-        let prompt = request.prompt();
-        let field = if request.kind() == TaskKind::External { "description" } else { "prompt" };
-        if request.kind() != TaskKind::External && prompt.trim().is_empty() {
-            return invalid(field, "must not be empty".into());
-        }
-        if prompt.chars().count() > max {
-            return invalid(
-                field,
-                format!("must be at most {max} characters (tasks.max_prompt_chars)"),
-            );
-        }
-        if prompt.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-            return invalid(field, "must not contain control characters".into());
-        }
-        if let SubmitTaskRequest::ImageToImage { image_url, .. } = request {
-            if image_url.len() > MAX_TEXT_CHARS {
-                return invalid("imageUrl", format!("must be at most {MAX_TEXT_CHARS} characters"));
-            }
-            match reqwest::Url::parse(image_url) {
-                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
-                Ok(_) => return invalid("imageUrl", "must be an http:// or https:// URL".into()),
-                Err(e) => return invalid("imageUrl", format!("is not a URL: {e}")),
-            }
-        }
-        Ok(())
-    }
-
     /// Accepts a task for `owner`: stores it as `created`, pushes that, and queues it.
     ///
     /// # Errors
@@ -346,7 +232,7 @@ impl TaskService {
         owner: &str,
         request: SubmitTaskRequest,
     ) -> Result<String, TaskError> {
-        self.validate(&request)?;
+        validate(&request, self.inner.settings.tasks.max_prompt_chars)?;
         let limits = &self.inner.settings.tasks;
         self.inner.submissions.check(owner).map_err(|wait| TaskError::Limited {
             message: format!(
@@ -796,128 +682,8 @@ impl TaskService {
     }
 }
 
-/// The state an external report leads to, or why it is refused.
-/// Longest `message`, `errorMessage` and `resultUrl` an external worker may report, and
-/// longest `imageUrl`: every task update is stored, logged and pushed to every session of
-/// its owner, so its size is bounded.
-pub const MAX_TEXT_CHARS: usize = 2048;
-
-fn next_external_state(
-    current: &TaskProgressDto,
-    report: ProgressReport,
-) -> Result<TaskProgressDto, TaskError> {
-    let invalid = |field, reason: &str| TaskError::Invalid { field, reason: reason.to_owned() };
-    for (field, text) in [
-        ("message", &report.message),
-        ("errorMessage", &report.error_message),
-        ("resultUrl", &report.result_url),
-    ] {
-        if text.as_ref().is_some_and(|t| t.chars().count() > MAX_TEXT_CHARS) {
-            return Err(TaskError::Invalid {
-                field,
-                reason: format!("must be at most {MAX_TEXT_CHARS} characters"),
-            });
-        }
-    }
-    let status = report.status.unwrap_or(current.status);
-    if status == TaskStatus::Created && current.status != TaskStatus::Created {
-        return Err(invalid("status", "a task cannot go back to created"));
-    }
-    let progress = match report.progress {
-        Some(p) if p > 100 => return Err(invalid("progress", "must be between 0 and 100")),
-        Some(p) => p as u8,
-        None if status == TaskStatus::Completed => 100,
-        None => current.progress,
-    };
-    let mut next = TaskProgressDto::new(
-        &current.task_no,
-        status,
-        progress,
-        report.message.unwrap_or_else(|| {
-            if status == current.status { current.message.clone() } else { status.to_string() }
-        }),
-    );
-    match status {
-        TaskStatus::Completed => {
-            let url = report
-                .result_url
-                .filter(|u| !u.trim().is_empty())
-                .ok_or_else(|| invalid("resultUrl", "is required with status completed"))?;
-            next.result_url = Some(url);
-        }
-        TaskStatus::Failed => {
-            let error = report
-                .error_message
-                .filter(|u| !u.trim().is_empty())
-                .ok_or_else(|| invalid("errorMessage", "is required with status failed"))?;
-            next.error_message = Some(error);
-        }
-        _ => {
-            if report.result_url.is_some() {
-                return Err(invalid("resultUrl", "is only accepted with status completed"));
-            }
-            if report.error_message.is_some() {
-                return Err(invalid("errorMessage", "is only accepted with status failed"));
-            }
-        }
-    }
-    Ok(next)
-}
-
 /// Intermediate progress may be merged by the broker for a slow consumer; status changes
 /// never are.
 fn coalesce_key(state: &TaskProgressDto, replaceable: bool) -> Coalesce {
     Coalesce { key: Arc::from(state.task_no.as_str()), replaceable }
-}
-
-/// 128 random bits, hex: unique and not guessable.
-fn new_task_no() -> String {
-    crate::secret::random_hex(16).expect("the OS provides randomness")
-}
-
-/// True when `s` could be a task number (so it is safe in a file name).
-pub fn is_task_no(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn processing() -> TaskProgressDto {
-        TaskProgressDto::new("T", TaskStatus::Processing, 40, "working")
-    }
-
-    #[test]
-    fn external_reports_are_validated() {
-        let report =
-            |json: &str| next_external_state(&processing(), serde_json::from_str(json).unwrap());
-        let next = report(r#"{"progress":60}"#).unwrap();
-        assert_eq!(
-            (next.status, next.progress, next.message.as_str()),
-            (TaskStatus::Processing, 60, "working")
-        );
-        let done = report(r#"{"status":"completed","resultUrl":"https://x/r.png"}"#).unwrap();
-        assert_eq!((done.progress, done.result_url.as_deref()), (100, Some("https://x/r.png")));
-        for (json, field) in [
-            (r#"{"progress":101}"#, "progress"),
-            (r#"{"status":"completed"}"#, "resultUrl"),
-            (r#"{"status":"failed"}"#, "errorMessage"),
-            (r#"{"status":"created"}"#, "status"),
-            (r#"{"resultUrl":"x"}"#, "resultUrl"),
-        ] {
-            match report(json) {
-                Err(TaskError::Invalid { field: f, .. }) => assert_eq!(f, field, "{json}"),
-                other => panic!("{json}: {other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn task_numbers_are_random_hex() {
-        let a = new_task_no();
-        assert!(is_task_no(&a), "{a}");
-        assert_ne!(a, new_task_no());
-        assert!(!is_task_no("../../etc/passwd"));
-    }
 }
