@@ -183,11 +183,15 @@ fn load(extra: &[String]) -> Result<(), String> {
     let data = env::temp_dir().join(format!("taskpulse-load-{}", std::process::id()));
     std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
     let secret = "load-tests-secret-of-at-least-thirty-two-bytes";
+    // The database under test: SQLite in the temporary data directory unless
+    // TASKPULSE_STORAGE_URL names another (e.g. a PostgreSQL database).
+    let storage = env::var("TASKPULSE_STORAGE_URL").unwrap_or_default();
     let server = test::ServerProcess::start(
         &root().join("target/release/taskpulse-server"),
         &data.join("no-ui"),
         &data,
         &[
+            ("TASKPULSE_STORAGE_URL", &storage),
             ("TASKPULSE_JWT_SECRET", secret),
             // The broker scenarios publish to topics as ordinary token holders.
             ("TASKPULSE_AUTHORIZATION_SEND", r#"["/queue/**", "/topic/**"]"#),
