@@ -422,4 +422,30 @@ mod tests {
         assert_eq!(dimensions(AspectRatio::Portrait9x16, 512), (288, 512));
         assert_eq!(dimensions(AspectRatio::Landscape4x3, 512), (512, 384));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// Fetched bytes are untrusted: a PNG with any header dimensions and any corruption
+        /// decodes, or is refused with a sentence, within the pixel limit; never a panic.
+        #[test]
+        fn any_png_like_input_is_decoded_or_refused(
+            width in 0u32..=u32::MAX,
+            height in 0u32..=u32::MAX,
+            flips in proptest::collection::vec((0usize..4096, proptest::prelude::any::<u8>()), 0..8),
+            small in proptest::prelude::any::<bool>(),
+        ) {
+            let mut bytes = if small {
+                render("seed", None)
+            } else {
+                declared_png(width, height)
+            };
+            for (at, value) in flips {
+                let len = bytes.len();
+                bytes[at % len] ^= value;
+            }
+            if let Ok(Some(rgb)) = decode_scaled(&bytes, 16, 12, 1_000_000) {
+                proptest::prop_assert_eq!(rgb.len(), 16 * 12 * 3);
+            }
+        }
+    }
 }
