@@ -249,14 +249,6 @@ impl Accounts {
         })
     }
 
-    /// Runs argon2 on one of the hashing threads, with that thread's memory.
-    async fn hash_work<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
-    ) -> Result<T, AccountError> {
-        self.hashers.run(work).await
-    }
-
     /// Whether `name` belongs to a configured identity (a `[auth] users` login or a
     /// `[authorization] send_by_user` principal), which no one may register.
     fn reserved(&self, name: &str) -> bool {
@@ -316,7 +308,8 @@ impl Accounts {
         let salt =
             SaltString::encode_b64(&salt).map_err(|e| AccountError::Internal(e.to_string()))?;
         let hash = self
-            .hash_work(move |memory| hash_password(password.as_bytes(), &salt, memory))
+            .hashers
+            .run(move |memory| hash_password(password.as_bytes(), &salt, memory))
             .await?
             .map_err(|e| AccountError::Internal(e.to_string()))?;
         let credits = if self.settings.credits.enabled { self.settings.credits.initial } else { 0 };
@@ -344,7 +337,8 @@ impl Accounts {
             user.as_ref().map_or_else(|| DUMMY_HASH.to_owned(), |u| u.password_hash.clone());
         let password = credentials.password;
         let valid = self
-            .hash_work(move |memory| verify_password(password.as_bytes(), &stored, memory))
+            .hashers
+            .run(move |memory| verify_password(password.as_bytes(), &stored, memory))
             .await?;
         match user {
             Some(user) if valid => self.issue(&user.username),

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use taskpulse_shared::{
     resume,
-    stomp::{Command, Frame, Headers, Version, encode, encode_header},
+    stomp::{Command, Frame, Headers, Version, can_encode_header, encode},
 };
 
 /// What the server publishes through [`super::Broker::send_to_user`] and
@@ -191,11 +191,11 @@ impl Message {
             if self.redelivered {
                 frame.headers.push("redelivered", "true");
             }
-            let mut scratch = Vec::new();
-            frame.headers.extend(self.headers.iter().filter(|(name, value)| {
-                scratch.clear();
-                encode_header(name, value, Command::Message, version, &mut scratch).is_ok()
-            }));
+            frame.headers.extend(
+                self.headers.iter().filter(|(name, value)| {
+                    can_encode_header(name, value, Command::Message, version)
+                }),
+            );
             for (name, value) in self.place.iter().flat_map(LogPlace::headers) {
                 frame.headers.push(name, &value);
             }

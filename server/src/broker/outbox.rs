@@ -249,21 +249,25 @@ impl Outbox {
     /// consumer that fell behind.
     pub fn fail(&self, message: &str, receipt_id: Option<String>, body: String) {
         let bytes = self.error_frame(message, receipt_id, body);
-        let mut state = self.lock();
+        let state = self.lock();
         if state.closed {
             return;
         }
-        let dropped: VecDeque<Outgoing> = std::mem::take(&mut state.items);
-        state.bytes = bytes.len();
+        self.end_with(state, Some(bytes), CloseReason::after_error(message));
+    }
+
+    /// Replaces whatever is queued by `last` (if any) and the close; nothing is accepted
+    /// afterwards. Unwritten queue deliveries that needed an ACK are still in `unacked`; the
+    /// auto ones are kept so that [`Outbox::finish`] returns them too.
+    fn end_with(&self, mut state: MutexGuard<'_, State>, last: Option<Bytes>, reason: CloseReason) {
+        let dropped = std::mem::take(&mut state.items);
+        state.bytes = last.as_ref().map_or(0, Bytes::len);
         state.held.clear();
         state.held_bytes = 0;
-        state.items.push_back(Outgoing::Frame(bytes));
-        state.items.push_back(Outgoing::Close(CloseReason::after_error(message)));
+        state.items.extend(last.map(Outgoing::Frame));
+        state.items.push_back(Outgoing::Close(reason));
         state.closed = true;
-        // Unwritten queue deliveries that needed an ACK are still in `unacked`; keep the
-        // auto ones so that `finish` returns them too.
-        let unsent = unsent_queue_messages(dropped);
-        state.unsent.extend(unsent);
+        state.unsent.extend(unsent_queue_messages(dropped));
         drop(state);
         self.wake.notify_one();
     }
@@ -278,16 +282,7 @@ impl Outbox {
     /// so whatever was queued is dropped (queue messages among it come back from
     /// [`Outbox::finish`] for redelivery).
     pub fn closed_by_peer(&self) {
-        let mut state = self.lock();
-        let dropped = std::mem::take(&mut state.items);
-        state.bytes = 0;
-        state.held.clear();
-        state.held_bytes = 0;
-        state.items.push_back(Outgoing::Close(CloseReason::Normal));
-        state.closed = true;
-        state.unsent.extend(unsent_queue_messages(dropped));
-        drop(state);
-        self.wake.notify_one();
+        self.end_with(self.lock(), None, CloseReason::Normal);
     }
 
     /// Queues a control frame or the close; past the ceiling the connection fails instead.
@@ -300,7 +295,7 @@ impl Outbox {
         if state.closed {
             return;
         }
-        if state.bytes + state.held_bytes + cost > self.buffer_limit {
+        if !self.fits(&state, cost) {
             drop(state);
             self.fail_slow();
             return;
@@ -309,6 +304,11 @@ impl Outbox {
         state.items.push_back(item);
         drop(state);
         self.wake.notify_one();
+    }
+
+    /// Whether `cost` more bytes stay within the ceiling, beside what is queued and held.
+    fn fits(&self, state: &State, cost: usize) -> bool {
+        state.bytes + state.held_bytes + cost <= self.buffer_limit
     }
 
     /// Bytes queued, held and awaiting ACK, for tests and limits checks.
@@ -344,7 +344,7 @@ impl Outbox {
         }
         if queue.is_none() && state.held.contains_key(sub) {
             let cost = message.cost();
-            let fits = state.bytes + state.held_bytes + cost <= self.buffer_limit;
+            let fits = self.fits(&state, cost);
             if let Some(held) = state.held.get_mut(sub)
                 && held.len() < HOLD_LIMIT
                 && fits
@@ -392,7 +392,7 @@ impl Outbox {
         {
             return Pushed::Done(Delivery::AckLimit);
         }
-        if state.bytes + state.held_bytes + cost > self.buffer_limit {
+        if !self.fits(state, cost) {
             if !coalescable {
                 return Pushed::SlowConsumer;
             }
@@ -464,8 +464,7 @@ impl Outbox {
         });
         let mut state = self.lock();
         let Some(held) = state.held.remove(sub) else { return };
-        let held_cost: usize = held.iter().map(|m| m.cost()).sum();
-        state.held_bytes = state.held_bytes.saturating_sub(held_cost);
+        state.held_bytes = state.held_bytes.saturating_sub(cost_of(&held));
         if state.closed {
             return;
         }
@@ -485,7 +484,7 @@ impl Outbox {
         }
         // The SUBSCRIBE's RECEIPT marks the end of the catch-up.
         if let Some(receipt) = receipt {
-            fits &= state.bytes + state.held_bytes + receipt.len() <= self.buffer_limit;
+            fits &= self.fits(&state, receipt.len());
             state.bytes += receipt.len();
             state.items.push_back(Outgoing::Frame(receipt));
         }
@@ -575,8 +574,7 @@ impl Outbox {
         }
         state.unacked_per_sub.remove(sub);
         if let Some(held) = state.held.remove(sub) {
-            let cost: usize = held.iter().map(|m| m.cost()).sum();
-            state.held_bytes = state.held_bytes.saturating_sub(cost);
+            state.held_bytes = state.held_bytes.saturating_sub(cost_of(&held));
         }
         state.floors.remove(sub);
         leftovers
@@ -608,6 +606,11 @@ impl Outbox {
     pub fn is_closed(&self) -> bool {
         self.lock().closed
     }
+}
+
+/// What `messages` count against the ceiling.
+fn cost_of(messages: &[Arc<Message>]) -> usize {
+    messages.iter().map(|m| m.cost()).sum()
 }
 
 /// The auto-ack queue deliveries among `items` (those with an ack id are in `unacked`).

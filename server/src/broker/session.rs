@@ -10,7 +10,7 @@ use std::{
 
 use taskpulse_shared::stomp::{
     AckMode, Acknowledge, ClientCommand, ClientFrame, Command, Connect, DecodeError, Decoder,
-    Frame, Headers, HeartBeat, Limits, Send, ServerCommand, Subscribe, Version, encode_header,
+    Frame, Headers, HeartBeat, Limits, Send, ServerCommand, Subscribe, Version, can_encode_header,
 };
 
 use taskpulse_shared::resume::ResumePosition;
@@ -282,7 +282,7 @@ impl Session {
         let receipt = frame.header("receipt").map(str::to_owned);
         if let Some(id) = &receipt
             && let Some(connected) = &self.connected
-            && !representable("receipt-id", id, Command::Receipt, connected.version)
+            && !can_encode_header("receipt-id", id, Command::Receipt, connected.version)
         {
             let version = connected.version;
             return self.fail(
@@ -526,7 +526,7 @@ impl Session {
         let Some(connected) = self.connected.as_mut() else {
             return Err(refuse("not connected", "The first frame must be CONNECT or STOMP."));
         };
-        if !representable("subscription", &subscribe.id, Command::Message, connected.version) {
+        if !can_encode_header("subscription", &subscribe.id, Command::Message, connected.version) {
             return Err(refuse(
                 "invalid subscription id",
                 format!(
@@ -620,11 +620,6 @@ impl Drop for Session {
         }
         self.broker.redeliver(self.outbox.finish());
     }
-}
-
-/// Whether `value` can be written as header `name` of a `command` frame in `version`.
-fn representable(name: &str, value: &str, command: Command, version: Version) -> bool {
-    encode_header(name, value, command, version, &mut Vec::new()).is_ok()
 }
 
 /// Adds a frame to an open transaction, within `limits.transaction_bytes` for all of the

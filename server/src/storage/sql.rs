@@ -147,7 +147,6 @@ fn event_json(state: &TaskProgressDto) -> String {
     serde_json::to_string(&state).expect("a DTO serialises")
 }
 
-/// The task's history row and, when given, the user's log entry for the same push.
 /// Appends a task's new state to its history and `log` to its owner's log; returns the
 /// entry's `seq`.
 async fn record_push(

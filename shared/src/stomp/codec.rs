@@ -499,6 +499,12 @@ pub fn encode_header(
     Ok(())
 }
 
+/// Whether [`encode_header`] can write `name:value` in a `command` frame of `version` (a
+/// value ending in CR needs 1.2; a newline needs escaping, which 1.0 lacks).
+pub fn can_encode_header(name: &str, value: &str, command: Command, version: Version) -> bool {
+    check_header(name, value, command, version).is_ok()
+}
+
 fn escapes(command: Command, version: Version) -> bool {
     version > Version::V1_0 && command.escapes_headers()
 }

@@ -7,7 +7,9 @@ pub mod codec;
 pub mod command;
 pub mod frame;
 
-pub use codec::{DecodeError, Decoder, EncodeError, Limits, encode, encode_header};
+pub use codec::{
+    DecodeError, Decoder, EncodeError, Limits, can_encode_header, encode, encode_header,
+};
 pub use command::{
     AckMode, Acknowledge, ClientCommand, ClientFrame, CommandError, Connect, HeartBeat, Send,
     ServerCommand, Subscribe,
