@@ -94,17 +94,18 @@ async fn serve(socket: WebSocket, broker: Broker, info: TransportInfo) {
     let mut writer = tokio::spawn(write(sink, outbox, stomp.always_binary));
     let connect_deadline = Instant::now() + Duration::from_millis(stomp.connect_timeout_ms);
     // The writer also ends sessions the broker closed (slow consumer, shutdown).
-    let flow = tokio::select! {
-        flow = read(&mut session, &mut stream, connect_deadline) => flow,
-        _ = &mut writer => Flow::Close,
+    let (flow, writer_done) = tokio::select! {
+        flow = read(&mut session, &mut stream, connect_deadline) => (flow, false),
+        _ = &mut writer => (Flow::Close, true),
     };
-    if flow == Flow::Close {
+    // A finished JoinHandle must not be polled again: tokio panics if it is.
+    if !writer_done {
         // Let the writer send what is left (RECEIPT, ERROR) before the socket closes.
-        if tokio::time::timeout(CLOSE_GRACE, &mut writer).await.is_err() {
+        let flushed = flow == Flow::Close
+            && tokio::time::timeout(CLOSE_GRACE, &mut writer).await.is_ok();
+        if !flushed {
             writer.abort();
         }
-    } else {
-        writer.abort();
     }
     session.end();
     if flow == Flow::Close {
