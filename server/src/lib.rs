@@ -16,8 +16,8 @@ mod serve;
 pub mod storage;
 pub mod tasks;
 mod throttle;
+mod transport;
 mod web;
-mod ws;
 
 use std::{future::Future, io, sync::Arc, time::Duration};
 

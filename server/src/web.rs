@@ -20,7 +20,7 @@ pub fn app(state: AppState) -> Router {
     let ui_dir = state.config.ui_dir.clone();
     let routes = Router::new()
         .route("/healthz", get(healthz))
-        .route("/ws", get(crate::ws::upgrade))
+        .route("/ws", get(crate::transport::websocket::upgrade))
         .merge(crate::api::routes())
         .route("/api", get(unknown_api))
         .route("/api/{*rest}", get(unknown_api).post(unknown_api));

@@ -11,7 +11,10 @@ use futures_util::FutureExt;
 use taskpulse_shared::stomp::Version;
 
 use super::{Authenticator, Broker, Claims, Flow, Outgoing, Publication, Session, TransportInfo};
-use crate::config::{ConfigUser, Settings};
+use crate::{
+    config::{ConfigUser, Settings},
+    transport::stomp::StompWriter,
+};
 
 /// Users the script connects as.
 const USERS: [&str; 3] = ["alice", "bob", "carol"];
@@ -68,20 +71,25 @@ fn connect_frame(broker: &Broker, choice: u8) -> Vec<u8> {
         .into_bytes()
 }
 
+/// A session and the STOMP writer a transport would keep for it.
+struct Connection {
+    session: Session,
+    writer: StompWriter,
+}
+
 /// Writes what a transport would: encodes every queued item, as the WebSocket writer does.
-fn drain(session: &Session) -> bool {
-    let outbox = session.outbox();
+fn drain(connection: &mut Connection) -> bool {
+    let outbox = connection.session.outbox();
     let mut batch = VecDeque::new();
     let mut closed = false;
     // Only what is queued now: `next_batch` returns at once when something is.
     while outbox.next_batch(&mut batch).now_or_never().is_some() {
-        let version = outbox.version().unwrap_or(Version::V1_2);
         for item in batch.drain(..) {
             let mut out = Vec::new();
             if let Outgoing::Close(_) = item {
                 closed = true;
-            } else if item.encode(version, &mut out).is_none() {
-                outbox.fail("unrepresentable message", None, String::new());
+            } else if let Err(why) = connection.writer.encode(&item, &mut out) {
+                outbox.fail("unrepresentable message", None, why);
             }
         }
     }
@@ -91,7 +99,7 @@ fn drain(session: &Session) -> bool {
 /// Runs the script `data` against a fresh broker; panics if an invariant breaks.
 pub fn run(data: &[u8]) {
     let broker = broker();
-    let mut sessions: Vec<Option<Session>> = Vec::new();
+    let mut sessions: Vec<Option<Connection>> = Vec::new();
     let mut bytes = data.iter().copied();
     while let Some(op) = bytes.next() {
         let arg = bytes.next().unwrap_or(0);
@@ -115,9 +123,10 @@ pub fn run(data: &[u8]) {
                 };
                 let mut session = Session::new(broker.clone(), info);
                 let _ = session.on_bytes(&connect_frame(&broker, arg));
+                let connection = Connection { session, writer: StompWriter::default() };
                 match slot {
-                    Some(slot) => sessions[slot] = Some(session),
-                    None => sessions.push(Some(session)),
+                    Some(slot) => sessions[slot] = Some(connection),
+                    None => sessions.push(Some(connection)),
                 }
             }
             // Raw bytes from the client: the next `len` bytes of the script.
@@ -125,20 +134,20 @@ pub fn run(data: &[u8]) {
                 let len = usize::from(arg);
                 let chunk: Vec<u8> = bytes.by_ref().take(len).collect();
                 let target = index % sessions.len().max(1);
-                if let Some(Some(session)) = sessions.get_mut(target) {
+                if let Some(Some(Connection { session, .. })) = sessions.get_mut(target) {
                     let _ = session.on_bytes(&chunk);
                 }
             }
             // The transport writes what is queued.
             5 => {
-                if let Some(Some(session)) = sessions.get_mut(index) {
-                    let _ = drain(session);
+                if let Some(Some(connection)) = sessions.get_mut(index) {
+                    let _ = drain(connection);
                 }
             }
             // The connection ends (EOF, or the writer saw a close).
             6 => {
                 if let Some(slot) = sessions.get_mut(index)
-                    && let Some(mut session) = slot.take()
+                    && let Some(Connection { mut session, .. }) = slot.take()
                 {
                     session.on_eof();
                     session.end();
@@ -146,7 +155,7 @@ pub fn run(data: &[u8]) {
             }
             // Clocks the transport keeps.
             7 => {
-                if let Some(Some(session)) = sessions.get_mut(index) {
+                if let Some(Some(Connection { session, .. })) = sessions.get_mut(index) {
                     let flow = match arg % 3 {
                         0 => session.heartbeat_timeout(),
                         1 => session.connect_timeout(),
@@ -181,19 +190,20 @@ pub fn run(data: &[u8]) {
         }
         check(&broker, &sessions);
     }
-    for session in sessions.iter_mut().filter_map(Option::take) {
-        let _ = drain(&session);
-        session.end();
+    for mut connection in sessions.iter_mut().filter_map(Option::take) {
+        let _ = drain(&mut connection);
+        connection.session.end();
     }
     assert_eq!(broker.session_count(), 0, "every ended session left the broker");
 }
 
 /// The broker counts exactly the connected sessions that exist, and no outbox is over
 /// its ceiling.
-fn check(broker: &Broker, sessions: &[Option<Session>]) {
-    let connected = sessions.iter().flatten().filter(|s| s.principal().is_some()).count();
+fn check(broker: &Broker, connections: &[Option<Connection>]) {
+    let sessions = || connections.iter().flatten().map(|c| &c.session);
+    let connected = sessions().filter(|s| s.principal().is_some()).count();
     assert_eq!(broker.session_count(), connected, "the broker's sessions are the live ones");
-    for session in sessions.iter().flatten() {
+    for session in sessions() {
         // Deliveries awaiting ACK may hold as much again as the queue.
         let held = session.outbox().held_bytes();
         assert!(held <= 2 * OUTBOUND + 4096, "outbox holds {held} bytes");

@@ -1,13 +1,11 @@
-//! A routed message, encoded once per STOMP version and shared by every delivery, and the
-//! [`Publication`] the rest of the server hands to the broker.
+//! A routed message, shared by every delivery (a transport encodes it once per wire format
+//! and keeps that encoding on the message), and the [`Publication`] the rest of the server
+//! hands to the broker.
 
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use taskpulse_shared::{
-    resume,
-    stomp::{Command, Frame, Headers, Version, can_encode_header, encode},
-};
+use taskpulse_shared::stomp::Headers;
 
 /// What the server publishes through [`super::Broker::send_to_user`] and
 /// [`super::Broker::publish`].
@@ -20,7 +18,7 @@ pub struct Publication {
 }
 
 /// Where a message stands in its user's log. Typed until a transport encodes it (as the
-/// `seq`, `epoch`, `x-replayed`, `x-snapshot*` headers of [`resume`]).
+/// `seq`, `epoch`, `x-replayed`, `x-snapshot*` headers of `taskpulse_shared::resume`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogPlace {
     /// A numbered message, live or sent again from the log.
@@ -43,27 +41,6 @@ pub enum LogPlace {
         /// The log's epoch.
         epoch: Arc<str>,
     },
-}
-
-impl LogPlace {
-    /// Its headers, in wire order.
-    fn headers(&self) -> Vec<(&'static str, String)> {
-        match self {
-            LogPlace::Numbered { seq, epoch, replayed } => {
-                let mut headers =
-                    vec![(resume::SEQ, seq.to_string()), (resume::EPOCH, epoch.to_string())];
-                if *replayed {
-                    headers.push((resume::REPLAYED, "true".into()));
-                }
-                headers
-            }
-            LogPlace::Snapshot { index, count, seq, epoch } => vec![
-                (resume::EPOCH, epoch.to_string()),
-                (resume::SNAPSHOT, format!("{index}/{count}")),
-                (resume::SNAPSHOT_SEQ, seq.to_string()),
-            ],
-        }
-    }
 }
 
 /// How a message may be merged with a newer one for a consumer that cannot keep up.
@@ -108,8 +85,11 @@ impl Publication {
     }
 }
 
-/// A message on its way to subscribers. The part of the MESSAGE frame that is the same for
-/// every recipient is encoded on first use per version and shared.
+/// How many wire formats a message can keep an encoding for (see [`Message::encoded`]).
+pub(crate) const ENCODINGS: usize = 4;
+
+/// A message on its way to subscribers. What is the same for every recipient is encoded by
+/// the transport on first use, once per wire format, and shared.
 #[derive(Debug)]
 pub struct Message {
     pub(crate) id: String,
@@ -119,15 +99,12 @@ pub struct Message {
     pub(crate) redelivered: bool,
     pub(crate) coalesce: Option<Coalesce>,
     pub(crate) place: Option<LogPlace>,
-    /// Whether the encoded frame is valid UTF-8 (a text WebSocket message).
+    /// Whether the body is valid UTF-8 (so a text WebSocket message can carry it).
     pub(crate) text: bool,
     /// See [`Message::cost`]; computed once.
     cost: usize,
-    tails: [OnceLock<Option<Bytes>>; 3],
+    encodings: [OnceLock<Option<Bytes>>; ENCODINGS],
 }
-
-/// `MESSAGE\n`: the per-recipient headers go right after it.
-pub(crate) const MESSAGE_LINE: &[u8] = b"MESSAGE\n";
 
 impl Message {
     pub(crate) fn new(id: String, destination: String, publication: Publication) -> Message {
@@ -150,7 +127,7 @@ impl Message {
             place,
             text,
             cost,
-            tails: Default::default(),
+            encodings: Default::default(),
         }
     }
 
@@ -174,38 +151,19 @@ impl Message {
             place: self.place.clone(),
             text: self.text,
             cost: self.cost,
-            tails: Default::default(),
+            encodings: Default::default(),
         }
     }
 
-    /// The encoded frame after `MESSAGE\n`: shared headers, blank line, body, NUL. A header
-    /// that `version` cannot carry (a newline in a 1.0 header, a trailing CR before 1.2, in a
-    /// value some client SENT) is left out rather than costing every subscriber of that
-    /// version its connection. `None` only if the destination itself cannot be written.
-    pub(crate) fn tail(&self, version: Version) -> Option<&Bytes> {
-        let slot = &self.tails[version as usize];
-        slot.get_or_init(|| {
-            let mut frame = Frame::new(Command::Message)
-                .with_header("destination", &self.destination)
-                .with_header("message-id", &self.id);
-            if self.redelivered {
-                frame.headers.push("redelivered", "true");
-            }
-            frame.headers.extend(
-                self.headers.iter().filter(|(name, value)| {
-                    can_encode_header(name, value, Command::Message, version)
-                }),
-            );
-            for (name, value) in self.place.iter().flat_map(LogPlace::headers) {
-                frame.headers.push(name, &value);
-            }
-            frame.headers.push("content-length", &self.body.len().to_string());
-            let frame = frame.with_body(self.body.clone());
-            let mut out = Vec::new();
-            encode(&frame, version, &mut out).ok()?;
-            Some(Bytes::from(out).slice(MESSAGE_LINE.len()..))
-        })
-        .as_ref()
+    /// The transport's encoding of this message in wire format `slot` (below [`ENCODINGS`]),
+    /// made by `encode` on first use and shared by every later delivery in that format.
+    /// `None` if `encode` could not write it (or `slot` is out of range).
+    pub(crate) fn encoded(
+        &self,
+        slot: usize,
+        encode: impl FnOnce(&Message) -> Option<Bytes>,
+    ) -> Option<&Bytes> {
+        self.encodings.get(slot)?.get_or_init(|| encode(self)).as_ref()
     }
 
     /// Bytes this message occupies in an outbound buffer, for the slow-consumer limit and

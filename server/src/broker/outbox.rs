@@ -1,5 +1,6 @@
-//! One connection's outbound side as the broker sees it: a bounded queue of frames and
-//! deliveries that a transport drains, plus the deliveries still awaiting ACK.
+//! One connection's outbound side as the broker sees it: a bounded queue of typed events
+//! (opened, receipt, error, delivery, close) that a transport drains and encodes in its own
+//! wire format, plus the deliveries still awaiting ACK. Nothing here writes protocol bytes.
 //!
 //! Publishers push from any thread; one mutex per connection keeps the queue, the byte count
 //! and the unacknowledged set consistent (held for a push or a drain, never across I/O).
@@ -10,21 +11,22 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard};
-use taskpulse_shared::{
-    resume,
-    stomp::{AckMode, Command, ServerCommand, Version, encode_header},
-};
+use taskpulse_shared::stomp::{AckMode, HeartBeat, Version};
 use tokio::sync::Notify;
 
-use super::message::{MESSAGE_LINE, Message};
+use super::message::Message;
 
-/// Something to write to the client.
+/// Something to tell the client, in no particular wire format: the transport's writer
+/// encodes it.
 #[derive(Debug)]
 pub enum Outgoing {
-    /// A control frame (CONNECTED, RECEIPT, ERROR), already encoded.
-    Frame(Bytes),
+    /// The session is open (STOMP: CONNECTED).
+    Opened(Box<Opened>),
+    /// A client frame that asked for a receipt was processed; the client's receipt id.
+    Receipt(String),
+    /// The session fails; a [`Outgoing::Close`] follows.
+    Error(Box<Failure>),
     /// A MESSAGE for subscription `sub`, with an `ack` id when it must be acknowledged.
     Deliver {
         /// The subscription id.
@@ -77,26 +79,63 @@ impl CloseReason {
     }
 }
 
+/// What the client learns when its session opens.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    /// The session's label (see `Broker::session_label`).
+    pub session: String,
+    /// The authenticated principal.
+    pub user_name: String,
+    /// What the protocol negotiated.
+    pub wire: Wire,
+}
+
+/// The protocol-specific part of an opening, chosen by that protocol's session and written
+/// by its transport. A new protocol adds its variant here and nothing else in the broker.
+#[derive(Debug, Clone, Copy)]
+pub enum Wire {
+    /// STOMP: the version everything is written in from now on, and the server's heart-beat
+    /// offer.
+    Stomp {
+        /// The negotiated version.
+        version: Version,
+        /// The `heart-beat` answer.
+        heart_beat: HeartBeat,
+    },
+}
+
+/// Why a session fails, for the client.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// One-line summary; its machine-readable code is derived from it
+    /// (`taskpulse_shared::resume::error_code`).
+    pub message: String,
+    /// The receipt id of the client frame that caused it, if it asked for one.
+    pub receipt_id: Option<String>,
+    /// A longer explanation.
+    pub body: String,
+}
+
+/// Room counted for an event's framing beside its variable parts.
+const EVENT_OVERHEAD: usize = 64;
+
 impl Outgoing {
-    /// The bytes to write and whether they form valid UTF-8.
-    pub fn encode(&self, version: Version, out: &mut Vec<u8>) -> Option<bool> {
+    /// Bytes this event counts against the outbound ceiling: its variable parts plus room for
+    /// any protocol's framing.
+    fn cost(&self) -> usize {
         match self {
-            Outgoing::Frame(bytes) => {
-                out.extend_from_slice(bytes);
-                Some(std::str::from_utf8(bytes).is_ok())
+            Outgoing::Opened(opened) => {
+                opened.session.len() + opened.user_name.len() + 2 * EVENT_OVERHEAD
             }
-            Outgoing::Deliver { sub, ack, message } => {
-                let tail = message.tail(version)?;
-                out.extend_from_slice(MESSAGE_LINE);
-                encode_header("subscription", sub, Command::Message, version, out).ok()?;
-                if let Some(ack) = ack {
-                    let id = ack.to_string();
-                    encode_header("ack", &id, Command::Message, version, out).ok()?;
-                }
-                out.extend_from_slice(tail);
-                Some(message.text)
+            Outgoing::Receipt(id) => id.len() + EVENT_OVERHEAD,
+            Outgoing::Error(failure) => {
+                failure.message.len()
+                    + failure.receipt_id.as_ref().map_or(0, String::len)
+                    + failure.body.len()
+                    + 2 * EVENT_OVERHEAD
             }
-            Outgoing::Close(_) => None,
+            Outgoing::Deliver { message, .. } => message.cost(),
+            Outgoing::Close(_) => 0,
         }
     }
 }
@@ -143,7 +182,6 @@ struct State {
     /// Size of the deliveries in `unacked`.
     unacked_bytes: usize,
     closed: bool,
-    version: Option<Version>,
     heartbeat_every: Duration,
     next_ack: u64,
     unacked: BTreeMap<u64, Unacked>,
@@ -188,12 +226,10 @@ impl Outbox {
         self.state.lock()
     }
 
-    /// Sets the version frames are encoded in and how often the writer sends a heart-beat
-    /// during silence (at CONNECT; zero for never).
-    pub fn set_connected(&self, version: Version, heartbeat_every: Duration) {
-        let mut state = self.lock();
-        state.version = Some(version);
-        state.heartbeat_every = heartbeat_every;
+    /// Sets how long the writer may stay silent before it sends a heart-beat (at the
+    /// session's opening; zero for never).
+    pub fn set_heartbeat(&self, every: Duration) {
+        self.lock().heartbeat_every = every;
     }
 
     /// How long the writer may stay silent before it sends a heart-beat; zero for never.
@@ -201,46 +237,16 @@ impl Outbox {
         self.lock().heartbeat_every
     }
 
-    /// The version, once connected.
-    pub fn version(&self) -> Option<Version> {
-        self.lock().version
+    /// Queues the opening; it counts against the outbound ceiling like any other event.
+    pub fn opened(&self, opened: Opened) {
+        self.push(Outgoing::Opened(Box::new(opened)));
     }
 
-    /// Queues a control frame; it counts against the outbound ceiling like any other bytes.
-    /// A frame the session's version cannot carry (a client-chosen value in a header) is
-    /// never written half-right: the connection fails with an ERROR saying so. Ignored once
-    /// the outbox is closed.
-    pub fn send(&self, command: ServerCommand) {
-        let version = self.version().unwrap_or(Version::V1_2);
-        match command.into_frame().to_bytes(version) {
-            Ok(bytes) => self.push(Outgoing::Frame(bytes)),
-            Err(error) => self.fail(
-                "unrepresentable frame",
-                None,
-                format!(
-                    "The server cannot write its answer faithfully in STOMP {version}: {error}."
-                ),
-            ),
-        }
-    }
-
-    /// The ERROR frame, encoded: without the `receipt-id` if the version cannot carry it, and
-    /// at worst without the body.
-    fn error_frame(&self, message: &str, receipt_id: Option<String>, body: String) -> Bytes {
-        let version = self.version().unwrap_or(Version::V1_2);
-        // Clients match the machine-readable code, never the wording.
-        let error = |receipt_id, body| {
-            let mut frame =
-                ServerCommand::Error { message: message.to_owned(), receipt_id, body }.into_frame();
-            frame.headers.push(resume::ERROR_CODE, &resume::error_code(message));
-            frame
-        };
-        error(receipt_id, body.clone())
-            .to_bytes(version)
-            .or_else(|_| error(None, body).to_bytes(version))
-            .or_else(|_| error(None, String::new()).to_bytes(version))
-            // Only static text is left: a bare frame that every version can carry.
-            .unwrap_or_else(|_| Bytes::from_static(b"ERROR\n\n\0"))
+    /// Queues a receipt for the client frame that asked for `receipt_id`. The session checks
+    /// that its protocol can carry the id; a transport that still cannot write it fails the
+    /// connection rather than send a wrong one. Ignored once the outbox is closed.
+    pub fn receipt(&self, receipt_id: String) {
+        self.push(Outgoing::Receipt(receipt_id));
     }
 
     /// Queues an ERROR and then the close; nothing is accepted afterwards. Pending
@@ -248,23 +254,29 @@ impl Outbox {
     /// from [`Outbox::finish`] for redelivery), so the ERROR goes out at once even to a
     /// consumer that fell behind.
     pub fn fail(&self, message: &str, receipt_id: Option<String>, body: String) {
-        let bytes = self.error_frame(message, receipt_id, body);
+        let reason = CloseReason::after_error(message);
+        let failure = Failure { message: message.to_owned(), receipt_id, body };
         let state = self.lock();
         if state.closed {
             return;
         }
-        self.end_with(state, Some(bytes), CloseReason::after_error(message));
+        self.end_with(state, Some(Outgoing::Error(Box::new(failure))), reason);
     }
 
     /// Replaces whatever is queued by `last` (if any) and the close; nothing is accepted
     /// afterwards. Unwritten queue deliveries that needed an ACK are still in `unacked`; the
     /// auto ones are kept so that [`Outbox::finish`] returns them too.
-    fn end_with(&self, mut state: MutexGuard<'_, State>, last: Option<Bytes>, reason: CloseReason) {
+    fn end_with(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        last: Option<Outgoing>,
+        reason: CloseReason,
+    ) {
         let dropped = std::mem::take(&mut state.items);
-        state.bytes = last.as_ref().map_or(0, Bytes::len);
+        state.bytes = last.as_ref().map_or(0, Outgoing::cost);
         state.held.clear();
         state.held_bytes = 0;
-        state.items.extend(last.map(Outgoing::Frame));
+        state.items.extend(last);
         state.items.push_back(Outgoing::Close(reason));
         state.closed = true;
         state.unsent.extend(unsent_queue_messages(dropped));
@@ -285,12 +297,9 @@ impl Outbox {
         self.end_with(self.lock(), None, CloseReason::Normal);
     }
 
-    /// Queues a control frame or the close; past the ceiling the connection fails instead.
+    /// Queues a control event or the close; past the ceiling the connection fails instead.
     fn push(&self, item: Outgoing) {
-        let cost = match &item {
-            Outgoing::Frame(bytes) => bytes.len(),
-            _ => 0,
-        };
+        let cost = item.cost();
         let mut state = self.lock();
         if state.closed {
             return;
@@ -456,12 +465,7 @@ impl Outbox {
         replayed_up_to: Option<i64>,
         receipt_id: Option<String>,
     ) {
-        let version = self.version().unwrap_or(Version::V1_2);
-        // The session checked that its version can carry the id; if not, no RECEIPT rather
-        // than a wrong one.
-        let receipt = receipt_id.and_then(|receipt_id| {
-            ServerCommand::Receipt { receipt_id }.into_frame().to_bytes(version).ok()
-        });
+        let receipt = receipt_id.map(Outgoing::Receipt);
         let mut state = self.lock();
         let Some(held) = state.held.remove(sub) else { return };
         state.held_bytes = state.held_bytes.saturating_sub(cost_of(&held));
@@ -484,9 +488,10 @@ impl Outbox {
         }
         // The SUBSCRIBE's RECEIPT marks the end of the catch-up.
         if let Some(receipt) = receipt {
-            fits &= self.fits(&state, receipt.len());
-            state.bytes += receipt.len();
-            state.items.push_back(Outgoing::Frame(receipt));
+            let cost = receipt.cost();
+            fits &= self.fits(&state, cost);
+            state.bytes += cost;
+            state.items.push_back(receipt);
         }
         for message in live {
             fits &= !matches!(
@@ -678,9 +683,9 @@ mod tests {
                 Outgoing::Deliver { message, .. } => {
                     String::from_utf8(message.body.to_vec()).unwrap()
                 }
-                Outgoing::Frame(bytes) => {
-                    String::from_utf8_lossy(bytes).lines().next().unwrap().to_owned()
-                }
+                Outgoing::Opened(_) => "OPENED".into(),
+                Outgoing::Receipt(_) => "RECEIPT".into(),
+                Outgoing::Error(_) => "ERROR".into(),
                 Outgoing::Close(_) => "CLOSE".into(),
             })
             .collect()
@@ -804,9 +809,7 @@ mod tests {
     fn last_error(outbox: &Outbox) -> Option<String> {
         let state = outbox.lock();
         state.items.iter().find_map(|item| match item {
-            Outgoing::Frame(bytes) if bytes.starts_with(b"ERROR") => {
-                Some(String::from_utf8_lossy(bytes).into_owned())
-            }
+            Outgoing::Error(failure) => Some(format!("{}\n{}", failure.message, failure.body)),
             _ => None,
         })
     }
@@ -830,9 +833,8 @@ mod tests {
 
         // Control frames: RECEIPTs for a client that never reads.
         let outbox = Outbox::new(2, LIMIT, 10);
-        outbox.set_connected(Version::V1_2, Duration::ZERO);
         for n in 0..10_000 {
-            outbox.send(ServerCommand::Receipt { receipt_id: format!("{n:07500}") });
+            outbox.receipt(format!("{n:07500}"));
             assert!(outbox.held_bytes() <= LIMIT);
             if outbox.is_closed() {
                 break;
@@ -876,21 +878,5 @@ mod tests {
             outbox.lock().bytes = 0;
         }
         assert!(delivered * heavy.cost() <= LIMIT && delivered > 0, "{delivered}");
-    }
-
-    #[test]
-    fn an_unrepresentable_receipt_fails_the_connection_instead_of_panicking() {
-        let outbox = Outbox::new(1, 1 << 20, 10);
-        outbox.set_connected(Version::V1_1, Duration::ZERO);
-        outbox.send(ServerCommand::Receipt { receipt_id: "abc\r".into() });
-        assert!(outbox.is_closed());
-        let error = last_error(&outbox).unwrap();
-        assert!(error.contains("unrepresentable frame"), "{error}");
-        // An ERROR whose receipt-id cannot be written goes out without it.
-        let outbox = Outbox::new(2, 1 << 20, 10);
-        outbox.set_connected(Version::V1_0, Duration::ZERO);
-        outbox.fail("malformed frame", Some("x\ny".into()), "why".into());
-        let error = last_error(&outbox).unwrap();
-        assert!(error.starts_with("ERROR\nmessage:malformed frame\n") && !error.contains("x\ny"));
     }
 }

@@ -10,12 +10,12 @@ use std::{
 
 use taskpulse_shared::stomp::{
     AckMode, Acknowledge, ClientCommand, ClientFrame, Command, Connect, DecodeError, Decoder,
-    Frame, Headers, HeartBeat, Limits, Send, ServerCommand, Subscribe, Version, can_encode_header,
+    Frame, Headers, HeartBeat, Limits, Send, Subscribe, Version, can_encode_header,
 };
 
 use taskpulse_shared::resume::ResumePosition;
 
-use super::{Broker, Destination, Outbox, RouteError, Subscriber};
+use super::{Broker, Destination, Opened, Outbox, RouteError, Subscriber, Wire};
 
 /// What the transport knows about the connection before CONNECT.
 #[derive(Debug, Clone, Default)]
@@ -309,7 +309,7 @@ impl Session {
                 // A replayed SUBSCRIBE's receipt follows its catch-up instead.
                 let taken = std::mem::take(&mut self.receipt_taken);
                 if let Some(receipt_id) = receipt.filter(|_| !taken) {
-                    self.outbox.send(ServerCommand::Receipt { receipt_id });
+                    self.outbox.receipt(receipt_id);
                 }
                 if flow == Flow::Close {
                     self.outbox.close();
@@ -360,15 +360,16 @@ impl Session {
         let (send_every, expect_within) =
             if version == Version::V1_0 { (0, 0) } else { HeartBeat::negotiate(local, offer) };
         self.decoder.set_version(version);
-        self.outbox.set_connected(version, Duration::from_millis(send_every.into()));
+        self.outbox.set_heartbeat(Duration::from_millis(send_every.into()));
         let label = connect.header("clientId").map(str::to_owned);
         tracing::debug!(peer = %self.transport.peer, user = %principal, client_id = ?label, %version, "STOMP session opened");
-        self.outbox.send(ServerCommand::Connected {
-            version,
-            heart_beat: if version == Version::V1_0 { HeartBeat::default() } else { local },
-            server: Some(concat!("TaskPulse/", env!("CARGO_PKG_VERSION")).to_owned()),
-            session: Some(self.broker.session_label(self.outbox.id)),
-            user_name: Some(principal.to_string()),
+        self.outbox.opened(Opened {
+            session: self.broker.session_label(self.outbox.id),
+            user_name: principal.to_string(),
+            wire: Wire::Stomp {
+                version,
+                heart_beat: if version == Version::V1_0 { HeartBeat::default() } else { local },
+            },
         });
         self.connected = Some(Connected {
             principal,
@@ -665,8 +666,9 @@ mod tests {
 
     use super::*;
     use crate::{
-        broker::{Authenticator, Claims, Publication},
+        broker::{Authenticator, Claims, Outgoing, Publication},
         config::Settings,
+        transport::stomp::StompWriter,
     };
 
     fn broker() -> Broker {
@@ -681,14 +683,16 @@ mod tests {
     async fn written(session: &Session) -> Vec<String> {
         let mut batch = VecDeque::new();
         session.outbox().next_batch(&mut batch).await;
+        let mut writer = StompWriter::default();
         batch
             .iter()
             .map(|item| {
-                let mut out = Vec::new();
-                match item.encode(Version::V1_2, &mut out) {
-                    Some(_) => String::from_utf8_lossy(&out).lines().next().unwrap().to_owned(),
-                    None => "CLOSE".into(),
+                if let Outgoing::Close(_) = item {
+                    return "CLOSE".into();
                 }
+                let mut out = Vec::new();
+                writer.encode(item, &mut out).unwrap();
+                String::from_utf8_lossy(&out).lines().next().unwrap().to_owned()
             })
             .collect()
     }

@@ -1,0 +1,447 @@
+//! The WebSocket transport at `/ws`: negotiates the STOMP subprotocol, feeds received bytes
+//! to a [`Session`], writes its [`Outbox`] as STOMP frames, and keeps the clocks (CONNECT
+//! deadline, heart-beats, token expiry) the session itself does not have.
+//!
+//! The driver ([`serve`]) takes any `Stream`/`Sink` of WebSocket messages: axum's socket in
+//! production, channels in the tests below, which run its clocks with paused time.
+
+use std::{collections::VecDeque, net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{
+    Extension,
+    extract::{
+        ConnectInfo, Query, State,
+        ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade},
+    },
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use taskpulse_shared::stomp::Version;
+use tokio::time::Instant;
+
+use super::stomp::{HEARTBEAT, StompWriter};
+use crate::{
+    AppError, AppState,
+    broker::{Broker, Flow, Outbox, Outgoing, Session, TransportInfo},
+};
+
+/// What the driver needs of a WebSocket: its messages in, messages out.
+pub(crate) trait Socket:
+    Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Send + 'static
+{
+}
+
+impl<S> Socket for S where
+    S: Stream<Item = Result<Message, axum::Error>>
+        + Sink<Message, Error = axum::Error>
+        + Send
+        + 'static
+{
+}
+
+/// Whether a WebSocket read failed because the message exceeded the size cap.
+fn too_large(error: axum::Error) -> Result<(), String> {
+    use tokio_tungstenite::tungstenite::Error;
+    let inner = error.into_inner();
+    match inner.downcast_ref::<Error>() {
+        Some(Error::Capacity(_)) => Ok(()),
+        _ => Err(inner.to_string()),
+    }
+}
+
+/// Subprotocols in order of preference.
+const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
+
+/// How long a closing session's writer may take to deliver its last frames.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Query parameters of the WebSocket URL.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct WsQuery {
+    access_token: Option<String>,
+}
+
+/// `GET /ws`: upgrade to a STOMP session.
+pub(crate) async fn upgrade(
+    State(state): State<AppState>,
+    Query(query): Query<WsQuery>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let limits = &state.broker.settings().limits;
+    // The last `http_reserve` connections are for plain HTTP: /healthz and the API keep
+    // answering when WebSockets take everything else.
+    let open = state.open_connections();
+    if open > limits.max_connections.saturating_sub(limits.http_reserve) {
+        return AppError::Unavailable(format!(
+            "too many connections: {open} are open (limits.max_connections = {}, of which \
+             limits.http_reserve = {} are kept for HTTP requests); try again later",
+            limits.max_connections, limits.http_reserve
+        ))
+        .into_response();
+    }
+    // Room for a maximal frame plus a few small ones in the same message; larger messages
+    // are refused by tungstenite before they are buffered.
+    let max_message = limits.frame_size.saturating_mul(4);
+    let ws = ws
+        .protocols(SUBPROTOCOLS)
+        .read_buffer_size(limits.ws_read_buffer)
+        .write_buffer_size(limits.ws_write_buffer)
+        .max_message_size(max_message)
+        .max_frame_size(max_message);
+    let info = TransportInfo {
+        subprotocol: ws
+            .selected_protocol()
+            .and_then(|p| p.to_str().ok())
+            .and_then(Version::from_subprotocol),
+        access_token: query.access_token,
+        peer: peer
+            .map_or_else(|| "unknown".into(), |Extension(ConnectInfo(addr))| addr.to_string()),
+    };
+    let broker = state.broker.clone();
+    ws.on_upgrade(move |socket| serve(socket, broker, info))
+}
+
+/// Runs one STOMP session over `socket` until either side ends it.
+pub(crate) async fn serve(socket: impl Socket, broker: Broker, info: TransportInfo) {
+    let stomp = broker.settings().stomp.clone();
+    let mut session = Session::new(broker, info);
+    let outbox = session.outbox().clone();
+    let (sink, mut stream) = socket.split();
+    let mut writer = tokio::spawn(write(sink, outbox, stomp.always_binary));
+    let connect_deadline = Instant::now() + Duration::from_millis(stomp.connect_timeout_ms);
+    // The writer also ends sessions the broker closed (slow consumer, shutdown).
+    let (flow, writer_done) = tokio::select! {
+        flow = read(&mut session, &mut stream, connect_deadline) => (flow, false),
+        _ = &mut writer => (Flow::Close, true),
+    };
+    // A finished JoinHandle must not be polled again: tokio panics if it is.
+    if !writer_done {
+        // Let the writer send what is left (RECEIPT, ERROR) before the socket closes.
+        let flushed =
+            flow == Flow::Close && tokio::time::timeout(CLOSE_GRACE, &mut writer).await.is_ok();
+        if !flushed {
+            writer.abort();
+        }
+    }
+    session.end();
+    if flow == Flow::Close {
+        linger(&mut stream).await;
+    }
+}
+
+/// After the server closed: reads (and drops) what the client still sends until it answers
+/// the close, for at most [`CLOSE_GRACE`]. Closing a socket with unread input makes the
+/// kernel send a reset that discards the frames not yet delivered, so a client that was
+/// busy sending would never see the ERROR that says why it was closed.
+async fn linger(stream: &mut (impl Stream<Item = Result<Message, axum::Error>> + Unpin)) {
+    let drain = async {
+        while let Some(Ok(message)) = stream.next().await {
+            if let Message::Close(_) = message {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
+}
+
+/// Reads until the session closes ([`Flow::Close`]) or the client goes away
+/// ([`Flow::Continue`]: nothing more to write).
+async fn read(
+    session: &mut Session,
+    stream: &mut (impl Stream<Item = Result<Message, axum::Error>> + Unpin),
+    connect_deadline: Instant,
+) -> Flow {
+    let mut last_seen = Instant::now();
+    loop {
+        let connected = session.principal().is_some();
+        let (_, silence) = session.heartbeat();
+        let heartbeat = (connected && !silence.is_zero()).then(|| last_seen + silence);
+        // Re-read every time: an in-band refresh moves it.
+        let expiry = session.token_remaining().map(|left| Instant::now() + left);
+        let deadline = if connected {
+            [heartbeat, expiry].into_iter().flatten().min()
+        } else {
+            Some(connect_deadline)
+        };
+        let next = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(next) => next,
+                Err(_) if !connected => return session.connect_timeout(),
+                Err(_) if expiry.is_some_and(|e| e <= Instant::now()) => {
+                    return session.token_expired();
+                }
+                Err(_) => return session.heartbeat_timeout(),
+            },
+            None => stream.next().await,
+        };
+        last_seen = Instant::now();
+        let flow = match next {
+            None => {
+                session.on_eof();
+                return Flow::Continue;
+            }
+            Some(Ok(Message::Close(_))) => {
+                // RFC 6455 5.5.1: the close is echoed; the writer sends it.
+                session.on_eof();
+                session.outbox().closed_by_peer();
+                return Flow::Close;
+            }
+            Some(Err(error)) => {
+                let limit = session.frame_limit();
+                return match too_large(error) {
+                    Ok(()) => session.transport_error(
+                        "frame too large",
+                        format!(
+                            "A WebSocket message was larger than this server accepts: a STOMP \
+                             frame may have at most {limit} bytes (limits.frame_size)."
+                        ),
+                    ),
+                    Err(detail) => {
+                        tracing::debug!(%detail, "WebSocket read failed");
+                        session.transport_error(
+                            "websocket error",
+                            "The WebSocket connection broke the WebSocket protocol or failed."
+                                .into(),
+                        )
+                    }
+                };
+            }
+            Some(Ok(Message::Text(text))) => session.on_bytes(text.as_bytes()),
+            Some(Ok(Message::Binary(bytes))) => session.on_bytes(&bytes),
+            // tungstenite answers pings itself; any traffic counts as a sign of life.
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
+        };
+        if flow == Flow::Close {
+            return Flow::Close;
+        }
+    }
+}
+
+/// Writes the outbox in batches (one flush per batch) and heart-beats during silence.
+async fn write(
+    mut sink: impl Sink<Message, Error = axum::Error> + Unpin,
+    outbox: Arc<Outbox>,
+    always_binary: bool,
+) {
+    let mut batch = VecDeque::new();
+    let mut stomp = StompWriter::default();
+    loop {
+        // Read each time: CONNECT sets it, and the CONNECTED frame wakes this loop.
+        let every = outbox.heartbeat_every();
+        if every.is_zero() {
+            outbox.next_batch(&mut batch).await;
+        } else if tokio::time::timeout(every, outbox.next_batch(&mut batch)).await.is_err() {
+            let beat = Message::Text(Utf8Bytes::from_static(HEARTBEAT));
+            if sink.send(beat).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        for item in batch.drain(..) {
+            if let Outgoing::Close(reason) = item {
+                // After the client's own close this only flushes the echo tungstenite queued.
+                let close = CloseFrame { code: reason.code(), reason: Utf8Bytes::from_static("") };
+                let _ = sink.send(Message::Close(Some(close))).await;
+                let _ = sink.close().await;
+                return;
+            }
+            let mut buffer = Vec::with_capacity(512);
+            let text = match stomp.encode(&item, &mut buffer) {
+                Ok(text) => text,
+                Err(why) => {
+                    // Not dropped silently: the client is told and the session ends.
+                    outbox.fail("unrepresentable message", None, why);
+                    continue;
+                }
+            };
+            let bytes = Bytes::from(buffer);
+            let message = match Utf8Bytes::try_from(bytes.clone()) {
+                Ok(text_bytes) if text && !always_binary => Message::Text(text_bytes),
+                _ => Message::Binary(bytes),
+            };
+            if sink.feed(message).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The driver over channels instead of a TCP socket, with tokio's clock paused: the
+    //! CONNECT deadline, heart-beats both ways and a close the broker decides are checked at
+    //! the exact instants they are due.
+
+    use std::{
+        pin::Pin,
+        task::{Context, Poll},
+    };
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::{
+        broker::{Authenticator, Claims},
+        config::Settings,
+    };
+
+    /// The client's end of a [`Pipe`].
+    struct Client {
+        to_server: mpsc::UnboundedSender<Result<Message, axum::Error>>,
+        from_server: mpsc::UnboundedReceiver<Message>,
+    }
+
+    /// The server's end: a WebSocket made of two channels.
+    struct Pipe {
+        incoming: mpsc::UnboundedReceiver<Result<Message, axum::Error>>,
+        outgoing: mpsc::UnboundedSender<Message>,
+    }
+
+    impl Stream for Pipe {
+        type Item = Result<Message, axum::Error>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.incoming.poll_recv(cx)
+        }
+    }
+
+    impl Sink<Message> for Pipe {
+        type Error = axum::Error;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+            self.outgoing.send(item).map_err(axum::Error::new)
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn pipe() -> (Pipe, Client) {
+        let (to_server, incoming) = mpsc::unbounded_channel();
+        let (outgoing, from_server) = mpsc::unbounded_channel();
+        (Pipe { incoming, outgoing }, Client { to_server, from_server })
+    }
+
+    fn broker() -> Broker {
+        let mut settings = Settings::default();
+        settings.jwt.secret = "websocket-driver-secret-of-32-bytes".into();
+        let auth = Authenticator::new(&settings.jwt, &settings.auth, std::path::Path::new("."))
+            .expect("valid test settings");
+        Broker::new(settings, auth)
+    }
+
+    impl Client {
+        fn send(&self, frame: &str) {
+            let message = Message::Text(Utf8Bytes::from(frame.to_owned()));
+            self.to_server.send(Ok(message)).expect("the driver reads until it ends");
+        }
+
+        fn connect(&self, broker: &Broker, heart_beat: &str) {
+            let claims =
+                Claims { sub: "alice".into(), exp: u64::MAX / 4, nbf: None, iat: None, jti: None };
+            let token = broker.authenticator().issue(&claims).expect("token");
+            self.send(&format!(
+                "CONNECT\naccept-version:1.2\nheart-beat:{heart_beat}\n\
+                 Authorization:Bearer {token}\n\n\0"
+            ));
+        }
+
+        /// The next message's text ("heart-beat" for one, "CLOSE <code>" for a close) and
+        /// the instant it arrived.
+        async fn next(&mut self) -> (String, Instant) {
+            let message = self.from_server.recv().await.expect("the server wrote more");
+            let at = Instant::now();
+            let text = match message {
+                Message::Text(text) if text.as_str() == HEARTBEAT => "heart-beat".to_owned(),
+                Message::Text(text) => text.as_str().to_owned(),
+                Message::Close(close) => format!("CLOSE {}", close.map_or(0, |c| c.code)),
+                other => format!("{other:?}"),
+            };
+            (text, at)
+        }
+
+        /// The `message` header of the next frame, which must be an ERROR.
+        async fn error(&mut self) -> String {
+            let message = self.from_server.recv().await.expect("an ERROR");
+            let Message::Text(text) = message else { panic!("not text: {message:?}") };
+            assert!(text.as_str().starts_with("ERROR\n"), "{}", text.as_str());
+            let line = text.as_str().lines().find(|l| l.starts_with("message:"));
+            line.unwrap_or_default().trim_start_matches("message:").to_owned()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_connect_is_closed_at_the_deadline() {
+        let broker = broker();
+        let timeout = Duration::from_millis(broker.settings().stomp.connect_timeout_ms);
+        let (socket, mut client) = pipe();
+        let start = Instant::now();
+        let driver = tokio::spawn(serve(socket, broker.clone(), TransportInfo::default()));
+        assert_eq!(client.error().await, "connect timeout");
+        assert_eq!(Instant::now() - start, timeout, "exactly at the deadline");
+        assert_eq!(client.next().await.0, "CLOSE 1008");
+        driver.await.expect("the driver ends without panicking");
+        assert_eq!(broker.session_count(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heart_beats_go_out_during_silence_and_a_silent_client_is_cut() {
+        let broker = broker();
+        let tolerance = broker.settings().stomp.heartbeat_tolerance;
+        let (socket, mut client) = pipe();
+        let driver = tokio::spawn(serve(socket, broker.clone(), TransportInfo::default()));
+        // The client sends every 4 s and wants the server's every 3 s.
+        client.connect(&broker, "4000,3000");
+        let (connected, start) = client.next().await;
+        assert!(connected.starts_with("CONNECTED\n"), "{connected}");
+        let (beat, at) = client.next().await;
+        assert_eq!((beat.as_str(), at - start), ("heart-beat", Duration::from_secs(3)));
+        let (beat, at) = client.next().await;
+        assert_eq!((beat.as_str(), at - start), ("heart-beat", Duration::from_secs(6)));
+        // One beat from the client moves its deadline.
+        tokio::time::advance(Duration::from_millis(500)).await;
+        client.send("\n");
+        let sent = Instant::now();
+        // The server keeps beating until the client's silence runs out.
+        loop {
+            let (text, _) = client.next().await;
+            if text.starts_with("ERROR\n") {
+                assert!(text.contains("\nmessage:heart-beat timeout\n"), "{text}");
+                break;
+            }
+            assert_eq!(text, "heart-beat");
+        }
+        let silence = Instant::now() - sent;
+        assert_eq!(silence, Duration::from_secs(4).mul_f64(tolerance), "cut at 4 s x tolerance");
+        assert_eq!(client.next().await.0, "CLOSE 1008");
+        driver.await.expect("the driver ends without panicking");
+        assert_eq!(broker.session_count(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_the_broker_decides_is_written_and_the_driver_ends_cleanly() {
+        // The writer finishes first here (the client is silent, the reader waits): the
+        // driver once polled the finished writer again and panicked.
+        let broker = broker();
+        let (socket, mut client) = pipe();
+        let driver = tokio::spawn(serve(socket, broker.clone(), TransportInfo::default()));
+        client.connect(&broker, "0,0");
+        assert!(client.next().await.0.starts_with("CONNECTED\n"));
+        assert_eq!(broker.session_count(), 1);
+        broker.disconnect_user("alice", "signed out");
+        let error = client.error().await;
+        assert!(!error.is_empty(), "an ERROR says why");
+        assert!(client.next().await.0.starts_with("CLOSE "));
+        driver.await.expect("the driver ends without panicking");
+        assert_eq!(broker.session_count(), 0);
+    }
+}
