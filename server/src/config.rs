@@ -1,14 +1,20 @@
-//! The server's settings: one typed [`Config`], from flags, an optional TOML file and
-//! `TASKPULSE_<SECTION>_<KEY>` variables (in rising precedence), validated at start-up.
+//! The server's settings: one typed [`Config`], from flags, then [`Settings`] layered by
+//! figment: the defaults (each written once, in its `Default`), an optional TOML file, and
+//! `TASKPULSE_<SECTION>_<KEY>` variables, in rising precedence, validated at start-up.
 //!
-//! Unknown keys and invalid values stop start-up with a message that names them.
+//! Unknown keys and invalid values stop start-up with a message that names the key and the
+//! file or variable it came from.
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
-use serde::{Deserialize, Serialize};
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Every setting, as `--help` shows it. Kept beside the structs; a test checks that each key
-/// of [`Settings`] is listed here.
+/// of [`Settings`] is listed here with its default as `Settings::default()` has it.
 pub const SETTINGS_HELP: &str = "\
 Settings (TOML file given by --config, each also an environment variable
 TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the file):
@@ -60,7 +66,7 @@ TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the fil
                                    it task progress is coalesced, anything else disconnects
                                    (ERROR slow consumer). Deliveries awaiting ACK may hold as
                                    much again
-  transactions_per_connection = 16 open STOMP transactions (BEGIN without COMMIT/ABORT)
+  transactions_per_connection = 16  open STOMP transactions (BEGIN without COMMIT/ABORT)
   transaction_bytes = 1048576      bytes the frames of a connection's open transactions hold
   queues = 10000                   /queue/** destinations that exist at once (an empty one
                                    without consumers is dropped)
@@ -76,8 +82,8 @@ TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the fil
 [accounts]
   registration = true      POST /api/auth/register is open; false refuses it (403)
   token_ttl_s = 86400      lifetime of the tokens this server issues, seconds
-  attempts_per_minute = 10 login/register attempts per client address and per user name
-                           per minute; more get 429 with Retry-After
+  attempts_per_minute = 10  login/register attempts per client address and per user name
+                            per minute; more get 429 with Retry-After
 
 [tasks]
   progress_interval_ms = 100   at most one progress push per task per interval (the latest
@@ -85,7 +91,7 @@ TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the fil
   page_size = 20               default page of GET /api/tasks (at most 100)
   max_prompt_chars = 2000      longest prompt accepted
   result_url_ttl_s = 86400     lifetime of the signed resultUrl that <img src> can load
-  image_fetch_bytes = 10485760 largest input image fetched for image-to-image
+  image_fetch_bytes = 10485760  largest input image fetched for image-to-image
   image_fetch_timeout_ms = 10000
   image_max_pixels = 16000000  largest input image decoded (width x height), checked before
                                any pixel buffer is allocated
@@ -94,7 +100,7 @@ TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the fil
                                loopback, private, link-local and other non-public addresses
                                are refused (every resolved address and redirect hop)
   max_active_per_user = 100    unfinished tasks one user may have; more get 429
-  submissions_per_minute = 120 tasks one user may submit per minute; more get 429
+  submissions_per_minute = 120  tasks one user may submit per minute; more get 429
 
 [demo]
   concurrency = 2          demo tasks running at once; the rest wait in a queue
@@ -113,7 +119,7 @@ TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the fil
   checkpoint = \"v1-5-pruned-emaonly.safetensors\"
   concurrency = 1          prompts queued at ComfyUI at once (the GPU's semaphore)
   timeout_s = 600          a prompt taking longer fails
-  reconnect_max_ms = 30000 longest wait between reconnects to ComfyUI's WebSocket
+  reconnect_max_ms = 30000  longest wait between reconnects to ComfyUI's WebSocket
 
 [credits]
   enabled = false          charge credits per task (reserved on submit, refunded on failure)
@@ -165,8 +171,12 @@ pub struct Cli {
     pub config: Option<PathBuf>,
 }
 
-/// Variables that are flags, not `<SECTION>_<KEY>` settings.
-const FLAG_VARIABLES: [&str; 4] = ["LISTEN", "DATA_DIR", "UI_DIR", "CONFIG"];
+/// Variables that are flags (read by clap), not `<SECTION>_<KEY>` settings; lower case, as
+/// figment compares them.
+const FLAG_VARIABLES: [&str; 4] = ["listen", "data_dir", "ui_dir", "config"];
+
+/// The prefix of every variable.
+const ENV_PREFIX: &str = "TASKPULSE_";
 
 /// Everything the server reads at start-up.
 #[derive(Debug, Clone)]
@@ -184,13 +194,11 @@ pub struct Config {
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The `--config` file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
+    /// The `--config` file does not exist.
+    #[error("cannot read config file {path}: no such file")]
+    Missing {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
     },
     /// The file or a variable has an unknown key or a bad value.
     #[error("invalid setting in {origin}: {message}")]
@@ -222,82 +230,73 @@ impl Config {
         }
     }
 
-    /// Reads the `--config` file named by `cli`, then overlays the `TASKPULSE_*` entries of
-    /// `env`.
+    /// Layers the defaults, the `--config` file named by `cli` and the process's
+    /// `TASKPULSE_*` variables.
     ///
     /// # Errors
     /// A [`ConfigError`] naming the file or variable and the key.
-    pub fn load(
-        cli: Cli,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, ConfigError> {
-        let mut table = toml::Table::new();
-        let mut origin = String::from("defaults");
+    pub fn load(cli: Cli) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(path) = &cli.config {
-            let text = std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-            origin = path.display().to_string();
-            table = text.parse::<toml::Table>().map_err(|e| ConfigError::Invalid {
-                origin: origin.clone(),
-                message: e.to_string(),
-            })?;
+            // figment treats a missing file as empty; a named one must exist.
+            if !path.is_file() {
+                return Err(ConfigError::Missing { path: path.clone() });
+            }
+            figment = figment.merge(Toml::file_exact(path));
         }
-        let settings = Settings::deserialize(table)
-            .map_err(|e| ConfigError::Invalid { origin, message: e.to_string() })?;
-        let settings = overlay_env(settings, env)?;
+        // `TASKPULSE_LIMITS_FRAME_SIZE` is `limits.frame_size`: the section ends at the first
+        // underscore, keys keep theirs.
+        let env = Env::prefixed(ENV_PREFIX)
+            .ignore(&FLAG_VARIABLES)
+            .map(|key| key.as_str().to_ascii_lowercase().replacen('_', ".", 1).into());
+        let settings: Settings = figment.merge(env).extract().map_err(|error| {
+            let origin = match &error.metadata {
+                Some(meta) => match &meta.source {
+                    Some(source) => format!("{} {source}", meta.name),
+                    None => meta.name.to_string(),
+                },
+                None => "settings".to_owned(),
+            };
+            let key = error.path.join(".");
+            let message = if key.is_empty() {
+                error.kind.to_string()
+            } else {
+                format!("{key}: {}", error.kind)
+            };
+            let unknown = matches!(error.kind, figment::error::Kind::UnknownField(..));
+            let message = match &error.metadata {
+                Some(meta) if meta.name.contains("environment") && !unknown => {
+                    let variable = format!("{ENV_PREFIX}{}", key.replace('.', "_").to_uppercase());
+                    format!("{message} (from {variable})")
+                }
+                _ => message,
+            };
+            ConfigError::Invalid { origin, message }
+        })?;
         settings.validate()?;
         Ok(Config { listen: cli.listen, data_dir: cli.data_dir, ui_dir: cli.ui_dir, settings })
     }
 }
 
-/// Applies `TASKPULSE_<SECTION>_<KEY>=value` on top of `settings`. A value is read as a TOML
-/// value when it parses as one (numbers, booleans, arrays, inline tables), else as a string.
-fn overlay_env(
-    settings: Settings,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<Settings, ConfigError> {
-    let toml::Value::Table(mut table) =
-        toml::Value::try_from(&settings).expect("settings serialize to a table")
-    else {
-        unreachable!("settings are a struct")
-    };
-    let mut seen = Vec::new();
-    for (name, value) in env {
-        let Some(rest) = name.strip_prefix("TASKPULSE_") else { continue };
-        if FLAG_VARIABLES.contains(&rest) {
-            continue;
-        }
-        let invalid = |message: String| ConfigError::Invalid { origin: name.clone(), message };
-        let lower = rest.to_ascii_lowercase();
-        let Some((section, key)) = lower.split_once('_') else {
-            return Err(invalid(format!(
-                "unknown setting {name}: expected TASKPULSE_<SECTION>_<KEY>"
-            )));
-        };
-        let Some(toml::Value::Table(entries)) = table.get_mut(section) else {
-            return Err(invalid(format!("unknown section `{section}`")));
-        };
-        if !entries.contains_key(key) {
-            return Err(invalid(format!("unknown key `{key}` in section `{section}`")));
-        }
-        let parsed = format!("v = {value}")
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(value.clone()));
-        // A string setting given a number-looking value stays a string.
-        let parsed = match (&entries[key], parsed) {
-            (toml::Value::String(_), toml::Value::String(s)) => toml::Value::String(s),
-            (toml::Value::String(_), _) => toml::Value::String(value.clone()),
-            (_, other) => other,
-        };
-        entries.insert(key.to_owned(), parsed);
-        seen.push(name);
+/// Deserializes a text setting that a variable may have given as a number or a boolean
+/// (`TASKPULSE_JWT_SECRET=12345...`): figment reads variables as typed values.
+fn text<'de, D: Deserializer<'de>, T: From<String>>(deserializer: D) -> Result<T, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        String(String),
+        Unsigned(u64),
+        Signed(i64),
+        Float(f64),
+        Bool(bool),
     }
-    Settings::deserialize(table).map_err(|e| ConfigError::Invalid {
-        origin: if seen.is_empty() { "environment".into() } else { seen.join(", ") },
-        message: e.to_string(),
-    })
+    Ok(T::from(match Text::deserialize(deserializer)? {
+        Text::String(s) => s,
+        Text::Unsigned(n) => n.to_string(),
+        Text::Signed(n) => n.to_string(),
+        Text::Float(n) => n.to_string(),
+        Text::Bool(b) => b.to_string(),
+    }))
 }
 
 /// The sectioned settings of [`SETTINGS_HELP`].
@@ -425,6 +424,7 @@ impl Settings {
 #[serde(default, deny_unknown_fields)]
 pub struct StorageSettings {
     /// `sqlite://<path>` or `postgres://...`; empty for the file in the data directory.
+    #[serde(deserialize_with = "text")]
     pub url: String,
 }
 
@@ -433,14 +433,18 @@ pub struct StorageSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct JwtSettings {
     /// HS256 secret; empty means generated and kept in the data directory.
+    #[serde(deserialize_with = "text")]
     pub secret: String,
     /// The one algorithm accepted.
     pub algorithm: JwtAlgorithm,
     /// PEM public key for RS256/ES256.
+    #[serde(deserialize_with = "text")]
     pub public_key_file: PathBuf,
     /// Required issuer, if not empty.
+    #[serde(deserialize_with = "text")]
     pub issuer: String,
     /// Required audience, if not empty.
+    #[serde(deserialize_with = "text")]
     pub audience: String,
     /// Allowed clock skew, seconds.
     pub leeway_s: u64,
@@ -692,12 +696,16 @@ impl Default for DemoSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct ComfyUiSettings {
     /// Base URL; empty disables the executor.
+    #[serde(deserialize_with = "text")]
     pub url: String,
     /// Text-to-image workflow template.
+    #[serde(deserialize_with = "text")]
     pub workflow_file: PathBuf,
     /// Image-to-image workflow template.
+    #[serde(deserialize_with = "text")]
     pub img2img_workflow_file: PathBuf,
     /// Checkpoint substituted for `{{checkpoint}}`.
+    #[serde(deserialize_with = "text")]
     pub checkpoint: String,
     /// Prompts queued at once.
     pub concurrency: usize,
@@ -796,77 +804,124 @@ impl Default for ApiSettings {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err, reason = "figment::Jail's closures return its error type")]
 mod tests {
+    use figment::{Jail, value::Value};
+
     use super::*;
 
-    fn cli(config: Option<PathBuf>) -> Cli {
+    fn cli(config: Option<&str>) -> Cli {
         Cli {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: "data".into(),
             ui_dir: "ui".into(),
-            config,
+            config: config.map(PathBuf::from),
         }
     }
 
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    /// A default as `--help` writes it.
+    fn shown(value: &Value) -> String {
+        match value {
+            Value::String(_, s) => format!("{s:?}"),
+            Value::Num(_, n) => match (n.to_u128(), n.to_i128(), n.to_f64()) {
+                (Some(u), _, _) => u.to_string(),
+                (None, Some(i), _) => i.to_string(),
+                (None, None, Some(f)) => format!("{f:?}"),
+                _ => panic!("no help form for {n:?}"),
+            },
+            Value::Bool(_, b) => b.to_string(),
+            Value::Array(_, items) => {
+                format!("[{}]", items.iter().map(shown).collect::<Vec<_>>().join(", "))
+            }
+            Value::Dict(_, dict) if dict.is_empty() => "{}".into(),
+            other => panic!("no help form for {other:?}"),
+        }
     }
 
     #[test]
-    fn every_setting_is_in_the_help() {
-        let toml::Value::Table(sections) = toml::Value::try_from(Settings::default()).unwrap()
-        else {
-            panic!()
-        };
+    fn every_setting_is_in_the_help_with_its_real_default() {
+        let defaults = Value::serialize(Settings::default()).unwrap();
+        let sections = defaults.as_dict().unwrap();
+        let help = SETTINGS_HELP.replace("\\\"", "\"");
+        let mut wrong = Vec::new();
         for (section, keys) in sections {
-            assert!(SETTINGS_HELP.contains(&format!("[{section}]")), "section {section}");
-            for key in keys.as_table().unwrap().keys() {
-                assert!(SETTINGS_HELP.contains(&format!("  {key} = ")), "{section}.{key}");
+            let at =
+                help.find(&format!("\n[{section}]\n")).unwrap_or_else(|| panic!("[{section}]"));
+            let body = &help[at..];
+            let body = &body[..body[1..].find("\n[").map_or(body.len(), |end| end + 1)];
+            for (key, value) in keys.as_dict().unwrap() {
+                let prefix = format!("\n  {key} = ");
+                let line_at = body.find(&prefix).unwrap_or_else(|| panic!("{section}.{key}"));
+                let rest = &body[line_at + prefix.len()..];
+                let line = rest.lines().next().unwrap();
+                // The default ends where two spaces start the description.
+                let written = line.split("  ").next().unwrap().trim_end();
+                if written != shown(value) {
+                    wrong.push(format!("{section}.{key}: --help {written:?}, default {value:?}"));
+                }
             }
         }
+        assert!(wrong.is_empty(), "{wrong:#?}");
     }
 
     #[test]
     fn environment_overrides_file_and_is_typed() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("taskpulse.toml");
-        std::fs::write(&file, "[stomp]\nheartbeat_max_ms = 30000\n[jwt]\nsecret = \"file\"\n")
-            .unwrap();
-        let config = Config::load(
-            cli(Some(file)),
-            env(&[
-                ("TASKPULSE_JWT_SECRET", "12345"),
-                ("TASKPULSE_LIMITS_FRAME_SIZE", "2048"),
-                ("TASKPULSE_AUTHORIZATION_SEND", "[\"/topic/**\"]"),
-                ("TASKPULSE_LISTEN", "ignored-here"),
-                ("PATH", "/bin"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(config.settings.jwt.secret, "12345");
-        assert_eq!(config.settings.stomp.heartbeat_max_ms, 30_000);
-        assert_eq!(config.settings.limits.frame_size, 2048);
-        assert_eq!(config.settings.authorization.send, ["/topic/**"]);
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "taskpulse.toml",
+                "[stomp]\nheartbeat_max_ms = 30000\n[jwt]\nsecret = \"file\"\n",
+            )?;
+            jail.set_env("TASKPULSE_JWT_SECRET", "12345");
+            jail.set_env("TASKPULSE_LIMITS_FRAME_SIZE", "2048");
+            jail.set_env("TASKPULSE_AUTHORIZATION_SEND", "[\"/topic/**\"]");
+            jail.set_env("TASKPULSE_LISTEN", "ignored-here");
+            let config = Config::load(cli(Some("taskpulse.toml"))).unwrap();
+            assert_eq!(config.settings.jwt.secret, "12345", "a number-looking text stays text");
+            assert_eq!(config.settings.stomp.heartbeat_max_ms, 30_000);
+            assert_eq!(config.settings.limits.frame_size, 2048);
+            assert_eq!(config.settings.authorization.send, ["/topic/**"]);
+            assert_eq!(config.settings.limits.headers, LimitSettings::default().headers);
+            Ok(())
+        });
     }
 
     #[test]
-    fn unknown_or_invalid_settings_are_named() {
-        let err =
-            |pairs: &[(&str, &str)]| Config::load(cli(None), env(pairs)).unwrap_err().to_string();
-        assert!(err(&[("TASKPULSE_LIMITS_FRAMESIZE", "1")]).contains("unknown key `framesize`"));
-        assert!(err(&[("TASKPULSE_NOPE_X", "1")]).contains("unknown section `nope`"));
+    fn unknown_or_invalid_settings_are_named_with_their_source() {
+        let err = |pairs: &[(&str, &str)]| {
+            let mut message = String::new();
+            Jail::expect_with(|jail| {
+                for (name, value) in pairs {
+                    jail.set_env(name, value);
+                }
+                message = Config::load(cli(None)).unwrap_err().to_string();
+                Ok(())
+            });
+            message
+        };
+        let unknown = err(&[("TASKPULSE_LIMITS_FRAMESIZE", "1")]);
+        assert!(unknown.contains("framesize") && unknown.contains("TASKPULSE_"), "{unknown}");
+        let section = err(&[("TASKPULSE_NOPE_X", "1")]);
+        assert!(section.contains("unknown field: found `nope`"), "{section}");
         let bad = err(&[("TASKPULSE_LIMITS_FRAME_SIZE", "big")]);
-        assert!(bad.contains("TASKPULSE_LIMITS_FRAME_SIZE") && bad.contains("frame_size"), "{bad}");
+        assert!(
+            bad.contains("TASKPULSE_LIMITS_FRAME_SIZE") && bad.contains("limits.frame_size"),
+            "{bad}"
+        );
         assert!(err(&[("TASKPULSE_JWT_ALGORITHM", "none")]).contains("jwt.algorithm"));
         let cors = err(&[("TASKPULSE_API_CORS_ORIGINS", r#"["localhost:5173"]"#)]);
         assert!(cors.contains("api.cors_origins") && cors.contains("localhost:5173"), "{cors}");
-        let ok = [("TASKPULSE_API_CORS_ORIGINS", r#"["*", "http://localhost:5173"]"#)];
-        assert!(Config::load(cli(None), env(&ok)).is_ok());
-
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("bad.toml");
-        std::fs::write(&file, "[stomp]\nheartbeat_mx_ms = 1\n").unwrap();
-        let message = Config::load(cli(Some(file)), env(&[])).unwrap_err().to_string();
-        assert!(message.contains("heartbeat_mx_ms"), "{message}");
+        Jail::expect_with(|jail| {
+            jail.set_env("TASKPULSE_API_CORS_ORIGINS", r#"["*", "http://localhost:5173"]"#);
+            assert!(Config::load(cli(None)).is_ok());
+            jail.create_file("bad.toml", "[stomp]\nheartbeat_mx_ms = 1\n")?;
+            let message = Config::load(cli(Some("bad.toml"))).unwrap_err().to_string();
+            assert!(
+                message.contains("heartbeat_mx_ms") && message.contains("bad.toml"),
+                "{message}"
+            );
+            let missing = Config::load(cli(Some("nowhere.toml"))).unwrap_err().to_string();
+            assert!(missing.contains("nowhere.toml"), "{missing}");
+            Ok(())
+        });
     }
 }

@@ -13,7 +13,7 @@ async fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| "info,tower_http=warn".into()),
         )
         .init();
-    let config = match Config::load(Cli::parse(), std::env::vars()) {
+    let config = match Config::load(Cli::parse()) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("taskpulse-server: {err}");
