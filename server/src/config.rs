@@ -25,8 +25,8 @@ TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the fil
 
 [jwt]
   secret = \"\"              HS256 signing secret (TASKPULSE_JWT_SECRET), at least 32 bytes.
-                           Empty: one is generated once and kept in <data-dir>/jwt-secret
-                           (mode 0600)
+                           Empty: one is generated once and kept in the database, so every
+                           server sharing it accepts the tokens any of them issued
   algorithm = \"HS256\"      HS256, RS256 or ES256; tokens with any other alg are refused
   public_key_file = \"\"     PEM public key for RS256/ES256
   issuer = \"\"              required `iss` claim, if set

@@ -35,6 +35,7 @@ use crate::{
     accounts::Accounts,
     broker::{Authenticator, Broker, Fanout, KeyError},
     replay::UserLog,
+    secret::random_hex,
     storage::{SqlStorage, Storage, StorageError},
     tasks::{ResultStore, ServiceError, TaskService, TaskSnapshots},
 };
@@ -91,6 +92,9 @@ pub enum StartError {
     /// The task service cannot start.
     #[error(transparent)]
     Tasks(#[from] ServiceError),
+    /// The system has no randomness for a generated secret.
+    #[error("no randomness for a generated secret: {0}")]
+    Randomness(String),
 }
 
 impl AppState {
@@ -104,14 +108,26 @@ impl AppState {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
         let storage: Arc<dyn Storage> = Arc::new(SqlStorage::open(&config.storage_url()).await?);
+        let mut config = config;
+        let jwt = &mut config.settings.jwt;
+        if jwt.algorithm == JwtAlgorithm::HS256 && jwt.secret.is_empty() {
+            jwt.secret = shared_secret(&*storage, &config.data_dir, "jwt-secret").await?;
+        }
+        let result_key = shared_secret(&*storage, &config.data_dir, "result-key").await?;
         let settings = &config.settings;
-        let auth = Authenticator::new(&settings.jwt, &settings.auth, &config.data_dir)?;
+        let auth = Authenticator::new(&settings.jwt, &settings.auth)?;
         let broker = Broker::new(settings.clone(), auth);
         let fanout: Arc<dyn Fanout> = Arc::new(broker.clone());
         let accounts =
             Accounts::start(storage.clone(), broker.clone(), fanout.clone(), settings.clone())
                 .await?;
-        let results = ResultStore::new(&config.data_dir, settings.tasks.result_url_ttl_s)?;
+        let results = ResultStore::new(
+            storage.clone(),
+            result_key.into_bytes(),
+            settings.tasks.result_url_ttl_s,
+            &config.data_dir,
+        )
+        .await?;
         let snapshots = Arc::new(TaskSnapshots::new(storage.clone(), results.clone()));
         let log = UserLog::start(
             storage.clone(),
@@ -134,6 +150,21 @@ impl AppState {
             connections: Arc::default(),
         })
     }
+}
+
+/// The secret `name` every server sharing `storage` uses: the stored one, or else the one an
+/// older version kept in `<data-dir>/<name>`, or else a new random one.
+async fn shared_secret(
+    storage: &dyn Storage,
+    data_dir: &std::path::Path,
+    name: &str,
+) -> Result<String, StartError> {
+    let legacy = std::fs::read_to_string(data_dir.join(name)).unwrap_or_default();
+    let candidate = match legacy.trim() {
+        "" => random_hex(32).map_err(|e| StartError::Randomness(e.to_string()))?,
+        kept => kept.to_owned(),
+    };
+    Ok(storage.shared_secret(name, &candidate).await?)
 }
 
 /// How long STOMP sessions get to receive their shutdown ERROR.

@@ -139,12 +139,10 @@ pub(super) async fn result(
             ));
         }
     }
-    let bytes = match tokio::fs::read(results.path(&task_no)).await {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(AppError::NotFound(format!("task {task_no} has no result")));
-        }
-        Err(e) => return Err(AppError::Internal(e.to_string())),
+    let Some(bytes) =
+        results.read(&task_no).await.map_err(|e| AppError::Internal(e.to_string()))?
+    else {
+        return Err(AppError::NotFound(format!("task {task_no} has no result")));
     };
     let content_type = if bytes.starts_with(b"\x89PNG") {
         "image/png"

@@ -101,30 +101,27 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    /// Builds the validator. An empty HS256 secret is generated once and kept in
-    /// `data_dir/jwt-secret`.
+    /// Builds the validator. An HS256 secret must be set (the server generates one into the
+    /// database when the settings leave it empty, see `AppState::new`).
     ///
     /// # Errors
-    /// The public key file is missing or not a PEM key of the configured algorithm, or the
-    /// secret file cannot be written.
-    pub fn new(jwt: &JwtSettings, auth: &AuthSettings, data_dir: &Path) -> Result<Self, KeyError> {
+    /// The secret is missing or short, or the public key file is missing or not a PEM key of
+    /// the configured algorithm.
+    pub fn new(jwt: &JwtSettings, auth: &AuthSettings) -> Result<Self, KeyError> {
         let (algorithm, decoding, encoding) = match jwt.algorithm {
             JwtAlgorithm::HS256 => {
-                let secret = if jwt.secret.is_empty() {
-                    stored_secret(data_dir, "jwt-secret")?
-                } else if jwt.secret.len() < MIN_SECRET_BYTES {
+                if jwt.secret.len() < MIN_SECRET_BYTES {
                     return Err(KeyError(format!(
                         "jwt.secret has {} bytes; an HS256 secret needs at least \
                          {MIN_SECRET_BYTES} (leave it empty to have one generated)",
                         jwt.secret.len()
                     )));
-                } else {
-                    jwt.secret.clone().into_bytes()
-                };
+                }
+                let secret = jwt.secret.as_bytes();
                 (
                     Algorithm::HS256,
-                    DecodingKey::from_secret(&secret),
-                    Some(EncodingKey::from_secret(&secret)),
+                    DecodingKey::from_secret(secret),
+                    Some(EncodingKey::from_secret(secret)),
                 )
             }
             asymmetric => {
@@ -257,7 +254,7 @@ pub(crate) fn stored_secret(data_dir: &Path, name: &str) -> Result<Vec<u8>, KeyE
         |what: &str, e: std::io::Error| KeyError(format!("cannot {what} {}: {e}", path.display()));
     match std::fs::read_to_string(&path) {
         Ok(text) if !text.trim().is_empty() => {
-            owner_only(&path).map_err(|e| cannot("restrict", e))?;
+            crate::secret::owner_only(&path).map_err(|e| cannot("restrict", e))?;
             return Ok(text.trim().as_bytes().to_vec());
         }
         Ok(_) => {}
@@ -281,22 +278,12 @@ fn write_owner_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .open(path)?;
     file.write_all(bytes)?;
     // `mode` applies only to a file this call created.
-    owner_only(path)
+    crate::secret::owner_only(path)
 }
 
 #[cfg(not(unix))]
 fn write_owner_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::write(path, bytes)
-}
-
-#[cfg(unix)]
-fn owner_only(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)?.permissions().mode();
-    if mode & 0o077 != 0 {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(())
 }
 
 #[cfg(not(unix))]
@@ -333,7 +320,7 @@ mod tests {
         let auth = AuthSettings {
             users: vec![ConfigUser { login: "svc".into(), passcode: "right".into() }],
         };
-        let auth = Authenticator::new(&jwt, &auth, Path::new(".")).unwrap();
+        let auth = Authenticator::new(&jwt, &auth).unwrap();
         let reason = |headers: &[(&str, &str)]| auth.authenticate(&connect(headers), None);
         assert!(matches!(reason(&[]), Err(AuthError::NoCredentials)));
         assert!(matches!(
@@ -355,7 +342,7 @@ mod tests {
         assert!(!principal.configured && principal.expires_at.is_some());
 
         let short = JwtSettings { secret: "short".into(), ..Default::default() };
-        let refused = Authenticator::new(&short, &AuthSettings::default(), Path::new("."));
+        let refused = Authenticator::new(&short, &AuthSettings::default());
         assert!(refused.unwrap_err().to_string().contains("jwt.secret has 5 bytes"));
     }
 }

@@ -44,7 +44,7 @@ pub fn broker() -> Broker {
     limits.queues = 16;
     limits.queue_bytes = 64 * 1024;
     settings.stomp.queue_pending = 16;
-    match Authenticator::new(&settings.jwt, &settings.auth, std::path::Path::new(".")) {
+    match Authenticator::new(&settings.jwt, &settings.auth) {
         Ok(auth) => Broker::new(settings, auth),
         // The settings above are valid; a failure here is a bug in this driver.
         Err(e) => panic!("exercise broker: {e}"),

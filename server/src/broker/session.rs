@@ -674,8 +674,7 @@ mod tests {
     fn broker() -> Broker {
         let mut settings = Settings::default();
         settings.jwt.secret = "unit-tests-secret-of-thirty-two-bytes".into();
-        let auth =
-            Authenticator::new(&settings.jwt, &settings.auth, std::path::Path::new(".")).unwrap();
+        let auth = Authenticator::new(&settings.jwt, &settings.auth).unwrap();
         Broker::new(settings, auth)
     }
 

@@ -202,4 +202,14 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 
     /// Every task not yet `completed` or `failed`, oldest first.
     async fn unfinished_tasks(&self) -> Result<Vec<TaskRecord>, StorageError>;
+
+    /// Stores (or replaces) a task's result file.
+    async fn put_result(&self, task_no: &str, bytes: &[u8], now: i64) -> Result<(), StorageError>;
+
+    /// A task's result file, if one was stored.
+    async fn result(&self, task_no: &str) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// The secret called `name` that every server sharing this database uses: the stored one,
+    /// or `candidate` if none was stored yet (it is stored then; the first server wins).
+    async fn shared_secret(&self, name: &str, candidate: &str) -> Result<String, StorageError>;
 }

@@ -67,6 +67,9 @@ impl SqlStorage {
     /// # Errors
     /// The file cannot be opened or a migration fails.
     pub async fn sqlite(path: &Path) -> Result<SqlStorage, StorageError> {
+        // It holds password hashes and the generated secrets: its owner's only. SQLite gives
+        // its -wal and -shm files the mode of the database file.
+        private_file(path).map_err(|e| StorageError::Database(sqlx::Error::Io(e)))?;
         let url = format!("sqlite://{}?mode=rwc", path.display());
         // SQLite serialises writers; a few connections let reads proceed beside one write.
         Self::sqlite_pool(&url, 4).await
@@ -337,6 +340,40 @@ impl Storage for SqlStorage {
         Ok(Some(seq))
     }
 
+    async fn put_result(&self, task_no: &str, bytes: &[u8], now: i64) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO results (task_no, bytes, stored_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (task_no) DO UPDATE SET bytes = excluded.bytes, \
+             stored_at = excluded.stored_at",
+        )
+        .bind(task_no)
+        .bind(bytes)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn result(&self, task_no: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(sqlx::query_scalar("SELECT bytes FROM results WHERE task_no = $1")
+            .bind(task_no)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn shared_secret(&self, name: &str, candidate: &str) -> Result<String, StorageError> {
+        let key = format!("secret:{name}");
+        sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(&key)
+            .bind(candidate)
+            .execute(&self.pool)
+            .await?;
+        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
+            .bind(&key)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     async fn epoch(&self) -> Result<String, StorageError> {
         Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = 'epoch'")
             .fetch_one(&self.pool)
@@ -510,4 +547,24 @@ impl Storage for SqlStorage {
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter().map(task_from_row).collect()
     }
+}
+
+/// Creates `path` readable by its owner only if it does not exist; tightens it (and any
+/// `-wal`/`-shm` beside it) if it does.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+        if file.exists() {
+            crate::secret::owner_only(&file)?;
+        }
+    }
+    Ok(())
 }

@@ -1,9 +1,10 @@
-//! Result images on disk under `<data-dir>/results/`, and the signed, expiring URLs that let
-//! an `<img src>` load them without an Authorization header.
+//! Result images, kept in the database so that every server sharing it can serve them, and
+//! the signed, expiring URLs that let an `<img src>` load them without an Authorization
+//! header (signed with a key kept in the same database, so any server verifies them).
 
 use std::{
-    io,
-    path::{Path, PathBuf},
+    path::Path,
+    sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -12,21 +13,22 @@ use sha2::Sha256;
 use taskpulse_shared::TaskProgressDto;
 
 use crate::{
-    broker::{KeyError, stored_secret},
+    now_ms,
     secret::hex,
+    storage::{Storage, StorageError},
 };
 
 /// Where results live and how their URLs are signed.
 #[derive(Clone)]
 pub struct ResultStore {
-    dir: PathBuf,
+    storage: Arc<dyn Storage>,
     key: Vec<u8>,
     ttl_s: u64,
 }
 
 impl std::fmt::Debug for ResultStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResultStore").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("ResultStore").field("ttl_s", &self.ttl_s).finish_non_exhaustive()
     }
 }
 
@@ -51,31 +53,62 @@ fn unix_now() -> u64 {
 }
 
 impl ResultStore {
-    /// Uses `<data_dir>/results` and the signing key in `<data_dir>/result-key` (generated
-    /// the first time).
+    /// Signs with `key`, which every server sharing `storage` must use (see
+    /// `Storage::shared_secret`). A data directory from before results moved into the
+    /// database hands over its files (`results/`, renamed to `results.imported`), so images
+    /// issued earlier keep loading.
     ///
     /// # Errors
-    /// The directory or key cannot be created.
-    pub fn new(data_dir: &Path, ttl_s: u64) -> Result<ResultStore, KeyError> {
-        let key = stored_secret(data_dir, "result-key")?;
-        Ok(ResultStore { dir: data_dir.join("results"), key, ttl_s })
+    /// The database failed.
+    pub async fn new(
+        storage: Arc<dyn Storage>,
+        key: Vec<u8>,
+        ttl_s: u64,
+        data_dir: &Path,
+    ) -> Result<ResultStore, StorageError> {
+        let store = ResultStore { storage, key, ttl_s };
+        store.import(&data_dir.join("results")).await?;
+        Ok(store)
     }
 
-    /// Writes a result (atomically: a crash leaves the old file or none) and returns its URL.
+    /// Moves result files of an older version's data directory into the database.
+    async fn import(&self, dir: &Path) -> Result<(), StorageError> {
+        let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+        let mut imported = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(task_no) = name.to_str().filter(|n| !n.ends_with(".tmp")) else { continue };
+            if self.storage.result(task_no).await?.is_some() {
+                continue;
+            }
+            if let Ok(bytes) = std::fs::read(entry.path()) {
+                self.storage.put_result(task_no, &bytes, now_ms()).await?;
+                imported += 1;
+            }
+        }
+        let done = dir.with_file_name("results.imported");
+        if let Err(e) = std::fs::rename(dir, &done) {
+            tracing::warn!("imported result files but cannot rename {}: {e}", dir.display());
+        }
+        tracing::info!(imported, "moved result files into the database");
+        Ok(())
+    }
+
+    /// Stores a result and returns its (unsigned) URL.
     ///
     /// # Errors
-    /// The file cannot be written.
-    pub async fn store(&self, task_no: &str, bytes: &[u8]) -> io::Result<String> {
-        tokio::fs::create_dir_all(&self.dir).await?;
-        let tmp = self.dir.join(format!("{task_no}.tmp"));
-        tokio::fs::write(&tmp, bytes).await?;
-        tokio::fs::rename(&tmp, self.path(task_no)).await?;
+    /// The database failed.
+    pub async fn store(&self, task_no: &str, bytes: &[u8]) -> Result<String, StorageError> {
+        self.storage.put_result(task_no, bytes, now_ms()).await?;
         Ok(local_url(task_no))
     }
 
-    /// The file of a task's result (which may not exist).
-    pub fn path(&self, task_no: &str) -> PathBuf {
-        self.dir.join(task_no)
+    /// A task's stored result, if any.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn read(&self, task_no: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.storage.result(task_no).await
     }
 
     fn signature(&self, task_no: &str, expires: u64) -> Hmac<Sha256> {
@@ -133,10 +166,33 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn signed_urls_verify_and_expire() {
+    async fn store(dir: &Path, key: &str) -> (ResultStore, Arc<dyn Storage>) {
+        let storage: Arc<dyn Storage> =
+            Arc::new(crate::storage::SqlStorage::in_memory().await.unwrap());
+        let store = ResultStore::new(storage.clone(), key.into(), 600, dir).await.unwrap();
+        (store, storage)
+    }
+
+    #[tokio::test]
+    async fn an_older_data_directory_s_result_files_move_into_the_database() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ResultStore::new(dir.path(), 600).unwrap();
+        let results = dir.path().join("results");
+        std::fs::create_dir(&results).unwrap();
+        std::fs::write(results.join("T1"), b"\x89PNG old").unwrap();
+        std::fs::write(results.join("T2.tmp"), b"half").unwrap();
+        let (store, storage) = store(dir.path(), "k").await;
+        assert_eq!(store.read("T1").await.unwrap().as_deref(), Some(&b"\x89PNG old"[..]));
+        assert_eq!(storage.result("T2.tmp").await.unwrap(), None, "unfinished writes stay out");
+        assert!(!results.exists() && dir.path().join("results.imported/T1").exists());
+        assert_eq!(store.store("T3", b"new").await.unwrap(), local_url("T3"));
+        assert_eq!(store.read("T3").await.unwrap().as_deref(), Some(&b"new"[..]));
+        assert_eq!(store.read("T4").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn signed_urls_verify_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = store(dir.path(), "key").await;
         let done = TaskProgressDto::completed("abc", local_url("abc"));
         let url = store.signed(&done).result_url.unwrap();
         let query = url.split_once('?').unwrap().1;

@@ -334,8 +334,7 @@ mod tests {
     fn broker() -> Broker {
         let mut settings = Settings::default();
         settings.jwt.secret = "websocket-driver-secret-of-32-bytes".into();
-        let auth = Authenticator::new(&settings.jwt, &settings.auth, std::path::Path::new("."))
-            .expect("valid test settings");
+        let auth = Authenticator::new(&settings.jwt, &settings.auth).expect("valid test settings");
         Broker::new(settings, auth)
     }
 

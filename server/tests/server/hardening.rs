@@ -417,21 +417,36 @@ async fn the_client_s_close_is_echoed_and_server_closes_carry_a_code() {
 }
 
 #[tokio::test]
-async fn short_jwt_secrets_are_refused_and_generated_secrets_are_private() {
+async fn short_jwt_secrets_are_refused_and_generated_secrets_are_private_and_shared() {
+    use std::os::unix::fs::PermissionsExt;
     let data = tempfile::tempdir().unwrap();
-    let mut config = Config::new("127.0.0.1:0".parse().unwrap(), data.path().to_path_buf());
-    config.settings.jwt.secret = "too-short".into();
-    let error = taskpulse_server::AppState::new(config).await.unwrap_err().to_string();
+    let config = |secret: &str| {
+        let mut config = Config::new("127.0.0.1:0".parse().unwrap(), data.path().to_path_buf());
+        config.settings.jwt.secret = secret.into();
+        config
+    };
+    let error = taskpulse_server::AppState::new(config("too-short")).await.unwrap_err().to_string();
     assert!(error.contains("jwt.secret") && error.contains("32"), "{error}");
 
-    let mut config = Config::new("127.0.0.1:0".parse().unwrap(), data.path().to_path_buf());
-    config.settings.jwt.secret = String::new();
-    let _state = taskpulse_server::AppState::new(config).await.unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    for name in ["jwt-secret", "result-key"] {
-        let mode = std::fs::metadata(data.path().join(name)).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600, "{name} is {mode:o}");
-    }
+    // An older version's generated secret, left in the data directory, is taken over.
+    let legacy = "a".repeat(64);
+    std::fs::write(data.path().join("jwt-secret"), &legacy).unwrap();
+    let first = taskpulse_server::AppState::new(config("")).await.unwrap();
+    assert_eq!(first.config.settings.jwt.secret, legacy);
+    // The generated secrets live in the database, which only its owner may read.
+    let mode = std::fs::metadata(data.path().join("taskpulse.db")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "taskpulse.db is {mode:o}");
+    // Another server on the same database signs and verifies alike, whatever its files say.
+    std::fs::remove_file(data.path().join("jwt-secret")).unwrap();
+    let second = taskpulse_server::AppState::new(config("")).await.unwrap();
+    assert_eq!(second.config.settings.jwt.secret, legacy);
+    let done = taskpulse_shared::TaskProgressDto::completed("T1", "/api/tasks/T1/result");
+    let signed = first.tasks.results().signed(&done).result_url.unwrap();
+    let query = signed.split_once('?').unwrap().1;
+    let (expires, signature) = query.split_once('&').unwrap();
+    let expires = expires.trim_start_matches("expires=").parse().unwrap();
+    let signature = signature.trim_start_matches("signature=");
+    assert_eq!(second.tasks.results().verify("T1", expires, signature), Ok(()));
 }
 
 /// Sends `frame` until the server stops taking it (it cut the connection) or `times` is

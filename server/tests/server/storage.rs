@@ -207,6 +207,20 @@ async fn revocations_expire(db: Db) {
     assert_eq!(db.revoked_tokens(50).await.unwrap(), ["a"]);
 }
 
+async fn results_and_shared_secrets_are_kept_for_every_server(db: Db) {
+    assert_eq!(db.result("T1").await.unwrap(), None);
+    let png: Vec<u8> = (0..=255).cycle().take(300_000).collect();
+    db.put_result("T1", &png, 1).await.unwrap();
+    assert_eq!(db.result("T1").await.unwrap().as_deref(), Some(&png[..]), "bytes intact");
+    db.put_result("T1", b"again", 2).await.unwrap();
+    assert_eq!(db.result("T1").await.unwrap().as_deref(), Some(&b"again"[..]));
+    // The first server's candidate wins; later ones get it instead of their own.
+    assert_eq!(db.shared_secret("result-key", "first").await.unwrap(), "first");
+    assert_eq!(db.shared_secret("result-key", "second").await.unwrap(), "first");
+    assert_eq!(db.shared_secret("other", "x").await.unwrap(), "x");
+    assert_ne!(db.epoch().await.unwrap(), "first", "secrets do not clash with the epoch");
+}
+
 /// Runs every check, each on a database from `fresh`.
 async fn every_check<F: Future<Output = Db>>(fresh: impl Fn() -> F) {
     the_log_numbers_keeps_order_bounds_and_its_newest_entry(fresh().await).await;
@@ -219,6 +233,7 @@ async fn every_check<F: Future<Output = Db>>(fresh: impl Fn() -> F) {
     completion_spends_the_reservation(fresh().await).await;
     history_and_pages_are_ordered(fresh().await).await;
     revocations_expire(fresh().await).await;
+    results_and_shared_secrets_are_kept_for_every_server(fresh().await).await;
 }
 
 #[tokio::test]

@@ -36,7 +36,9 @@ fn statuses(updates: &[TaskProgressDto]) -> Vec<TaskStatus> {
 
 #[tokio::test]
 async fn a_task_goes_through_every_status_to_a_png_result_on_sqlite() {
-    every_status_to_a_png(TestServer::stomp(fast).await).await;
+    let server = TestServer::stomp(fast).await;
+    every_status_to_a_png(&server).await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -45,16 +47,25 @@ async fn a_task_goes_through_every_status_to_a_png_result_on_postgresql() {
     let url = postgres.fresh_database().await;
     let server = TestServer::stomp(|c| {
         fast(c);
-        c.settings.storage.url = url;
+        c.settings.storage.url = url.clone();
     })
     .await;
-    every_status_to_a_png(server).await;
+    let (signed_url, png) = every_status_to_a_png(&server).await;
+    // Another server on the same database (its own data directory) serves the result at
+    // the URL the first one signed.
+    let other = TestServer::stomp(|c| c.settings.storage.url = url).await;
+    let (status, content_type, bytes) = other.api().download(&signed_url).await;
+    assert_eq!((status, content_type.as_deref()), (200, Some("image/png")));
+    assert_eq!(bytes, png);
+    other.stop().await;
+    server.stop().await;
 }
 
-async fn every_status_to_a_png(server: TestServer) {
+/// Follows one task to its result; returns the signed result URL and the image.
+async fn every_status_to_a_png(server: &TestServer) -> (String, Vec<u8>) {
     let api = server.api();
     let token = api.register("alice").await;
-    let mut client = subscriber(&server, &token).await;
+    let mut client = subscriber(server, &token).await;
 
     let task_no = api.submit(&token, "a lighthouse at dusk").await;
     let updates = client.updates_until_done(&task_no).await;
@@ -97,7 +108,7 @@ async fn every_status_to_a_png(server: TestServer) {
     let (_, page) = api.get("/api/tasks", Some(&token)).await;
     assert_eq!(page["tasks"][0]["taskNo"], task_no.as_str());
     assert!(page.get("nextCursor").is_none());
-    server.stop().await;
+    (url.to_owned(), png.to_vec())
 }
 
 #[tokio::test]

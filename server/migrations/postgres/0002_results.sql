@@ -1,0 +1,6 @@
+-- Result images live in the database, so that every server sharing it can serve them.
+CREATE TABLE results (
+    task_no    TEXT PRIMARY KEY,
+    bytes      BYTEA NOT NULL,
+    stored_at  BIGINT NOT NULL
+);
