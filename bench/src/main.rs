@@ -11,21 +11,24 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 mod replay;
 mod tasks;
 
-use bytes::Bytes;
 use clap::Parser;
-use futures_util::{SinkExt, StreamExt, stream::SplitSink, stream::SplitStream};
-use taskpulse_shared::stomp::{Command, Decoder, Frame, Limits, Version};
-use tokio::{net::TcpStream, task::JoinHandle};
-use tokio_tungstenite::{
-    MaybeTlsStream, WebSocketStream,
-    tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
-};
+use taskpulse_shared::stomp::Command;
+use taskpulse_testkit::{StompClient, frame, token};
+use tokio::task::JoinHandle;
+
+/// Tokens the load tool mints live this long, seconds.
+const TOKEN_TTL_S: i64 = 3600;
+
+/// Subscribes `client` to `destination` (auto ack), waiting for the RECEIPT.
+async fn subscribe(client: &mut StompClient, destination: &str) -> Result<(), String> {
+    client.try_subscribe("0", destination, "auto", &[]).await.map_err(|e| e.to_string())
+}
 
 /// Command line.
 #[derive(Debug, Parser)]
@@ -94,99 +97,6 @@ impl Args {
     }
 }
 
-type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
-type Stream = SplitStream<WebSocketStream<MaybeTlsStream<TcpStream>>>;
-
-/// One STOMP connection, split for concurrent reading and writing.
-struct Conn {
-    sink: Sink,
-    stream: Stream,
-    decoder: Decoder,
-}
-
-fn token(secret: &str, user: &str) -> String {
-    #[derive(serde::Serialize)]
-    struct Claims<'a> {
-        sub: &'a str,
-        exp: u64,
-    }
-    let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &Claims { sub: user, exp },
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("HS256 signing")
-}
-
-fn frame(command: Command, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Message {
-    let mut frame = Frame::new(command);
-    for (name, value) in headers {
-        frame.headers.push(name, value);
-    }
-    let bytes = frame.with_body(body).to_bytes(Version::V1_2).expect("encodable");
-    Message::Binary(bytes)
-}
-
-impl Conn {
-    /// WebSocket handshake, CONNECT with a JWT, CONNECTED.
-    async fn open(url: &str, token: &str) -> Result<Conn, String> {
-        let mut request = url.into_client_request().map_err(|e| e.to_string())?;
-        request
-            .headers_mut()
-            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("v12.stomp"));
-        let (socket, _) =
-            tokio_tungstenite::connect_async(request).await.map_err(|e| e.to_string())?;
-        let (sink, stream) = socket.split();
-        let mut conn =
-            Conn { sink, stream, decoder: Decoder::new(Version::V1_2, Limits::unbounded()) };
-        let auth = format!("Bearer {token}");
-        let connect = frame(
-            Command::Connect,
-            &[("accept-version", "1.2"), ("heart-beat", "0,0"), ("Authorization", &auth)],
-            Bytes::new(),
-        );
-        conn.sink.send(connect).await.map_err(|e| e.to_string())?;
-        let answer = conn.next().await.ok_or("closed before CONNECTED")?;
-        if answer.command != Command::Connected {
-            return Err(format!("{:?}: {:?}", answer.command, answer.header("message")));
-        }
-        Ok(conn)
-    }
-
-    async fn next(&mut self) -> Option<Frame> {
-        loop {
-            if let Some(frame) = self.decoder.decode().ok()? {
-                return Some(frame);
-            }
-            match self.stream.next().await? {
-                Ok(Message::Text(t)) => self.decoder.feed(t.as_bytes()),
-                Ok(Message::Binary(b)) => self.decoder.feed(&b),
-                Ok(Message::Close(_)) | Err(_) => return None,
-                Ok(_) => {}
-            }
-        }
-    }
-
-    /// SUBSCRIBE with a receipt, waiting for it.
-    async fn subscribe(&mut self, destination: &str) -> Result<(), String> {
-        let subscribe = frame(
-            Command::Subscribe,
-            &[("id", "0"), ("destination", destination), ("receipt", "s")],
-            Bytes::new(),
-        );
-        self.sink.send(subscribe).await.map_err(|e| e.to_string())?;
-        // A tasks subscription starts with a snapshot; the RECEIPT follows it.
-        loop {
-            match self.next().await {
-                Some(f) if f.command == Command::Receipt => return Ok(()),
-                Some(f) if f.command == Command::Message => {}
-                other => return Err(format!("expected RECEIPT, got {other:?}")),
-            }
-        }
-    }
-}
-
 /// What one subscriber saw.
 #[derive(Debug, Default)]
 struct Seen {
@@ -202,7 +112,7 @@ fn now_ns(epoch: Instant) -> u64 {
 
 /// Reads MESSAGE frames with bodies `seq:sent_ns:padding` until `expected` arrived or the
 /// deadline passes.
-async fn consume(mut conn: Conn, expected: u64, epoch: Instant, deadline: Instant) -> Seen {
+async fn consume(mut conn: StompClient, expected: u64, epoch: Instant, deadline: Instant) -> Seen {
     let mut seen = Seen::default();
     let mut last: Option<u64> = None;
     while seen.received < expected {
@@ -228,7 +138,7 @@ async fn consume(mut conn: Conn, expected: u64, epoch: Instant, deadline: Instan
 }
 
 /// Starts one reader per subscriber, each expecting `expected` messages within 120 s.
-fn start_readers(subs: Vec<Conn>, expected: u64, epoch: Instant) -> Vec<JoinHandle<Seen>> {
+fn start_readers(subs: Vec<StompClient>, expected: u64, epoch: Instant) -> Vec<JoinHandle<Seen>> {
     let deadline = Instant::now() + Duration::from_secs(120);
     subs.into_iter().map(|conn| tokio::spawn(consume(conn, expected, epoch, deadline))).collect()
 }
@@ -255,10 +165,11 @@ async fn open_many(
     users: impl Fn(usize) -> String,
     n: usize,
     concurrency: usize,
-) -> (Vec<Conn>, Duration) {
+) -> (Vec<StompClient>, Duration) {
     let results = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let next = Arc::new(AtomicU64::new(0));
-    let tokens: Arc<Vec<String>> = Arc::new((0..n).map(|i| token(secret, &users(i))).collect());
+    let tokens: Arc<Vec<String>> =
+        Arc::new((0..n).map(|i| token(secret, &users(i), TOKEN_TTL_S)).collect());
     let started_open = Instant::now();
     let workers: Vec<_> = (0..concurrency.min(n))
         .map(|_| {
@@ -270,7 +181,7 @@ async fn open_many(
                     if i >= tokens.len() {
                         break;
                     }
-                    match Conn::open(&url, &tokens[i]).await {
+                    match StompClient::try_signed_in(&url, &tokens[i]).await {
                         Ok(conn) => results.lock().unwrap().push(conn),
                         Err(e) => eprintln!("connection {i} failed: {e}"),
                     }
@@ -316,7 +227,7 @@ fn report(name: &str, seen: Vec<Seen>, expected_each: &[u64], elapsed: Duration)
 /// Publishes `count` messages to destinations chosen by `destination(seq)`, as fast as
 /// possible or at `rate` messages/s, from one connection.
 async fn publish(
-    mut conn: Conn,
+    mut conn: StompClient,
     count: u64,
     first: u64,
     step: u64,
@@ -333,18 +244,18 @@ async fn publish(
         }
         let dest = destination(seq);
         let message = frame(Command::Send, &[("destination", &dest)], body(seq, epoch, 200));
-        if conn.sink.feed(message).await.is_err() {
+        if conn.feed(&message).await.is_err() {
             eprintln!("publisher connection closed");
             return;
         }
         if rate.is_some() || n % 32 == 31 {
-            let _ = conn.sink.flush().await;
+            let _ = conn.flush().await;
         }
     }
-    let _ = conn.sink.flush().await;
+    let _ = conn.flush().await;
     // Keep the connection open until the server has read everything.
-    let receipt = frame(Command::Disconnect, &[("receipt", "bye")], Bytes::new());
-    let _ = conn.sink.send(receipt).await;
+    let receipt = frame(Command::Disconnect, &[("receipt", "bye")], Vec::new());
+    let _ = conn.try_send(&receipt).await;
     let _ = tokio::time::timeout(Duration::from_secs(60), conn.next()).await;
 }
 
@@ -352,7 +263,7 @@ async fn broadcast(args: &Args, subscribers: usize, messages: u64, rate: Option<
     let (mut subs, _) =
         open_many(&args.url, &args.secret, |i| format!("sub{i}"), subscribers, 64).await;
     for conn in &mut subs {
-        conn.subscribe("/topic/bench.broadcast").await.expect("subscribe");
+        subscribe(conn, "/topic/bench.broadcast").await.expect("subscribe");
     }
     let (mut publisher, _) = open_many(&args.url, &args.secret, |_| "bench".into(), 1, 1).await;
     let publisher = publisher.pop().expect("publisher connected");
@@ -383,7 +294,7 @@ async fn destinations(args: &Args) {
     let per = args.per_destination as u64;
     let (mut subs, _) = open_many(&args.url, &args.secret, |i| format!("dest{i}"), d, 64).await;
     for (i, conn) in subs.iter_mut().enumerate() {
-        conn.subscribe(&format!("/topic/bench.d{i}")).await.expect("subscribe");
+        subscribe(conn, &format!("/topic/bench.d{i}")).await.expect("subscribe");
     }
     let publishers = 4;
     let (pubs, _) =
@@ -469,7 +380,7 @@ async fn main() {
                 let (mut conns, _) =
                     open_many(&args.url, &args.secret, |i| format!("idle{i}"), args.idle, 64).await;
                 for conn in &mut conns {
-                    conn.subscribe(taskpulse_shared::resume::TASKS_DESTINATION)
+                    subscribe(conn, taskpulse_shared::resume::TASKS_DESTINATION)
                         .await
                         .expect("subscribe");
                 }

@@ -15,11 +15,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
-use futures_util::SinkExt;
 use taskpulse_shared::{resume, stomp::Command};
 
-use crate::{Args, Conn, frame, percentile, token};
+use taskpulse_testkit::{StompClient, frame, token};
+
+use crate::{Args, TOKEN_TTL_S, percentile, subscribe};
 
 const PATH: &str = "/queue/notices";
 
@@ -59,9 +59,9 @@ async fn fill(args: &Args, base: &str, users: &[String], per_user: usize) {
 
 /// The log's epoch, read from one live notice.
 async fn epoch(args: &Args, base: &str) -> String {
-    let mut conn =
-        Conn::open(&args.url, &token(&args.secret, "replay-probe")).await.expect("probe connects");
-    conn.subscribe(&format!("/user{PATH}")).await.expect("probe subscribes");
+    let probe = token(&args.secret, "replay-probe", TOKEN_TTL_S);
+    let mut conn = StompClient::try_signed_in(&args.url, &probe).await.expect("probe connects");
+    subscribe(&mut conn, &format!("/user{PATH}")).await.expect("probe subscribes");
     publish(&reqwest::Client::new(), base, &args.api_key, "replay-probe", 0).await;
     loop {
         let frame = conn.next().await.expect("the probe's notice");
@@ -79,7 +79,9 @@ async fn resume(
     expect: usize,
 ) -> Result<(usize, Duration), String> {
     let started = Instant::now();
-    let mut conn = Conn::open(&args.url, &token(&args.secret, user)).await?;
+    let mut conn = StompClient::try_signed_in(&args.url, &token(&args.secret, user, TOKEN_TTL_S))
+        .await
+        .map_err(|e| e.to_string())?;
     let destination = format!("/user{PATH}");
     let subscribe = frame(
         Command::Subscribe,
@@ -90,9 +92,9 @@ async fn resume(
             (resume::RESUME_EPOCH, epoch),
             (resume::RESUME_SEQ, "0"),
         ],
-        Bytes::new(),
+        Vec::new(),
     );
-    conn.sink.send(subscribe).await.map_err(|e| e.to_string())?;
+    conn.try_send(&subscribe).await.map_err(|e| e.to_string())?;
     let mut messages = 0;
     loop {
         let frame = conn.next().await.ok_or("closed during the catch-up")?;

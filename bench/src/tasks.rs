@@ -14,7 +14,9 @@ use std::{
 
 use taskpulse_shared::{TaskProgressDto, TaskStatus, resume::TASKS_DESTINATION, stomp::Command};
 
-use crate::{Args, Conn, percentile, token};
+use taskpulse_testkit::{StompClient, token};
+
+use crate::{Args, TOKEN_TTL_S, percentile, subscribe};
 
 const USERS: usize = 10;
 
@@ -36,10 +38,10 @@ fn http_base(ws_url: &str) -> String {
 async fn watch(args: &Args, timeline: &Arc<Mutex<Timeline>>) -> Vec<tokio::task::JoinHandle<()>> {
     let mut watchers = Vec::new();
     for user in 0..USERS {
-        let mut conn = Conn::open(&args.url, &token(&args.secret, &format!("tasks{user}")))
-            .await
-            .expect("subscriber connects");
-        conn.subscribe(TASKS_DESTINATION).await.expect("subscribe");
+        let token = token(&args.secret, &format!("tasks{user}"), TOKEN_TTL_S);
+        let mut conn =
+            StompClient::try_signed_in(&args.url, &token).await.expect("subscriber connects");
+        subscribe(&mut conn, TASKS_DESTINATION).await.expect("subscribe");
         let timeline = timeline.clone();
         watchers.push(tokio::spawn(async move {
             while let Some(frame) = conn.next().await {
@@ -113,7 +115,7 @@ pub(crate) async fn run(args: &Args) {
     let base = http_base(&args.url);
     let http = reqwest::Client::new();
     let tokens: Vec<String> =
-        (0..USERS).map(|u| token(&args.secret, &format!("tasks{u}"))).collect();
+        (0..USERS).map(|u| token(&args.secret, &format!("tasks{u}"), TOKEN_TTL_S)).collect();
 
     // Phase 1: burst.
     let timeline = Arc::new(Mutex::new(Timeline::default()));

@@ -24,8 +24,11 @@ usage: cargo xtask <command>
   fuzz [SECONDS] [TARGET] fuzz the STOMP decoder (decode, the default) or whole
                          sessions (session); 300 s by default
   bench                  run the codec benchmarks (criterion)
-  load [LOAD ARGS...]    start a release server and run the broker load tool
-                         (taskpulse-load --help lists scenarios and sizes)
+  load [--postgres] [LOAD ARGS...]
+                         start a release server and run the broker load tool
+                         (taskpulse-load --help lists scenarios and sizes); on SQLite,
+                         or on a throw-away PostgreSQL with --postgres, or on the
+                         database TASKPULSE_STORAGE_URL names
   chaos [TASKS]          the long chaos run: 6 users x 4 clients, TASKS demo tasks
                          (default 1000), 8 SIGKILL restarts, random disconnects
 ";
@@ -183,10 +186,19 @@ fn load(extra: &[String]) -> Result<(), String> {
     let data = env::temp_dir().join(format!("taskpulse-load-{}", std::process::id()));
     std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
     let secret = "load-tests-secret-of-at-least-thirty-two-bytes";
-    // The database under test: SQLite in the temporary data directory unless
-    // TASKPULSE_STORAGE_URL names another (e.g. a PostgreSQL database).
-    let storage = env::var("TASKPULSE_STORAGE_URL").unwrap_or_default();
-    let server = test::ServerProcess::start(
+    // The database under test: a throw-away PostgreSQL with --postgres, else SQLite in the
+    // temporary data directory unless TASKPULSE_STORAGE_URL names another.
+    let (postgres, extra) = match extra.split_first() {
+        Some((flag, rest)) if flag == "--postgres" => {
+            (Some(taskpulse_testkit::Postgres::start()?), rest)
+        }
+        _ => (None, extra),
+    };
+    let storage = match &postgres {
+        Some(postgres) => postgres.fresh_database()?,
+        None => env::var("TASKPULSE_STORAGE_URL").unwrap_or_default(),
+    };
+    let server = test::start_server(
         &root().join("target/release/taskpulse-server"),
         &data.join("no-ui"),
         &data,
@@ -214,6 +226,7 @@ fn load(extra: &[String]) -> Result<(), String> {
         "running taskpulse-load",
     );
     drop(server);
+    drop(postgres);
     let _ = std::fs::remove_dir_all(&data);
     result
 }

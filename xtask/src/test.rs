@@ -7,11 +7,13 @@ use std::{
     io::{BufRead, BufReader, Read},
     net::TcpStream,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
+
+use taskpulse_testkit::ServerProcess;
 
 use crate::{build_frontend, cargo, install, proxy::FreezableProxy, root};
 
@@ -208,9 +210,9 @@ fn ui_smoke() -> Result<(), String> {
     }
     let data = tempdir("taskpulse-smoke-data")?;
     let mut server =
-        ServerProcess::start(&root().join("target/debug/taskpulse-server"), &dist, &data, &[])?;
+        start_server(&root().join("target/debug/taskpulse-server"), &dist, &data, &[])?;
     let url = format!("http://{}/", server.addr);
-    let health = http_get(&server.addr, "/healthz")?;
+    let health = http_get(&server.addr.to_string(), "/healthz")?;
     if !health.contains("\"status\":\"ok\"") {
         return Err(format!("/healthz answered {health:?}"));
     }
@@ -229,7 +231,7 @@ fn ui_smoke() -> Result<(), String> {
     };
     let out = chromium("--dump-dom")?;
     let _ = chromium(&format!("--screenshot={}", shot.display()));
-    server.stop();
+    server.kill();
     let _ = std::fs::remove_dir_all(&data);
     let _ = std::fs::remove_dir_all(&profile);
     let dom = String::from_utf8_lossy(&out.stdout);
@@ -290,7 +292,7 @@ const CLIENT_TEST_API_KEY: &str = "client-tests-api-key";
 fn client_browser_tests() -> Result<String, String> {
     quiet(cargo().args(["build", "-p", "taskpulse-server"]))?;
     let data = tempdir("taskpulse-client-tests")?;
-    let server = ServerProcess::start(
+    let server = start_server(
         &root().join("target/debug/taskpulse-server"),
         &data.join("no-ui"),
         &data,
@@ -305,7 +307,7 @@ fn client_browser_tests() -> Result<String, String> {
             (ATTEMPTS, MANY),
         ],
     )?;
-    let proxy = FreezableProxy::start(&server.addr)?;
+    let proxy = FreezableProxy::start(&server.addr.to_string())?;
     let result = captured(
         cargo()
             .args(["test", "-p", "taskpulse-client", "--target", "wasm32-unknown-unknown"])
@@ -341,7 +343,7 @@ fn vite_packaging() -> Result<String, String> {
         .map_err(|e| format!("vite build: {e}"))?;
     quiet(cargo().args(["build", "-p", "taskpulse-server"]))?;
     let data = tempdir("taskpulse-vite-data")?;
-    let server = ServerProcess::start(
+    let server = start_server(
         &root().join("target/debug/taskpulse-server"),
         &app.join("dist"),
         &data,
@@ -370,7 +372,7 @@ fn stompjs_interop() -> Result<String, String> {
     let secret = "interop-tests-secret-of-thirty-two-bytes";
     let passcode = "interop-backend-passcode";
     let users = format!(r#"[{{ login = "backend", passcode = "{passcode}" }}]"#);
-    let server = ServerProcess::start(
+    let server = start_server(
         &root().join("target/debug/taskpulse-server"),
         &data.join("no-ui"),
         &data,
@@ -415,67 +417,15 @@ fn tempdir(prefix: &str) -> Result<std::path::PathBuf, String> {
     Ok(dir)
 }
 
-/// The server binary running on `127.0.0.1:0`; its address is read from its ready line.
-pub(crate) struct ServerProcess {
-    child: Child,
-    pub(crate) addr: String,
-}
-
-impl ServerProcess {
-    pub(crate) fn start(
-        binary: &Path,
-        ui_dir: &Path,
-        data_dir: &Path,
-        envs: &[(&str, &str)],
-    ) -> Result<ServerProcess, String> {
-        let mut child = Command::new(binary)
-            .envs(envs.iter().copied())
-            .args(["--listen", "127.0.0.1:0", "--ui-dir"])
-            .arg(ui_dir)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("http://") {
-                    let addr: String = line[at + 7..]
-                        .chars()
-                        .take_while(|c| !c.is_whitespace() && *c != '\u{1b}' && *c != '/')
-                        .collect();
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => Ok(ServerProcess { child, addr }),
-            Err(_) => {
-                let _ = child.kill();
-                Err("the server did not report its address within 30 s".into())
-            }
-        }
-    }
-
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// The server binary on a free port of 127.0.0.1 with `env` as its settings (testkit's
+/// spawner, shared with the server's tests).
+pub(crate) fn start_server(
+    binary: &Path,
+    ui_dir: &Path,
+    data_dir: &Path,
+    env: &[(&str, &str)],
+) -> Result<ServerProcess, String> {
+    ServerProcess::start(binary, "127.0.0.1:0", data_dir, ui_dir, env)
 }
 
 /// A minimal HTTP/1.1 GET, enough to probe `/healthz` without an HTTP client crate.

@@ -194,8 +194,8 @@ async fn every_client_ends_with_the_true_final_state_through_chaos_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_client_ends_with_the_true_final_state_through_chaos_on_postgresql() {
-    let postgres = Postgres::start();
-    let url = postgres.fresh_database().await;
+    let postgres = Postgres::start().unwrap();
+    let url = postgres.fresh_database().unwrap();
     chaos(Some(&url)).await;
 }
 

@@ -61,8 +61,8 @@ async fn a_resumed_subscription_gets_exactly_what_it_missed_on_sqlite() {
 
 #[tokio::test]
 async fn a_resumed_subscription_gets_exactly_what_it_missed_on_postgresql() {
-    let postgres = Postgres::start();
-    let url = postgres.fresh_database().await;
+    let postgres = Postgres::start().unwrap();
+    let url = postgres.fresh_database().unwrap();
     resumed_subscription(TestServer::stomp(|c| on(c, url)).await).await;
 }
 

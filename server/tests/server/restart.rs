@@ -28,8 +28,8 @@ async fn tasks_survive_kill_9_and_run_again_on_sqlite() {
 
 #[tokio::test]
 async fn tasks_survive_kill_9_and_run_again_on_postgresql() {
-    let postgres = Postgres::start();
-    let url = postgres.fresh_database().await;
+    let postgres = Postgres::start().unwrap();
+    let url = postgres.fresh_database().unwrap();
     kill_9_and_run_again(&[("TASKPULSE_STORAGE_URL", &url)]).await;
 }
 

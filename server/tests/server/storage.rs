@@ -252,9 +252,9 @@ async fn storage_conformance_on_sqlite() {
 
 #[tokio::test]
 async fn storage_conformance_on_postgresql() {
-    let postgres = Postgres::start();
+    let postgres = Postgres::start().unwrap();
     every_check(|| async {
-        let url = postgres.fresh_database().await;
+        let url = postgres.fresh_database().unwrap();
         Arc::new(SqlStorage::open(&url).await.unwrap()) as Db
     })
     .await;

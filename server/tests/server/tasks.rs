@@ -43,8 +43,8 @@ async fn a_task_goes_through_every_status_to_a_png_result_on_sqlite() {
 
 #[tokio::test]
 async fn a_task_goes_through_every_status_to_a_png_result_on_postgresql() {
-    let postgres = Postgres::start();
-    let url = postgres.fresh_database().await;
+    let postgres = Postgres::start().unwrap();
+    let url = postgres.fresh_database().unwrap();
     let server = TestServer::stomp(|c| {
         fast(c);
         c.settings.storage.url = url.clone();
