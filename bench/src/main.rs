@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod publish;
 mod replay;
 mod tasks;
 
@@ -43,10 +44,16 @@ struct Args {
     /// The server's process id, to read its RSS.
     #[arg(long)]
     server_pid: Option<u32>,
-    /// Which scenarios: broadcast, destinations, latency, connect, idle, tasks, replay
-    /// (comma-separated).
-    #[arg(long, default_value = "broadcast,destinations,latency,connect,idle,tasks,replay")]
+    /// Which scenarios: broadcast, destinations, latency, connect, idle, tasks, replay,
+    /// publish (comma-separated).
+    #[arg(
+        long,
+        default_value = "broadcast,destinations,latency,connect,idle,tasks,replay,publish"
+    )]
     scenarios: String,
+    /// Durable pushes per run of the publish scenario.
+    #[arg(long, default_value_t = 20_000)]
+    pushes: usize,
     /// X-API-Key of the server, for publishing (the replay scenario).
     #[arg(long, env = "TASKPULSE_LOAD_API_KEY", default_value = "")]
     api_key: String,
@@ -402,6 +409,7 @@ async fn main() {
             }
             "tasks" => tasks::run(&args).await,
             "replay" => replay::run(&args).await,
+            "publish" => publish::run(&args).await,
             other => eprintln!("unknown scenario {other:?}"),
         }
     }
