@@ -12,7 +12,7 @@ use std::{
 use crate::{root, status};
 
 pub(crate) const TRUNK_VERSION: &str = "0.21.14";
-/// Debian packages the tests drive: a real browser and its driver, and Redis.
+/// Debian packages the tests drive: a real browser and its driver, and PostgreSQL.
 pub(crate) const TEST_PACKAGES: [&str; 3] = ["chromium", "chromium-driver", "postgresql"];
 
 /// The directory `cargo install` puts binaries in.
