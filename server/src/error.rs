@@ -86,15 +86,11 @@ impl IntoResponse for AppError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        let field = match &self {
-            AppError::BadRequest { field, .. } => field.clone(),
-            _ => None,
-        };
         let retry_after = match &self {
             AppError::TooManyRequests { retry_after, .. } => *retry_after,
             _ => None,
         };
-        let body = Json(ApiError { error: self.to_string(), field });
+        let body = Json(self.body());
         if status == StatusCode::UNAUTHORIZED {
             return (status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response();
         }
@@ -104,6 +100,17 @@ impl IntoResponse for AppError {
             return (status, [(header::RETRY_AFTER, seconds.to_string())], body).into_response();
         }
         (status, body).into_response()
+    }
+}
+
+impl AppError {
+    /// The JSON body a client gets: the message and, for a bad request, the field.
+    pub fn body(&self) -> ApiError {
+        let field = match self {
+            AppError::BadRequest { field, .. } => field.clone(),
+            _ => None,
+        };
+        ApiError { error: self.to_string(), field }
     }
 }
 

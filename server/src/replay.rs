@@ -15,14 +15,29 @@ use std::{
 use parking_lot::Mutex;
 use taskpulse_shared::resume::ResumePosition;
 pub use taskpulse_shared::resume::TASKS_PATH;
-use tokio::sync::OwnedMutexGuard;
+use tokio::sync::{OwnedMutexGuard, mpsc, oneshot};
 
 use crate::{
     ReplaySettings,
     broker::{Broker, Coalesce, Fanout, LogPlace, Publication, ReplayRequest, ReplaySource},
     now_ms,
-    storage::{LogEntry, Storage, StorageError},
+    storage::{LogEntry, OfflineMark, Storage, StorageError},
 };
+
+/// Notices one group commit takes at most.
+const MAX_GROUP: usize = 1_000;
+
+/// Notices waiting for a group commit at most; senders wait beyond it.
+const GROUP_QUEUE: usize = 10_000;
+
+/// A notice waiting for the next group commit, and who waits for its outcome.
+#[derive(Debug)]
+struct Pending {
+    entry: LogEntry,
+    coalesce: Option<Coalesce>,
+    /// How many subscriptions took it, once stored and sent.
+    outcome: oneshot::Sender<Result<usize, StorageError>>,
+}
 
 /// Where a snapshot's documents come from: the current state of a user's tasks. The task
 /// service knows what those are; the log only numbers, stores and sends, so it depends on
@@ -95,6 +110,8 @@ struct Inner {
     users: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Paths with an offline mark for some user (the marks themselves are stored).
     offline_paths: Mutex<HashSet<String>>,
+    /// Notices on their way to the group commit (see [`UserLog::send`]).
+    commits: mpsc::Sender<Pending>,
 }
 
 /// One user's turn to append and send: holds that user's lock.
@@ -144,6 +161,7 @@ impl UserLog {
     ) -> Result<UserLog, StorageError> {
         let epoch = Arc::from(storage.epoch().await?);
         let offline_paths = storage.offline_paths().await?.into_iter().collect();
+        let (commits, queue) = mpsc::channel(GROUP_QUEUE);
         let log = UserLog {
             inner: Arc::new(Inner {
                 storage,
@@ -154,10 +172,12 @@ impl UserLog {
                 settings,
                 users: Mutex::default(),
                 offline_paths: Mutex::new(offline_paths),
+                commits,
             }),
         };
         broker.set_replay_source(Arc::new(log.clone()));
         tokio::spawn(prune(Arc::downgrade(&log.inner)));
+        tokio::spawn(group_commit(Arc::downgrade(&log.inner), queue));
         Ok(log)
     }
 
@@ -173,9 +193,12 @@ impl UserLog {
         UserTurn { log: self.clone(), user: user.to_owned(), _order: order.lock_owned().await }
     }
 
-    /// Appends and sends a message that is not a task change (a notice, a queue position).
-    /// When nobody subscribed there, the path is marked so that the next plain SUBSCRIBE
-    /// replays it (task updates need no mark: their SUBSCRIBE gets a snapshot).
+    /// Appends and sends a message that is not a task change (a notice, a queue position);
+    /// returns how many subscriptions took it. Notices that queue up while a commit runs
+    /// are stored together in the next one (group commit), then sent in `seq` order; each
+    /// caller is answered after its commit. When nobody subscribed there, the path is marked
+    /// so that the next plain SUBSCRIBE replays it (task updates need no mark: their
+    /// SUBSCRIBE gets a snapshot).
     ///
     /// # Errors
     /// Storage failed; nothing was sent, or the mark was not stored.
@@ -187,15 +210,98 @@ impl UserLog {
         body: Vec<u8>,
         coalesce: Option<Coalesce>,
     ) -> Result<usize, StorageError> {
-        let mut turn = self.turn(user).await;
-        let mut entry = turn.entry(path, content_type, body);
-        entry.seq = self.inner.storage.append_log(&entry).await?;
-        let handed = turn.send(&entry, coalesce);
-        if handed == 0 && path != TASKS_PATH {
-            self.inner.storage.mark_offline(user, path, entry.seq).await?;
-            self.inner.offline_paths.lock().insert(path.to_owned());
+        self.submit(user, path, content_type, body, coalesce).await?.await
+    }
+
+    /// Queues a notice for the next group commit (waiting while the queue is full) and
+    /// returns its outcome to await: what [`UserLog::send`] does in two steps, so that a
+    /// caller with many notices queues them all, in order, before waiting.
+    ///
+    /// # Errors
+    /// The log is shutting down.
+    pub async fn submit(
+        &self,
+        user: &str,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        coalesce: Option<Coalesce>,
+    ) -> Result<impl Future<Output = Result<usize, StorageError>> + use<>, StorageError> {
+        let entry = LogEntry {
+            user: user.to_owned(),
+            seq: 0,
+            at: now_ms(),
+            path: path.to_owned(),
+            content_type: content_type.to_owned(),
+            body,
+        };
+        let (outcome, answer) = oneshot::channel();
+        let stopped = || StorageError::Batch("the log is shutting down".into());
+        self.inner
+            .commits
+            .send(Pending { entry, coalesce, outcome })
+            .await
+            .map_err(|_| stopped())?;
+        Ok(async move { answer.await.map_err(|_| stopped())? })
+    }
+
+    /// Stores `group` in one transaction and sends it, holding the turn of every user in it
+    /// so that each user's sends stay in `seq` order beside task updates.
+    async fn commit_group(&self, group: Vec<Pending>) {
+        let mut users: Vec<&str> = Vec::new();
+        for pending in &group {
+            if !users.contains(&pending.entry.user.as_str()) {
+                users.push(&pending.entry.user);
+            }
         }
-        Ok(handed)
+        // A task update holds one turn and never waits for a commit: no cycle.
+        let mut turns = Vec::with_capacity(users.len());
+        for user in users {
+            turns.push(self.turn(user).await);
+        }
+        let (mut entries, waiting): (Vec<LogEntry>, Vec<_>) =
+            group.into_iter().map(|p| (p.entry, (p.coalesce, p.outcome))).unzip();
+        if let Err(error) = self.inner.storage.append_logs(&mut entries).await {
+            let why = error.to_string();
+            tracing::warn!(notices = entries.len(), "group commit failed: {why}");
+            for (_, outcome) in waiting {
+                let _ = outcome.send(Err(StorageError::Batch(why.clone())));
+            }
+            return;
+        }
+        let mut marks = Vec::new();
+        let mut handed = Vec::with_capacity(entries.len());
+        for (entry, (coalesce, _)) in entries.iter().zip(&waiting) {
+            let mut publication = self.publication(entry, false);
+            if let Some(coalesce) = coalesce.clone() {
+                publication = publication.coalesce(coalesce);
+            }
+            let taken = self.inner.fanout.to_user(&entry.user, &entry.path, publication);
+            if taken == 0 && entry.path != TASKS_PATH {
+                marks.push(OfflineMark {
+                    user: entry.user.clone(),
+                    path: entry.path.clone(),
+                    seq: entry.seq,
+                });
+            }
+            handed.push(taken);
+        }
+        let marked = if marks.is_empty() {
+            Ok(())
+        } else {
+            self.inner.storage.mark_offline_many(&marks).await
+        };
+        if marked.is_ok() {
+            self.inner.offline_paths.lock().extend(marks.into_iter().map(|m| m.path));
+        }
+        drop(turns);
+        for ((_, outcome), taken) in waiting.into_iter().zip(handed) {
+            let result = match &marked {
+                Ok(()) => Ok(taken),
+                Err(error) => Err(StorageError::Batch(error.to_string())),
+            };
+            let _ = outcome.send(result);
+        }
     }
 
     fn publication(&self, entry: &LogEntry, replayed: bool) -> Publication {
@@ -298,6 +404,16 @@ impl ReplaySource for UserLog {
                 tracing::error!(%user, "replay failed: {e}");
             }
         });
+    }
+}
+
+/// Takes the notices that queued up (at most [`MAX_GROUP`]) and commits them together, one
+/// group at a time, until the log is dropped.
+async fn group_commit(log: std::sync::Weak<Inner>, mut queue: mpsc::Receiver<Pending>) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let Some(inner) = log.upgrade() else { return };
+        UserLog { inner }.commit_group(std::mem::take(&mut group)).await;
     }
 }
 

@@ -358,6 +358,17 @@ pub struct Published {
     pub delivered: usize,
 }
 
+/// One item's result in the answer to a batch `POST /api/publish` (a JSON array of
+/// [`PublishRequest`]s is answered with an array of these, in the same order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PublishOutcome {
+    /// Stored (for a user) and handed to this many subscriptions.
+    Published(Published),
+    /// Refused, saying why; the other items are not affected.
+    Refused(ApiError),
+}
+
 /// Answer to `GET /api/me`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Me {

@@ -148,7 +148,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
 /// parent, and an internally tagged enum such as `SubmitTaskRequest` buffers its content, which
 /// loses the path): the name in "missing/unknown field `x`", or the top-level key whose string
 /// value is the "unknown variant `v`".
-fn field_of(error: &serde_json::Error, body: &[u8]) -> Option<String> {
+pub(super) fn field_of(error: &serde_json::Error, body: &[u8]) -> Option<String> {
     let message = error.to_string();
     let quoted = |prefix: &str| {
         let rest = message.strip_prefix(prefix)?;

@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 
+use futures_util::future::Either;
+
 use axum::{
     Json,
     extract::{Path, Query, State},
@@ -11,12 +13,12 @@ use axum::{
 use taskpulse_shared::{
     TaskProgressDto,
     dto::{
-        ProgressReport, PublishRequest, Published, SubmitTaskRequest, TaskDetails, TaskEvent,
-        TaskPage, TaskStatus, TaskSubmitted,
+        ProgressReport, PublishOutcome, PublishRequest, Published, SubmitTaskRequest, TaskDetails,
+        TaskEvent, TaskPage, TaskStatus, TaskSubmitted,
     },
 };
 
-use super::{Backend, Body, MaybeUser, User};
+use super::{Backend, Body, MaybeUser, User, field_of};
 use crate::{
     AppError, AppState,
     broker::{Publication, RouteError},
@@ -160,12 +162,70 @@ pub(super) async fn result(
         .into_response())
 }
 
-/// A backend's notice for one user's or everyone's subscribers.
+/// Items one batch `POST /api/publish` may carry.
+pub(crate) const MAX_PUBLISH_BATCH: usize = 1_000;
+
+/// A backend's notice for one user's or everyone's subscribers; or, when the body is a JSON
+/// array of such objects (at most [`MAX_PUBLISH_BATCH`]), all of them, answered with one
+/// result per item in the same order. A batch's notices share group commits, and one
+/// user's are numbered in array order.
 pub(super) async fn publish(
     State(state): State<AppState>,
     _backend: Backend,
-    Body(request): Body<PublishRequest>,
-) -> Result<Json<Published>, AppError> {
+    Body(body): Body<serde_json::Value>,
+) -> Result<Response, AppError> {
+    let serde_json::Value::Array(items) = body else {
+        let request = parse_publish(body)?;
+        let delivered = publish_one(&state, request).await?.await?;
+        return Ok(Json(Published { delivered }).into_response());
+    };
+    if items.len() > MAX_PUBLISH_BATCH {
+        return Err(AppError::PayloadTooLarge(format!(
+            "a batch may carry at most {MAX_PUBLISH_BATCH} notices, not {}",
+            items.len()
+        )));
+    }
+    // Queue every item first, in order, then wait: they go into the same group commits.
+    let mut queued = Vec::with_capacity(items.len());
+    for item in items {
+        let request = parse_publish(item);
+        queued.push(match request {
+            Ok(request) => publish_one(&state, request).await,
+            Err(refusal) => Err(refusal),
+        });
+    }
+    let mut outcomes = Vec::with_capacity(queued.len());
+    for item in queued {
+        let delivered = match item {
+            Ok(pending) => pending.await,
+            Err(refusal) => Err(refusal),
+        };
+        outcomes.push(match delivered {
+            Ok(delivered) => PublishOutcome::Published(Published { delivered }),
+            Err(refusal) => PublishOutcome::Refused(refusal.body()),
+        });
+    }
+    Ok(Json(outcomes).into_response())
+}
+
+/// One publish object, with errors naming its field (in a batch, the result's position
+/// says which item).
+fn parse_publish(value: serde_json::Value) -> Result<PublishRequest, AppError> {
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        // A missing or unknown field has no path of its own: its name is in the message.
+        let field = if path == "." { field_of(&inner, b"") } else { Some(path) };
+        AppError::BadRequest { message: inner.to_string(), field }
+    })
+}
+
+/// Checks one notice and hands it on: a user's to the log's group commit (the returned
+/// future resolves after its commit), a broadcast to the broker at once.
+async fn publish_one(
+    state: &AppState,
+    request: PublishRequest,
+) -> Result<impl Future<Output = Result<usize, AppError>> + use<>, AppError> {
     let destination = &request.destination;
     if !(destination.starts_with("/topic/") || destination.starts_with("/queue/")) {
         return Err(AppError::field(
@@ -176,24 +236,28 @@ pub(super) async fn publish(
         ));
     }
     let body = serde_json::to_vec(&request.payload).expect("a JSON value serialises");
-    let delivered = match &request.user {
+    let user = match &request.user {
         Some(user) if user.is_empty() || user.chars().any(char::is_control) => {
             return Err(AppError::field("user", "must be a user name"));
         }
-        // Through the user's log: numbered, kept for replay and for the offline user.
-        Some(user) => state
-            .log
-            .send(user, destination, "application/json", body, None)
-            .await
-            .map_err(|e| AppError::Internal(e.to_string()))?,
+        Some(user) => user,
         None => {
-            state.fanout.publish(destination, Publication::json(body)).map_err(|e| match e {
-                RouteError::Destination(_) => AppError::field("destination", e.to_string()),
-                other => AppError::Conflict(other.to_string()),
-            })?
+            let delivered = state.fanout.publish(destination, Publication::json(body)).map_err(
+                |e| match e {
+                    RouteError::Destination(_) => AppError::field("destination", e.to_string()),
+                    other => AppError::Conflict(other.to_string()),
+                },
+            )?;
+            return Ok(Either::Left(std::future::ready(Ok(delivered))));
         }
     };
-    Ok(Json(Published { delivered }))
+    // Through the user's log: numbered, kept for replay and for the offline user.
+    let stored = state
+        .log
+        .submit(user, destination, "application/json", body, None)
+        .await
+        .map_err(|e| AppError::Internal(e.to_string()))?;
+    Ok(Either::Right(async move { stored.await.map_err(|e| AppError::Internal(e.to_string())) }))
 }
 
 /// Body of `POST /api/admin/disconnect`.

@@ -106,6 +106,20 @@ pub enum StorageError {
     /// A stored document no longer parses.
     #[error("corrupt row for {0}: {1}")]
     Corrupt(String, String),
+    /// The group commit this write was part of failed (the reason is the batch's).
+    #[error("the group commit this write was part of failed: {0}")]
+    Batch(String),
+}
+
+/// A user had no subscriber on a path from `seq` on (see [`Storage::mark_offline_many`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfflineMark {
+    /// The user.
+    pub user: String,
+    /// The user path.
+    pub path: String,
+    /// The first message the user missed there.
+    pub seq: i64,
 }
 
 /// Durable state. Implementations are shared as `Arc<dyn Storage>`.
@@ -148,9 +162,17 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// The log's epoch: fixed for the life of the database.
     async fn epoch(&self) -> Result<String, StorageError>;
 
-    /// Appends a message that is not a task change (a notice, a queue position); returns the
-    /// `seq` it was given (one above the user's highest).
-    async fn append_log(&self, entry: &LogEntry) -> Result<i64, StorageError>;
+    /// Appends messages that are not task changes (notices, queue positions) in one
+    /// transaction, numbering each (it sets `seq`): a user's entries take that user's next
+    /// numbers in the order given. All are stored or none.
+    async fn append_logs(&self, entries: &mut [LogEntry]) -> Result<(), StorageError>;
+
+    /// [`Storage::append_logs`] for one entry; returns the `seq` it was given.
+    async fn append_log(&self, entry: &LogEntry) -> Result<i64, StorageError> {
+        let mut entries = [entry.clone()];
+        self.append_logs(&mut entries).await?;
+        Ok(entries[0].seq)
+    }
 
     /// The lowest and the highest `seq` kept in `user`'s log; `(0, 0)` when it is empty.
     async fn log_range(&self, user: &str) -> Result<(i64, i64), StorageError>;
@@ -169,8 +191,15 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// restarts.
     async fn prune_log(&self, before: i64, keep: u32) -> Result<u64, StorageError>;
 
-    /// Remembers that `user` had no subscriber on `path` from `seq` on (kept if already set).
-    async fn mark_offline(&self, user: &str, path: &str, seq: i64) -> Result<(), StorageError>;
+    /// Remembers, for each `(user, path, seq)`, that `user` had no subscriber on `path` from
+    /// `seq` on (a mark already set is kept; of several for one path the first counts).
+    async fn mark_offline_many(&self, marks: &[OfflineMark]) -> Result<(), StorageError>;
+
+    /// [`Storage::mark_offline_many`] for one mark.
+    async fn mark_offline(&self, user: &str, path: &str, seq: i64) -> Result<(), StorageError> {
+        let mark = OfflineMark { user: user.to_owned(), path: path.to_owned(), seq };
+        self.mark_offline_many(std::slice::from_ref(&mark)).await
+    }
 
     /// Takes (and forgets) the mark of `user` on `path`.
     async fn take_offline(&self, user: &str, path: &str) -> Result<Option<i64>, StorageError>;

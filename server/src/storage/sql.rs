@@ -19,7 +19,7 @@ use taskpulse_shared::{
     dto::{TaskEvent, TaskStatus},
 };
 
-use super::{LogEntry, Storage, StorageError, TaskQuery, TaskRecord, UserRecord};
+use super::{LogEntry, OfflineMark, Storage, StorageError, TaskQuery, TaskRecord, UserRecord};
 
 /// Which database a [`SqlStorage`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +192,19 @@ async fn insert_log(conn: &mut AnyConnection, entry: &LogEntry) -> Result<i64, S
     .execute(conn)
     .await?;
     Ok(seq)
+}
+
+/// Rows per multi-row INSERT: far below both backends' bind limits (SQLite 32,766,
+/// PostgreSQL 65,535 parameters).
+const ROWS_PER_INSERT: usize = 500;
+
+/// `($1, $2), ($3, $4)` for `rows` rows of `columns` values.
+fn placeholders(rows: usize, columns: usize) -> String {
+    let row = |r: usize| {
+        let values: Vec<String> = (1..=columns).map(|c| format!("${}", r * columns + c)).collect();
+        format!("({})", values.join(", "))
+    };
+    (0..rows).map(row).collect::<Vec<_>>().join(", ")
 }
 
 #[async_trait]
@@ -380,11 +393,57 @@ impl Storage for SqlStorage {
             .await?)
     }
 
-    async fn append_log(&self, entry: &LogEntry) -> Result<i64, StorageError> {
+    async fn append_logs(&self, entries: &mut [LogEntry]) -> Result<(), StorageError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.pool.begin().await?;
-        let seq = insert_log(&mut tx, entry).await?;
+        // Each user's counter moves once by the number of its entries; the entries take the
+        // numbers in the order given.
+        let mut counts: Vec<(&str, i64)> = Vec::new();
+        for entry in entries.iter() {
+            match counts.iter_mut().find(|(user, _)| *user == entry.user) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((&entry.user, 1)),
+            }
+        }
+        let mut next: Vec<(String, i64)> = Vec::with_capacity(counts.len());
+        for (user, n) in counts {
+            let last: i64 = sqlx::query_scalar(
+                "INSERT INTO user_seqs (username, seq) VALUES ($1, $2) \
+                 ON CONFLICT (username) DO UPDATE SET seq = user_seqs.seq + $2 RETURNING seq",
+            )
+            .bind(user)
+            .bind(n)
+            .fetch_one(&mut *tx)
+            .await?;
+            next.push((user.to_owned(), last - n + 1));
+        }
+        for entry in entries.iter_mut() {
+            if let Some((_, seq)) = next.iter_mut().find(|(user, _)| *user == entry.user) {
+                entry.seq = *seq;
+                *seq += 1;
+            }
+        }
+        for chunk in entries.chunks(ROWS_PER_INSERT) {
+            let sql = format!(
+                "INSERT INTO user_log (username, seq, at, path, content_type, body) VALUES {}",
+                placeholders(chunk.len(), 6)
+            );
+            let mut query = sqlx::query(&sql);
+            for entry in chunk {
+                query = query
+                    .bind(&entry.user)
+                    .bind(entry.seq)
+                    .bind(entry.at)
+                    .bind(&entry.path)
+                    .bind(&entry.content_type)
+                    .bind(&entry.body);
+            }
+            query.execute(&mut *tx).await?;
+        }
         tx.commit().await?;
-        Ok(seq)
+        Ok(())
     }
 
     async fn log_range(&self, user: &str) -> Result<(i64, i64), StorageError> {
@@ -442,16 +501,19 @@ impl Storage for SqlStorage {
         Ok(old.rows_affected() + many.rows_affected())
     }
 
-    async fn mark_offline(&self, user: &str, path: &str, seq: i64) -> Result<(), StorageError> {
-        sqlx::query(
-            "INSERT INTO offline_marks (username, path, first_seq) VALUES ($1, $2, $3) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(user)
-        .bind(path)
-        .bind(seq)
-        .execute(&self.pool)
-        .await?;
+    async fn mark_offline_many(&self, marks: &[OfflineMark]) -> Result<(), StorageError> {
+        for chunk in marks.chunks(ROWS_PER_INSERT) {
+            let sql = format!(
+                "INSERT INTO offline_marks (username, path, first_seq) VALUES {} \
+                 ON CONFLICT DO NOTHING",
+                placeholders(chunk.len(), 3)
+            );
+            let mut query = sqlx::query(&sql);
+            for mark in chunk {
+                query = query.bind(&mark.user).bind(&mark.path).bind(mark.seq);
+            }
+            query.execute(&self.pool).await?;
+        }
         Ok(())
     }
 

@@ -5,7 +5,7 @@
 use std::{future::Future, sync::Arc};
 
 use taskpulse_server::storage::{
-    LogEntry, SqlStorage, Storage, StorageError, TaskQuery, TaskRecord, UserRecord,
+    LogEntry, OfflineMark, SqlStorage, Storage, StorageError, TaskQuery, TaskRecord, UserRecord,
 };
 use taskpulse_shared::{
     TaskProgressDto, TaskStatus,
@@ -103,6 +103,32 @@ async fn offline_marks_keep_the_first_seq_until_taken(db: Db) {
     assert_eq!(db.offline_paths().await.unwrap(), ["/queue/n"]);
     assert_eq!(db.take_offline("alice", "/queue/n").await.unwrap(), Some(4));
     assert_eq!(db.take_offline("alice", "/queue/n").await.unwrap(), None);
+}
+
+async fn a_group_is_numbered_per_user_in_order_and_stored_whole(db: Db) {
+    db.append_log(&entry("bob", 1, "/queue/n")).await.unwrap();
+    // 1,200 entries (more than one multi-row INSERT) for three users, interleaved.
+    let users = ["alice", "bob", "carol"];
+    let mut group: Vec<LogEntry> =
+        (0..1200).map(|i| entry(users[i % 3], 10 + i as i64, "/queue/n")).collect();
+    db.append_logs(&mut group).await.unwrap();
+    for user in users {
+        let seqs: Vec<i64> = group.iter().filter(|e| e.user == user).map(|e| e.seq).collect();
+        let first = if user == "bob" { 2 } else { 1 };
+        assert_eq!(seqs, (first..first + 400).collect::<Vec<i64>>(), "{user}");
+        let stored = db.log_after(user, "/queue/n", 0, 10_000).await.unwrap();
+        let stored_at: Vec<i64> = stored.iter().map(|e| e.at).collect();
+        let given_at: Vec<i64> = group.iter().filter(|e| e.user == user).map(|e| e.at).collect();
+        assert!(stored_at.ends_with(&given_at), "{user}: stored in the order given");
+    }
+    assert_eq!(db.append_log(&entry("carol", 5000, "/queue/n")).await.unwrap(), 401);
+    db.append_logs(&mut []).await.unwrap();
+    // Marks of one group: one statement, the first of a path counts, a set one is kept.
+    let mark = |user: &str, seq| OfflineMark { user: user.into(), path: "/queue/n".into(), seq };
+    db.mark_offline_many(&[mark("alice", 7), mark("bob", 3), mark("alice", 9)]).await.unwrap();
+    db.mark_offline_many(&[mark("alice", 1)]).await.unwrap();
+    assert_eq!(db.take_offline("alice", "/queue/n").await.unwrap(), Some(7));
+    assert_eq!(db.take_offline("bob", "/queue/n").await.unwrap(), Some(3));
 }
 
 async fn a_task_change_and_its_log_entry_commit_together(db: Db) {
@@ -226,6 +252,7 @@ async fn every_check<F: Future<Output = Db>>(fresh: impl Fn() -> F) {
     the_log_numbers_keeps_order_bounds_and_its_newest_entry(fresh().await).await;
     concurrent_appends_of_one_user_get_distinct_increasing_numbers(fresh().await).await;
     offline_marks_keep_the_first_seq_until_taken(fresh().await).await;
+    a_group_is_numbered_per_user_in_order_and_stored_whole(fresh().await).await;
     a_task_change_and_its_log_entry_commit_together(fresh().await).await;
     snapshots_hold_the_newest_unfinished_and_recent_tasks_oldest_first(fresh().await).await;
     duplicate_users_are_refused(fresh().await).await;

@@ -380,6 +380,59 @@ async fn external_workers_drive_their_tasks_and_backends_publish() {
     server.stop().await;
 }
 
+/// `POST /api/publish` with a JSON array: one result per item in order, bad items refused
+/// alone, each user's notices numbered and delivered in array order, offline ones kept.
+#[tokio::test]
+async fn a_batch_publish_answers_per_item_and_keeps_each_user_s_order() {
+    let server = TestServer::stomp(fast).await;
+    let api = server.api();
+    let mut alice = server.client("alice").await;
+    alice.subscribe("n", "/user/queue/notices", "auto").await;
+    let mut items: Vec<Value> = (0..300)
+        .map(|n| {
+            let user = if n % 2 == 0 { "alice" } else { "bob" };
+            json!({"user": user, "destination": "/queue/notices", "payload": {"n": n}})
+        })
+        .collect();
+    items[5] = json!({"user": "alice", "destination": "/app/x", "payload": 1});
+    items[7] = json!({"destination": "/queue/notices"});
+    items[9] = json!({"destination": "/topic/batch", "payload": "all"});
+    let (status, answer) = api.post_as_backend("/api/publish", BACKEND_KEY, json!(items)).await;
+    assert_eq!(status, 200, "{answer}");
+    let results = answer.as_array().unwrap();
+    assert_eq!(results.len(), 300);
+    assert_eq!(results[5]["field"], "destination", "{}", results[5]);
+    assert_eq!(results[7]["field"], "payload", "{}", results[7]);
+    assert_eq!(results[9]["delivered"], 0, "a broadcast nobody hears");
+    assert_eq!(results[0]["delivered"], 1);
+    assert_eq!(results[1]["delivered"], 0, "bob is offline");
+    // Alice gets hers in array order with increasing seq.
+    let expected: Vec<u64> = (0..300).filter(|n| n % 2 == 0).collect();
+    let mut seqs = Vec::new();
+    for n in &expected {
+        let frame = alice.recv().await;
+        let payload: Value = serde_json::from_str(body(&frame)).unwrap();
+        assert_eq!(payload["n"].as_u64(), Some(*n));
+        seqs.push(frame.header("seq").unwrap().parse::<i64>().unwrap());
+    }
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    // Bob, offline, gets all of his on his first plain SUBSCRIBE, in order.
+    let mut bob = server.client("bob").await;
+    bob.subscribe("n", "/user/queue/notices", "auto").await;
+    let bobs: Vec<u64> = (0..300).filter(|n| n % 2 == 1 && ![5, 7, 9].contains(n)).collect();
+    for n in &bobs {
+        let payload: Value = serde_json::from_str(body(&bob.recv().await)).unwrap();
+        assert_eq!(payload["n"].as_u64(), Some(*n));
+    }
+    // More than the batch limit is refused whole.
+    let many: Vec<Value> =
+        (0..1001).map(|_| json!({"destination": "/topic/x", "payload": 1})).collect();
+    let (status, answer) = api.post_as_backend("/api/publish", BACKEND_KEY, json!(many)).await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("1000"), "{answer}");
+    server.stop().await;
+}
+
 /// Every endpoint refuses bad input with a status and an error that names the problem.
 #[tokio::test]
 async fn invalid_input_gets_a_clear_4xx_on_every_endpoint() {
