@@ -51,9 +51,12 @@ struct Args {
         default_value = "broadcast,destinations,latency,connect,idle,tasks,replay,publish"
     )]
     scenarios: String,
-    /// Durable pushes per run of the publish scenario.
+    /// Durable pushes per run of the publish scenario (five times as many in batch form).
     #[arg(long, default_value_t = 20_000)]
     pushes: usize,
+    /// Notices per request in the publish scenario's batch form (at most 1,000).
+    #[arg(long, default_value_t = 100)]
+    publish_batch: usize,
     /// X-API-Key of the server, for publishing (the replay scenario).
     #[arg(long, env = "TASKPULSE_LOAD_API_KEY", default_value = "")]
     api_key: String,

@@ -7,7 +7,7 @@
 //! `synchronous=NORMAL` loses at most the last commits on a power failure, never on a process
 //! crash; PostgreSQL commits are durable).
 
-use std::path::Path;
+use std::{collections::HashMap, path::Path};
 
 use async_trait::async_trait;
 use sqlx::{
@@ -401,29 +401,42 @@ impl Storage for SqlStorage {
         // Each user's counter moves once by the number of its entries; the entries take the
         // numbers in the order given.
         let mut counts: Vec<(&str, i64)> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
         for entry in entries.iter() {
-            match counts.iter_mut().find(|(user, _)| *user == entry.user) {
-                Some((_, n)) => *n += 1,
-                None => counts.push((&entry.user, 1)),
+            match index.get(entry.user.as_str()) {
+                Some(&i) => counts[i].1 += 1,
+                None => {
+                    index.insert(&entry.user, counts.len());
+                    counts.push((&entry.user, 1));
+                }
             }
         }
-        let mut next: Vec<(String, i64)> = Vec::with_capacity(counts.len());
-        for (user, n) in counts {
-            let last: i64 = sqlx::query_scalar(
-                "INSERT INTO user_seqs (username, seq) VALUES ($1, $2) \
-                 ON CONFLICT (username) DO UPDATE SET seq = user_seqs.seq + $2 RETURNING seq",
-            )
-            .bind(user)
-            .bind(n)
-            .fetch_one(&mut *tx)
-            .await?;
-            next.push((user.to_owned(), last - n + 1));
+        // One multi-row upsert per chunk of users; RETURNING's order is unspecified, so the
+        // rows are matched by name.
+        let mut next: HashMap<String, i64> = HashMap::with_capacity(counts.len());
+        for chunk in counts.chunks(ROWS_PER_INSERT) {
+            let sql = format!(
+                "INSERT INTO user_seqs (username, seq) VALUES {} ON CONFLICT (username) \
+                 DO UPDATE SET seq = user_seqs.seq + excluded.seq RETURNING username, seq",
+                placeholders(chunk.len(), 2)
+            );
+            let mut query = sqlx::query(&sql);
+            for (user, n) in chunk {
+                query = query.bind(*user).bind(*n);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                let user: String = row.try_get("username")?;
+                let last: i64 = row.try_get("seq")?;
+                let n = index.get(user.as_str()).map_or(0, |&i| counts[i].1);
+                next.insert(user, last - n + 1);
+            }
         }
         for entry in entries.iter_mut() {
-            if let Some((_, seq)) = next.iter_mut().find(|(user, _)| *user == entry.user) {
-                entry.seq = *seq;
-                *seq += 1;
-            }
+            let Some(seq) = next.get_mut(&entry.user) else {
+                return Err(StorageError::Corrupt(entry.user.clone(), "no counter row".into()));
+            };
+            entry.seq = *seq;
+            *seq += 1;
         }
         for chunk in entries.chunks(ROWS_PER_INSERT) {
             let sql = format!(
