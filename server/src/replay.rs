@@ -146,6 +146,22 @@ impl UserTurn {
     }
 }
 
+impl Drop for UserTurn {
+    /// Forgets the user's lock when nobody else holds or awaits it, so the map holds the
+    /// users active now, not every name ever published to.
+    fn drop(&mut self) {
+        let mut users = self.log.inner.users.lock();
+        if let Some(lock) = users.get(&self.user)
+            && Arc::ptr_eq(lock, OwnedMutexGuard::mutex(&self._order))
+            // The map's and this guard's: `turn` clones under the map's lock, so a waiter
+            // would show here.
+            && Arc::strong_count(lock) == 2
+        {
+            users.remove(&self.user);
+        }
+    }
+}
+
 impl UserLog {
     /// Reads the epoch, installs the log as the broker's replay source and starts pruning;
     /// pushes go through `fanout`.
@@ -435,8 +451,55 @@ async fn prune(inner: std::sync::Weak<Inner>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{broker::Authenticator, config::Settings, storage::SqlStorage};
 
     const E: &str = "e1";
+
+    #[derive(Debug)]
+    struct NoTasks;
+
+    #[async_trait::async_trait]
+    impl SnapshotSource for NoTasks {
+        async fn snapshot(&self, _: &str, _: i64, _: u32) -> Result<Vec<Vec<u8>>, StorageError> {
+            Ok(Vec::new())
+        }
+    }
+
+    async fn log() -> UserLog {
+        let mut settings = Settings::default();
+        settings.jwt.secret = "replay-unit-tests-secret-of-32-bytes".into();
+        let auth = Authenticator::new(&settings.jwt, &settings.auth).expect("valid settings");
+        let broker = Broker::new(settings.clone(), auth);
+        let storage = Arc::new(SqlStorage::in_memory().await.expect("in-memory SQLite"));
+        let fanout: Arc<dyn Fanout> = Arc::new(broker.clone());
+        UserLog::start(storage, &broker, fanout, Arc::new(NoTasks), settings.replay)
+            .await
+            .expect("log starts")
+    }
+
+    #[tokio::test]
+    async fn turns_are_forgotten_when_nobody_holds_or_awaits_them() {
+        let log = log().await;
+        for n in 0..50 {
+            log.send(&format!("user{n}"), "/queue/n", "text/plain", b"x".to_vec(), None)
+                .await
+                .expect("stored");
+        }
+        assert!(log.inner.users.lock().is_empty(), "one entry per name ever seen would leak");
+        let first = log.turn("alice").await;
+        let waiting = tokio::spawn({
+            let log = log.clone();
+            async move {
+                let turn = log.turn("alice").await;
+                drop(turn);
+            }
+        });
+        tokio::task::yield_now().await;
+        drop(first);
+        assert_eq!(log.inner.users.lock().len(), 1, "kept while someone waits");
+        waiting.await.expect("the waiter gets its turn");
+        assert!(log.inner.users.lock().is_empty());
+    }
 
     #[test]
     fn a_covered_gap_is_replayed() {
