@@ -107,6 +107,32 @@ impl Args {
     }
 }
 
+/// The server's process id (`--server-pid`), for its CPU time and RSS.
+static SERVER_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// The server's CPU time so far (user + system, from `/proc/<pid>/stat`), in seconds; `None`
+/// without `--server-pid`.
+fn server_cpu() -> Option<f64> {
+    let pid = SERVER_PID.get()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces:
+    // utime and stime (fields 14 and 15) are the 12th and 13th of them.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // Linux reports these in USER_HZ, 100 per second.
+    Some(ticks as f64 / 100.0)
+}
+
+/// ", server CPU N µs per <unit>" since `start` (a [`server_cpu`] reading), or nothing.
+fn cpu_per(start: Option<f64>, count: u64, unit: &str) -> String {
+    match (start, server_cpu()) {
+        (Some(start), Some(now)) if count > 0 => {
+            format!("; server CPU {:.1} µs per {unit}", (now - start) * 1e6 / count as f64)
+        }
+        _ => String::new(),
+    }
+}
+
 /// What one subscriber saw.
 #[derive(Debug, Default)]
 struct Seen {
@@ -215,15 +241,22 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     sorted[idx] as f64 / 1000.0
 }
 
-/// Prints one result line from the subscribers' observations.
-fn report(name: &str, seen: Vec<Seen>, expected_each: &[u64], elapsed: Duration) {
+/// Prints one result line from the subscribers' observations; `cpu_start` is the server's
+/// CPU time when publishing began.
+fn report(
+    name: &str,
+    seen: Vec<Seen>,
+    expected_each: &[u64],
+    elapsed: Duration,
+    cpu_start: Option<f64>,
+) {
     let delivered: u64 = seen.iter().map(|s| s.received).sum();
     let expected: u64 = expected_each.iter().sum();
     let reordered: u64 = seen.iter().map(|s| s.duplicates_or_reordered).sum();
     let mut latencies: Vec<u32> = seen.into_iter().flat_map(|s| s.latencies_us).collect();
     latencies.sort_unstable();
     println!(
-        "{name}: {delivered} deliveries in {:.3} s = {:.0} deliveries/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; lost {}, duplicated or out of order {}",
+        "{name}: {delivered} deliveries in {:.3} s = {:.0} deliveries/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; lost {}, duplicated or out of order {}{}",
         elapsed.as_secs_f64(),
         delivered as f64 / elapsed.as_secs_f64(),
         percentile(&latencies, 0.50),
@@ -231,6 +264,7 @@ fn report(name: &str, seen: Vec<Seen>, expected_each: &[u64], elapsed: Duration)
         percentile(&latencies, 1.0),
         expected.saturating_sub(delivered),
         reordered,
+        cpu_per(cpu_start, delivered, "delivery"),
     );
 }
 
@@ -280,6 +314,7 @@ async fn broadcast(args: &Args, subscribers: usize, messages: u64, rate: Option<
     let epoch = Instant::now();
     let readers = start_readers(subs, messages, epoch);
     let started = Instant::now();
+    let cpu_start = server_cpu();
     tokio::spawn(publish(
         publisher,
         messages,
@@ -296,6 +331,7 @@ async fn broadcast(args: &Args, subscribers: usize, messages: u64, rate: Option<
         seen,
         &expected,
         started.elapsed(),
+        cpu_start,
     );
 }
 
@@ -312,6 +348,7 @@ async fn destinations(args: &Args) {
     let epoch = Instant::now();
     let readers = start_readers(subs, per, epoch);
     let started = Instant::now();
+    let cpu_start = server_cpu();
     let total = d as u64 * per;
     for (p, conn) in pubs.into_iter().enumerate() {
         // Publisher p sends seq p, p+P, p+2P, ...; destination = seq % d, so each destination
@@ -337,6 +374,7 @@ async fn destinations(args: &Args) {
         seen,
         &expected,
         started.elapsed(),
+        cpu_start,
     );
 }
 
@@ -351,6 +389,9 @@ fn rss_kib(pid: u32) -> Option<u64> {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    if let Some(pid) = args.server_pid {
+        let _ = SERVER_PID.set(pid);
+    }
     let scenarios: Vec<&str> = args.scenarios.split(',').map(str::trim).collect();
     for scenario in &scenarios {
         match *scenario {

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Args, percentile};
+use crate::{Args, cpu_per, percentile, server_cpu};
 
 /// Requests in flight.
 const CLIENTS: usize = 32;
@@ -26,6 +26,7 @@ async fn run_one(args: &Args, base: &str, users: usize, pushes: usize, batch: us
     let failed = Arc::new(AtomicUsize::new(0));
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(pushes)));
     let started = Instant::now();
+    let cpu_start = server_cpu();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
             let (http, url, key) =
@@ -81,7 +82,7 @@ async fn run_one(args: &Args, base: &str, users: usize, pushes: usize, batch: us
     latencies.sort_unstable();
     let form = if batch == 1 { "single".to_owned() } else { format!("batches of {batch}") };
     println!(
-        "publish ({users} user{}, {form}, {CLIENTS} clients): {} durable pushes in {:.3} s = {:.0} pushes/s; request p50 {:.2} ms, p99 {:.2} ms; failed {}",
+        "publish ({users} user{}, {form}, {CLIENTS} clients): {} durable pushes in {:.3} s = {:.0} pushes/s; request p50 {:.2} ms, p99 {:.2} ms; failed {}{}",
         if users == 1 { "" } else { "s" },
         latencies.len(),
         elapsed.as_secs_f64(),
@@ -89,6 +90,7 @@ async fn run_one(args: &Args, base: &str, users: usize, pushes: usize, batch: us
         percentile(&latencies, 0.50),
         percentile(&latencies, 0.99),
         failed.load(Ordering::Relaxed),
+        cpu_per(cpu_start, latencies.len() as u64, "push"),
     );
 }
 
