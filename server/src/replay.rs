@@ -125,24 +125,13 @@ pub struct UserTurn {
 impl UserTurn {
     /// The log entry for the next message to `/user{path}`; storage gives it its `seq`.
     pub fn entry(&self, path: &str, content_type: &str, body: Vec<u8>) -> LogEntry {
-        LogEntry {
-            user: self.user.clone(),
-            seq: 0,
-            at: now_ms(),
-            path: path.to_owned(),
-            content_type: content_type.to_owned(),
-            body,
-        }
+        new_entry(&self.user, path, content_type, body)
     }
 
     /// Sends a stored entry (numbered by storage) to the user's sessions; returns how many
     /// subscriptions took it.
     pub fn send(&mut self, entry: &LogEntry, coalesce: Option<Coalesce>) -> usize {
-        let mut publication = self.log.publication(entry, false);
-        if let Some(coalesce) = coalesce {
-            publication = publication.coalesce(coalesce);
-        }
-        self.log.inner.fanout.to_user(&self.user, &entry.path, publication)
+        self.log.deliver(entry, coalesce)
     }
 }
 
@@ -243,14 +232,7 @@ impl UserLog {
         body: Vec<u8>,
         coalesce: Option<Coalesce>,
     ) -> Result<impl Future<Output = Result<usize, StorageError>> + use<>, StorageError> {
-        let entry = LogEntry {
-            user: user.to_owned(),
-            seq: 0,
-            at: now_ms(),
-            path: path.to_owned(),
-            content_type: content_type.to_owned(),
-            body,
-        };
+        let entry = new_entry(user, path, content_type, body);
         let (outcome, answer) = oneshot::channel();
         let stopped = || StorageError::Batch("the log is shutting down".into());
         self.inner
@@ -264,12 +246,7 @@ impl UserLog {
     /// Stores `group` in one transaction and sends it, holding the turn of every user in it
     /// so that each user's sends stay in `seq` order beside task updates.
     async fn commit_group(&self, group: Vec<Pending>) {
-        let mut users: Vec<&str> = Vec::new();
-        for pending in &group {
-            if !users.contains(&pending.entry.user.as_str()) {
-                users.push(&pending.entry.user);
-            }
-        }
+        let users: HashSet<&str> = group.iter().map(|p| p.entry.user.as_str()).collect();
         // A task update holds one turn and never waits for a commit: no cycle.
         let mut turns = Vec::with_capacity(users.len());
         for user in users {
@@ -288,11 +265,7 @@ impl UserLog {
         let mut marks = Vec::new();
         let mut handed = Vec::with_capacity(entries.len());
         for (entry, (coalesce, _)) in entries.iter().zip(&waiting) {
-            let mut publication = self.publication(entry, false);
-            if let Some(coalesce) = coalesce.clone() {
-                publication = publication.coalesce(coalesce);
-            }
-            let taken = self.inner.fanout.to_user(&entry.user, &entry.path, publication);
+            let taken = self.deliver(entry, coalesce.clone());
             if taken == 0 && entry.path != TASKS_PATH {
                 marks.push(OfflineMark {
                     user: entry.user.clone(),
@@ -318,6 +291,16 @@ impl UserLog {
             };
             let _ = outcome.send(result);
         }
+    }
+
+    /// Hands a stored entry to its user's sessions; returns how many subscriptions took it.
+    /// The caller holds the user's turn.
+    fn deliver(&self, entry: &LogEntry, coalesce: Option<Coalesce>) -> usize {
+        let mut publication = self.publication(entry, false);
+        if let Some(coalesce) = coalesce {
+            publication = publication.coalesce(coalesce);
+        }
+        self.inner.fanout.to_user(&entry.user, &entry.path, publication)
     }
 
     fn publication(&self, entry: &LogEntry, replayed: bool) -> Publication {
@@ -420,6 +403,18 @@ impl ReplaySource for UserLog {
                 tracing::error!(%user, "replay failed: {e}");
             }
         });
+    }
+}
+
+/// A new entry for `user`'s log, stamped now; storage gives it its `seq`.
+fn new_entry(user: &str, path: &str, content_type: &str, body: Vec<u8>) -> LogEntry {
+    LogEntry {
+        user: user.to_owned(),
+        seq: 0,
+        at: now_ms(),
+        path: path.to_owned(),
+        content_type: content_type.to_owned(),
+        body,
     }
 }
 
