@@ -632,3 +632,90 @@ async fn concurrent_password_hashing_is_bounded_in_memory() {
     );
     assert!(peak < bound, "peak RSS {peak} KiB over {bound} KiB");
 }
+
+/// Arbitrary JSON for `POST /api/publish`: mostly arrays and objects built from the fields
+/// it knows, with values of every type and destinations of every kind.
+fn publish_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    use serde_json::Value;
+    let text = prop_oneof![
+        prop::sample::select(vec![
+            "/queue/n",
+            "/topic/t",
+            "/app/x",
+            "/user/bob/queue/x",
+            "",
+            "al\u{7}ice",
+            "bob"
+        ])
+        .prop_map(String::from),
+        ".{0,16}",
+    ];
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_map(Value::from),
+        text.prop_map(Value::from),
+    ];
+    let name = prop::sample::select(vec!["alice", "bob", "", "al\u{7}ice"]);
+    let destination = prop::sample::select(vec!["/queue/n", "/topic/t", "/app/x", "queue"]);
+    leaf.prop_recursive(3, 48, 8, move |inner| {
+        let key = prop::sample::select(vec!["user", "destination", "payload", "other"]);
+        // Close to a real notice, so that items are taken as well as refused.
+        let notice = (prop::option::of(name.clone()), destination.clone(), inner.clone()).prop_map(
+            |(user, destination, payload)| {
+                let mut notice =
+                    serde_json::json!({"destination": destination, "payload": payload});
+                if let Some(user) = user {
+                    notice["user"] = Value::from(user);
+                }
+                notice
+            },
+        );
+        prop_oneof![
+            prop::collection::vec(prop_oneof![inner.clone(), notice.clone()], 0..8)
+                .prop_map(Value::Array),
+            notice,
+            prop::collection::vec((key, inner), 0..4).prop_map(|fields| {
+                Value::Object(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+            }),
+        ]
+    })
+}
+
+/// Whatever JSON a backend sends to `POST /api/publish`, single or batch, the answer is a
+/// 200 or a 4xx that names the problem, a batch gets one result per item, and the server
+/// carries on.
+#[tokio::test]
+async fn any_publish_body_gets_an_answer_per_item_or_a_4xx() {
+    use proptest::strategy::{Strategy, ValueTree};
+    let server = TestServer::stomp(|c| c.settings.api.keys = vec![BACKEND_KEY.into()]).await;
+    let api = server.api();
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = publish_json();
+    let (mut batches, mut published) = (0, 0);
+    for _ in 0..400 {
+        let body = strategy.new_tree(&mut runner).unwrap().current();
+        let (status, answer) = api.post_as_backend("/api/publish", BACKEND_KEY, body.clone()).await;
+        match (&body, status) {
+            (serde_json::Value::Array(items), 200) => {
+                let results = answer.as_array().unwrap_or_else(|| panic!("{body} -> {answer}"));
+                assert_eq!(results.len(), items.len(), "{body} -> {answer}");
+                batches += 1;
+                published += results.iter().filter(|r| r["delivered"].is_u64()).count();
+                for result in results {
+                    let ok = result["delivered"].is_u64() || result["error"].is_string();
+                    assert!(ok, "{body} -> {result}");
+                }
+            }
+            (_, 200) => assert!(answer["delivered"].is_u64(), "{body} -> {answer}"),
+            (_, 400) => assert!(answer["error"].is_string(), "{body} -> {answer}"),
+            (_, other) => panic!("{body} -> {other} {answer}"),
+        }
+    }
+    // The generator reaches both forms and items that are taken, not only refusals.
+    assert!(batches > 20 && published > 0, "{batches} batches, {published} published");
+    assert_eq!(server.get("/healthz").await.0, 200);
+    server.stop().await;
+}
