@@ -5,39 +5,43 @@
 //! and on a plain SUBSCRIBE to `/user/queue/tasks-progress`, it gets a snapshot of the user's
 //! tasks instead. Messages sent while a user had no subscriber on a path are replayed on the
 //! next plain SUBSCRIBE to it (the seed's offline queue).
+//!
+//! Invariant: every numbered push, a notice or a task change, goes through one committer
+//! task (the group commit), which stores a group, then sends it in `seq` order, before it
+//! takes the next group; so on a node, send order is `seq` order for every user.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use parking_lot::Mutex;
 use taskpulse_shared::resume::ResumePosition;
 pub use taskpulse_shared::resume::TASKS_PATH;
-use tokio::sync::{OwnedMutexGuard, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     ReplaySettings,
     broker::{Broker, Coalesce, Fanout, LogPlace, Publication, ReplayRequest, ReplaySource},
     now_ms,
-    storage::{LogEntry, OfflineMark, Storage, StorageError},
+    storage::{Append, Appended, LogEntry, OfflineMark, Storage, StorageError, TaskChange},
 };
 
-/// Notices one group commit takes at most.
+/// Pushes one group commit takes at most.
 const MAX_GROUP: usize = 1_000;
 
-/// Notices waiting for a group commit at most; senders wait beyond it.
+/// Pushes waiting for a group commit at most; senders wait beyond it.
 const GROUP_QUEUE: usize = 10_000;
 
-/// A notice waiting for the next group commit, and who waits for its outcome.
+/// A push waiting for the next group commit, and who waits for its outcome.
 #[derive(Debug)]
 struct Pending {
-    entry: LogEntry,
+    append: Append,
     coalesce: Option<Coalesce>,
-    /// How many subscriptions took it, once stored and sent.
-    outcome: oneshot::Sender<Result<usize, StorageError>>,
+    /// How many subscriptions took it once stored and sent; `None` when its task change was
+    /// refused because the task had ended.
+    outcome: oneshot::Sender<Result<Option<usize>, StorageError>>,
 }
+
+/// How a caller awaits its push's outcome (see [`UserLog::submit`]).
+type Outcome = Result<Option<usize>, StorageError>;
 
 /// Where a snapshot's documents come from: the current state of a user's tasks. The task
 /// service knows what those are; the log only numbers, stores and sends, so it depends on
@@ -105,50 +109,10 @@ struct Inner {
     catch_up_budget: usize,
     epoch: Arc<str>,
     settings: ReplaySettings,
-    /// Each user's turn: an async lock that orders that user's appends and sends, so that
-    /// send order is `seq` order (storage numbers, in the transaction that stores).
-    users: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Paths with an offline mark for some user (the marks themselves are stored).
     offline_paths: Mutex<HashSet<String>>,
     /// Notices on their way to the group commit (see [`UserLog::send`]).
     commits: mpsc::Sender<Pending>,
-}
-
-/// One user's turn to append and send: holds that user's lock.
-#[derive(Debug)]
-pub struct UserTurn {
-    log: UserLog,
-    user: String,
-    _order: OwnedMutexGuard<()>,
-}
-
-impl UserTurn {
-    /// The log entry for the next message to `/user{path}`; storage gives it its `seq`.
-    pub fn entry(&self, path: &str, content_type: &str, body: Vec<u8>) -> LogEntry {
-        new_entry(&self.user, path, content_type, body)
-    }
-
-    /// Sends a stored entry (numbered by storage) to the user's sessions; returns how many
-    /// subscriptions took it.
-    pub fn send(&mut self, entry: &LogEntry, coalesce: Option<Coalesce>) -> usize {
-        self.log.deliver(entry, coalesce)
-    }
-}
-
-impl Drop for UserTurn {
-    /// Forgets the user's lock when nobody else holds or awaits it, so the map holds the
-    /// users active now, not every name ever published to.
-    fn drop(&mut self) {
-        let mut users = self.log.inner.users.lock();
-        if let Some(lock) = users.get(&self.user)
-            && Arc::ptr_eq(lock, OwnedMutexGuard::mutex(&self._order))
-            // The map's and this guard's: `turn` clones under the map's lock, so a waiter
-            // would show here.
-            && Arc::strong_count(lock) == 2
-        {
-            users.remove(&self.user);
-        }
-    }
 }
 
 impl UserLog {
@@ -175,7 +139,6 @@ impl UserLog {
                 catch_up_budget: broker.settings().limits.outbound_buffer / 2,
                 epoch,
                 settings,
-                users: Mutex::default(),
                 offline_paths: Mutex::new(offline_paths),
                 commits,
             }),
@@ -191,15 +154,8 @@ impl UserLog {
         &self.inner.epoch
     }
 
-    /// Waits for `user`'s turn (appends and sends of one user happen one at a time, in `seq`
-    /// order).
-    pub async fn turn(&self, user: &str) -> UserTurn {
-        let order = self.inner.users.lock().entry(user.to_owned()).or_default().clone();
-        UserTurn { log: self.clone(), user: user.to_owned(), _order: order.lock_owned().await }
-    }
-
     /// Appends and sends a message that is not a task change (a notice, a queue position);
-    /// returns how many subscriptions took it. Notices that queue up while a commit runs
+    /// returns how many subscriptions took it. Pushes that queue up while a commit runs
     /// are stored together in the next one (group commit), then sent in `seq` order; each
     /// caller is answered after its commit. When nobody subscribed there, the path is marked
     /// so that the next plain SUBSCRIBE replays it (task updates need no mark: their
@@ -233,68 +189,106 @@ impl UserLog {
         coalesce: Option<Coalesce>,
     ) -> Result<impl Future<Output = Result<usize, StorageError>> + use<>, StorageError> {
         let entry = new_entry(user, path, content_type, body);
+        let answer = self.queue(Append { entry, task: None }, coalesce).await?;
+        // Only a task change can be refused as ended.
+        Ok(async move { Ok(answer.await?.unwrap_or(0)) })
+    }
+
+    /// Stores a task change with its push to the owner's tasks path (one group commit, like
+    /// a notice), then sends it; returns how many subscriptions took it, or `None` when the
+    /// change was refused because the task had already ended (nothing stored or sent).
+    ///
+    /// # Errors
+    /// [`StorageError::InsufficientCredits`] for a new task its owner cannot pay; storage
+    /// failed.
+    pub async fn record(
+        &self,
+        owner: &str,
+        body: Vec<u8>,
+        change: TaskChange,
+        coalesce: Coalesce,
+    ) -> Outcome {
+        let entry = new_entry(owner, TASKS_PATH, "application/json", body);
+        self.queue(Append { entry, task: Some(change) }, Some(coalesce)).await?.await
+    }
+
+    async fn queue(
+        &self,
+        append: Append,
+        coalesce: Option<Coalesce>,
+    ) -> Result<impl Future<Output = Outcome> + use<>, StorageError> {
         let (outcome, answer) = oneshot::channel();
         let stopped = || StorageError::Batch("the log is shutting down".into());
         self.inner
             .commits
-            .send(Pending { entry, coalesce, outcome })
+            .send(Pending { append, coalesce, outcome })
             .await
             .map_err(|_| stopped())?;
         Ok(async move { answer.await.map_err(|_| stopped())? })
     }
 
-    /// Stores `group` in one transaction and sends it, holding the turn of every user in it
-    /// so that each user's sends stay in `seq` order beside task updates.
+    /// Stores `group` in one transaction, then sends what was stored in `seq` order and
+    /// answers each caller. The committer is the only sender of numbered pushes, so nothing
+    /// else can interleave.
     async fn commit_group(&self, group: Vec<Pending>) {
-        let users: HashSet<&str> = group.iter().map(|p| p.entry.user.as_str()).collect();
-        // A task update holds one turn and never waits for a commit: no cycle.
-        let mut turns = Vec::with_capacity(users.len());
-        for user in users {
-            turns.push(self.turn(user).await);
-        }
-        let (mut entries, waiting): (Vec<LogEntry>, Vec<_>) =
-            group.into_iter().map(|p| (p.entry, (p.coalesce, p.outcome))).unzip();
-        if let Err(error) = self.inner.storage.append_logs(&mut entries).await {
-            let why = error.to_string();
-            tracing::warn!(notices = entries.len(), "group commit failed: {why}");
-            for (_, outcome) in waiting {
-                let _ = outcome.send(Err(StorageError::Batch(why.clone())));
+        let (mut appends, waiting): (Vec<Append>, Vec<_>) =
+            group.into_iter().map(|p| (p.append, (p.coalesce, p.outcome))).unzip();
+        let outcomes = match self.inner.storage.append(&mut appends).await {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                let why = error.to_string();
+                tracing::warn!(pushes = appends.len(), "group commit failed: {why}");
+                for (_, outcome) in waiting {
+                    let _ = outcome.send(Err(StorageError::Batch(why.clone())));
+                }
+                return;
             }
-            return;
-        }
+        };
         let mut marks = Vec::new();
-        let mut handed = Vec::with_capacity(entries.len());
-        for (entry, (coalesce, _)) in entries.iter().zip(&waiting) {
-            let taken = self.deliver(entry, coalesce.clone());
-            if taken == 0 && entry.path != TASKS_PATH {
-                marks.push(OfflineMark {
-                    user: entry.user.clone(),
-                    path: entry.path.clone(),
-                    seq: entry.seq,
-                });
-            }
-            handed.push(taken);
+        let mut results = Vec::with_capacity(appends.len());
+        for ((append, stored), (coalesce, _)) in appends.iter().zip(outcomes).zip(&waiting) {
+            let entry = &append.entry;
+            let result = match stored {
+                Appended::Stored => {
+                    let taken = self.deliver(entry, coalesce.clone());
+                    let marked = taken == 0 && entry.path != TASKS_PATH;
+                    if marked {
+                        marks.push(OfflineMark {
+                            user: entry.user.clone(),
+                            path: entry.path.clone(),
+                            seq: entry.seq,
+                        });
+                    }
+                    (Ok(Some(taken)), marked)
+                }
+                Appended::Ended => (Ok(None), false),
+                Appended::Unpaid { cost, balance } => {
+                    (Err(StorageError::InsufficientCredits { cost, balance }), false)
+                }
+            };
+            results.push(result);
         }
         let marked = if marks.is_empty() {
             Ok(())
         } else {
             self.inner.storage.mark_offline_many(&marks).await
         };
-        if marked.is_ok() {
-            self.inner.offline_paths.lock().extend(marks.into_iter().map(|m| m.path));
+        match &marked {
+            Ok(()) => self.inner.offline_paths.lock().extend(marks.into_iter().map(|m| m.path)),
+            Err(error) => {
+                tracing::warn!(marks = marks.len(), "cannot store offline marks: {error}")
+            }
         }
-        drop(turns);
-        for ((_, outcome), taken) in waiting.into_iter().zip(handed) {
+        for ((_, outcome), (result, needs_mark)) in waiting.into_iter().zip(results) {
             let result = match &marked {
-                Ok(()) => Ok(taken),
-                Err(error) => Err(StorageError::Batch(error.to_string())),
+                Err(error) if needs_mark => Err(StorageError::Batch(error.to_string())),
+                _ => result,
             };
             let _ = outcome.send(result);
         }
     }
 
     /// Hands a stored entry to its user's sessions; returns how many subscriptions took it.
-    /// The caller holds the user's turn.
     fn deliver(&self, entry: &LogEntry, coalesce: Option<Coalesce>) -> usize {
         let mut publication = self.publication(entry, false);
         if let Some(coalesce) = coalesce {
@@ -445,8 +439,17 @@ async fn prune(inner: std::sync::Weak<Inner>) {
 
 #[cfg(test)]
 mod tests {
+    use taskpulse_shared::{
+        TaskProgressDto, TaskStatus,
+        dto::{AspectRatio, SubmitTaskRequest},
+    };
+
     use super::*;
-    use crate::{broker::Authenticator, config::Settings, storage::SqlStorage};
+    use crate::{
+        broker::Authenticator,
+        config::Settings,
+        storage::{SqlStorage, TaskRecord},
+    };
 
     const E: &str = "e1";
 
@@ -473,27 +476,40 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn turns_are_forgotten_when_nobody_holds_or_awaits_them() {
+    async fn a_refused_task_change_takes_no_number_and_its_caller_learns_why() {
         let log = log().await;
-        for n in 0..50 {
-            log.send(&format!("user{n}"), "/queue/n", "text/plain", b"x".to_vec(), None)
-                .await
-                .expect("stored");
-        }
-        assert!(log.inner.users.lock().is_empty(), "one entry per name ever seen would leak");
-        let first = log.turn("alice").await;
-        let waiting = tokio::spawn({
-            let log = log.clone();
-            async move {
-                let turn = log.turn("alice").await;
-                drop(turn);
-            }
-        });
-        tokio::task::yield_now().await;
-        drop(first);
-        assert_eq!(log.inner.users.lock().len(), 1, "kept while someone waits");
-        waiting.await.expect("the waiter gets its turn");
-        assert!(log.inner.users.lock().is_empty());
+        let key = || Coalesce { key: Arc::from("t1"), replaceable: false };
+        let unknown = TaskProgressDto::new("t1", TaskStatus::Processing, 0, "started");
+        let ended = log.record("alice", b"{}".to_vec(), TaskChange::Update(unknown), key()).await;
+        assert!(matches!(ended, Ok(None)), "{ended:?}");
+        let mut task = TaskRecord {
+            id: 0,
+            owner: "alice".into(),
+            request: SubmitTaskRequest::TextToImage {
+                prompt: "a lighthouse".into(),
+                aspect_ratio: AspectRatio::Square,
+            },
+            state: TaskProgressDto::new("t1", TaskStatus::Created, 0, "created"),
+            cost: 5,
+            executor: "demo".into(),
+            external_ref: None,
+            created_at: 1,
+            updated_at: 1,
+            finished_at: None,
+        };
+        let change = TaskChange::Insert(Box::new(task.clone()));
+        let unpaid = log.record("alice", b"{}".to_vec(), change, key()).await;
+        assert!(
+            matches!(unpaid, Err(StorageError::InsufficientCredits { cost: 5, balance: 0 })),
+            "{unpaid:?}"
+        );
+        assert_eq!(log.inner.storage.log_range("alice").await.expect("range"), (0, 0));
+        task.cost = 0;
+        let change = TaskChange::Insert(Box::new(task));
+        let stored = log.record("alice", b"{}".to_vec(), change, key()).await;
+        assert!(matches!(stored, Ok(Some(0))), "stored, nobody listening: {stored:?}");
+        log.send("alice", "/queue/n", "text/plain", b"x".to_vec(), None).await.expect("sent");
+        assert_eq!(log.inner.storage.log_range("alice").await.expect("range"), (1, 2));
     }
 
     #[test]

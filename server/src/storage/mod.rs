@@ -4,6 +4,7 @@
 //!
 //! Every method is one transaction, so a crash leaves either the old or the new state.
 
+mod group;
 mod sql;
 
 use async_trait::async_trait;
@@ -122,6 +123,55 @@ pub struct OfflineMark {
     pub seq: i64,
 }
 
+/// A task change, stored in the transaction that stores the log entry announcing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskChange {
+    /// A new task (its state `created`), charged `cost` credits.
+    Insert(Box<TaskRecord>),
+    /// A task's new state, as of the entry's `at`; refused when the task is already
+    /// terminal. A `failed` state refunds the task's cost.
+    Update(TaskProgressDto),
+    /// A task's `completed` state with its result file (see [`Storage::result`]), stored
+    /// together: an [`TaskChange::Update`] that also keeps the file.
+    Complete(TaskProgressDto, Vec<u8>),
+}
+
+impl TaskChange {
+    /// The task's state after the change.
+    pub fn state(&self) -> &TaskProgressDto {
+        match self {
+            TaskChange::Insert(task) => &task.state,
+            TaskChange::Update(state) | TaskChange::Complete(state, _) => state,
+        }
+    }
+}
+
+/// One numbered push of a group commit: an entry for a user's log and, for a task update,
+/// the change it announces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Append {
+    /// The entry; storage sets its `seq` when it is stored.
+    pub entry: LogEntry,
+    /// The task change stored with it, if any.
+    pub task: Option<TaskChange>,
+}
+
+/// What became of one [`Append`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored; its entry has its `seq`.
+    Stored,
+    /// Its task had already ended (or is unknown): nothing stored.
+    Ended,
+    /// Its owner cannot pay for the new task: nothing stored.
+    Unpaid {
+        /// Price of the task.
+        cost: i64,
+        /// What the owner has.
+        balance: i64,
+    },
+}
+
 /// Durable state. Implementations are shared as `Arc<dyn Storage>`.
 #[async_trait]
 pub trait Storage: Send + Sync + std::fmt::Debug {
@@ -140,38 +190,55 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Token ids revoked and not yet expired at `now` (expired ones are forgotten).
     async fn revoked_tokens(&self, now: i64) -> Result<Vec<String>, StorageError>;
 
-    /// Stores a new task and its first event, taking `task.cost` credits from the owner, and
-    /// appends `log` (the push that announces it) in the same transaction. Returns the `seq`
-    /// it gave `log`.
-    ///
-    /// # Errors
-    /// [`StorageError::InsufficientCredits`] when the balance is below the cost.
-    async fn insert_task(&self, task: &TaskRecord, log: &LogEntry) -> Result<i64, StorageError>;
-
-    /// Stores a task's new state, appends it to the history and `log` to the user's log, and
-    /// returns the `seq` it gave `log`; unless the task is already terminal (then nothing
-    /// changes and `None` is returned). A `failed` state refunds the task's cost to the owner
-    /// in the same transaction.
-    async fn update_task(
-        &self,
-        state: &TaskProgressDto,
-        at: i64,
-        log: &LogEntry,
-    ) -> Result<Option<i64>, StorageError>;
-
     /// The log's epoch: fixed for the life of the database.
     async fn epoch(&self) -> Result<String, StorageError>;
 
-    /// Appends messages that are not task changes (notices, queue positions) in one
-    /// transaction, numbering each (it sets `seq`): a user's entries take that user's next
-    /// numbers in the order given. All are stored or none.
-    async fn append_logs(&self, entries: &mut [LogEntry]) -> Result<(), StorageError>;
+    /// Stores a group of numbered pushes in one transaction (the group commit): each
+    /// [`Append`]'s task change, if any, with its history row, and its entry, numbered (it
+    /// sets `seq`): a user's entries take that user's next numbers in the order given. An
+    /// append whose task change is refused ([`Appended::Ended`], [`Appended::Unpaid`])
+    /// stores nothing and takes no number; the others are stored together or, on an error,
+    /// not at all. Returns one outcome per append, in order.
+    async fn append(&self, group: &mut [Append]) -> Result<Vec<Appended>, StorageError>;
 
-    /// [`Storage::append_logs`] for one entry; returns the `seq` it was given.
+    /// Stores a new task and its first event, taking `task.cost` credits from the owner, and
+    /// appends `log` (the push that announces it) in the same transaction. Returns the `seq`
+    /// it gave `log`. One [`Storage::append`].
+    ///
+    /// # Errors
+    /// [`StorageError::InsufficientCredits`] when the balance is below the cost.
+    async fn insert_task(&self, task: &TaskRecord, log: &LogEntry) -> Result<i64, StorageError> {
+        let change = TaskChange::Insert(Box::new(task.clone()));
+        let mut group = [Append { entry: log.clone(), task: Some(change) }];
+        match self.append(&mut group).await?.pop() {
+            Some(Appended::Unpaid { cost, balance }) => {
+                Err(StorageError::InsufficientCredits { cost, balance })
+            }
+            _ => Ok(group[0].entry.seq),
+        }
+    }
+
+    /// Stores a task's new state (as of `log.at`), appends it to the history and `log` to the
+    /// user's log, and returns the `seq` it gave `log`; unless the task is already terminal
+    /// (then nothing changes and `None` is returned). A `failed` state refunds the task's
+    /// cost to the owner in the same transaction. One [`Storage::append`].
+    async fn update_task(
+        &self,
+        state: &TaskProgressDto,
+        log: &LogEntry,
+    ) -> Result<Option<i64>, StorageError> {
+        let change = TaskChange::Update(state.clone());
+        let mut group = [Append { entry: log.clone(), task: Some(change) }];
+        let stored = self.append(&mut group).await?.pop() == Some(Appended::Stored);
+        Ok(stored.then_some(group[0].entry.seq))
+    }
+
+    /// Appends one message that is not a task change; returns the `seq` it was given. One
+    /// [`Storage::append`].
     async fn append_log(&self, entry: &LogEntry) -> Result<i64, StorageError> {
-        let mut entries = [entry.clone()];
-        self.append_logs(&mut entries).await?;
-        Ok(entries[0].seq)
+        let mut group = [Append { entry: entry.clone(), task: None }];
+        self.append(&mut group).await?;
+        Ok(group[0].entry.seq)
     }
 
     /// The lowest and the highest `seq` kept in `user`'s log; `(0, 0)` when it is empty.

@@ -7,7 +7,7 @@
 //! `synchronous=NORMAL` loses at most the last commits on a power failure, never on a process
 //! crash; PostgreSQL commits are durable).
 
-use std::{collections::HashMap, path::Path};
+use std::path::Path;
 
 use async_trait::async_trait;
 use sqlx::{
@@ -19,7 +19,10 @@ use taskpulse_shared::{
     dto::{TaskEvent, TaskStatus},
 };
 
-use super::{LogEntry, OfflineMark, Storage, StorageError, TaskQuery, TaskRecord, UserRecord};
+use super::{
+    Append, Appended, LogEntry, OfflineMark, Storage, StorageError, TaskQuery, TaskRecord,
+    UserRecord,
+};
 
 /// Which database a [`SqlStorage`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,64 +147,20 @@ fn task_from_row(row: &AnyRow) -> Result<TaskRecord, StorageError> {
 }
 
 /// The history stores the pushed document, minus the queue position (which is stale at once).
-fn event_json(state: &TaskProgressDto) -> String {
+pub(super) fn event_json(state: &TaskProgressDto) -> String {
     let mut state = state.clone();
     state.queue_position = None;
     serde_json::to_string(&state).expect("a DTO serialises")
 }
 
-/// Appends a task's new state to its history and `log` to its owner's log; returns the
-/// entry's `seq`.
-async fn record_push(
-    conn: &mut AnyConnection,
-    state: &TaskProgressDto,
-    at: i64,
-    log: &LogEntry,
-) -> Result<i64, StorageError> {
-    sqlx::query("INSERT INTO task_events (task_no, at, dto) VALUES ($1, $2, $3)")
-        .bind(&state.task_no)
-        .bind(at)
-        .bind(event_json(state))
-        .execute(&mut *conn)
-        .await?;
-    insert_log(conn, log).await
-}
-
-/// Appends `entry` as the next `seq` of its user, numbered here in the caller's
-/// transaction: nothing in memory decides it. The counter row is an upsert, which locks it,
-/// so two transactions appending for one user (two servers on one PostgreSQL) serialise
-/// rather than collide, and `seq` order is commit order.
-async fn insert_log(conn: &mut AnyConnection, entry: &LogEntry) -> Result<i64, StorageError> {
-    let seq: i64 = sqlx::query_scalar(
-        "INSERT INTO user_seqs (username, seq) VALUES ($1, 1) \
-         ON CONFLICT (username) DO UPDATE SET seq = user_seqs.seq + 1 RETURNING seq",
-    )
-    .bind(&entry.user)
-    .fetch_one(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO user_log (username, seq, at, path, content_type, body) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(&entry.user)
-    .bind(seq)
-    .bind(entry.at)
-    .bind(&entry.path)
-    .bind(&entry.content_type)
-    .bind(&entry.body)
-    .execute(conn)
-    .await?;
-    Ok(seq)
-}
-
 /// Rows per multi-row INSERT: far below both backends' bind limits (SQLite 32,766,
 /// PostgreSQL 65,535 parameters).
-const ROWS_PER_INSERT: usize = 500;
+pub(super) const ROWS_PER_INSERT: usize = 500;
 
 /// `($1, $2), ($3, $4)` for `rows` rows of `columns` values; `(?, ?), (?, ?)` on SQLite,
 /// whose lookup of numbered parameters is linear per parameter (quadratic for a statement of
 /// thousands: a third of the CPU of a group commit, measured with `perf`).
-fn placeholders(backend: Backend, rows: usize, columns: usize) -> String {
+pub(super) fn placeholders(backend: Backend, rows: usize, columns: usize) -> String {
     let row = |r: usize| {
         let values: Vec<String> = (1..=columns)
             .map(|c| match backend {
@@ -269,97 +228,6 @@ impl Storage for SqlStorage {
         rows.iter().map(|r| r.try_get("jti").map_err(StorageError::from)).collect()
     }
 
-    async fn insert_task(&self, task: &TaskRecord, log: &LogEntry) -> Result<i64, StorageError> {
-        let mut tx = self.pool.begin().await?;
-        if task.cost > 0 {
-            let charged = sqlx::query(
-                "UPDATE users SET credits = credits - $1 WHERE username = $2 AND credits >= $1",
-            )
-            .bind(task.cost)
-            .bind(&task.owner)
-            .execute(&mut *tx)
-            .await?;
-            if charged.rows_affected() == 0 {
-                let balance: Option<i64> =
-                    sqlx::query_scalar("SELECT credits FROM users WHERE username = $1")
-                        .bind(&task.owner)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                return Err(StorageError::InsufficientCredits {
-                    cost: task.cost,
-                    balance: balance.unwrap_or(0),
-                });
-            }
-        }
-        let request = serde_json::to_string(&task.request).expect("a request serialises");
-        let state = &task.state;
-        sqlx::query(
-            "INSERT INTO tasks (task_no, owner, kind, request, status, progress, message, \
-             result_url, error_message, cost, executor, external_ref, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        )
-        .bind(&state.task_no)
-        .bind(&task.owner)
-        .bind(task.request.kind().as_str())
-        .bind(request)
-        .bind(state.status.as_str())
-        .bind(i64::from(state.progress))
-        .bind(&state.message)
-        .bind(&state.result_url)
-        .bind(&state.error_message)
-        .bind(task.cost)
-        .bind(&task.executor)
-        .bind(&task.external_ref)
-        .bind(task.created_at)
-        .bind(task.updated_at)
-        .execute(&mut *tx)
-        .await?;
-        let seq = record_push(&mut tx, state, task.created_at, log).await?;
-        tx.commit().await?;
-        Ok(seq)
-    }
-
-    async fn update_task(
-        &self,
-        state: &TaskProgressDto,
-        at: i64,
-        log: &LogEntry,
-    ) -> Result<Option<i64>, StorageError> {
-        let mut tx = self.pool.begin().await?;
-        let terminal = state.status.is_terminal();
-        let updated = sqlx::query(
-            "UPDATE tasks SET status = $1, progress = $2, message = $3, result_url = $4, \
-             error_message = $5, updated_at = $6, finished_at = $7 \
-             WHERE task_no = $8 AND status NOT IN ('completed', 'failed')",
-        )
-        .bind(state.status.as_str())
-        .bind(i64::from(state.progress))
-        .bind(&state.message)
-        .bind(&state.result_url)
-        .bind(&state.error_message)
-        .bind(at)
-        .bind(terminal.then_some(at))
-        .bind(&state.task_no)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            return Ok(None);
-        }
-        if state.status == TaskStatus::Failed {
-            sqlx::query(
-                "UPDATE users SET credits = credits + \
-                 (SELECT cost FROM tasks WHERE task_no = $1) \
-                 WHERE username = (SELECT owner FROM tasks WHERE task_no = $1)",
-            )
-            .bind(&state.task_no)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let seq = record_push(&mut tx, state, at, log).await?;
-        tx.commit().await?;
-        Ok(Some(seq))
-    }
-
     async fn put_result(&self, task_no: &str, bytes: &[u8], now: i64) -> Result<(), StorageError> {
         sqlx::query(
             "INSERT INTO results (task_no, bytes, stored_at) VALUES ($1, $2, $3) \
@@ -400,70 +268,14 @@ impl Storage for SqlStorage {
             .await?)
     }
 
-    async fn append_logs(&self, entries: &mut [LogEntry]) -> Result<(), StorageError> {
-        if entries.is_empty() {
-            return Ok(());
+    async fn append(&self, group: &mut [Append]) -> Result<Vec<Appended>, StorageError> {
+        if group.is_empty() {
+            return Ok(Vec::new());
         }
         let mut tx = self.pool.begin().await?;
-        // Each user's counter moves once by the number of its entries; the entries take the
-        // numbers in the order given.
-        let mut counts: Vec<(&str, i64)> = Vec::new();
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        for entry in entries.iter() {
-            match index.get(entry.user.as_str()) {
-                Some(&i) => counts[i].1 += 1,
-                None => {
-                    index.insert(&entry.user, counts.len());
-                    counts.push((&entry.user, 1));
-                }
-            }
-        }
-        // One multi-row upsert per chunk of users; RETURNING's order is unspecified, so the
-        // rows are matched by name.
-        let mut next: HashMap<String, i64> = HashMap::with_capacity(counts.len());
-        for chunk in counts.chunks(ROWS_PER_INSERT) {
-            let sql = format!(
-                "INSERT INTO user_seqs (username, seq) VALUES {} ON CONFLICT (username) \
-                 DO UPDATE SET seq = user_seqs.seq + excluded.seq RETURNING username, seq",
-                placeholders(self.backend, chunk.len(), 2)
-            );
-            let mut query = sqlx::query(&sql);
-            for (user, n) in chunk {
-                query = query.bind(*user).bind(*n);
-            }
-            for row in query.fetch_all(&mut *tx).await? {
-                let user: String = row.try_get("username")?;
-                let last: i64 = row.try_get("seq")?;
-                let n = index.get(user.as_str()).map_or(0, |&i| counts[i].1);
-                next.insert(user, last - n + 1);
-            }
-        }
-        for entry in entries.iter_mut() {
-            let Some(seq) = next.get_mut(&entry.user) else {
-                return Err(StorageError::Corrupt(entry.user.clone(), "no counter row".into()));
-            };
-            entry.seq = *seq;
-            *seq += 1;
-        }
-        for chunk in entries.chunks(ROWS_PER_INSERT) {
-            let sql = format!(
-                "INSERT INTO user_log (username, seq, at, path, content_type, body) VALUES {}",
-                placeholders(self.backend, chunk.len(), 6)
-            );
-            let mut query = sqlx::query(&sql);
-            for entry in chunk {
-                query = query
-                    .bind(&entry.user)
-                    .bind(entry.seq)
-                    .bind(entry.at)
-                    .bind(&entry.path)
-                    .bind(&entry.content_type)
-                    .bind(&entry.body);
-            }
-            query.execute(&mut *tx).await?;
-        }
+        let outcomes = super::group::append(&mut tx, self.backend, group).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(outcomes)
     }
 
     async fn log_range(&self, user: &str) -> Result<(i64, i64), StorageError> {

@@ -39,7 +39,7 @@ use crate::{
     broker::Coalesce,
     now_ms,
     replay::UserLog,
-    storage::{Storage, StorageError, TaskQuery, TaskRecord},
+    storage::{Storage, StorageError, TaskChange, TaskQuery, TaskRecord},
 };
 
 /// The user path of task updates (`/user/queue/tasks-progress` for the owner).
@@ -131,6 +131,8 @@ struct Inner {
 struct LiveTask {
     owner: String,
     lane: Option<&'static str>,
+    /// What its executor is asked to do (kept here so that starting it reads nothing).
+    job: Job,
     state: tokio::sync::Mutex<LiveState>,
     cancelled: Notify,
 }
@@ -258,40 +260,50 @@ impl TaskService {
             updated_at: now,
             finished_at: None,
         };
-        let mut turn = self.inner.log.turn(owner).await;
-        // Counted under the owner's turn, which every submission of the owner takes, so two
-        // concurrent submissions cannot both take the last place.
-        let active = self.inner.live.lock().values().filter(|t| t.owner == owner).count();
-        if active >= limits.max_active_per_user as usize {
-            return Err(TaskError::Limited {
-                message: format!(
-                    "{active} tasks are still running or queued: at most {} at once \
-                     (tasks.max_active_per_user); wait for some to finish",
-                    limits.max_active_per_user
-                ),
-                retry_after: None,
-            });
+        // Counted and taken under the map's lock, so two concurrent submissions cannot both
+        // take the last place; given back if the task is not stored.
+        let limit = limits.max_active_per_user as usize;
+        let live = self.track(&record, lane, limit).map_err(|active| TaskError::Limited {
+            message: format!(
+                "{active} tasks are still running or queued: at most {limit} at once \
+                     (tasks.max_active_per_user); wait for some to finish"
+            ),
+            retry_after: None,
+        })?;
+        let change = TaskChange::Insert(Box::new(record));
+        let coalesce = coalesce_key(&state, false);
+        let stored = self.inner.log.record(owner, self.body(&state), change, coalesce).await;
+        if !matches!(stored, Ok(Some(_))) {
+            self.inner.live.lock().remove(&task_no);
+            stored?;
+            // Storage refuses a new task only for credits (an error), never as ended.
+            let why = "a new task was refused as ended".into();
+            return Err(TaskError::Storage(StorageError::Corrupt(task_no, why)));
         }
-        let mut entry = turn.entry(PROGRESS_PATH, "application/json", self.body(&state));
-        entry.seq = self.inner.storage.insert_task(&record, &entry).await?;
-        let live = self.track(owner, lane, state.clone());
-        turn.send(&entry, Some(coalesce_key(&state, false)));
-        drop(turn);
         if let Some(lane) = lane {
             self.enqueue(&live, &task_no, lane, "waiting for a free slot").await;
         }
         Ok(task_no)
     }
 
+    /// Follows a task until it ends, if its owner has fewer than `limit` live tasks (else
+    /// returns the number they have).
     fn track(
         &self,
-        owner: &str,
+        record: &TaskRecord,
         lane: Option<&'static str>,
-        current: TaskProgressDto,
-    ) -> Arc<LiveTask> {
+        limit: usize,
+    ) -> Result<Arc<LiveTask>, usize> {
+        let owner = record.owner.as_str();
+        let current = record.state.clone();
         let live = Arc::new(LiveTask {
             owner: owner.to_owned(),
             lane,
+            job: Job {
+                task_no: current.task_no.clone(),
+                request: record.request.clone(),
+                external_ref: record.external_ref.clone(),
+            },
             state: tokio::sync::Mutex::new(LiveState {
                 current: current.clone(),
                 last_push: Instant::now(),
@@ -301,8 +313,13 @@ impl TaskService {
             }),
             cancelled: Notify::new(),
         });
-        self.inner.live.lock().insert(current.task_no, live.clone());
-        live
+        let mut tasks = self.inner.live.lock();
+        let active = tasks.values().filter(|t| t.owner == owner).count();
+        if active >= limit {
+            return Err(active);
+        }
+        tasks.insert(current.task_no, live.clone());
+        Ok(live)
     }
 
     fn live(&self, task_no: &str) -> Option<Arc<LiveTask>> {
@@ -316,37 +333,30 @@ impl TaskService {
         let position = lane.waiting_len() as u32 + 1;
         let mut queued = TaskProgressDto::new(task_no, TaskStatus::Queued, 0, why);
         queued.queue_position = Some(position);
-        if self.apply(live, &mut state, queued, false).await {
+        if self.apply(live, &mut state, TaskChange::Update(queued), false).await {
             state.announced_position = Some(position);
             lane.push(task_no.to_owned());
         }
     }
 
-    /// Writes `next`, then pushes it; forgets the task once terminal. False when the task
-    /// was already terminal or the write failed.
+    /// Writes a change (an update or a completion with its result), then pushes it; forgets
+    /// the task once terminal. False when the task was already terminal or the write failed.
     async fn apply(
         &self,
         live: &LiveTask,
         state: &mut LiveState,
-        next: TaskProgressDto,
+        change: TaskChange,
         replaceable: bool,
     ) -> bool {
         if state.current.status.is_terminal() {
             return false;
         }
-        let stored = async {
-            let mut turn = self.inner.log.turn(&live.owner).await;
-            let mut entry = turn.entry(PROGRESS_PATH, "application/json", self.body(&next));
-            let stored = self.inner.storage.update_task(&next, entry.at, &entry).await?;
-            if let Some(seq) = stored {
-                entry.seq = seq;
-                turn.send(&entry, Some(coalesce_key(&next, replaceable)));
-            }
-            Ok::<bool, StorageError>(stored.is_some())
-        };
-        match stored.await {
-            Ok(true) => {}
-            Ok(false) => return false,
+        let next = change.state().clone();
+        let body = self.body(&next);
+        let coalesce = coalesce_key(&next, replaceable);
+        match self.inner.log.record(&live.owner, body, change, coalesce).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return false,
             Err(e) => {
                 tracing::error!(task = %next.task_no, "cannot store task state: {e}");
                 return false;
@@ -366,12 +376,13 @@ impl TaskService {
         serde_json::to_vec(&self.inner.results.signed(state)).expect("a DTO serialises")
     }
 
-    /// A status change (never coalesced away). False when the task is unknown or terminal.
-    async fn transition(&self, next: TaskProgressDto) -> bool {
-        let Some(live) = self.live(&next.task_no) else { return false };
+    /// A status change (never coalesced away). False when the task is unknown or terminal,
+    /// or the write failed.
+    async fn transition(&self, change: TaskChange) -> bool {
+        let Some(live) = self.live(&change.state().task_no) else { return false };
         let mut state = live.state.lock().await;
         state.pending = None;
-        self.apply(&live, &mut state, next, false).await
+        self.apply(&live, &mut state, change, false).await
     }
 
     async fn report_progress(&self, task_no: &str, percent: u8, message: String) {
@@ -384,7 +395,7 @@ impl TaskService {
         let interval = Duration::from_millis(self.inner.settings.tasks.progress_interval_ms);
         if state.last_push.elapsed() >= interval {
             state.pending = None;
-            self.apply(&live, &mut state, next, true).await;
+            self.apply(&live, &mut state, TaskChange::Update(next), true).await;
         } else {
             state.pending = Some(next);
             if !state.flush_scheduled {
@@ -408,7 +419,7 @@ impl TaskService {
         if let Some(next) = state.pending.take()
             && state.current.status == TaskStatus::Processing
         {
-            self.apply(&live, &mut state, next, true).await;
+            self.apply(&live, &mut state, TaskChange::Update(next), true).await;
         }
     }
 
@@ -428,43 +439,37 @@ impl TaskService {
     /// Runs one task on its lane's executor.
     async fn run(&self, lane: &Lane, task_no: &str) {
         let Some(live) = self.live(task_no) else { return };
-        let record = match self.inner.storage.task(task_no).await {
-            Ok(Some(record)) => record,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::error!(task = %task_no, "cannot read task: {e}");
-                return;
-            }
-        };
         let started = TaskProgressDto::new(task_no, TaskStatus::Processing, 0, "started");
-        if !self.transition(started).await {
+        if !self.transition(TaskChange::Update(started)).await {
             return; // cancelled while queued
         }
-        let job = Job {
-            task_no: task_no.to_owned(),
-            request: record.request,
-            external_ref: record.external_ref,
-        };
+        let job = &live.job;
         let progress = Progress { service: self.clone(), task_no: task_no.to_owned() };
         let outcome = tokio::select! {
-            outcome = lane.executor.run(&job, &progress) => outcome,
+            outcome = lane.executor.run(job, &progress) => outcome,
             () = live.cancelled.notified() => {
-                lane.executor.cancel(&job).await;
+                lane.executor.cancel(job).await;
                 return;
             }
         };
         let last = live.state.lock().await.current.progress;
-        let end = match outcome {
-            Ok(artifact) => match self.inner.results.store(task_no, &artifact.bytes).await {
-                Ok(url) => TaskProgressDto::completed(task_no, url),
-                Err(e) => {
-                    tracing::error!(task = %task_no, "cannot store result: {e}");
-                    TaskProgressDto::failed(task_no, last, "the result could not be stored")
+        match outcome {
+            Ok(artifact) => {
+                // The result file is stored in the transaction that completes the task.
+                let done = TaskProgressDto::completed(task_no, ResultStore::url(task_no));
+                if !self.transition(TaskChange::Complete(done, artifact.bytes)).await {
+                    // Cancelled meanwhile (then this changes nothing either), or the write
+                    // failed: the task must not stay `processing`.
+                    let why = "the result could not be stored";
+                    let failed = TaskProgressDto::failed(task_no, last, why);
+                    self.transition(TaskChange::Update(failed)).await;
                 }
-            },
-            Err(reason) => TaskProgressDto::failed(task_no, last, reason),
-        };
-        self.transition(end).await;
+            }
+            Err(reason) => {
+                let failed = TaskProgressDto::failed(task_no, last, reason);
+                self.transition(TaskChange::Update(failed)).await;
+            }
+        }
     }
 
     /// Pushes new queue positions of a lane's waiting tasks, at most once per progress
@@ -516,7 +521,10 @@ impl TaskService {
             let kind = record.request.kind();
             let task_no = record.state.task_no.clone();
             let lane = self.lane_for(kind);
-            let live = self.track(&record.owner, lane, record.state.clone());
+            // Every task a previous run accepted is followed again, whatever the limit.
+            let Ok(live) = self.track(&record, lane, usize::MAX) else {
+                continue;
+            };
             let Some(lane) = lane else { continue };
             let why = match record.state.status {
                 TaskStatus::Processing if record.external_ref.is_some() => {
@@ -632,7 +640,7 @@ impl TaskService {
             let mut state = live.state.lock().await;
             let end = TaskProgressDto::failed(task_no, state.current.progress, "cancelled");
             state.pending = None;
-            if !self.apply(&live, &mut state, end, false).await {
+            if !self.apply(&live, &mut state, TaskChange::Update(end), false).await {
                 return Err(TaskError::Conflict(format!("task {task_no} already ended")));
             }
         }
@@ -675,7 +683,8 @@ impl TaskService {
         let next = next_external_state(&state.current, report)?;
         let replaceable = next.status == state.current.status;
         state.pending = None;
-        if !self.apply(&live, &mut state, next.clone(), replaceable).await {
+        let change = TaskChange::Update(next.clone());
+        if !self.apply(&live, &mut state, change, replaceable).await {
             return Err(TaskError::Conflict(format!("task {task_no} already ended")));
         }
         Ok(next)

@@ -94,13 +94,10 @@ impl ResultStore {
         Ok(())
     }
 
-    /// Stores a result and returns its (unsigned) URL.
-    ///
-    /// # Errors
-    /// The database failed.
-    pub async fn store(&self, task_no: &str, bytes: &[u8]) -> Result<String, StorageError> {
-        self.storage.put_result(task_no, bytes, now_ms()).await?;
-        Ok(local_url(task_no))
+    /// The (unsigned) URL of a task's result, once stored (with the task's completion, see
+    /// `storage::TaskChange::Complete`).
+    pub fn url(task_no: &str) -> String {
+        local_url(task_no)
     }
 
     /// A task's stored result, if any.
@@ -184,7 +181,7 @@ mod tests {
         assert_eq!(store.read("T1").await.unwrap().as_deref(), Some(&b"\x89PNG old"[..]));
         assert_eq!(storage.result("T2.tmp").await.unwrap(), None, "unfinished writes stay out");
         assert!(!results.exists() && dir.path().join("results.imported/T1").exists());
-        assert_eq!(store.store("T3", b"new").await.unwrap(), local_url("T3"));
+        storage.put_result("T3", b"new", 1).await.unwrap();
         assert_eq!(store.read("T3").await.unwrap().as_deref(), Some(&b"new"[..]));
         assert_eq!(store.read("T4").await.unwrap(), None);
     }

@@ -5,7 +5,8 @@
 use std::{future::Future, sync::Arc};
 
 use taskpulse_server::storage::{
-    LogEntry, OfflineMark, SqlStorage, Storage, StorageError, TaskQuery, TaskRecord, UserRecord,
+    Append, Appended, LogEntry, OfflineMark, SqlStorage, Storage, StorageError, TaskChange,
+    TaskQuery, TaskRecord, UserRecord,
 };
 use taskpulse_shared::{
     TaskProgressDto, TaskStatus,
@@ -51,7 +52,7 @@ async fn insert(db: &Db, task: &TaskRecord) -> Result<i64, StorageError> {
 }
 
 async fn update(db: &Db, state: &TaskProgressDto, at: i64) -> Option<i64> {
-    db.update_task(state, at, &entry("alice", at, "/queue/p")).await.unwrap()
+    db.update_task(state, &entry("alice", at, "/queue/p")).await.unwrap()
 }
 
 async fn with_alice(db: &Db, credits: i64) {
@@ -109,9 +110,12 @@ async fn a_group_is_numbered_per_user_in_order_and_stored_whole(db: Db) {
     db.append_log(&entry("bob", 1, "/queue/n")).await.unwrap();
     // 1,200 entries (more than one multi-row INSERT) for three users, interleaved.
     let users = ["alice", "bob", "carol"];
-    let mut group: Vec<LogEntry> =
-        (0..1200).map(|i| entry(users[i % 3], 10 + i as i64, "/queue/n")).collect();
-    db.append_logs(&mut group).await.unwrap();
+    let mut group: Vec<Append> = (0..1200)
+        .map(|i| Append { entry: entry(users[i % 3], 10 + i as i64, "/queue/n"), task: None })
+        .collect();
+    let outcomes = db.append(&mut group).await.unwrap();
+    assert!(outcomes.iter().all(|o| *o == Appended::Stored));
+    let group: Vec<LogEntry> = group.into_iter().map(|a| a.entry).collect();
     for user in users {
         let seqs: Vec<i64> = group.iter().filter(|e| e.user == user).map(|e| e.seq).collect();
         let first = if user == "bob" { 2 } else { 1 };
@@ -122,7 +126,7 @@ async fn a_group_is_numbered_per_user_in_order_and_stored_whole(db: Db) {
         assert!(stored_at.ends_with(&given_at), "{user}: stored in the order given");
     }
     assert_eq!(db.append_log(&entry("carol", 5000, "/queue/n")).await.unwrap(), 401);
-    db.append_logs(&mut []).await.unwrap();
+    assert!(db.append(&mut []).await.unwrap().is_empty());
     // Marks of one group: one statement, the first of a path counts, a set one is kept.
     let mark = |user: &str, seq| OfflineMark { user: user.into(), path: "/queue/n".into(), seq };
     db.mark_offline_many(&[mark("alice", 7), mark("bob", 3), mark("alice", 9)]).await.unwrap();
@@ -141,6 +145,57 @@ async fn a_task_change_and_its_log_entry_commit_together(db: Db) {
     assert_eq!(db.log_range("alice").await.unwrap(), (1, 2));
     assert!(db.snapshot_tasks("alice", 3, 10).await.unwrap().is_empty(), "finished before");
     assert_eq!(db.snapshot_tasks("alice", 2, 10).await.unwrap().len(), 1);
+}
+
+async fn a_mixed_group_stores_what_it_may_and_numbers_only_that(db: Db) {
+    with_alice(&db, 3).await;
+    insert(&db, &task("T0", "alice", 0)).await.unwrap();
+    db.update_task(&TaskProgressDto::completed("T0", "/r"), &entry("alice", 2, "/queue/p"))
+        .await
+        .unwrap();
+    let change = |user: &str, at, change| Append {
+        entry: entry(user, at, "/queue/tasks-progress"),
+        task: Some(change),
+    };
+    let state = |no: &str, status| TaskProgressDto::new(no, status, 0, "x");
+    let mut group = vec![
+        change("alice", 10, TaskChange::Insert(Box::new(task("T1", "alice", 2)))),
+        Append { entry: entry("alice", 11, "/queue/n"), task: None },
+        // T0 ended before this group; T2 costs more than what is left.
+        change("alice", 12, TaskChange::Update(state("T0", TaskStatus::Processing))),
+        change("alice", 13, TaskChange::Insert(Box::new(task("T2", "alice", 2)))),
+        change("bob", 14, TaskChange::Insert(Box::new(task("B1", "bob", 0)))),
+        // Two changes of one task in one group, in order; the third is refused.
+        change("alice", 15, TaskChange::Update(state("T1", TaskStatus::Processing))),
+        change("alice", 16, TaskChange::Update(TaskProgressDto::failed("T1", 0, "boom"))),
+        change("alice", 17, TaskChange::Update(state("T1", TaskStatus::Processing))),
+        change("bob", 18, TaskChange::Update(state("B1", TaskStatus::Queued))),
+    ];
+    let outcomes = db.append(&mut group).await.unwrap();
+    use Appended::{Ended, Stored, Unpaid};
+    let unpaid = Unpaid { cost: 2, balance: 1 };
+    assert_eq!(outcomes, [Stored, Stored, Ended, unpaid, Stored, Stored, Stored, Ended, Stored]);
+    let seqs: Vec<i64> = group
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, o)| **o == Stored)
+        .map(|(a, _)| a.entry.seq)
+        .collect();
+    // alice had 1 and 2 (T0); bob starts at 1.
+    assert_eq!(seqs, [3, 4, 1, 5, 6, 2]);
+    assert_eq!(db.log_range("alice").await.unwrap(), (1, 6));
+    assert!(db.task("T2").await.unwrap().is_none(), "the unpaid task is not stored");
+    let t1 = db.task("T1").await.unwrap().unwrap();
+    assert_eq!((t1.state.status, t1.finished_at), (TaskStatus::Failed, Some(16)));
+    // Charged 2 for T1, refunded on its failure.
+    assert_eq!(db.user("alice").await.unwrap().unwrap().credits, 3);
+    let history: Vec<(TaskStatus, i64)> =
+        db.events("T1").await.unwrap().iter().map(|e| (e.progress.status, e.at)).collect();
+    assert_eq!(
+        history,
+        [(TaskStatus::Created, 1), (TaskStatus::Processing, 15), (TaskStatus::Failed, 16)]
+    );
+    assert_eq!(db.events("T0").await.unwrap().len(), 2, "nothing added to an ended task");
 }
 
 async fn snapshots_hold_the_newest_unfinished_and_recent_tasks_oldest_first(db: Db) {
@@ -254,6 +309,7 @@ async fn every_check<F: Future<Output = Db>>(fresh: impl Fn() -> F) {
     offline_marks_keep_the_first_seq_until_taken(fresh().await).await;
     a_group_is_numbered_per_user_in_order_and_stored_whole(fresh().await).await;
     a_task_change_and_its_log_entry_commit_together(fresh().await).await;
+    a_mixed_group_stores_what_it_may_and_numbers_only_that(fresh().await).await;
     snapshots_hold_the_newest_unfinished_and_recent_tasks_oldest_first(fresh().await).await;
     duplicate_users_are_refused(fresh().await).await;
     credits_are_reserved_and_refunded_once_on_failure(fresh().await).await;
