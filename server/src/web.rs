@@ -21,6 +21,7 @@ pub fn app(state: AppState) -> Router {
     let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/ws", get(crate::transport::websocket::upgrade))
+        .route("/ws/json", get(crate::transport::websocket::upgrade_json))
         .merge(crate::api::routes())
         .route("/api", get(unknown_api))
         .route("/api/{*rest}", get(unknown_api).post(unknown_api));

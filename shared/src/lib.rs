@@ -1,12 +1,13 @@
 //! The TaskPulse wire protocol, shared by the server, the wasm client and the frontend.
 //!
 //! [`dto`] holds every JSON document that crosses the wire (task progress, submissions,
-//! logins); [`resume`] the delivery guarantee's header names, resume position and ERROR codes;
+//! logins); [`json`] the JSON protocol for a bare `WebSocket`; [`resume`] the delivery guarantee's header names, resume position and ERROR codes;
 //! [`stomp`] holds STOMP 1.0-1.2 frames, typed commands and an incremental codec.
 //! This crate does no I/O: it turns bytes into values and values into bytes.
 #![warn(missing_docs)]
 
 pub mod dto;
+pub mod json;
 pub mod resume;
 pub mod stomp;
 

@@ -8,6 +8,7 @@ mod auth;
 mod destination;
 #[doc(hidden)]
 pub mod exercise;
+mod json_session;
 mod message;
 mod outbox;
 mod session;
@@ -25,6 +26,8 @@ pub(crate) use auth::stored_secret;
 pub use auth::{AuthError, Authenticator, Claims, KeyError, Principal};
 use bytes::Bytes;
 pub use destination::{Destination, DestinationError, pattern_matches};
+pub use json_session::JsonSession;
+pub(crate) use message::ENCODINGS;
 use message::is_protocol_header;
 pub use message::{Coalesce, LogPlace, Message, Publication};
 pub use outbox::{CloseReason, Delivery, Failure, Opened, Outbox, Outgoing, Wire};

@@ -5,6 +5,7 @@
 //! Publishers push from any thread; one mutex per connection keeps the queue, the byte count
 //! and the unacknowledged set consistent (held for a push or a drain, never across I/O).
 
+use bytes::Bytes;
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     sync::Arc,
@@ -36,6 +37,9 @@ pub enum Outgoing {
         /// What to deliver.
         message: Arc<Message>,
     },
+    /// An answer the session's own protocol encoded (a JSON `pong`, `unsubscribed`, or an
+    /// `error` that does not end the session); written as it is.
+    Reply(Bytes),
     /// Close the connection after writing everything before this, saying why.
     Close(CloseReason),
 }
@@ -102,6 +106,8 @@ pub enum Wire {
         /// The `heart-beat` answer.
         heart_beat: HeartBeat,
     },
+    /// The JSON protocol (`auth_success`).
+    Json,
 }
 
 /// Why a session fails, for the client.
@@ -135,6 +141,7 @@ impl Outgoing {
                     + 2 * EVENT_OVERHEAD
             }
             Outgoing::Deliver { message, .. } => message.cost(),
+            Outgoing::Reply(bytes) => bytes.len() + EVENT_OVERHEAD,
             Outgoing::Close(_) => 0,
         }
     }
@@ -247,6 +254,11 @@ impl Outbox {
     /// connection rather than send a wrong one. Ignored once the outbox is closed.
     pub fn receipt(&self, receipt_id: String) {
         self.push(Outgoing::Receipt(receipt_id));
+    }
+
+    /// Queues an answer the session encoded itself (see [`Outgoing::Reply`]).
+    pub fn reply(&self, bytes: Bytes) {
+        self.push(Outgoing::Reply(bytes));
     }
 
     /// Queues an ERROR and then the close; nothing is accepted afterwards. Pending
@@ -686,6 +698,7 @@ mod tests {
                 Outgoing::Opened(_) => "OPENED".into(),
                 Outgoing::Receipt(_) => "RECEIPT".into(),
                 Outgoing::Error(_) => "ERROR".into(),
+                Outgoing::Reply(_) => "REPLY".into(),
                 Outgoing::Close(_) => "CLOSE".into(),
             })
             .collect()

@@ -44,7 +44,9 @@ impl StompWriter {
         let start = out.len();
         let frame = match item {
             Outgoing::Opened(opened) => {
-                let Wire::Stomp { version, heart_beat } = opened.wire;
+                let Wire::Stomp { version, heart_beat } = opened.wire else {
+                    return Err("A session of another protocol cannot be written as STOMP.".into());
+                };
                 self.version = version;
                 ServerCommand::Connected {
                     version,
@@ -64,6 +66,10 @@ impl StompWriter {
             }
             Outgoing::Deliver { sub, ack, message } => {
                 return self.delivery(sub, *ack, message, out);
+            }
+            Outgoing::Reply(bytes) => {
+                out.extend_from_slice(bytes);
+                return Ok(std::str::from_utf8(bytes).is_ok());
             }
             Outgoing::Close(_) => return Ok(true),
         };

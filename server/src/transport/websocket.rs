@@ -1,6 +1,7 @@
-//! The WebSocket transport at `/ws`: negotiates the STOMP subprotocol, feeds received bytes
-//! to a [`Session`], writes its [`Outbox`] as STOMP frames, and keeps the clocks (CONNECT
-//! deadline, heart-beats, token expiry) the session itself does not have.
+//! The WebSocket transport: at `/ws` it negotiates the STOMP subprotocol and drives a STOMP
+//! [`Session`], at `/ws/json` a [`JsonSession`]; it feeds received messages to the session,
+//! writes its [`Outbox`] in the session's wire format, and keeps the clocks (CONNECT or
+//! `auth` deadline, heart-beats, token expiry) the session itself does not have.
 //!
 //! The driver ([`serve`]) takes any `Stream`/`Sink` of WebSocket messages: axum's socket in
 //! production, channels in the tests below, which run its clocks with paused time.
@@ -20,11 +21,148 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use taskpulse_shared::stomp::Version;
 use tokio::time::Instant;
 
-use super::stomp::{HEARTBEAT, StompWriter};
+use super::{
+    json::JsonWriter,
+    stomp::{HEARTBEAT, StompWriter},
+};
 use crate::{
     AppError, AppState,
-    broker::{Broker, Flow, Outbox, Outgoing, Session, TransportInfo},
+    broker::{Broker, Flow, JsonSession, Outbox, Outgoing, Session, TransportInfo},
 };
+
+/// A protocol's session as the driver sees it: messages in, clocks reported, and the writer
+/// of its wire format. Implemented by the broker's sessions, nothing else.
+pub(crate) trait Protocol: Send + 'static {
+    /// Writes the outbox's events in this protocol.
+    type Writer: Encode;
+    /// A new session on `broker`.
+    fn start(broker: Broker, info: TransportInfo) -> Self;
+    /// The queue the writer drains.
+    fn outbox(&self) -> &Arc<Outbox>;
+    /// The largest message accepted, for the error that names it.
+    fn frame_limit(&self) -> usize;
+    /// Whether the client authenticated.
+    fn authenticated(&self) -> bool;
+    /// `(send a heart-beat after, close after)` this much silence; zero means never.
+    fn heartbeat(&self) -> (Duration, Duration);
+    /// One received WebSocket message.
+    fn on_message(&mut self, bytes: &[u8]) -> Flow;
+    /// The client closed its side.
+    fn on_eof(&mut self);
+    /// No authentication arrived in time.
+    fn connect_timeout(&mut self) -> Flow;
+    /// How long until the credentials expire.
+    fn token_remaining(&self) -> Option<Duration>;
+    /// The credentials expired.
+    fn token_expired(&mut self) -> Flow;
+    /// Silence beyond the heart-beat.
+    fn heartbeat_timeout(&mut self) -> Flow;
+    /// A transport failure the client hears about.
+    fn transport_error(&mut self, message: &'static str, body: String) -> Flow;
+}
+
+/// A wire format's writer: one event to bytes.
+pub(crate) trait Encode: Default + Send + 'static {
+    /// Appends `item` to `out`; says whether a text message can carry it.
+    ///
+    /// # Errors
+    /// Why the event cannot be written faithfully; nothing was appended.
+    fn encode(&mut self, item: &Outgoing, out: &mut Vec<u8>) -> Result<bool, String>;
+}
+
+impl Encode for StompWriter {
+    fn encode(&mut self, item: &Outgoing, out: &mut Vec<u8>) -> Result<bool, String> {
+        StompWriter::encode(self, item, out)
+    }
+}
+
+impl Encode for JsonWriter {
+    fn encode(&mut self, item: &Outgoing, out: &mut Vec<u8>) -> Result<bool, String> {
+        JsonWriter::encode(self, item, out)
+    }
+}
+
+impl Protocol for Session {
+    type Writer = StompWriter;
+    fn start(broker: Broker, info: TransportInfo) -> Self {
+        Session::new(broker, info)
+    }
+    fn outbox(&self) -> &Arc<Outbox> {
+        Session::outbox(self)
+    }
+    fn frame_limit(&self) -> usize {
+        Session::frame_limit(self)
+    }
+    fn authenticated(&self) -> bool {
+        self.principal().is_some()
+    }
+    fn heartbeat(&self) -> (Duration, Duration) {
+        Session::heartbeat(self)
+    }
+    fn on_message(&mut self, bytes: &[u8]) -> Flow {
+        self.on_bytes(bytes)
+    }
+    fn on_eof(&mut self) {
+        Session::on_eof(self);
+    }
+    fn connect_timeout(&mut self) -> Flow {
+        Session::connect_timeout(self)
+    }
+    fn token_remaining(&self) -> Option<Duration> {
+        Session::token_remaining(self)
+    }
+    fn token_expired(&mut self) -> Flow {
+        Session::token_expired(self)
+    }
+    fn heartbeat_timeout(&mut self) -> Flow {
+        Session::heartbeat_timeout(self)
+    }
+    fn transport_error(&mut self, message: &'static str, body: String) -> Flow {
+        Session::transport_error(self, message, body)
+    }
+}
+
+impl Protocol for JsonSession {
+    type Writer = JsonWriter;
+    fn start(broker: Broker, info: TransportInfo) -> Self {
+        JsonSession::new(broker, info)
+    }
+    fn outbox(&self) -> &Arc<Outbox> {
+        JsonSession::outbox(self)
+    }
+    fn frame_limit(&self) -> usize {
+        JsonSession::frame_limit(self)
+    }
+    fn authenticated(&self) -> bool {
+        self.principal().is_some()
+    }
+    /// The JSON protocol negotiates no heart-beats: clients `ping` as they like, and the
+    /// WebSocket layer answers pings.
+    fn heartbeat(&self) -> (Duration, Duration) {
+        (Duration::ZERO, Duration::ZERO)
+    }
+    fn on_message(&mut self, bytes: &[u8]) -> Flow {
+        JsonSession::on_message(self, bytes)
+    }
+    fn on_eof(&mut self) {
+        JsonSession::on_eof(self);
+    }
+    fn connect_timeout(&mut self) -> Flow {
+        JsonSession::connect_timeout(self)
+    }
+    fn token_remaining(&self) -> Option<Duration> {
+        JsonSession::token_remaining(self)
+    }
+    fn token_expired(&mut self) -> Flow {
+        JsonSession::token_expired(self)
+    }
+    fn heartbeat_timeout(&mut self) -> Flow {
+        Flow::Continue
+    }
+    fn transport_error(&mut self, message: &'static str, body: String) -> Flow {
+        JsonSession::transport_error(self, message, body)
+    }
+}
 
 /// What the driver needs of a WebSocket: its messages in, messages out.
 pub(crate) trait Socket:
@@ -70,46 +208,78 @@ pub(crate) async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let limits = &state.broker.settings().limits;
-    // The last `http_reserve` connections are for plain HTTP: /healthz and the API keep
-    // answering when WebSockets take everything else.
-    let open = state.open_connections();
-    if open > limits.max_connections.saturating_sub(limits.http_reserve) {
-        return AppError::Unavailable(format!(
-            "too many connections: {open} are open (limits.max_connections = {}, of which \
-             limits.http_reserve = {} are kept for HTTP requests); try again later",
-            limits.max_connections, limits.http_reserve
-        ))
-        .into_response();
-    }
     // Room for a maximal frame plus a few small ones in the same message; larger messages
     // are refused by tungstenite before they are buffered.
-    let max_message = limits.frame_size.saturating_mul(4);
-    let ws = ws
-        .protocols(SUBPROTOCOLS)
-        .read_buffer_size(limits.ws_read_buffer)
-        .write_buffer_size(limits.ws_write_buffer)
-        .max_message_size(max_message)
-        .max_frame_size(max_message);
+    let ws = match admit(&state, ws.protocols(SUBPROTOCOLS), limits.frame_size.saturating_mul(4)) {
+        Ok(ws) => ws,
+        Err(refused) => return refused,
+    };
     let info = TransportInfo {
         subprotocol: ws
             .selected_protocol()
             .and_then(|p| p.to_str().ok())
             .and_then(Version::from_subprotocol),
         access_token: query.access_token,
-        peer: peer
-            .map_or_else(|| "unknown".into(), |Extension(ConnectInfo(addr))| addr.to_string()),
+        peer: peer_name(peer),
     };
     let broker = state.broker.clone();
-    ws.on_upgrade(move |socket| serve(socket, broker, info))
+    ws.on_upgrade(move |socket| serve::<Session>(socket, broker, info))
 }
 
-/// Runs one STOMP session over `socket` until either side ends it.
-pub(crate) async fn serve(socket: impl Socket, broker: Broker, info: TransportInfo) {
+/// `GET /ws/json`: upgrade to a session of the JSON protocol (one JSON object per message).
+pub(crate) async fn upgrade_json(
+    State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let ws = match admit(&state, ws, state.broker.settings().limits.frame_size) {
+        Ok(ws) => ws,
+        Err(refused) => return refused,
+    };
+    let info = TransportInfo { peer: peer_name(peer), ..TransportInfo::default() };
+    let broker = state.broker.clone();
+    ws.on_upgrade(move |socket| serve::<JsonSession>(socket, broker, info))
+}
+
+fn peer_name(peer: Option<Extension<ConnectInfo<SocketAddr>>>) -> String {
+    peer.map_or_else(|| "unknown".into(), |Extension(ConnectInfo(addr))| addr.to_string())
+}
+
+/// Refuses an upgrade beyond the connection limit; sets the socket's buffers and the largest
+/// message (`max_message` bytes) otherwise.
+#[allow(clippy::result_large_err)]
+fn admit(
+    state: &AppState,
+    ws: WebSocketUpgrade,
+    max_message: usize,
+) -> Result<WebSocketUpgrade, Response> {
+    let limits = &state.broker.settings().limits;
+    // The last `http_reserve` connections are for plain HTTP: /healthz and the API keep
+    // answering when WebSockets take everything else.
+    let open = state.open_connections();
+    if open > limits.max_connections.saturating_sub(limits.http_reserve) {
+        return Err(AppError::Unavailable(format!(
+            "too many connections: {open} are open (limits.max_connections = {}, of which \
+             limits.http_reserve = {} are kept for HTTP requests); try again later",
+            limits.max_connections, limits.http_reserve
+        ))
+        .into_response());
+    }
+    Ok(ws
+        .read_buffer_size(limits.ws_read_buffer)
+        .write_buffer_size(limits.ws_write_buffer)
+        .max_message_size(max_message)
+        .max_frame_size(max_message))
+}
+
+/// Runs one session of protocol `P` over `socket` until either side ends it.
+pub(crate) async fn serve<P: Protocol>(socket: impl Socket, broker: Broker, info: TransportInfo) {
     let stomp = broker.settings().stomp.clone();
-    let mut session = Session::new(broker, info);
+    let mut session = P::start(broker, info);
     let outbox = session.outbox().clone();
     let (sink, mut stream) = socket.split();
-    let mut writer = tokio::spawn(write(sink, outbox, stomp.always_binary));
+    let writer = write::<P::Writer>(sink, outbox, stomp.always_binary);
+    let mut writer = tokio::spawn(writer);
     let connect_deadline = Instant::now() + Duration::from_millis(stomp.connect_timeout_ms);
     // The writer also ends sessions the broker closed (slow consumer, shutdown).
     let (flow, writer_done) = tokio::select! {
@@ -125,7 +295,7 @@ pub(crate) async fn serve(socket: impl Socket, broker: Broker, info: TransportIn
             writer.abort();
         }
     }
-    session.end();
+    drop(session);
     if flow == Flow::Close {
         linger(&mut stream).await;
     }
@@ -149,13 +319,13 @@ async fn linger(stream: &mut (impl Stream<Item = Result<Message, axum::Error>> +
 /// Reads until the session closes ([`Flow::Close`]) or the client goes away
 /// ([`Flow::Continue`]: nothing more to write).
 async fn read(
-    session: &mut Session,
+    session: &mut impl Protocol,
     stream: &mut (impl Stream<Item = Result<Message, axum::Error>> + Unpin),
     connect_deadline: Instant,
 ) -> Flow {
     let mut last_seen = Instant::now();
     loop {
-        let connected = session.principal().is_some();
+        let connected = session.authenticated();
         let (_, silence) = session.heartbeat();
         let heartbeat = (connected && !silence.is_zero()).then(|| last_seen + silence);
         // Re-read every time: an in-band refresh moves it.
@@ -194,8 +364,8 @@ async fn read(
                     Ok(()) => session.transport_error(
                         "frame too large",
                         format!(
-                            "A WebSocket message was larger than this server accepts: a STOMP \
-                             frame may have at most {limit} bytes (limits.frame_size)."
+                            "A WebSocket message was larger than this server accepts: a frame \
+                             or message may have at most {limit} bytes (limits.frame_size)."
                         ),
                     ),
                     Err(detail) => {
@@ -208,8 +378,8 @@ async fn read(
                     }
                 };
             }
-            Some(Ok(Message::Text(text))) => session.on_bytes(text.as_bytes()),
-            Some(Ok(Message::Binary(bytes))) => session.on_bytes(&bytes),
+            Some(Ok(Message::Text(text))) => session.on_message(text.as_bytes()),
+            Some(Ok(Message::Binary(bytes))) => session.on_message(&bytes),
             // tungstenite answers pings itself; any traffic counts as a sign of life.
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
         };
@@ -220,13 +390,13 @@ async fn read(
 }
 
 /// Writes the outbox in batches (one flush per batch) and heart-beats during silence.
-async fn write(
+async fn write<W: Encode>(
     mut sink: impl Sink<Message, Error = axum::Error> + Unpin,
     outbox: Arc<Outbox>,
     always_binary: bool,
 ) {
     let mut batch = VecDeque::new();
-    let mut stomp = StompWriter::default();
+    let mut wire = W::default();
     loop {
         // Read each time: CONNECT sets it, and the CONNECTED frame wakes this loop.
         let every = outbox.heartbeat_every();
@@ -248,7 +418,7 @@ async fn write(
                 return;
             }
             let mut buffer = Vec::with_capacity(512);
-            let text = match stomp.encode(&item, &mut buffer) {
+            let text = match wire.encode(&item, &mut buffer) {
                 Ok(text) => text,
                 Err(why) => {
                     // Not dropped silently: the client is told and the session ends.
@@ -384,7 +554,8 @@ mod tests {
         let timeout = Duration::from_millis(broker.settings().stomp.connect_timeout_ms);
         let (socket, mut client) = pipe();
         let start = Instant::now();
-        let driver = tokio::spawn(serve(socket, broker.clone(), TransportInfo::default()));
+        let driver =
+            tokio::spawn(serve::<Session>(socket, broker.clone(), TransportInfo::default()));
         assert_eq!(client.error().await, "connect timeout");
         assert_eq!(Instant::now() - start, timeout, "exactly at the deadline");
         assert_eq!(client.next().await.0, "CLOSE 1008");
@@ -397,7 +568,8 @@ mod tests {
         let broker = broker();
         let tolerance = broker.settings().stomp.heartbeat_tolerance;
         let (socket, mut client) = pipe();
-        let driver = tokio::spawn(serve(socket, broker.clone(), TransportInfo::default()));
+        let driver =
+            tokio::spawn(serve::<Session>(socket, broker.clone(), TransportInfo::default()));
         // The client sends every 4 s and wants the server's every 3 s.
         client.connect(&broker, "4000,3000");
         let (connected, start) = client.next().await;
@@ -432,7 +604,8 @@ mod tests {
         // driver once polled the finished writer again and panicked.
         let broker = broker();
         let (socket, mut client) = pipe();
-        let driver = tokio::spawn(serve(socket, broker.clone(), TransportInfo::default()));
+        let driver =
+            tokio::spawn(serve::<Session>(socket, broker.clone(), TransportInfo::default()));
         client.connect(&broker, "0,0");
         assert!(client.next().await.0.starts_with("CONNECTED\n"));
         assert_eq!(broker.session_count(), 1);

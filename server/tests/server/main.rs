@@ -6,6 +6,7 @@ mod comfyui_sim;
 mod fixture;
 mod hardening;
 mod http;
+mod json;
 mod replay;
 mod restart;
 mod stomp;
