@@ -4,7 +4,6 @@
 //! `/topic/...`), with [`TASKS_CHANNEL`] as the short name of the user's task updates.
 
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
 /// The short name of `/user/queue/tasks-progress`.
 pub const TASKS_CHANNEL: &str = "tasks";
@@ -54,10 +53,12 @@ pub struct SnapshotPart {
     pub count: usize,
 }
 
-/// What the server sends.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// What the server sends. `D` is how a message's `data` is held: a parsed
+/// `serde_json::Value` when reading (the default; serde cannot read a `RawValue` inside an
+/// internally tagged enum), the body as it is (`Box<RawValue>`) when the server writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum ServerMessage {
+pub enum ServerMessage<D = serde_json::Value> {
     /// The token was accepted.
     AuthSuccess {
         /// The principal.
@@ -85,7 +86,7 @@ pub enum ServerMessage {
     /// A task update on the tasks channel.
     TaskProgress {
         /// The `TaskProgressDto`.
-        data: Box<RawValue>,
+        data: D,
         /// Its position in the user's log (a snapshot's: the log's position it reflects).
         seq: i64,
         /// The log's epoch.
@@ -102,7 +103,7 @@ pub enum ServerMessage {
         /// The channel, as the client named it.
         channel: String,
         /// The body: JSON as sent, or a string for any other body.
-        data: Box<RawValue>,
+        data: D,
         /// Its position in the user's log, on private channels.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         seq: Option<i64>,
@@ -125,6 +126,8 @@ pub enum ServerMessage {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::value::RawValue;
+
     use super::*;
 
     #[test]
@@ -144,7 +147,7 @@ mod tests {
             serde_json::from_str::<ClientMessage>(r#"{"type":"auth","token":"t","x":1}"#).is_err()
         );
         let data = RawValue::from_string(r#"{"taskNo":"t"}"#.into()).unwrap();
-        let update = ServerMessage::TaskProgress {
+        let update = ServerMessage::<Box<RawValue>>::TaskProgress {
             data,
             seq: 3,
             epoch: "e".into(),
@@ -155,5 +158,9 @@ mod tests {
             serde_json::to_string(&update).unwrap(),
             r#"{"type":"task_progress","data":{"taskNo":"t"},"seq":3,"epoch":"e"}"#
         );
+        let read: ServerMessage = serde_json::from_str(&serde_json::to_string(&update).unwrap())
+            .expect("what the server writes, a client reads");
+        let ServerMessage::TaskProgress { data, seq: 3, .. } = read else { panic!("{read:?}") };
+        assert_eq!(data, serde_json::json!({"taskNo": "t"}));
     }
 }

@@ -22,6 +22,9 @@ use taskpulse_shared::{
 
 use super::{Broker, Destination, Flow, Opened, Outbox, Subscriber, TransportInfo, Wire};
 
+/// The session's own answers (they carry no message `data`).
+type Reply = ServerMessage;
+
 /// The destination the [`TASKS_CHANNEL`] short name stands for.
 fn tasks_destination() -> String {
     format!("/user{TASKS_PATH}")
@@ -106,7 +109,7 @@ impl JsonSession {
             }
         };
         match message {
-            ClientMessage::Ping => self.reply(&ServerMessage::Pong),
+            ClientMessage::Ping => self.reply(&Reply::Pong),
             ClientMessage::Auth { token } => return self.authenticate(&token),
             ClientMessage::Subscribe { channels, resume } => self.subscribe(channels, resume),
             ClientMessage::Unsubscribe { channels } => self.unsubscribe(channels),
@@ -147,7 +150,7 @@ impl JsonSession {
         Flow::Close
     }
 
-    fn reply(&self, message: &ServerMessage) {
+    fn reply(&self, message: &Reply) {
         match serde_json::to_vec(message) {
             Ok(bytes) => self.outbox.reply(Bytes::from(bytes)),
             Err(error) => tracing::error!("cannot encode a JSON reply: {error}"),
@@ -156,7 +159,7 @@ impl JsonSession {
 
     /// An `error` that leaves the session open.
     fn error(&self, message: &str, detail: String) {
-        self.reply(&ServerMessage::Error { code: error_code(message), message: detail });
+        self.reply(&Reply::Error { code: error_code(message), message: detail });
     }
 
     fn authenticate(&mut self, token: &str) -> Flow {
@@ -237,7 +240,7 @@ impl JsonSession {
                 ));
                 continue;
             }
-            let subscribed = ServerMessage::Subscribed { channels: vec![channel.clone()] };
+            let subscribed = Reply::Subscribed { channels: vec![channel.clone()] };
             let Ok(subscribed) = serde_json::to_string(&subscribed) else { continue };
             let subscriber = Subscriber {
                 outbox: self.outbox.clone(),
@@ -277,7 +280,7 @@ impl JsonSession {
             }
         }
         if !removed.is_empty() {
-            self.reply(&ServerMessage::Unsubscribed { channels: removed });
+            self.reply(&Reply::Unsubscribed { channels: removed });
         }
         if !unknown.is_empty() {
             self.error("unknown subscription", format!("Not subscribed: {unknown:?}."));
@@ -294,5 +297,178 @@ impl Drop for JsonSession {
             self.broker.detach(self.outbox.id);
         }
         self.broker.redeliver(self.outbox.finish());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Any script of messages, valid and not, against JSON sessions of one broker: nothing
+    //! panics, every answer is one JSON object of the protocol, the broker counts exactly
+    //! the authenticated sessions, and no outbox grows past its ceiling.
+
+    use std::collections::VecDeque;
+
+    use futures_util::FutureExt;
+    use proptest::prelude::*;
+    use taskpulse_shared::json::ServerMessage;
+
+    use super::*;
+    use crate::{
+        broker::{Claims, Outgoing, Publication, exercise},
+        transport::json::JsonWriter,
+    };
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Open { user: usize, good: bool },
+        Send { session: usize, text: String },
+        Drain { session: usize },
+        End { session: usize },
+        Publish { user: usize, size: usize },
+    }
+
+    const USERS: [&str; 3] = ["alice", "bob", "carol"];
+
+    fn text() -> impl Strategy<Value = String> {
+        let channel = prop::sample::select(vec![
+            "tasks",
+            "/user/queue/tasks-progress",
+            "/user/queue/notices",
+            "/user/bob/queue/x",
+            "/topic/chat.x",
+            "/queue/q",
+            "/app/x",
+            "",
+            "tasks\u{0}",
+        ]);
+        let channels = prop::collection::vec(channel, 0..4);
+        let seq = prop_oneof![Just(-1i64), 0i64..5, Just(i64::MAX)];
+        let epoch = prop::sample::select(vec!["", "e", "0123456789abcdef"]);
+        prop_oneof![
+            Just(r#"{"type":"ping"}"#.to_owned()),
+            Just(r#"{"type":"auth","token":"x"}"#.to_owned()),
+            (channels.clone(), prop::option::of((epoch, seq))).prop_map(|(channels, resume)| {
+                let resume = resume.map(|(epoch, seq)| serde_json::json!({"epoch": epoch, "seq": seq}));
+                let mut message = serde_json::json!({"type": "subscribe", "channels": channels});
+                if let Some(resume) = resume {
+                    message["resume"] = resume;
+                }
+                message.to_string()
+            }),
+            channels.prop_map(|c| serde_json::json!({"type": "unsubscribe", "channels": c}).to_string()),
+            "\\PC{0,40}",
+            prop::collection::vec(any::<u8>(), 0..40)
+                .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..USERS.len(), any::<bool>()).prop_map(|(user, good)| Op::Open { user, good }),
+            (0..4usize, text()).prop_map(|(session, text)| Op::Send { session, text }),
+            (0..4usize).prop_map(|session| Op::Drain { session }),
+            (0..4usize).prop_map(|session| Op::End { session }),
+            (0..USERS.len(), 0..2000usize).prop_map(|(user, size)| Op::Publish { user, size }),
+        ]
+    }
+
+    /// Writes what is queued as the transport would; every answer must parse.
+    fn drain(session: &JsonSession) {
+        let mut batch = VecDeque::new();
+        let mut writer = JsonWriter;
+        while session.outbox().next_batch(&mut batch).now_or_never().is_some() {
+            for item in batch.drain(..) {
+                let mut out = Vec::new();
+                writer.encode(&item, &mut out).expect("every event has a JSON form");
+                if !matches!(item, Outgoing::Close(_)) {
+                    let parsed = serde_json::from_slice::<ServerMessage>(&out);
+                    assert!(
+                        parsed.is_ok(),
+                        "not a protocol message: {}",
+                        String::from_utf8_lossy(&out)
+                    );
+                }
+            }
+        }
+    }
+
+    fn run(ops: Vec<Op>) {
+        let broker = exercise::broker();
+        let mut sessions: Vec<JsonSession> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Open { user, good } if sessions.len() < 4 => {
+                    let mut session = JsonSession::new(broker.clone(), TransportInfo::default());
+                    let claims = Claims {
+                        sub: USERS[user].into(),
+                        exp: u64::MAX / 4,
+                        nbf: None,
+                        iat: None,
+                        jti: None,
+                    };
+                    let token = if good {
+                        broker.authenticator().issue(&claims).unwrap_or_default()
+                    } else {
+                        "bad".into()
+                    };
+                    let message = serde_json::json!({"type": "auth", "token": token}).to_string();
+                    let _ = session.on_message(message.as_bytes());
+                    sessions.push(session);
+                }
+                Op::Open { .. } => {}
+                Op::Send { session, text } => {
+                    if let Some(s) = sessions.get_mut(session) {
+                        let _ = s.on_message(text.as_bytes());
+                    }
+                }
+                Op::Drain { session } => {
+                    if let Some(s) = sessions.get(session) {
+                        drain(s);
+                    }
+                }
+                Op::End { session } => {
+                    if session < sessions.len() {
+                        let mut s = sessions.remove(session);
+                        drain(&s);
+                        s.on_eof();
+                    }
+                }
+                Op::Publish { user, size } => {
+                    let body = if size % 2 == 0 { vec![b'x'; size] } else { b"{\"n\":1}".to_vec() };
+                    broker.send_to_user(
+                        USERS[user],
+                        "/queue/notices",
+                        Publication::json(body.clone()),
+                    );
+                    let _ = broker.publish("/topic/chat.x", Publication::json(body));
+                }
+            }
+            let authenticated = sessions.iter().filter(|s| s.principal().is_some()).count();
+            assert_eq!(
+                broker.session_count(),
+                authenticated,
+                "the broker's sessions are the live ones"
+            );
+            for s in &sessions {
+                let held = s.outbox().held_bytes();
+                assert!(
+                    held <= 2 * broker.settings().limits.outbound_buffer + 4096,
+                    "outbox holds {held}"
+                );
+            }
+        }
+        for s in &sessions {
+            drain(s);
+        }
+        drop(sessions);
+        assert_eq!(broker.session_count(), 0, "every ended session left the broker");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+        #[test]
+        fn no_script_panics_or_leaves_a_session_behind(ops in prop::collection::vec(op(), 0..40)) {
+            run(ops);
+        }
     }
 }

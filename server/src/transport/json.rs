@@ -26,7 +26,7 @@ impl JsonWriter {
     /// # Errors
     /// Never in practice (every event has a JSON form); kept for the transport's contract.
     pub(crate) fn encode(&mut self, item: &Outgoing, out: &mut Vec<u8>) -> Result<bool, String> {
-        let message = match item {
+        let message: ServerMessage<Box<RawValue>> = match item {
             Outgoing::Opened(opened) => {
                 ServerMessage::AuthSuccess { user: opened.user_name.clone() }
             }
@@ -58,7 +58,7 @@ impl JsonWriter {
 }
 
 /// A delivery on channel `channel` (the subscription, named as the client named it).
-fn delivery(channel: &str, message: &Message) -> ServerMessage {
+fn delivery(channel: &str, message: &Message) -> ServerMessage<Box<RawValue>> {
     let data = data(message);
     let tasks = channel == TASKS_CHANNEL || channel.strip_prefix("/user") == Some(TASKS_PATH);
     match (&message.place, tasks) {
