@@ -42,6 +42,14 @@ pub enum ClientMessage {
         /// Channels subscribed before.
         channels: Vec<String>,
     },
+    /// Publishes a line of text to a channel (where `[authorization]` lets the user send);
+    /// its subscribers get it with the sender's name.
+    ChatMessage {
+        /// A destination name, e.g. `/topic/chat.general`.
+        channel: String,
+        /// The text.
+        content: String,
+    },
 }
 
 /// Which part of a snapshot a [`ServerMessage::TaskProgress`] is.
@@ -113,6 +121,15 @@ pub enum ServerMessage<D = serde_json::Value> {
         /// Sent again after a resume.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         replayed: bool,
+    },
+    /// A message a client published, with who sent it (the server's word for it).
+    ChatMessage {
+        /// The channel, as the client named it.
+        channel: String,
+        /// The sender's principal.
+        from: String,
+        /// The text (the body, lossy UTF-8).
+        content: String,
     },
     /// A request was refused (`code` is machine-readable); the connection stays open unless
     /// a close follows.

@@ -26,6 +26,10 @@ pub const SNAPSHOT: &str = "x-snapshot";
 /// On snapshot entries: the position the snapshot stands for.
 pub const SNAPSHOT_SEQ: &str = "x-snapshot-seq";
 
+/// Who sent a client's message: the server writes the sender's principal on every message a
+/// client publishes (a chat line), so that receivers can trust it.
+pub const SENDER: &str = "x-sender";
+
 /// The ERROR header clients match on: the `message` in lower case with hyphens
 /// (`invalid resume position` -> `invalid-resume-position`), so that no client depends on the
 /// wording of a message.
@@ -42,7 +46,7 @@ pub fn error_code(message: &str) -> String {
 
 /// Whether a header is the server's to write (clients' SENDs never carry it through).
 pub fn is_reserved_header(name: &str) -> bool {
-    matches!(name, SEQ | EPOCH | REPLAYED)
+    matches!(name, SEQ | EPOCH | REPLAYED | SENDER)
         || name.starts_with("x-snapshot")
         || name.starts_with("x-resume-")
 }

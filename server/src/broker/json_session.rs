@@ -16,8 +16,8 @@ use std::{
 use bytes::Bytes;
 use taskpulse_shared::{
     json::{ClientMessage, Position, ServerMessage, TASKS_CHANNEL},
-    resume::{ResumePosition, TASKS_PATH, error_code},
-    stomp::AckMode,
+    resume::{ResumePosition, TASKS_DESTINATION, error_code},
+    stomp::{AckMode, Headers},
 };
 
 use super::{Broker, Destination, Flow, Opened, Outbox, Subscriber, TransportInfo, Wire};
@@ -25,14 +25,11 @@ use super::{Broker, Destination, Flow, Opened, Outbox, Subscriber, TransportInfo
 /// The session's own answers (they carry no message `data`).
 type Reply = ServerMessage;
 
-/// The destination the [`TASKS_CHANNEL`] short name stands for.
-fn tasks_destination() -> String {
-    format!("/user{TASKS_PATH}")
-}
-
 #[derive(Debug)]
 struct Connected {
     principal: Arc<str>,
+    /// A configured identity (see `Principal::configured`), for `[authorization]`.
+    configured: bool,
     /// By the channel name the client used.
     subscriptions: HashMap<String, Destination>,
     expires_at: Option<u64>,
@@ -113,6 +110,7 @@ impl JsonSession {
             ClientMessage::Auth { token } => return self.authenticate(&token),
             ClientMessage::Subscribe { channels, resume } => self.subscribe(channels, resume),
             ClientMessage::Unsubscribe { channels } => self.unsubscribe(channels),
+            ClientMessage::ChatMessage { channel, content } => self.chat(&channel, content),
         }
         Flow::Continue
     }
@@ -189,6 +187,7 @@ impl JsonSession {
         });
         self.connected = Some(Connected {
             principal: name,
+            configured: principal.configured,
             subscriptions: HashMap::new(),
             expires_at: principal.expires_at,
         });
@@ -211,8 +210,8 @@ impl JsonSession {
         };
         let mut refusals = Vec::new();
         for channel in channels {
-            let name = if channel == TASKS_CHANNEL { tasks_destination() } else { channel.clone() };
-            let destination = match Destination::resolve(&name, &connected.principal) {
+            let name = if channel == TASKS_CHANNEL { TASKS_DESTINATION } else { &channel };
+            let destination = match Destination::resolve(name, &connected.principal) {
                 Ok(Destination::App(app)) => {
                     refusals.push((
                         "invalid destination",
@@ -260,6 +259,19 @@ impl JsonSession {
         }
         for (message, detail) in refusals {
             self.error(message, detail);
+        }
+    }
+
+    fn chat(&self, channel: &str, content: String) {
+        let Some(connected) = self.connected.as_ref() else {
+            return self.error("not authenticated", "Send auth with a token first.".into());
+        };
+        let sender =
+            super::Sender { principal: &connected.principal, configured: connected.configured };
+        let mut headers = Headers::new();
+        headers.push("content-type", "text/plain;charset=utf-8");
+        if let Err(error) = self.broker.client_send(&sender, channel, headers, content.into()) {
+            self.error(error.summary(), error.to_string());
         }
     }
 
@@ -356,6 +368,11 @@ mod tests {
                 message.to_string()
             }),
             channels.prop_map(|c| serde_json::json!({"type": "unsubscribe", "channels": c}).to_string()),
+            (prop::sample::select(vec!["/topic/chat.x", "/topic/todos", "/queue/q", "/app/x", "x"]), "\\PC{0,20}")
+                .prop_map(|(channel, content)| {
+                    serde_json::json!({"type": "chat_message", "channel": channel, "content": content})
+                        .to_string()
+                }),
             "\\PC{0,40}",
             prop::collection::vec(any::<u8>(), 0..40)
                 .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),

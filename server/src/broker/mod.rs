@@ -65,6 +65,19 @@ pub(crate) struct Sender<'a> {
 /// Handles SENDs to one `/app/**` pattern. An `Err` becomes the ERROR frame's message.
 pub type AppHandler = Arc<dyn Fn(AppMessage) -> Result<(), String> + Send + Sync>;
 
+impl RouteError {
+    /// The one-line summary a client's error carries (its code derives from it).
+    pub fn summary(&self) -> &'static str {
+        match self {
+            RouteError::Destination(_) => "invalid destination",
+            RouteError::Forbidden { .. } => "not allowed",
+            RouteError::QueueFull { .. } | RouteError::QueuesFull(_) => "queue full",
+            RouteError::NoHandler(_) => "unknown destination",
+            RouteError::Handler { .. } => "rejected by the application",
+        }
+    }
+}
+
 /// Why the broker refused to route a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
@@ -539,6 +552,7 @@ impl Broker {
                 .iter()
                 .filter(|(n, _)| !is_protocol_header(n) && !resume::is_reserved_header(n)),
         );
+        publication.headers.push(resume::SENDER, principal);
         self.route(&resolved, publication).map(|_| ())
     }
 

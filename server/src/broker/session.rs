@@ -117,14 +117,7 @@ fn refuse(message: &'static str, body: impl Into<String>) -> Refusal {
 
 impl From<RouteError> for Refusal {
     fn from(error: RouteError) -> Refusal {
-        let message = match &error {
-            RouteError::Destination(_) => "invalid destination",
-            RouteError::Forbidden { .. } => "not allowed",
-            RouteError::QueueFull { .. } | RouteError::QueuesFull(_) => "queue full",
-            RouteError::NoHandler(_) => "unknown destination",
-            RouteError::Handler { .. } => "rejected by the application",
-        };
-        refuse(message, error.to_string())
+        refuse(error.summary(), error.to_string())
     }
 }
 

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use taskpulse_shared::{
     json::{ServerMessage, SnapshotPart, TASKS_CHANNEL},
-    resume::{TASKS_PATH, error_code},
+    resume::{SENDER, TASKS_PATH, error_code},
 };
 
 use crate::broker::{ENCODINGS, LogPlace, Message, Outgoing};
@@ -59,8 +59,15 @@ impl JsonWriter {
 
 /// A delivery on channel `channel` (the subscription, named as the client named it).
 fn delivery(channel: &str, message: &Message) -> ServerMessage<Box<RawValue>> {
-    let data = data(message);
     let tasks = channel == TASKS_CHANNEL || channel.strip_prefix("/user") == Some(TASKS_PATH);
+    if let Some(from) = message.headers.get(SENDER).filter(|_| !tasks) {
+        return ServerMessage::ChatMessage {
+            channel: channel.to_owned(),
+            from: from.to_owned(),
+            content: String::from_utf8_lossy(&message.body).into_owned(),
+        };
+    }
+    let data = data(message);
     match (&message.place, tasks) {
         (Some(LogPlace::Numbered { seq, epoch, replayed }), true) => ServerMessage::TaskProgress {
             data,

@@ -8,7 +8,9 @@ use taskpulse_shared::{TaskProgressDto, TaskStatus};
 use tokio::net::TcpStream;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
 
-use crate::fixture::{PATIENCE, TestServer};
+use taskpulse_shared::stomp::Command;
+
+use crate::fixture::{PATIENCE, TestServer, body};
 
 const BACKEND_KEY: &str = "backend-key-0123456789";
 
@@ -145,6 +147,49 @@ async fn a_bare_websocket_follows_a_task_like_a_stomp_client_of_the_same_user() 
     json.send(json!({"type": "unsubscribe", "channels": ["/topic/todos", "/topic/other"]})).await;
     assert_eq!(json.recv().await, json!({"type": "unsubscribed", "channels": ["/topic/todos"]}));
     assert_eq!(json.recv().await["code"], "unknown-subscription");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn chat_lines_carry_their_sender_across_both_protocols() {
+    let server = TestServer::stomp(fast).await;
+    let mut alice = JsonClient::authenticated(&server, &server.token("alice")).await;
+    let mut bob = JsonClient::authenticated(&server, &server.token("bob")).await;
+    bob.send(json!({"type": "subscribe", "channels": ["/topic/chat.general"]})).await;
+    bob.until("subscribed").await;
+    let mut carol = server.client("carol").await;
+    carol.subscribe("chat", "/topic/chat.general", "auto").await;
+
+    alice
+        .send(json!({"type": "chat_message", "channel": "/topic/chat.general", "content": "hi"}))
+        .await;
+    let expected = json!({"type": "chat_message", "channel": "/topic/chat.general", "from": "alice", "content": "hi"});
+    assert_eq!(bob.until("chat_message").await.0, expected);
+    let frame = carol.recv().await;
+    assert_eq!((frame.header("x-sender"), body(&frame)), (Some("alice"), "hi"), "{frame:?}");
+
+    // A STOMP client cannot pass itself off as someone else.
+    carol
+        .frame(
+            Command::Send,
+            &[("destination", "/topic/chat.general"), ("x-sender", "alice")],
+            "it was me",
+        )
+        .await;
+    let (line, _) = bob.until("chat_message").await;
+    assert_eq!(
+        (line["from"].as_str(), line["content"].as_str()),
+        (Some("carol"), Some("it was me"))
+    );
+
+    // Where [authorization] does not let users send, the line is refused and nobody gets it.
+    alice.send(json!({"type": "chat_message", "channel": "/topic/todos", "content": "x"})).await;
+    let refused = alice.recv().await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("not-allowed")),
+        "{refused}"
+    );
     server.stop().await;
 }
 
