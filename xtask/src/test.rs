@@ -271,7 +271,8 @@ fn monitor_e2e() -> Result<String, String> {
     let _ = std::fs::create_dir_all(root().join("artifacts"));
     captured(
         Command::new("node")
-            .args(["--test", "--test-reporter=tap", "--test-concurrency=1", "monitor.test.mjs"])
+            .args(["--test", "--test-reporter=tap", "--test-concurrency=1"])
+            .args(["monitor.test.mjs", "bare-websocket.test.mjs"])
             .current_dir(&dir)
             .env("TASKPULSE_SERVER_BIN", root().join("target/debug/taskpulse-server"))
             .env("TASKPULSE_UI_DIR", &dist)

@@ -3,12 +3,10 @@
 // `cargo xtask test` builds the UI and the server and passes their paths.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { createServer } from "node:net";
 import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { freePort, kill, launchChromium, startServer as startWith } from "./harness.mjs";
 
 const SERVER = process.env.TASKPULSE_SERVER_BIN;
 const UI = process.env.TASKPULSE_UI_DIR;
@@ -20,45 +18,14 @@ let data;
 let server;
 let browser;
 
-async function freePort() {
-  return new Promise((resolve) => {
-    const probe = createServer();
-    probe.listen(0, "127.0.0.1", () => {
-      const { port } = probe.address();
-      probe.close(() => resolve(port));
-    });
-  });
-}
-
 /** Starts the server on `port` with `data`; resolves once it listens. */
 function startServer() {
-  const child = spawn(SERVER, ["--listen", `127.0.0.1:${port}`, "--ui-dir", UI, "--data-dir", data], {
-    env: {
-      ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("TASKPULSE_"))),
-      TASKPULSE_DEMO_DURATION_MS: "4000",
-      TASKPULSE_DEMO_SIZE: "96",
-      // The suite signs in several users from one address; the limit has its own test.
-      TASKPULSE_ACCOUNTS_ATTEMPTS_PER_MINUTE: "100000",
-      NO_COLOR: "1",
-    },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("the server did not start in 30 s")), 30_000);
-    child.stdout.on("data", (chunk) => {
-      if (chunk.toString().includes("http://")) {
-        clearTimeout(timer);
-        resolve(child);
-      }
-    });
-    child.on("exit", (code) => reject(new Error(`the server exited with ${code}`)));
-  });
-}
-
-function kill(child) {
-  return new Promise((resolve) => {
-    child.on("exit", resolve);
-    child.kill("SIGKILL");
+  return startWith({
+    bin: SERVER,
+    port,
+    data,
+    ui: UI,
+    env: { TASKPULSE_DEMO_DURATION_MS: "4000", TASKPULSE_DEMO_SIZE: "96" },
   });
 }
 
@@ -72,14 +39,7 @@ before(async () => {
   port = await freePort();
   data = mkdtempSync(join(tmpdir(), "taskpulse-e2e-"));
   server = await startServer();
-  browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    args: [
-      "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-      "--no-first-run",
-    ],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {
