@@ -57,6 +57,8 @@ pub struct AppState {
     pub fanout: Arc<dyn Fanout>,
     /// Open TCP connections (see `limits.max_connections`).
     connections: Arc<serve::Connections>,
+    /// Tickets and stream passes of `/sse/tasks`.
+    passes: Arc<transport::sse::Passes>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -148,6 +150,7 @@ impl AppState {
             log,
             fanout,
             connections: Arc::default(),
+            passes: Arc::default(),
         })
     }
 }

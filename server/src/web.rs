@@ -22,6 +22,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/ws", get(crate::transport::websocket::upgrade))
         .route("/ws/json", get(crate::transport::websocket::upgrade_json))
+        .route("/sse/tasks", get(crate::transport::sse::tasks))
         .merge(crate::api::routes())
         .route("/api", get(unknown_api))
         .route("/api/{*rest}", get(unknown_api).post(unknown_api));

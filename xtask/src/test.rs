@@ -260,8 +260,10 @@ fn frontend_components() -> Result<String, String> {
     )
 }
 
-/// The task monitor in Chromium against the real server, which the suite starts, kills and
-/// restarts itself (`frontend/tests/e2e`). Screenshots go to `artifacts/`.
+/// The browser suites in Chromium against the real server, which each suite starts, kills
+/// and restarts itself (`frontend/tests/e2e`): the task monitor, a page with only
+/// `new WebSocket()` (the JSON protocol) and one with only `new EventSource()` (SSE).
+/// Screenshots go to `artifacts/`.
 fn monitor_e2e() -> Result<String, String> {
     let dist = build_frontend()?;
     quiet(cargo().args(["build", "-p", "taskpulse-server"]))?;
@@ -272,7 +274,7 @@ fn monitor_e2e() -> Result<String, String> {
     captured(
         Command::new("node")
             .args(["--test", "--test-reporter=tap", "--test-concurrency=1"])
-            .args(["monitor.test.mjs", "bare-websocket.test.mjs"])
+            .args(["monitor.test.mjs", "bare-websocket.test.mjs", "event-source.test.mjs"])
             .current_dir(&dir)
             .env("TASKPULSE_SERVER_BIN", root().join("target/debug/taskpulse-server"))
             .env("TASKPULSE_UI_DIR", &dist)

@@ -46,6 +46,17 @@ pub(super) async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `POST /api/auth/ticket`: a short-lived, single-use ticket for `GET /sse/tasks`, whose
+/// `EventSource` cannot send the token in a header.
+pub(super) async fn ticket(
+    State(state): State<AppState>,
+    user: User,
+) -> Result<crate::transport::sse::Ticket, AppError> {
+    let (ticket, expires_in) =
+        state.passes.ticket(&user.name, user.claims.jti.as_deref(), user.claims.exp)?;
+    Ok(crate::transport::sse::Ticket { ticket, expires_in })
+}
+
 pub(super) async fn me(State(state): State<AppState>, user: User) -> Result<Json<Me>, AppError> {
     let credits = if state.config.settings.credits.enabled {
         let record = state

@@ -22,6 +22,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/auth/register", post(accounts::register))
         .route("/api/auth/login", post(accounts::login))
         .route("/api/auth/logout", post(accounts::logout))
+        .route("/api/auth/ticket", post(accounts::ticket))
         .route("/api/me", get(accounts::me))
         .route("/api/tasks", post(tasks::submit).get(tasks::list))
         .route("/api/tasks/{task_no}", get(tasks::details))

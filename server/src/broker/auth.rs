@@ -238,6 +238,11 @@ impl Authenticator {
         self.revoked.write().insert(token_id.to_owned());
     }
 
+    /// Whether tokens with this `jti` are refused.
+    pub fn is_revoked(&self, token_id: &str) -> bool {
+        self.revoked.read().contains(token_id)
+    }
+
     /// Signs `claims` with the HS256 secret; `None` when tokens are validated with a public
     /// key (they are then issued elsewhere).
     pub fn issue(&self, claims: &Claims) -> Option<String> {

@@ -12,6 +12,7 @@ mod json_session;
 mod message;
 mod outbox;
 mod session;
+mod sse_session;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -34,6 +35,7 @@ pub use outbox::{CloseReason, Delivery, Failure, Opened, Outbox, Outgoing, Wire}
 use outbox::{Leftovers, Unacked};
 use parking_lot::{Mutex, RwLock};
 pub use session::{AUTH_REFRESH, Flow, Session, TransportInfo};
+pub use sse_session::SseSession;
 use taskpulse_shared::{
     resume::{self, ResumePosition},
     stomp::{AckMode, Headers},

@@ -5,7 +5,9 @@
 //! session; `websocket` carries either over a WebSocket (any `Stream`/`Sink` of WebSocket
 //! messages, so its clocks can be tested with paused time). A protocol plugs in by
 //! implementing `websocket::Protocol` for its session (the broker's) and giving its writer.
+//! `sse` is the read-only Server-Sent Events stream of a user's task updates.
 
 pub(crate) mod json;
+pub(crate) mod sse;
 pub(crate) mod stomp;
 pub(crate) mod websocket;

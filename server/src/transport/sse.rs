@@ -1,0 +1,290 @@
+//! Server-Sent Events for read-only watchers: `GET /sse/tasks` streams the user's task
+//! updates as `event: task_progress`, `id: <epoch>:<seq>`, `data: <TaskProgressDto>`; a
+//! reconnecting `EventSource` sends `Last-Event-ID` and gets exactly what it missed (or a
+//! snapshot), as a resuming STOMP subscription does.
+//!
+//! `EventSource` cannot send headers, so the stream is opened with a short-lived,
+//! single-use ticket (`POST /api/auth/ticket` with the Bearer token; never the token in a
+//! URL). Its first use sets an HttpOnly, SameSite=Strict cookie scoped to `/sse`, valid no
+//! longer than the token it came from, which lets the browser's own reconnects (to the same
+//! URL, whose ticket is spent) back in. Tickets and stream passes are kept in this process.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    extract::{Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
+};
+use futures_util::{Stream, StreamExt, stream};
+use parking_lot::Mutex;
+use taskpulse_shared::resume::{ResumePosition, error_code};
+
+use crate::{
+    AppError, AppState,
+    broker::{LogPlace, Outgoing, SseSession},
+    secret::random_hex,
+};
+
+/// How long a ticket may wait for its first use.
+pub(crate) const TICKET_TTL_S: u64 = 30;
+
+/// Tickets and stream passes kept at most; beyond it new tickets are refused (503) until
+/// some expire.
+pub(crate) const MAX_PASSES: usize = 10_000;
+
+/// The stream pass cookie.
+const COOKIE: &str = "taskpulse_sse";
+
+/// The comment sent during silence so that proxies keep the stream open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Who a ticket or pass lets in, and until when (seconds since the epoch).
+#[derive(Debug, Clone)]
+struct Pass {
+    user: String,
+    token_id: Option<String>,
+    expires_at: u64,
+    /// The token it came from expires then (a pass never outlives it).
+    token_expires_at: u64,
+    /// A ticket (spent by its first use) rather than a stream pass.
+    ticket: bool,
+}
+
+/// Outstanding tickets and stream passes, by their secret.
+#[derive(Debug, Default)]
+pub(crate) struct Passes {
+    by_secret: Mutex<HashMap<String, Pass>>,
+}
+
+impl Passes {
+    fn insert(&self, pass: Pass) -> Result<String, AppError> {
+        let secret = random_hex(32).map_err(|e| AppError::Internal(e.to_string()))?;
+        let mut passes = self.by_secret.lock();
+        if passes.len() >= MAX_PASSES {
+            let now = unix_now();
+            passes.retain(|_, p| p.expires_at > now);
+        }
+        if passes.len() >= MAX_PASSES {
+            return Err(AppError::Unavailable(format!(
+                "too many outstanding event-stream tickets ({MAX_PASSES}); try again in {TICKET_TTL_S} s"
+            )));
+        }
+        passes.insert(secret.clone(), pass);
+        Ok(secret)
+    }
+
+    /// A ticket for `user`, authenticated by a token with `token_id` that expires at
+    /// `token_expires_at`.
+    pub(crate) fn ticket(
+        &self,
+        user: &str,
+        token_id: Option<&str>,
+        token_expires_at: u64,
+    ) -> Result<(String, u64), AppError> {
+        let expires_at = (unix_now() + TICKET_TTL_S).min(token_expires_at);
+        let pass = Pass {
+            user: user.to_owned(),
+            token_id: token_id.map(str::to_owned),
+            expires_at,
+            token_expires_at,
+            ticket: true,
+        };
+        Ok((self.insert(pass)?, expires_at.saturating_sub(unix_now())))
+    }
+
+    /// Takes a ticket (spent) or looks a pass up; `None` when unknown or expired.
+    fn redeem(&self, secret: &str) -> Option<Pass> {
+        let mut passes = self.by_secret.lock();
+        let pass = passes.get(secret)?.clone();
+        if pass.expires_at <= unix_now() {
+            passes.remove(secret);
+            return None;
+        }
+        if pass.ticket {
+            passes.remove(secret);
+        }
+        Some(pass)
+    }
+}
+
+/// Query parameters of `/sse/tasks`.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct SseQuery {
+    ticket: Option<String>,
+    /// For a page that opens a new `EventSource`: where it stands (`<epoch>:<seq>`).
+    #[serde(rename = "lastEventId")]
+    last_event_id: Option<String>,
+}
+
+fn cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_owned())
+}
+
+/// `<epoch>:<seq>` as an event id.
+fn position(id: &str) -> Result<ResumePosition, AppError> {
+    let bad = || {
+        AppError::field(
+            "Last-Event-ID",
+            format!("{id:?} is not an event id of this server (<epoch>:<seq>)"),
+        )
+    };
+    let (epoch, seq) = id.split_once(':').ok_or_else(bad)?;
+    let seq = seq.parse::<i64>().ok().filter(|s| *s >= 0).ok_or_else(bad)?;
+    if epoch.is_empty() {
+        return Err(bad());
+    }
+    Ok(ResumePosition { epoch: epoch.to_owned(), seq })
+}
+
+/// `GET /sse/tasks?ticket=...`: the user's task updates as an event stream.
+pub(crate) async fn tasks(
+    State(state): State<AppState>,
+    Query(query): Query<SseQuery>,
+    headers: HeaderMap,
+) -> Response {
+    match open(&state, query, &headers) {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+fn open(state: &AppState, query: SseQuery, headers: &HeaderMap) -> Result<Response, AppError> {
+    let from_ticket = query.ticket.as_deref().and_then(|t| state.passes.redeem(t));
+    let (pass, new_cookie) = match from_ticket {
+        Some(pass) => {
+            // The stream's own reconnects come back with this cookie (the ticket is spent).
+            let stream_pass =
+                Pass { expires_at: pass.token_expires_at, ticket: false, ..pass.clone() };
+            let secret = state.passes.insert(stream_pass)?;
+            (pass, Some(secret))
+        }
+        None => match cookie(headers).and_then(|c| state.passes.redeem(&c)) {
+            Some(pass) => (pass, None),
+            None => {
+                return Err(AppError::Unauthorized(
+                    "the ticket is missing, used or expired (and no stream cookie is valid): \
+                     POST /api/auth/ticket with your token for a new one"
+                        .into(),
+                ));
+            }
+        },
+    };
+    let authenticator = state.broker.authenticator();
+    if pass.token_id.as_deref().is_some_and(|jti| authenticator.is_revoked(jti)) {
+        return Err(AppError::Unauthorized("the token this stream came from was revoked".into()));
+    }
+    let last = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(query.last_event_id);
+    let resume = last.as_deref().filter(|id| !id.is_empty()).map(position).transpose()?;
+    let session =
+        SseSession::open(state.broker.clone(), &pass.user, pass.token_id.as_deref(), resume)
+            .map_err(|reason| AppError::TooManyRequests { message: reason, retry_after: None })?;
+    let until = pass.token_expires_at;
+    let mut response = Sse::new(events(session, until))
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response();
+    if let Some(secret) = new_cookie {
+        let max_age = until.saturating_sub(unix_now());
+        let value =
+            format!("{COOKIE}={secret}; Path=/sse; HttpOnly; SameSite=Strict; Max-Age={max_age}");
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
+    }
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// The session's outbox as events, until the broker closes it or the token expires.
+fn events(
+    session: SseSession,
+    token_expires_at: u64,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_secs(token_expires_at.saturating_sub(unix_now()));
+    stream::unfold(Some(session), move |session| async move {
+        let session = session?;
+        let mut batch = std::collections::VecDeque::new();
+        let (events, ended) = tokio::select! {
+            () = session.outbox().next_batch(&mut batch) => translate(batch.drain(..)),
+            () = tokio::time::sleep_until(deadline) => {
+                let error = failure("token expired", "The token this stream came from has expired; take a new ticket.");
+                (vec![error], true)
+            }
+        };
+        // Dropping the session leaves the broker; the stream then ends.
+        let next = if ended { None } else { Some(session) };
+        Some((stream::iter(events.into_iter().map(Ok)), next))
+    })
+    .flatten()
+}
+
+/// Events for a batch of the outbox, and whether the session ended.
+fn translate(items: impl Iterator<Item = Outgoing>) -> (Vec<Event>, bool) {
+    let mut events = Vec::new();
+    let mut ended = false;
+    for item in items {
+        match item {
+            Outgoing::Deliver { message, .. } => {
+                let data = String::from_utf8_lossy(&message.body);
+                let mut event = Event::default().event("task_progress").data(data);
+                if let Some(
+                    LogPlace::Numbered { seq, epoch, .. } | LogPlace::Snapshot { seq, epoch, .. },
+                ) = &message.place
+                {
+                    event = event.id(format!("{epoch}:{seq}"));
+                }
+                events.push(event);
+            }
+            Outgoing::Error(error) => {
+                events.push(failure(&error.message, &error.body));
+                ended = true;
+            }
+            Outgoing::Close(_) => ended = true,
+            Outgoing::Opened(_) | Outgoing::Receipt(_) | Outgoing::Reply(_) => {}
+        }
+    }
+    (events, ended)
+}
+
+/// `event: error` with `{code, message}`, the stream's last event.
+fn failure(message: &str, detail: &str) -> Event {
+    let body = serde_json::json!({"code": error_code(message), "message": detail});
+    Event::default().event("error").data(body.to_string())
+}
+
+/// What the ticket endpoint answers.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Ticket {
+    pub(crate) ticket: String,
+    pub(crate) expires_in: u64,
+}
+
+impl IntoResponse for Ticket {
+    fn into_response(self) -> Response {
+        (StatusCode::OK, axum::Json(self)).into_response()
+    }
+}
