@@ -22,6 +22,12 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/ws", get(crate::transport::websocket::upgrade))
         .route("/ws/json", get(crate::transport::websocket::upgrade_json))
+        .route(
+            "/ws/info",
+            get(crate::transport::sockjs::info).options(crate::transport::sockjs::info_options),
+        )
+        .route("/ws/websocket", get(crate::transport::sockjs::raw_websocket))
+        .route("/ws/{server}/{session}/websocket", get(crate::transport::sockjs::websocket))
         .route("/sse/tasks", get(crate::transport::sse::tasks))
         .merge(crate::api::routes())
         .route("/api", get(unknown_api))
@@ -29,7 +35,8 @@ pub fn app(state: AppState) -> Router {
     let routes = if ui_dir.join("index.html").is_file() {
         // Unknown paths get index.html so that the single-page app can route them.
         let index = ServeFile::new(ui_dir.join("index.html"));
-        routes.fallback_service(ServeDir::new(ui_dir).fallback(index))
+        let files = ServeDir::new(ui_dir).fallback(index);
+        routes.fallback_service(tower::ServiceBuilder::new().map_response(utf8_text).service(files))
     } else {
         routes.fallback(ui_missing)
     };
@@ -40,6 +47,22 @@ pub fn app(state: AppState) -> Router {
         Some(cors) => routes.layer(cors),
         None => routes,
     }
+}
+
+/// Text files of the UI directory are UTF-8: say so, so that a page without a `<meta
+/// charset>` (the seed's plain-HTML monitor) is not read as Windows-1252.
+fn utf8_text<B>(mut response: axum::http::Response<B>) -> axum::http::Response<B> {
+    use axum::http::{HeaderValue, header};
+    let content_type = response.headers().get(header::CONTENT_TYPE);
+    let plain = content_type
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| matches!(*v, "text/html" | "text/css" | "text/plain" | "text/javascript"));
+    if let Some(mime) = plain {
+        if let Ok(value) = HeaderValue::from_str(&format!("{mime}; charset=utf-8")) {
+            response.headers_mut().insert(header::CONTENT_TYPE, value);
+        }
+    }
+    response
 }
 
 /// CORS for pages served elsewhere (a dev server, another app) that call the API; none

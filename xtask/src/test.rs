@@ -275,6 +275,7 @@ fn monitor_e2e() -> Result<String, String> {
         Command::new("node")
             .args(["--test", "--test-reporter=tap", "--test-concurrency=1"])
             .args(["monitor.test.mjs", "bare-websocket.test.mjs", "event-source.test.mjs"])
+            .arg("sockjs.test.mjs")
             .current_dir(&dir)
             .env("TASKPULSE_SERVER_BIN", root().join("target/debug/taskpulse-server"))
             .env("TASKPULSE_UI_DIR", &dist)

@@ -5,9 +5,11 @@
 //! session; `websocket` carries either over a WebSocket (any `Stream`/`Sink` of WebSocket
 //! messages, so its clocks can be tested with paused time). A protocol plugs in by
 //! implementing `websocket::Protocol` for its session (the broker's) and giving its writer.
-//! `sse` is the read-only Server-Sent Events stream of a user's task updates.
+//! `sse` is the read-only Server-Sent Events stream of a user's task updates; `sockjs` wraps
+//! a WebSocket in SockJS framing for the seed's `new SockJS(...)` clients.
 
 pub(crate) mod json;
+pub(crate) mod sockjs;
 pub(crate) mod sse;
 pub(crate) mod stomp;
 pub(crate) mod websocket;

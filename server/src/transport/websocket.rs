@@ -241,14 +241,14 @@ pub(crate) async fn upgrade_json(
     ws.on_upgrade(move |socket| serve::<JsonSession>(socket, broker, info))
 }
 
-fn peer_name(peer: Option<Extension<ConnectInfo<SocketAddr>>>) -> String {
+pub(crate) fn peer_name(peer: Option<Extension<ConnectInfo<SocketAddr>>>) -> String {
     peer.map_or_else(|| "unknown".into(), |Extension(ConnectInfo(addr))| addr.to_string())
 }
 
 /// Refuses an upgrade beyond the connection limit; sets the socket's buffers and the largest
 /// message (`max_message` bytes) otherwise.
 #[allow(clippy::result_large_err)]
-fn admit(
+pub(crate) fn admit(
     state: &AppState,
     ws: WebSocketUpgrade,
     max_message: usize,

@@ -9,6 +9,7 @@ mod http;
 mod json;
 mod replay;
 mod restart;
+mod sockjs;
 mod sse;
 mod stomp;
 mod storage;
