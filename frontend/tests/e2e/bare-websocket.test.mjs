@@ -3,34 +3,13 @@
 // server, which this file starts, kills and restarts: the page authenticates, subscribes,
 // chats, and follows a task to `completed` across the restart by resuming from the last
 // position it saw.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { freePort, kill, launchChromium, startServer } from "./harness.mjs";
+import { tmpdir } from "node:os";
+import { serverSuite, waitIn } from "./harness.mjs";
 
-const SERVER = process.env.TASKPULSE_SERVER_BIN;
 const SHOTS = process.env.TASKPULSE_SCREENSHOTS ?? join(tmpdir(), "taskpulse-shots");
-
-let port;
-let data;
-// The server's UI directory for this suite: only the page below, served by the server itself
-// (Chromium's local-network checks refuse a WebSocket to 127.0.0.1 from a page it cannot
-// place on the loopback address).
-let site;
-let server;
-let browser;
-
-const start = () =>
-  startServer({
-    bin: SERVER,
-    port,
-    data,
-    ui: site,
-    env: { TASKPULSE_DEMO_DURATION_MS: "3000", TASKPULSE_DEMO_SIZE: "64" },
-  });
-const base = () => `http://127.0.0.1:${port}`;
 
 // The whole client: no library, only WebSocket and JSON.
 const PAGE = `<!doctype html>
@@ -75,66 +54,33 @@ function connect() {
 connect();
 </script></body></html>`;
 
-before(async () => {
-  assert.ok(SERVER, "TASKPULSE_SERVER_BIN is set by cargo xtask test");
-  mkdirSync(SHOTS, { recursive: true });
-  port = await freePort();
-  data = mkdtempSync(join(tmpdir(), "taskpulse-bare-ws-"));
-  site = mkdtempSync(join(tmpdir(), "taskpulse-bare-ws-site-"));
-  // The server serves a UI directory only when it has an index.html.
-  writeFileSync(join(site, "index.html"), "<!doctype html><title>TaskPulse</title>");
-  writeFileSync(join(site, "bare.html"), PAGE);
-  server = await start();
-  browser = await launchChromium();
+const suite = serverSuite({
+  prefix: "taskpulse-bare-ws",
+  site: () => ({ "bare.html": PAGE }),
+  env: { TASKPULSE_DEMO_DURATION_MS: "3000", TASKPULSE_DEMO_SIZE: "64" },
 });
-
-after(async () => {
-  await browser?.close();
-  if (server) await kill(server);
-  rmSync(data, { recursive: true, force: true });
-  rmSync(site, { recursive: true, force: true });
-});
-
-/** Waits for `check(arg)` in the page; a timeout says what the page had received. */
-async function waitIn(page, check, arg, timeout = 30_000) {
-  try {
-    await page.waitForFunction(check, arg, { timeout });
-  } catch (error) {
-    const seen = await page.evaluate(() => window.__messages).catch(() => "unavailable");
-    throw new Error(`${error.message}; the page received: ${JSON.stringify(seen)}`);
-  }
-}
-
-async function post(path, body, token) {
-  const headers = { "content-type": "application/json" };
-  if (token) headers.authorization = `Bearer ${token}`;
-  const answer = await fetch(`${base()}${path}`, { method: "POST", headers, body: JSON.stringify(body) });
-  return { status: answer.status, body: await answer.json() };
-}
+const base = () => suite.base();
+const wait = (page, check, arg, timeout) => waitIn(page, "__messages", check, arg, timeout);
 
 test("a page with only new WebSocket() chats and follows a task to completed across a restart", async () => {
-  const username = `frank${Math.floor(Math.random() * 1e9)}`;
-  const registered = await post("/api/auth/register", { username, password: "correct horse 9" });
-  assert.equal(registered.status, 201, JSON.stringify(registered.body));
-  const token = registered.body.token;
+  const { username, token } = await suite.register("frank");
 
-  const page = await (await browser.newContext()).newPage();
+  const page = await (await suite.browser.newContext()).newPage();
   const errors = [];
   page.on("pageerror", (error) => errors.push(error.message));
   await page.goto(`${base()}/bare.html?token=${encodeURIComponent(token)}`);
-  await waitIn(page, () =>
+  await wait(page, () =>
     window.__messages.some((m) => m.type === "subscribed" && m.channels.includes("tasks")),
   );
 
-  const submitted = await post("/api/tasks", { kind: "text-to-image", prompt: "a lighthouse" }, token);
+  const submitted = await suite.post("/api/tasks", { kind: "text-to-image", prompt: "a lighthouse" }, token);
   assert.equal(submitted.status, 202, JSON.stringify(submitted.body));
   const taskNo = submitted.body.taskNo;
-  await waitIn(page, (no) => (window.__statuses[no] ?? []).includes("processing"), taskNo);
+  await wait(page, (no) => (window.__statuses[no] ?? []).includes("processing"), taskNo);
 
   // The server dies mid-task and comes back; the page reconnects and resumes by itself.
-  await kill(server);
-  server = await start();
-  await waitIn(page, (no) => (window.__statuses[no] ?? []).includes("completed"), taskNo, 60_000);
+  await suite.restart();
+  await wait(page, (no) => (window.__statuses[no] ?? []).includes("completed"), taskNo, 60_000);
 
   const messages = await page.evaluate(() => window.__messages);
   const chat = messages.find((m) => m.type === "chat_message");

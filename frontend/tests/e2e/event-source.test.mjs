@@ -3,31 +3,13 @@
 // the page takes a ticket, follows a task to `completed`, and after the restart (the
 // server's tickets and stream passes are gone) takes a new ticket and resumes from the last
 // event id it saw, losing nothing.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { freePort, kill, launchChromium, startServer } from "./harness.mjs";
+import { tmpdir } from "node:os";
+import { serverSuite, waitIn } from "./harness.mjs";
 
-const SERVER = process.env.TASKPULSE_SERVER_BIN;
 const SHOTS = process.env.TASKPULSE_SCREENSHOTS ?? join(tmpdir(), "taskpulse-shots");
-
-let port;
-let data;
-let site;
-let server;
-let browser;
-
-const start = () =>
-  startServer({
-    bin: SERVER,
-    port,
-    data,
-    ui: site,
-    env: { TASKPULSE_DEMO_DURATION_MS: "3000", TASKPULSE_DEMO_SIZE: "64" },
-  });
-const base = () => `http://127.0.0.1:${port}`;
 
 const PAGE = `<!doctype html>
 <html><head><meta charset="utf-8"><title>EventSource</title></head>
@@ -68,52 +50,22 @@ async function open() {
 open();
 </script></body></html>`;
 
-before(async () => {
-  assert.ok(SERVER, "TASKPULSE_SERVER_BIN is set by cargo xtask test");
-  mkdirSync(SHOTS, { recursive: true });
-  port = await freePort();
-  data = mkdtempSync(join(tmpdir(), "taskpulse-sse-"));
-  site = mkdtempSync(join(tmpdir(), "taskpulse-sse-site-"));
-  writeFileSync(join(site, "index.html"), "<!doctype html><title>TaskPulse</title>");
-  writeFileSync(join(site, "events.html"), PAGE);
-  server = await start();
-  browser = await launchChromium();
+const suite = serverSuite({
+  prefix: "taskpulse-sse",
+  site: () => ({ "events.html": PAGE }),
+  env: { TASKPULSE_DEMO_DURATION_MS: "3000", TASKPULSE_DEMO_SIZE: "64" },
 });
-
-after(async () => {
-  await browser?.close();
-  if (server) await kill(server);
-  rmSync(data, { recursive: true, force: true });
-  rmSync(site, { recursive: true, force: true });
-});
-
-async function waitIn(page, check, arg, timeout = 30_000) {
-  try {
-    await page.waitForFunction(check, arg, { timeout });
-  } catch (error) {
-    const seen = await page.evaluate(() => window.__events).catch(() => "unavailable");
-    throw new Error(`${error.message}; the page received: ${JSON.stringify(seen)}`);
-  }
-}
-
-async function post(path, body, token) {
-  const headers = { "content-type": "application/json" };
-  if (token) headers.authorization = `Bearer ${token}`;
-  const answer = await fetch(`${base()}${path}`, { method: "POST", headers, body: JSON.stringify(body) });
-  return { status: answer.status, body: await answer.json() };
-}
+const base = () => suite.base();
+const wait = (page, check, arg, timeout) => waitIn(page, "__events", check, arg, timeout);
 
 test("a page with only EventSource follows a task to completed across a restart, losing nothing", async () => {
-  const username = `grace${Math.floor(Math.random() * 1e9)}`;
-  const registered = await post("/api/auth/register", { username, password: "correct horse 9" });
-  assert.equal(registered.status, 201, JSON.stringify(registered.body));
-  const token = registered.body.token;
+  const { token } = await suite.register("grace");
 
-  const page = await (await browser.newContext()).newPage();
+  const page = await (await suite.browser.newContext()).newPage();
   const errors = [];
   page.on("pageerror", (error) => errors.push(error.message));
   await page.goto(`${base()}/events.html?token=${encodeURIComponent(token)}`);
-  await waitIn(page, () => window.__opened === 1 && window.__ticket);
+  await wait(page, () => window.__opened === 1 && window.__ticket);
 
   // A spent ticket opens nothing (without the stream's cookie).
   const spent = await page.evaluate(async () => {
@@ -122,17 +74,16 @@ test("a page with only EventSource follows a task to completed across a restart,
   });
   assert.equal(spent, 401);
 
-  const first = await post("/api/tasks", { kind: "text-to-image", prompt: "a lighthouse" }, token);
+  const first = await suite.post("/api/tasks", { kind: "text-to-image", prompt: "a lighthouse" }, token);
   assert.equal(first.status, 202, JSON.stringify(first.body));
-  await waitIn(page, (no) => (window.__statuses[no] ?? []).includes("processing"), first.body.taskNo);
+  await wait(page, (no) => (window.__statuses[no] ?? []).includes("processing"), first.body.taskNo);
 
-  await kill(server);
+  await suite.restart();
   // Submitted while the page is away: it must arrive through the resume, not live.
-  server = await start();
-  const second = await post("/api/tasks", { kind: "text-to-image", prompt: "a harbour" }, token);
+  const second = await suite.post("/api/tasks", { kind: "text-to-image", prompt: "a harbour" }, token);
   assert.equal(second.status, 202, JSON.stringify(second.body));
   for (const task of [first.body.taskNo, second.body.taskNo]) {
-    await waitIn(page, (no) => (window.__statuses[no] ?? []).includes("completed"), task, 60_000);
+    await wait(page, (no) => (window.__statuses[no] ?? []).includes("completed"), task, 60_000);
   }
 
   const events = await page.evaluate(() => window.__events);

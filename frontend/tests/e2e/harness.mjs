@@ -1,7 +1,12 @@
 // What the browser suites share: a free port, the real server binary started with test
 // settings (and killed with SIGKILL), and Debian's Chromium through playwright-core.
+import { before, after } from "node:test";
+import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
 import { chromium } from "playwright-core";
 
 export async function freePort() {
@@ -54,4 +59,73 @@ export function launchChromium() {
       "--no-first-run",
     ],
   });
+}
+
+/**
+ * One suite's server and browser: registers `before`/`after` hooks that start the server
+ * binary (`TASKPULSE_SERVER_BIN`) on a free port with a fresh data directory and, as its UI
+ * directory, the files `site(base)` returns (name -> text or bytes; an index.html is added,
+ * as the server serves a UI directory only with one), and launch Chromium.
+ */
+export function serverSuite({ prefix, site = () => ({}), env = {} }) {
+  const suite = { port: 0, server: null, browser: null, data: null, dir: null };
+  suite.base = () => `http://127.0.0.1:${suite.port}`;
+  suite.start = async () => {
+    suite.server = await startServer({
+      bin: process.env.TASKPULSE_SERVER_BIN,
+      port: suite.port,
+      data: suite.data,
+      ui: suite.dir,
+      env,
+    });
+  };
+  /** Kills the server with SIGKILL and starts it again on the same port and data. */
+  suite.restart = async () => {
+    await kill(suite.server);
+    await suite.start();
+  };
+  before(async () => {
+    assert.ok(process.env.TASKPULSE_SERVER_BIN, "TASKPULSE_SERVER_BIN is set by cargo xtask test");
+    suite.port = await freePort();
+    suite.data = mkdtempSync(join(tmpdir(), `${prefix}-data-`));
+    suite.dir = mkdtempSync(join(tmpdir(), `${prefix}-site-`));
+    const files = { "index.html": "<!doctype html><title>TaskPulse</title>", ...site(suite.base()) };
+    for (const [name, content] of Object.entries(files)) {
+      mkdirSync(dirname(join(suite.dir, name)), { recursive: true });
+      writeFileSync(join(suite.dir, name), content);
+    }
+    await suite.start();
+    suite.browser = await launchChromium();
+  });
+  after(async () => {
+    await suite.browser?.close();
+    if (suite.server) await kill(suite.server);
+    rmSync(suite.data, { recursive: true, force: true });
+    rmSync(suite.dir, { recursive: true, force: true });
+  });
+  /** POSTs JSON to the server (with a Bearer token if given): `{status, body}`. */
+  suite.post = async (path, body, token) => {
+    const headers = { "content-type": "application/json" };
+    if (token) headers.authorization = `Bearer ${token}`;
+    const answer = await fetch(`${suite.base()}${path}`, { method: "POST", headers, body: JSON.stringify(body) });
+    return { status: answer.status, body: await answer.json() };
+  };
+  /** Registers a fresh user; its token. */
+  suite.register = async (prefixName) => {
+    const username = `${prefixName}${Math.floor(Math.random() * 1e9)}`;
+    const registered = await suite.post("/api/auth/register", { username, password: "correct horse 9" });
+    assert.equal(registered.status, 201, JSON.stringify(registered.body));
+    return { username, token: registered.body.token };
+  };
+  return suite;
+}
+
+/** Waits for `check(arg)` in the page; a timeout shows what `window[record]` held. */
+export async function waitIn(page, record, check, arg, timeout = 30_000) {
+  try {
+    await page.waitForFunction(check, arg, { timeout });
+  } catch (error) {
+    const seen = await page.evaluate((name) => window[name], record).catch(() => "unavailable");
+    throw new Error(`${error.message}; the page had: ${JSON.stringify(seen)}`);
+  }
 }

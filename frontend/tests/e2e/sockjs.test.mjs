@@ -4,65 +4,35 @@
 // 'http://localhost:8081/ws' becomes the test server's. It runs in Debian's Chromium against
 // the real server, which this file starts, kills and restarts: SockJS (its WebSocket
 // transport) carrying STOMP, the page following a task to `completed` across the restart.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { copyFileSync, mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { freePort, kill, launchChromium, startServer } from "./harness.mjs";
+import { tmpdir } from "node:os";
+import { serverSuite } from "./harness.mjs";
 
-const SERVER = process.env.TASKPULSE_SERVER_BIN;
 const SHOTS = process.env.TASKPULSE_SCREENSHOTS ?? join(tmpdir(), "taskpulse-shots");
 const SEED_ADDRESS = "http://localhost:8081/ws";
+const here = (path) => new URL(path, import.meta.url);
 
-let port;
-let data;
-let site;
-let server;
-let browser;
-
-const start = () =>
-  startServer({
-    bin: SERVER,
-    port,
-    data,
-    ui: site,
-    env: { TASKPULSE_DEMO_DURATION_MS: "3000", TASKPULSE_DEMO_SIZE: "64" },
-  });
-const base = () => `http://127.0.0.1:${port}`;
-
-before(async () => {
-  assert.ok(SERVER, "TASKPULSE_SERVER_BIN is set by cargo xtask test");
-  mkdirSync(SHOTS, { recursive: true });
-  port = await freePort();
-  data = mkdtempSync(join(tmpdir(), "taskpulse-sockjs-"));
-  site = mkdtempSync(join(tmpdir(), "taskpulse-sockjs-site-"));
-  writeFileSync(join(site, "index.html"), "<!doctype html><title>TaskPulse</title>");
-  const seed = readFileSync(new URL("./fixtures/seed-000-monitor.html", import.meta.url), "utf8");
-  assert.ok(seed.includes(SEED_ADDRESS), "the seed page as written");
-  writeFileSync(join(site, "seed.html"), seed.replace(SEED_ADDRESS, `${base()}/ws`));
-  mkdirSync(join(site, "vendor/sockjs-client@1.6.1"), { recursive: true });
-  mkdirSync(join(site, "vendor/stompjs@7.0.0"), { recursive: true });
-  const modules = new URL("./node_modules/", import.meta.url);
-  copyFileSync(new URL("sockjs-client/dist/sockjs.min.js", modules), join(site, "vendor/sockjs-client@1.6.1/sockjs.min.js"));
-  copyFileSync(new URL("@stomp/stompjs/bundles/stomp.umd.min.js", modules), join(site, "vendor/stompjs@7.0.0/stomp.umd.min.js"));
-  server = await start();
-  browser = await launchChromium();
+const suite = serverSuite({
+  prefix: "taskpulse-sockjs",
+  site: (base) => {
+    const seed = readFileSync(here("./fixtures/seed-000-monitor.html"), "utf8");
+    assert.ok(seed.includes(SEED_ADDRESS), "the seed page as written");
+    return {
+      "seed.html": seed.replace(SEED_ADDRESS, `${base}/ws`),
+      "vendor/sockjs-client@1.6.1/sockjs.min.js": readFileSync(
+        here("./node_modules/sockjs-client/dist/sockjs.min.js"),
+      ),
+      "vendor/stompjs@7.0.0/stomp.umd.min.js": readFileSync(
+        here("./node_modules/@stomp/stompjs/bundles/stomp.umd.min.js"),
+      ),
+    };
+  },
+  env: { TASKPULSE_DEMO_DURATION_MS: "3000", TASKPULSE_DEMO_SIZE: "64" },
 });
-
-after(async () => {
-  await browser?.close();
-  if (server) await kill(server);
-  rmSync(data, { recursive: true, force: true });
-  rmSync(site, { recursive: true, force: true });
-});
-
-async function post(path, body, token) {
-  const headers = { "content-type": "application/json" };
-  if (token) headers.authorization = `Bearer ${token}`;
-  const answer = await fetch(`${base()}${path}`, { method: "POST", headers, body: JSON.stringify(body) });
-  return { status: answer.status, body: await answer.json() };
-}
+const base = () => suite.base();
 
 /** The status the seed page shows for `taskNo` ("状态: <status>"), or null. */
 const shown = (page, taskNo) =>
@@ -88,12 +58,9 @@ async function until(page, taskNo, status, timeout = 30_000) {
 }
 
 test("the seed's plain-HTML monitor (SockJS + STOMP) follows a task to completed across a restart", async () => {
-  const username = `heidi${Math.floor(Math.random() * 1e9)}`;
-  const registered = await post("/api/auth/register", { username, password: "correct horse 9" });
-  assert.equal(registered.status, 201, JSON.stringify(registered.body));
-  const token = registered.body.token;
+  const { token } = await suite.register("heidi");
 
-  const context = await browser.newContext();
+  const context = await suite.browser.newContext();
   // The seed reads its token from localStorage('jwt_token'), as a login page would leave it.
   await context.addInitScript((t) => localStorage.setItem("jwt_token", t), token);
   const page = await context.newPage();
@@ -105,15 +72,14 @@ test("the seed's plain-HTML monitor (SockJS + STOMP) follows a task to completed
   await page.waitForFunction(() => document.getElementById("connection-status").textContent.includes("已连接"));
   assert.match(sockjs[0], /\/ws\/\d+\/[^/]+\/websocket$/, "sockjs-client chose its WebSocket transport");
 
-  const submitted = await post("/api/tasks", { kind: "text-to-image", prompt: "a lighthouse" }, token);
+  const submitted = await suite.post("/api/tasks", { kind: "text-to-image", prompt: "a lighthouse" }, token);
   assert.equal(submitted.status, 202, JSON.stringify(submitted.body));
   const taskNo = submitted.body.taskNo;
   await until(page, taskNo, "processing");
 
   // The server dies mid-task; stompjs reconnects through a new SockJS session (its
   // reconnectDelay is 5 s) and the page ends on the true state.
-  await kill(server);
-  server = await start();
+  await suite.restart();
   await until(page, taskNo, "completed", 60_000);
   assert.ok(sockjs.length >= 2, `reconnected: ${sockjs.join(", ")}`);
   assert.deepEqual(errors, []);

@@ -48,12 +48,7 @@ pub struct JsonSession {
 impl JsonSession {
     /// A session awaiting `auth`.
     pub fn new(broker: Broker, transport: TransportInfo) -> JsonSession {
-        let limits = &broker.settings().limits;
-        let outbox = Arc::new(Outbox::new(
-            broker.next_session_id(),
-            limits.outbound_buffer,
-            limits.unacked_per_subscription,
-        ));
+        let outbox = broker.new_outbox();
         JsonSession { broker, outbox, transport, connected: None, closed: false }
     }
 

@@ -434,6 +434,16 @@ impl Broker {
         self.inner.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// A new session's outbox, with the next session id and `[limits]`' ceilings.
+    fn new_outbox(&self) -> Arc<Outbox> {
+        let limits = &self.inner.settings.limits;
+        Arc::new(Outbox::new(
+            self.next_session_id(),
+            limits.outbound_buffer,
+            limits.unacked_per_subscription,
+        ))
+    }
+
     fn session_label(&self, id: u64) -> String {
         format!("{}-{id}", self.inner.instance)
     }

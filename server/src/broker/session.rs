@@ -133,11 +133,7 @@ impl Session {
                 max_header_line_bytes: limits.header_line,
             },
         );
-        let outbox = Arc::new(Outbox::new(
-            broker.next_session_id(),
-            limits.outbound_buffer,
-            limits.unacked_per_subscription,
-        ));
+        let outbox = broker.new_outbox();
         Session {
             broker,
             outbox,

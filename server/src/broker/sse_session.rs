@@ -37,12 +37,7 @@ impl SseSession {
         token_id: Option<&str>,
         resume: Option<ResumePosition>,
     ) -> Result<SseSession, String> {
-        let limits = &broker.settings().limits;
-        let outbox = Arc::new(Outbox::new(
-            broker.next_session_id(),
-            limits.outbound_buffer,
-            limits.unacked_per_subscription,
-        ));
+        let outbox = broker.new_outbox();
         let name: Arc<str> = Arc::from(principal);
         let destination =
             Destination::resolve(TASKS_DESTINATION, &name).map_err(|e| e.to_string())?;
