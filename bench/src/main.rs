@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod json;
 mod publish;
 mod replay;
 mod tasks;
@@ -45,7 +46,7 @@ struct Args {
     #[arg(long)]
     server_pid: Option<u32>,
     /// Which scenarios: broadcast, destinations, latency, connect, idle, tasks, replay,
-    /// publish (comma-separated).
+    /// publish, json-broadcast (comma-separated; the last is not in the default set).
     #[arg(
         long,
         default_value = "broadcast,destinations,latency,connect,idle,tasks,replay,publish"
@@ -451,6 +452,7 @@ async fn main() {
                 drop(conns);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
+            "json-broadcast" => json::broadcast(&args).await,
             "tasks" => tasks::run(&args).await,
             "replay" => replay::run(&args).await,
             "publish" => publish::run(&args).await,
