@@ -5,8 +5,8 @@
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use taskpulse_shared::{
-    json::{ServerMessage, SnapshotPart, TASKS_CHANNEL},
-    resume::{SENDER, TASKS_PATH, error_code},
+    json::{ServerMessage, SnapshotPart},
+    resume::{SENDER, TASKS_DESTINATION, error_code},
 };
 
 use crate::broker::{ENCODINGS, LogPlace, Message, Outgoing};
@@ -49,7 +49,10 @@ impl JsonWriter {
                 code: error_code(&failure.message),
                 message: failure.body.clone(),
             },
-            Outgoing::Deliver { sub, message, .. } => delivery(sub, message),
+            Outgoing::Deliver { sub, message, .. } => {
+                delivery(sub, message, out)?;
+                return Ok(true);
+            }
             Outgoing::Close(_) => return Ok(true),
         };
         serde_json::to_writer(&mut *out, &message).map_err(|e| e.to_string())?;
@@ -57,12 +60,39 @@ impl JsonWriter {
     }
 }
 
-/// A delivery on channel `channel` (the subscription, named as the client named it).
-fn delivery(channel: &str, message: &Message) -> ServerMessage<Box<RawValue>> {
-    let tasks = channel == TASKS_CHANNEL || channel.strip_prefix("/user") == Some(TASKS_PATH);
+/// The part of a channel field the shared form leaves empty.
+const EMPTY_CHANNEL: &[u8] = br#""channel":"""#;
+
+/// Appends a delivery on `channel` (the subscription, named as the client named it): the
+/// message's JSON form is made once per message with an empty channel and shared by every
+/// JSON recipient; each one's channel is spliced in. serde writes `type` first and
+/// `channel` second, so the first empty channel is that field, never one inside `data`.
+fn delivery(channel: &str, message: &Message, out: &mut Vec<u8>) -> Result<(), String> {
+    let shared = message
+        .encoded(SLOT, |m| serde_json::to_vec(&shared_form(m)).ok().map(Bytes::from))
+        .ok_or("The server could not write this message as JSON.")?;
+    let at = shared.windows(EMPTY_CHANNEL.len()).position(|w| w == EMPTY_CHANNEL);
+    match at {
+        Some(at) => {
+            let name_end = at + EMPTY_CHANNEL.len() - 2;
+            out.extend_from_slice(&shared[..name_end]);
+            serde_json::to_writer(&mut *out, channel).map_err(|e| e.to_string())?;
+            out.extend_from_slice(&shared[at + EMPTY_CHANNEL.len()..]);
+        }
+        // A task update has no channel field.
+        None => out.extend_from_slice(shared),
+    }
+    Ok(())
+}
+
+/// What every JSON recipient of `message` gets, with an empty channel: a task update on
+/// the tasks destination, a client's publication as a chat line, anything else as a
+/// notification.
+fn shared_form(message: &Message) -> ServerMessage<Box<RawValue>> {
+    let tasks = message.destination == TASKS_DESTINATION;
     if let Some(from) = message.headers.get(SENDER).filter(|_| !tasks) {
         return ServerMessage::ChatMessage {
-            channel: channel.to_owned(),
+            channel: String::new(),
             from: from.to_owned(),
             content: String::from_utf8_lossy(&message.body).into_owned(),
         };
@@ -95,25 +125,62 @@ fn delivery(channel: &str, message: &Message) -> ServerMessage<Box<RawValue>> {
                 }
                 None => (None, None, false),
             };
-            ServerMessage::Notification { channel: channel.to_owned(), data, seq, epoch, replayed }
+            ServerMessage::Notification { channel: String::new(), data, seq, epoch, replayed }
         }
     }
 }
 
 /// The body as JSON: itself when it is a JSON document, else a JSON string of it (lossy
-/// UTF-8). Worked out once per message and shared by every JSON recipient.
+/// UTF-8).
 fn data(message: &Message) -> Box<RawValue> {
-    let encoded = message.encoded(SLOT, |m| {
-        let json = serde_json::from_slice::<&RawValue>(&m.body).is_ok();
-        let text = if json {
-            m.body.to_vec()
-        } else {
-            serde_json::to_vec(&String::from_utf8_lossy(&m.body)).ok()?
-        };
-        Some(Bytes::from(text))
-    });
-    encoded
-        .and_then(|bytes| std::str::from_utf8(bytes).ok())
-        .and_then(|text| RawValue::from_string(text.to_owned()).ok())
-        .unwrap_or_else(|| RawValue::NULL.to_owned())
+    let body = &message.body;
+    let text = match serde_json::from_slice::<&RawValue>(body) {
+        Ok(json) => Some(json.get().to_owned()),
+        Err(_) => serde_json::to_string(&String::from_utf8_lossy(body)).ok(),
+    };
+    text.and_then(|t| RawValue::from_string(t).ok()).unwrap_or_else(|| RawValue::NULL.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::broker::Publication;
+
+    fn written(channel: &str, message: &Message) -> serde_json::Value {
+        let mut out = Vec::new();
+        delivery(channel, message, &mut out).expect("written");
+        serde_json::from_slice(&out).expect("one JSON object")
+    }
+
+    #[test]
+    fn each_recipient_s_channel_is_spliced_into_the_shared_form() {
+        let body = br#"{"note":"a \"channel\":\"\" inside the data"}"#.to_vec();
+        let message =
+            Message::new("m1".into(), "/topic/todos".into(), Publication::json(body.clone()));
+        for channel in ["/topic/todos", r#"odd "name" \ here"#] {
+            let expected = json!({
+                "type": "notification",
+                "channel": channel,
+                "data": {"note": "a \"channel\":\"\" inside the data"},
+            });
+            assert_eq!(written(channel, &message), expected);
+        }
+        let chat = Message::new(
+            "m2".into(),
+            "/topic/chat.x".into(),
+            Publication::new("text/plain", b"hi \"there\"".to_vec()).with_header(SENDER, "alice"),
+        );
+        assert_eq!(
+            written("/topic/chat.x", &chat),
+            json!({"type": "chat_message", "channel": "/topic/chat.x", "from": "alice", "content": "hi \"there\""})
+        );
+        let plain = Message::new(
+            "m3".into(),
+            "/queue/q".into(),
+            Publication::new("text/plain", b"\xffx".to_vec()),
+        );
+        assert_eq!(written("/queue/q", &plain)["data"], json!("\u{fffd}x"), "not JSON: a string");
+    }
 }
