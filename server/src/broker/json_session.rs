@@ -22,6 +22,14 @@ use taskpulse_shared::{
 
 use super::{Broker, Destination, Flow, Opened, Outbox, Subscriber, TransportInfo, Wire};
 
+/// How often the transport pings an authenticated connection during silence (a WebSocket
+/// ping, which browsers answer by themselves).
+pub const PING_EVERY: Duration = Duration::from_secs(25);
+
+/// How long an authenticated client may stay silent (no message, no pong): two unanswered
+/// pings and then some.
+pub const SILENCE: Duration = Duration::from_secs(60);
+
 /// The session's own answers (they carry no message `data`).
 type Reply = ServerMessage;
 
@@ -131,6 +139,18 @@ impl JsonSession {
         )
     }
 
+    /// Nothing arrived from the client for [`SILENCE`] (not even a pong); the session ends.
+    pub fn silence_timeout(&mut self) -> Flow {
+        self.fail(
+            "heart-beat timeout",
+            format!(
+                "Nothing was received from the client for {} s, not even the answer to a \
+                 WebSocket ping.",
+                SILENCE.as_secs()
+            ),
+        )
+    }
+
     /// A transport-level problem the client should hear about; the session ends.
     pub fn transport_error(&mut self, message: &'static str, body: String) -> Flow {
         self.fail(message, body)
@@ -175,6 +195,8 @@ impl JsonSession {
         {
             return self.fail("too many connections", reason);
         }
+        // Before the opening wakes the writer, which then reads the interval.
+        self.outbox.set_heartbeat(PING_EVERY);
         self.outbox.opened(Opened {
             session: self.broker.session_label(self.outbox.id),
             user_name: name.to_string(),

@@ -8,7 +8,7 @@ mod auth;
 mod destination;
 #[doc(hidden)]
 pub mod exercise;
-mod json_session;
+pub mod json_session;
 mod message;
 mod outbox;
 mod session;

@@ -27,7 +27,7 @@ use super::{
 };
 use crate::{
     AppError, AppState,
-    broker::{Broker, Flow, JsonSession, Outbox, Outgoing, Session, TransportInfo},
+    broker::{Broker, Flow, JsonSession, Outbox, Outgoing, Session, TransportInfo, json_session},
 };
 
 /// A protocol's session as the driver sees it: messages in, clocks reported, and the writer
@@ -68,17 +68,30 @@ pub(crate) trait Encode: Default + Send + 'static {
     /// # Errors
     /// Why the event cannot be written faithfully; nothing was appended.
     fn encode(&mut self, item: &Outgoing, out: &mut Vec<u8>) -> Result<bool, String>;
+
+    /// What is sent during silence, every `Outbox::heartbeat_every`.
+    fn heartbeat() -> Message;
 }
 
 impl Encode for StompWriter {
     fn encode(&mut self, item: &Outgoing, out: &mut Vec<u8>) -> Result<bool, String> {
         StompWriter::encode(self, item, out)
     }
+
+    /// STOMP's heart-beat: an EOL.
+    fn heartbeat() -> Message {
+        Message::Text(Utf8Bytes::from_static(HEARTBEAT))
+    }
 }
 
 impl Encode for JsonWriter {
     fn encode(&mut self, item: &Outgoing, out: &mut Vec<u8>) -> Result<bool, String> {
         JsonWriter::encode(self, item, out)
+    }
+
+    /// A WebSocket ping, which browsers answer by themselves: pages need no code for it.
+    fn heartbeat() -> Message {
+        Message::Ping(Bytes::new())
     }
 }
 
@@ -136,10 +149,11 @@ impl Protocol for JsonSession {
     fn authenticated(&self) -> bool {
         self.principal().is_some()
     }
-    /// The JSON protocol negotiates no heart-beats: clients `ping` as they like, and the
-    /// WebSocket layer answers pings.
+    /// Not negotiated: the server pings every `json_session::PING_EVERY` (browsers answer
+    /// by themselves) and ends a session silent for `json_session::SILENCE`; anything a
+    /// client sends (a `ping`, a pong) counts.
     fn heartbeat(&self) -> (Duration, Duration) {
-        (Duration::ZERO, Duration::ZERO)
+        (json_session::PING_EVERY, json_session::SILENCE)
     }
     fn on_message(&mut self, bytes: &[u8]) -> Flow {
         JsonSession::on_message(self, bytes)
@@ -157,7 +171,7 @@ impl Protocol for JsonSession {
         JsonSession::token_expired(self)
     }
     fn heartbeat_timeout(&mut self) -> Flow {
-        Flow::Continue
+        JsonSession::silence_timeout(self)
     }
     fn transport_error(&mut self, message: &'static str, body: String) -> Flow {
         JsonSession::transport_error(self, message, body)
@@ -403,8 +417,7 @@ async fn write<W: Encode>(
         if every.is_zero() {
             outbox.next_batch(&mut batch).await;
         } else if tokio::time::timeout(every, outbox.next_batch(&mut batch)).await.is_err() {
-            let beat = Message::Text(Utf8Bytes::from_static(HEARTBEAT));
-            if sink.send(beat).await.is_err() {
+            if sink.send(W::heartbeat()).await.is_err() {
                 return;
             }
             continue;
@@ -593,6 +606,36 @@ mod tests {
         }
         let silence = Instant::now() - sent;
         assert_eq!(silence, Duration::from_secs(4).mul_f64(tolerance), "cut at 4 s x tolerance");
+        assert_eq!(client.next().await.0, "CLOSE 1008");
+        driver.await.expect("the driver ends without panicking");
+        assert_eq!(broker.session_count(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_json_client_is_pinged_during_silence_and_cut_when_nothing_answers() {
+        let broker = broker();
+        let (socket, mut client) = pipe();
+        let driver =
+            tokio::spawn(serve::<JsonSession>(socket, broker.clone(), TransportInfo::default()));
+        let claims =
+            Claims { sub: "alice".into(), exp: u64::MAX / 4, nbf: None, iat: None, jti: None };
+        let token = broker.authenticator().issue(&claims).expect("token");
+        client.send(&format!(r#"{{"type":"auth","token":"{token}"}}"#));
+        let (opened, start) = client.next().await;
+        assert!(opened.contains("auth_success"), "{opened}");
+        let (ping, at) = client.next().await;
+        assert_eq!((ping.starts_with("Ping"), at - start), (true, json_session::PING_EVERY));
+        // A pong (as a browser answers) counts as a sign of life.
+        client.to_server.send(Ok(Message::Pong(Bytes::new()))).expect("read");
+        let answered = Instant::now();
+        loop {
+            let (text, _) = client.next().await;
+            if text.contains("heart-beat-timeout") {
+                break;
+            }
+            assert!(text.starts_with("Ping"), "{text}");
+        }
+        assert_eq!(Instant::now() - answered, json_session::SILENCE, "cut after the silence");
         assert_eq!(client.next().await.0, "CLOSE 1008");
         driver.await.expect("the driver ends without panicking");
         assert_eq!(broker.session_count(), 0);
