@@ -55,16 +55,7 @@ async fn consume(
         let Message::Text(text) = message else { continue };
         let arrived = now_ns(epoch);
         let Ok(value) = serde_json::from_str::<Value>(&text) else { break };
-        let content = value["content"].as_str().unwrap_or("");
-        let mut parts = content.splitn(3, ':');
-        let seq: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
-        let sent: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(arrived);
-        if last.is_some_and(|l| seq <= l) {
-            seen.duplicates_or_reordered += 1;
-        }
-        last = Some(seq);
-        seen.received += 1;
-        seen.latencies_us.push(((arrived.saturating_sub(sent)) / 1000) as u32);
+        seen.record(value["content"].as_str().unwrap_or(""), arrived, &mut last);
     }
     seen
 }

@@ -160,18 +160,25 @@ async fn consume(mut conn: StompClient, expected: u64, epoch: Instant, deadline:
             break;
         }
         let arrived = now_ns(epoch);
-        let text = std::str::from_utf8(&frame.body).unwrap_or("");
+        seen.record(std::str::from_utf8(&frame.body).unwrap_or(""), arrived, &mut last);
+    }
+    seen
+}
+
+impl Seen {
+    /// Counts one delivery whose text is `seq:sent_ns:padding`, arrived at `arrived` ns;
+    /// `last` is the previous delivery's `seq` on the same connection.
+    fn record(&mut self, text: &str, arrived: u64, last: &mut Option<u64>) {
         let mut parts = text.splitn(3, ':');
         let seq: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
         let sent: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(arrived);
         if last.is_some_and(|l| seq <= l) {
-            seen.duplicates_or_reordered += 1;
+            self.duplicates_or_reordered += 1;
         }
-        last = Some(seq);
-        seen.received += 1;
-        seen.latencies_us.push(((arrived.saturating_sub(sent)) / 1000) as u32);
+        *last = Some(seq);
+        self.received += 1;
+        self.latencies_us.push(((arrived.saturating_sub(sent)) / 1000) as u32);
     }
-    seen
 }
 
 /// Starts one reader per subscriber, each expecting `expected` messages within 120 s.

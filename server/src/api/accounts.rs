@@ -51,10 +51,10 @@ pub(super) async fn logout(
 pub(super) async fn ticket(
     State(state): State<AppState>,
     user: User,
-) -> Result<crate::transport::sse::Ticket, AppError> {
+) -> Result<Json<crate::transport::sse::Ticket>, AppError> {
     let (ticket, expires_in) =
         state.passes.ticket(&user.name, user.claims.jti.as_deref(), user.claims.exp)?;
-    Ok(crate::transport::sse::Ticket { ticket, expires_in })
+    Ok(Json(crate::transport::sse::Ticket { ticket, expires_in }))
 }
 
 pub(super) async fn me(State(state): State<AppState>, user: User) -> Result<Json<Me>, AppError> {

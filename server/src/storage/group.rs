@@ -285,14 +285,14 @@ async fn number(
     backend: Backend,
     entries: &mut [&mut super::LogEntry],
 ) -> Result<(), StorageError> {
-    let mut counts: Vec<(String, i64)> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut counts: Vec<(&str, i64)> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
     for entry in entries.iter() {
         match index.get(entry.user.as_str()) {
             Some(&i) => counts[i].1 += 1,
             None => {
-                index.insert(entry.user.clone(), counts.len());
-                counts.push((entry.user.clone(), 1));
+                index.insert(&entry.user, counts.len());
+                counts.push((&entry.user, 1));
             }
         }
     }
@@ -307,7 +307,7 @@ async fn number(
         );
         let mut query = sqlx::query(&sql);
         for (user, n) in chunk {
-            query = query.bind(user.as_str()).bind(*n);
+            query = query.bind(*user).bind(*n);
         }
         for row in query.fetch_all(&mut *conn).await? {
             let user: String = row.try_get("username")?;

@@ -17,7 +17,7 @@ use std::{
 
 use axum::{
     extract::{Query, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, header},
     response::{
         IntoResponse, Response,
         sse::{Event, KeepAlive, Sse},
@@ -281,10 +281,4 @@ fn failure(message: &str, detail: &str) -> Event {
 pub(crate) struct Ticket {
     pub(crate) ticket: String,
     pub(crate) expires_in: u64,
-}
-
-impl IntoResponse for Ticket {
-    fn into_response(self) -> Response {
-        (StatusCode::OK, axum::Json(self)).into_response()
-    }
 }
