@@ -244,7 +244,22 @@ fn sockjs_code(code: u16) -> u16 {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn any_client_frame_decodes_or_is_refused_and_arrays_round_trip(
+            noise in "\\PC{0,60}",
+            strings in prop::collection::vec("\\PC{0,30}", 0..6),
+        ) {
+            let _ = decode(&noise);
+            let encoded = serde_json::to_string(&strings).expect("strings encode");
+            prop_assert_eq!(decode(&encoded).expect("a JSON array of strings"), strings);
+        }
+    }
 
     #[test]
     fn client_frames_are_arrays_of_strings_or_one_string() {

@@ -40,6 +40,10 @@ pub(crate) const TICKET_TTL_S: u64 = 30;
 /// some expire.
 pub(crate) const MAX_PASSES: usize = 10_000;
 
+/// Tickets and stream passes one user holds at most; beyond it the one expiring soonest
+/// goes, so that one user cannot take the shared [`MAX_PASSES`] from the others.
+pub(crate) const PASSES_PER_USER: usize = 64;
+
 /// The stream pass cookie.
 const COOKIE: &str = "taskpulse_sse";
 
@@ -72,6 +76,16 @@ impl Passes {
     fn insert(&self, pass: Pass) -> Result<String, AppError> {
         let secret = random_hex(32).map_err(|e| AppError::Internal(e.to_string()))?;
         let mut passes = self.by_secret.lock();
+        let mine: Vec<(&String, u64)> = passes
+            .iter()
+            .filter(|(_, p)| p.user == pass.user)
+            .map(|(secret, p)| (secret, p.expires_at))
+            .collect();
+        if mine.len() >= PASSES_PER_USER
+            && let Some(oldest) = mine.iter().min_by_key(|(_, at)| *at).map(|(s, _)| (*s).clone())
+        {
+            passes.remove(&oldest);
+        }
         if passes.len() >= MAX_PASSES {
             let now = unix_now();
             passes.retain(|_, p| p.expires_at > now);
@@ -281,4 +295,58 @@ fn failure(message: &str, detail: &str) -> Event {
 pub(crate) struct Ticket {
     pub(crate) ticket: String,
     pub(crate) expires_in: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn one_user_cannot_take_everyone_s_passes() {
+        let passes = Passes::default();
+        let later = unix_now() + 3600;
+        for _ in 0..PASSES_PER_USER + 10 {
+            passes.ticket("mallory", None, later).expect("issued");
+        }
+        let held = |user: &str| passes.by_secret.lock().values().filter(|p| p.user == user).count();
+        assert_eq!(held("mallory"), PASSES_PER_USER);
+        let (ticket, _) = passes.ticket("alice", None, later).expect("others still get tickets");
+        assert_eq!(passes.redeem(&ticket).map(|p| p.user), Some("alice".into()));
+        assert!(passes.redeem(&ticket).is_none(), "a ticket is spent by its first use");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn any_last_event_id_is_a_position_or_a_400(id in "\\PC{0,40}", epoch in "[0-9a-f]{1,16}", seq in any::<i64>()) {
+            let parsed = position(&id);
+            let well_formed = id.split_once(':').is_some_and(|(e, s)| {
+                !e.is_empty() && s.parse::<i64>().is_ok_and(|s| s >= 0)
+            });
+            prop_assert_eq!(parsed.is_ok(), well_formed, "{:?}", id);
+            let ours = position(&format!("{epoch}:{seq}"));
+            prop_assert_eq!(ours.is_ok(), seq >= 0);
+        }
+
+        #[test]
+        fn any_cookie_header_is_read_without_panicking(value in "[ -~]{0,80}", secret in "[0-9a-f]{1,64}") {
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.append(header::COOKIE, v);
+            }
+            let _ = cookie(&headers);
+            let with = format!("{value}; {COOKIE}={secret}");
+            if let Ok(v) = HeaderValue::from_str(&with) {
+                let mut headers = HeaderMap::new();
+                headers.append(header::COOKIE, v);
+                // The pass is found even behind whatever else the browser sends.
+                if !value.contains(&format!("{COOKIE}=")) {
+                    prop_assert_eq!(cookie(&headers), Some(secret));
+                }
+            }
+        }
+    }
 }
