@@ -143,6 +143,18 @@ TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the fil
                            [\"http://localhost:5173\"]; [\"*\"] allows any (no cookies are
                            used: the API takes Bearer tokens)
   body_limit = 1048576     largest HTTP request body, bytes; larger ones get 413
+
+[sockjs]
+  heartbeat_s = 25         an `h` frame on a SockJS HTTP stream or poll after this much
+                           silence, so that proxies keep it open
+  disconnect_delay_s = 5   a SockJS HTTP session whose client stopped receiving (no poll or
+                           stream open) ends after this long
+  stream_bytes = 131072    a streaming response (xhr_streaming, eventsource, htmlfile) ends
+                           after this many bytes and the client opens the next, so that no
+                           proxy buffers it forever
+  client_url = \"https://cdn.jsdelivr.net/npm/sockjs-client@1.6.1/dist/sockjs.min.js\"
+                           the sockjs-client script /ws/iframe.html loads (the iframe-based
+                           transports of old browsers); point it at a local copy offline
 ";
 
 /// The command line. Everything else comes from [`Settings`].
@@ -329,6 +341,8 @@ pub struct Settings {
     pub replay: ReplaySettings,
     /// Keys of backends that push progress or publish.
     pub api: ApiSettings,
+    /// SockJS's HTTP transports.
+    pub sockjs: SockJsSettings,
 }
 
 impl Settings {
@@ -353,6 +367,15 @@ impl Settings {
         }
         if self.limits.header_timeout_ms == 0 {
             return Err(invalid("limits.header_timeout_ms", "must be at least 1"));
+        }
+        if self.sockjs.heartbeat_s == 0 || self.sockjs.disconnect_delay_s == 0 {
+            return Err(invalid(
+                "sockjs.heartbeat_s/sockjs.disconnect_delay_s",
+                "must be at least 1 second",
+            ));
+        }
+        if self.sockjs.stream_bytes < 4096 {
+            return Err(invalid("sockjs.stream_bytes", "must be at least 4096 bytes"));
         }
         if self.limits.frame_size < 1024 {
             return Err(invalid("limits.frame_size", "must be at least 1024 bytes"));
@@ -800,6 +823,33 @@ pub struct ApiSettings {
 impl Default for ApiSettings {
     fn default() -> Self {
         ApiSettings { keys: Vec::new(), cors_origins: Vec::new(), body_limit: 1024 * 1024 }
+    }
+}
+
+/// `[sockjs]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SockJsSettings {
+    /// Silence before an `h` frame, seconds.
+    pub heartbeat_s: u64,
+    /// How long a session without a receiving request lives, seconds.
+    pub disconnect_delay_s: u64,
+    /// Bytes after which a streaming response ends.
+    pub stream_bytes: usize,
+    /// The sockjs-client script of `/ws/iframe.html`.
+    #[serde(deserialize_with = "text")]
+    pub client_url: String,
+}
+
+impl Default for SockJsSettings {
+    fn default() -> Self {
+        SockJsSettings {
+            heartbeat_s: 25,
+            disconnect_delay_s: 5,
+            stream_bytes: 128 * 1024,
+            client_url: "https://cdn.jsdelivr.net/npm/sockjs-client@1.6.1/dist/sockjs.min.js"
+                .into(),
+        }
     }
 }
 

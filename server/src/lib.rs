@@ -59,6 +59,8 @@ pub struct AppState {
     connections: Arc<serve::Connections>,
     /// Tickets and stream passes of `/sse/tasks`.
     passes: Arc<transport::sse::Passes>,
+    /// Sessions of SockJS's HTTP transports.
+    sockjs: Arc<transport::sockjs::http::SockJsSessions>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -142,6 +144,10 @@ impl AppState {
         let tasks =
             TaskService::start(storage, log.clone(), settings.clone(), results, &config.data_dir)
                 .await?;
+        let sockjs = transport::sockjs::http::SockJsSessions::start(
+            settings.sockjs.clone(),
+            settings.limits.max_connections,
+        );
         Ok(AppState {
             config: Arc::new(config),
             broker,
@@ -151,6 +157,7 @@ impl AppState {
             fanout,
             connections: Arc::default(),
             passes: Arc::default(),
+            sockjs,
         })
     }
 }

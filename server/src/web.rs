@@ -6,7 +6,7 @@ use axum::{
     extract::{DefaultBodyLimit, State},
     http::Uri,
     response::{Html, IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
 use tower_http::{
     cors::{AllowOrigin, CorsLayer},
@@ -22,12 +22,6 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/ws", get(crate::transport::websocket::upgrade))
         .route("/ws/json", get(crate::transport::websocket::upgrade_json))
-        .route(
-            "/ws/info",
-            get(crate::transport::sockjs::info).options(crate::transport::sockjs::info_options),
-        )
-        .route("/ws/websocket", get(crate::transport::sockjs::raw_websocket))
-        .route("/ws/{server}/{session}/websocket", get(crate::transport::sockjs::websocket))
         .route("/sse/tasks", get(crate::transport::sse::tasks))
         .merge(crate::api::routes())
         .route("/api", get(unknown_api))
@@ -42,11 +36,34 @@ pub fn app(state: AppState) -> Router {
     };
     let cors = cors(&state.config.settings.api.cors_origins);
     let body_limit = DefaultBodyLimit::max(state.config.settings.api.body_limit);
-    let routes = routes.layer(body_limit).with_state(state);
-    match cors {
+    let routes = routes.layer(body_limit).with_state(state.clone());
+    let routes = match cors {
         Some(cors) => routes.layer(cors),
         None => routes,
-    }
+    };
+    // SockJS answers its own CORS (with credentials, as sockjs-client's XHRs send them).
+    routes.merge(sockjs(state))
+}
+
+/// SockJS under `/ws` (`transport::sockjs`).
+fn sockjs(state: AppState) -> Router {
+    use crate::transport::sockjs::{self, http};
+    Router::new()
+        .route("/ws/info", get(sockjs::info).options(sockjs::info_options))
+        .route("/ws/iframe.html", get(sockjs::iframe))
+        .route("/ws/websocket", get(sockjs::raw_websocket))
+        .route("/ws/{server}/{session}/websocket", get(sockjs::websocket))
+        .route("/ws/{server}/{session}/xhr", post(http::xhr).options(http::xhr_options))
+        .route(
+            "/ws/{server}/{session}/xhr_streaming",
+            post(http::xhr_streaming).options(http::xhr_options),
+        )
+        .route("/ws/{server}/{session}/xhr_send", post(http::xhr_send).options(http::xhr_options))
+        .route("/ws/{server}/{session}/eventsource", get(http::eventsource))
+        .route("/ws/{server}/{session}/htmlfile", get(http::htmlfile))
+        .route("/ws/{server}/{session}/jsonp", get(http::jsonp))
+        .route("/ws/{server}/{session}/jsonp_send", post(http::jsonp_send))
+        .with_state(state)
 }
 
 /// Text files of the UI directory are UTF-8: say so, so that a page without a `<meta

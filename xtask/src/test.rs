@@ -262,7 +262,8 @@ fn frontend_components() -> Result<String, String> {
 
 /// The browser suites in Chromium against the real server, which each suite starts, kills
 /// and restarts itself (`frontend/tests/e2e`): the task monitor, a page with only
-/// `new WebSocket()` (the JSON protocol) and one with only `new EventSource()` (SSE).
+/// `new WebSocket()` (the JSON protocol), one with only `new EventSource()` (SSE), the
+/// seed's SockJS page and sockjs-client forced to each of its transports.
 /// Screenshots go to `artifacts/`.
 fn monitor_e2e() -> Result<String, String> {
     let dist = build_frontend()?;

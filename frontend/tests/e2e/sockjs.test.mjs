@@ -4,16 +4,71 @@
 // 'http://localhost:8081/ws' becomes the test server's. It runs in Debian's Chromium against
 // the real server, which this file starts, kills and restarts: SockJS (its WebSocket
 // transport) carrying STOMP, the page following a task to `completed` across the restart.
+// Then sockjs-client forced to each of its transports in turn (WebSocket, the XHR ones,
+// EventSource, htmlfile, JSONP and an iframe-wrapped one), with @stomp/stompjs on top,
+// each following a task from `created` to `completed` across a server kill and restart.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { tmpdir } from "node:os";
-import { serverSuite } from "./harness.mjs";
+import { serverSuite, waitIn } from "./harness.mjs";
 
 const SHOTS = process.env.TASKPULSE_SCREENSHOTS ?? join(tmpdir(), "taskpulse-shots");
 const SEED_ADDRESS = "http://localhost:8081/ws";
 const here = (path) => new URL(path, import.meta.url);
+
+/** sockjs-client limited to the transport of `?transport=`, @stomp/stompjs on top. */
+const TRANSPORT_PAGE = `<!doctype html>
+<html><head><meta charset="utf-8"><title>SockJS transport</title>
+<script src="/vendor/sockjs-client@1.6.1/sockjs.min.js"></script>
+<script src="/vendor/stompjs@7.0.0/stomp.umd.min.js"></script></head>
+<body><ul id="tasks"></ul>
+<script>
+const params = new URLSearchParams(location.search);
+window.__statuses = {};
+window.__transports = [];
+window.__connects = 0;
+window.__log = [];
+const client = new StompJs.Client({
+  webSocketFactory: () => {
+    const sock = new SockJS(location.origin + "/ws", null, { transports: [params.get("transport")] });
+    sock.addEventListener("open", () => {
+      window.__transports.push(sock.transport);
+      window.__log.push("open " + sock.transport);
+    });
+    sock.addEventListener("close", (e) => window.__log.push("close " + e.code + " " + e.reason));
+    return sock;
+  },
+  connectHeaders: { Authorization: "Bearer " + params.get("token") },
+  reconnectDelay: 300,
+  // STOMP heart-beats (as the seed's page has them): how a page notices a transport that
+  // went quiet without an error (Chromium leaves an htmlfile iframe of a killed server
+  // hanging, with no load or error event).
+  heartbeatIncoming: 4000,
+  heartbeatOutgoing: 4000,
+  onConnect: () => {
+    window.__connects += 1;
+    // Live once the server's RECEIPT says the catch-up is delivered.
+    const receipt = "live-" + window.__connects;
+    client.watchForReceipt(receipt, () => { window.__live = window.__connects; });
+    client.subscribe("/user/queue/tasks-progress", (message) => {
+      const update = JSON.parse(message.body);
+      const seen = (window.__statuses[update.taskNo] ??= []);
+      if (seen[seen.length - 1] !== update.status) seen.push(update.status);
+      window.__log.push(update.status + " " + update.progress);
+      let item = document.getElementById(update.taskNo);
+      if (!item) {
+        item = document.createElement("li");
+        item.id = update.taskNo;
+        document.getElementById("tasks").append(item);
+      }
+      item.textContent = update.taskNo + ": " + update.status + " " + update.progress + "%";
+    }, { receipt });
+  },
+});
+client.activate();
+</script></body></html>`;
 
 const suite = serverSuite({
   prefix: "taskpulse-sockjs",
@@ -28,9 +83,15 @@ const suite = serverSuite({
       "vendor/stompjs@7.0.0/stomp.umd.min.js": readFileSync(
         here("./node_modules/@stomp/stompjs/bundles/stomp.umd.min.js"),
       ),
+      "transport.html": TRANSPORT_PAGE,
     };
   },
-  env: { TASKPULSE_DEMO_DURATION_MS: "3000", TASKPULSE_DEMO_SIZE: "64" },
+  env: {
+    TASKPULSE_DEMO_DURATION_MS: "3000",
+    TASKPULSE_DEMO_SIZE: "64",
+    // The iframe transports' page loads the same local copy (no CDN here).
+    TASKPULSE_SOCKJS_CLIENT_URL: "/vendor/sockjs-client@1.6.1/sockjs.min.js",
+  },
 });
 const base = () => suite.base();
 
@@ -85,3 +146,30 @@ test("the seed's plain-HTML monitor (SockJS + STOMP) follows a task to completed
   assert.deepEqual(errors, []);
   await page.screenshot({ path: join(SHOTS, "seed-sockjs-monitor.png"), fullPage: true });
 });
+
+for (const transport of ["websocket", "xhr-streaming", "xhr-polling", "eventsource", "htmlfile", "jsonp-polling", "iframe-eventsource"]) {
+  test(`sockjs-client on ${transport} only, with stompjs, follows a task from created to completed across a restart`, async () => {
+    const { token } = await suite.register("ivan");
+    const page = await (await suite.browser.newContext()).newPage();
+    const errors = [];
+    page.on("pageerror", (error) => errors.push(error.message));
+    const wait = (check, arg, timeout) => waitIn(page, "__log", check, arg, timeout);
+    await page.goto(`${base()}/transport.html?transport=${transport}&token=${encodeURIComponent(token)}`);
+    await wait(() => window.__live === 1);
+    assert.deepEqual(await page.evaluate(() => window.__transports), [transport]);
+
+    const submitted = await suite.post("/api/tasks", { kind: "text-to-image", prompt: "a lighthouse" }, token);
+    assert.equal(submitted.status, 202, JSON.stringify(submitted.body));
+    const taskNo = submitted.body.taskNo;
+    await wait((no) => (window.__statuses[no] ?? []).includes("processing"), taskNo);
+
+    await suite.restart();
+    await wait((no) => (window.__statuses[no] ?? []).at(-1) === "completed", taskNo, 60_000);
+    const statuses = await page.evaluate((no) => window.__statuses[no], taskNo);
+    assert.equal(statuses[0], "created", `from created: ${statuses}`);
+    const transports = await page.evaluate(() => window.__transports);
+    assert.ok(transports.length >= 2 && transports.every((t) => t === transport), `reconnected on ${transport}: ${transports}`);
+    assert.deepEqual(errors, []);
+    await page.screenshot({ path: join(SHOTS, `sockjs-${transport}.png`), fullPage: true });
+  });
+}

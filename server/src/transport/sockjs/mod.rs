@@ -1,13 +1,15 @@
 //! SockJS under `/ws`, as Spring's `withSockJS()` serves it, for the seed's
-//! `new SockJS('http://host/ws')` with `@stomp/stompjs`: `GET /ws/info`, and the WebSocket
-//! transport at `/ws/{server}/{session}/websocket` (also the raw `/ws/websocket`). STOMP
-//! flows inside SockJS frames exactly as over a plain WebSocket: the socket is wrapped in
-//! [`SockJsFraming`] and driven by the same `websocket::serve`.
+//! `new SockJS('http://host/ws')` with `@stomp/stompjs`: `GET /ws/info`, `/ws/iframe.html`,
+//! the WebSocket transport at `/ws/{server}/{session}/websocket` (also the raw
+//! `/ws/websocket`), and the HTTP transports of [`http`]. STOMP flows inside SockJS frames
+//! exactly as over a plain WebSocket: every transport ends in the same `websocket::serve`.
 //!
 //! Framing (SockJS protocol 0.3): the server opens with `o`, sends messages as
-//! `a["...", ...]` and closes with `c[code,"reason"]`; the client sends JSON arrays of
-//! strings. The HTTP transports (`xhr_streaming`, `xhr`, `eventsource`, ...) are not served
-//! yet: a client limited to them gets 404 and says so.
+//! `a["...", ...]`, `h` during silence (HTTP transports) and closes with `c[code,"reason"]`;
+//! the client sends JSON arrays of strings. Pages of other origins may connect when
+//! `[api] cors_origins` allows them, as for the HTTP API.
+
+pub(crate) mod http;
 
 use std::{
     collections::VecDeque,
@@ -39,7 +41,42 @@ fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && !id.contains('.')
 }
 
-/// Headers every SockJS HTTP answer carries: no caching, and CORS for the page's origin.
+/// Whether the page's origin may use SockJS here: no `Origin` (not a browser page), the
+/// server's own origin, or one `[api] cors_origins` allows.
+///
+/// # Errors
+/// A 403 that names the setting.
+pub(crate) fn origin_allowed(state: &AppState, headers: &HeaderMap) -> Result<(), Refused> {
+    let Some(origin) = headers.get(header::ORIGIN) else { return Ok(()) };
+    let origin = origin.to_str().unwrap_or_default();
+    let allowed = &state.config.settings.api.cors_origins;
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let same = origin
+        .split_once("://")
+        .is_some_and(|(_, authority)| host.is_some_and(|host| authority == host));
+    if same || allowed.iter().any(|o| o == "*" || o == origin) {
+        return Ok(());
+    }
+    let why = format!(
+        "origin {origin:?} may not use SockJS here: only the server's own pages and the \
+         origins of [api] cors_origins may"
+    );
+    Err(Refused(StatusCode::FORBIDDEN, why))
+}
+
+/// A refused SockJS request: its status and a text that names the problem.
+#[derive(Debug)]
+pub(crate) struct Refused(pub(crate) StatusCode, pub(crate) String);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let Refused(status, why) = self;
+        (status, [(header::CONTENT_TYPE, "text/plain; charset=UTF-8")], why).into_response()
+    }
+}
+
+/// Headers every SockJS HTTP answer carries: no caching, and CORS for the page's origin
+/// (with credentials, as sockjs-client's XHRs send them).
 fn sockjs_headers(request: &HeaderMap, headers: &mut HeaderMap) {
     headers.insert(
         header::CACHE_CONTROL,
@@ -52,10 +89,14 @@ fn sockjs_headers(request: &HeaderMap, headers: &mut HeaderMap) {
         .unwrap_or(HeaderValue::from_static("*"));
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+    headers.insert(header::VARY, HeaderValue::from_static("Origin"));
 }
 
 /// `GET /ws/info`: what the client needs before it picks a transport.
-pub(crate) async fn info(headers: HeaderMap) -> Response {
+pub(crate) async fn info(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(refused) = origin_allowed(&state, &headers) {
+        return refused.into_response();
+    }
     let mut entropy = [0u8; 4];
     // Only a hint for the client's own randomness: nothing depends on it here.
     let _ = getrandom::fill(&mut entropy);
@@ -74,7 +115,10 @@ pub(crate) async fn info(headers: HeaderMap) -> Response {
 }
 
 /// `OPTIONS /ws/info`: the CORS preflight.
-pub(crate) async fn info_options(headers: HeaderMap) -> Response {
+pub(crate) async fn info_options(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(refused) = origin_allowed(&state, &headers) {
+        return refused.into_response();
+    }
     let mut response = StatusCode::NO_CONTENT.into_response();
     sockjs_headers(&headers, response.headers_mut());
     let answer = response.headers_mut();
@@ -88,28 +132,34 @@ pub(crate) async fn websocket(
     State(state): State<AppState>,
     Path((server, session)): Path<(String, String)>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     if !valid_id(&server) || !valid_id(&session) {
         return (StatusCode::NOT_FOUND, "not a SockJS session path").into_response();
     }
-    raw(state, peer, ws)
+    raw(state, peer, &headers, ws)
 }
 
 /// `GET /ws/websocket`: the same without the session path (SockJS's raw WebSocket URL).
 pub(crate) async fn raw_websocket(
     State(state): State<AppState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    raw(state, peer, ws)
+    raw(state, peer, &headers, ws)
 }
 
 fn raw(
     state: AppState,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: &HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    if let Err(refused) = origin_allowed(&state, headers) {
+        return refused.into_response();
+    }
     // A SockJS message carries one STOMP frame, JSON-quoted (at most 6 bytes per byte).
     let limit = state.broker.settings().limits.frame_size.saturating_mul(6);
     let ws = match admit(&state, ws, limit) {
@@ -201,20 +251,16 @@ where
 
     fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
         let framed = match item {
-            Message::Text(text) => {
-                Message::Text(Utf8Bytes::from(format!("a[{}]", quote(text.as_str()))))
-            }
+            Message::Text(text) => Message::Text(Utf8Bytes::from(messages_frame([text.as_str()]))),
             // A STOMP frame that is not UTF-8 (a binary body): SockJS carries strings only.
-            Message::Binary(bytes) => Message::Text(Utf8Bytes::from(format!(
-                "a[{}]",
-                quote(&String::from_utf8_lossy(&bytes))
-            ))),
+            Message::Binary(bytes) => {
+                Message::Text(Utf8Bytes::from(messages_frame([String::from_utf8_lossy(&bytes)])))
+            }
             Message::Close(frame) => {
-                let (code, reason) = frame
-                    .as_ref()
-                    .map_or((1000, String::new()), |f| (f.code, f.reason.to_string()));
+                let (code, reason) =
+                    frame.as_ref().map_or((1000, ""), |f| (f.code, f.reason.as_str()));
                 // SockJS's own close frame first; the WebSocket close follows in poll_close.
-                let close = format!("c[{},{}]", sockjs_code(code), quote(&reason));
+                let close = close_frame(code, reason);
                 Pin::new(&mut self.inner).start_send(Message::Text(Utf8Bytes::from(close)))?;
                 return Ok(());
             }
@@ -232,14 +278,100 @@ where
     }
 }
 
-/// A JSON string.
-fn quote(text: &str) -> String {
-    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into())
+/// A JSON string literal of `text`, escaped as SockJS escapes it: besides what JSON
+/// requires, the characters some browsers mangle or treat as line ends (U+2028 and its
+/// kin), and `<`, `>` and `&`, so that the `htmlfile` transport's `<script>` cannot be
+/// ended by a message.
+pub(crate) fn quote(text: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{0}'..='\u{1f}'
+            | '<'
+            | '>'
+            | '&'
+            | '\u{7f}'..='\u{9f}'
+            | '\u{ad}'
+            | '\u{600}'..='\u{604}'
+            | '\u{70f}'
+            | '\u{17b4}'
+            | '\u{17b5}'
+            | '\u{200c}'..='\u{200f}'
+            | '\u{2028}'..='\u{202f}'
+            | '\u{2060}'..='\u{206f}'
+            | '\u{feff}'
+            | '\u{fff0}'..='\u{ffff}' => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
-/// SockJS close codes: 3000 "Go away!" for a normal end, the WebSocket code otherwise.
-fn sockjs_code(code: u16) -> u16 {
-    if code == 1000 { 3000 } else { code }
+/// `a[...]`: messages as one SockJS frame.
+pub(crate) fn messages_frame<S: AsRef<str>>(messages: impl IntoIterator<Item = S>) -> String {
+    let mut frame = String::from("a[");
+    for (i, message) in messages.into_iter().enumerate() {
+        if i > 0 {
+            frame.push(',');
+        }
+        frame.push_str(&quote(message.as_ref()));
+    }
+    frame.push(']');
+    frame
+}
+
+/// `c[code,"reason"]`: 3000 "Go away!" for a normal WebSocket close, the code otherwise.
+pub(crate) fn close_frame(code: u16, reason: &str) -> String {
+    match code {
+        1000 => "c[3000,\"Go away!\"]".into(),
+        code => format!("c[{code},{}]", quote(reason)),
+    }
+}
+
+/// `text` for a double-quoted HTML attribute.
+fn html_attribute(text: &str) -> String {
+    text.replace('&', "&amp;").replace('"', "&quot;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// `GET /ws/iframe.html`: the page the iframe-based transports of old browsers load; it
+/// runs sockjs-client from `[sockjs] client_url`. Cached by its ETag.
+pub(crate) async fn iframe(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    use sha2::Digest;
+    let page = format!(
+        "<!DOCTYPE html>\n<html>\n<head>\n  <meta http-equiv=\"X-UA-Compatible\" \
+         content=\"IE=edge\" />\n  <meta http-equiv=\"Content-Type\" content=\"text/html; \
+         charset=UTF-8\" />\n  <script>\n    document.domain = document.domain;\n    _sockjs_onload \
+         = function(){{SockJS.bootstrap_iframe();}};\n  </script>\n  <script src=\"{}\"></script>\n\
+         </head>\n<body>\n  <h2>Don't panic!</h2>\n  <p>This is a SockJS hidden iframe. It's used \
+         for cross domain magic.</p>\n</body>\n</html>",
+        html_attribute(&state.config.settings.sockjs.client_url)
+    );
+    let digest = sha2::Sha256::digest(page.as_bytes());
+    let etag =
+        format!("\"{}\"", digest[..8].iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let cached =
+        headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v == etag);
+    let mut response = if cached {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        ([(header::CONTENT_TYPE, "text/html; charset=UTF-8")], page).into_response()
+    };
+    let answer = response.headers_mut();
+    answer.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000"));
+    if let Ok(etag) = HeaderValue::from_str(&etag) {
+        answer.insert(header::ETAG, etag);
+    }
+    response
 }
 
 #[cfg(test)]
@@ -258,6 +390,14 @@ mod tests {
             let _ = decode(&noise);
             let encoded = serde_json::to_string(&strings).expect("strings encode");
             prop_assert_eq!(decode(&encoded).expect("a JSON array of strings"), strings);
+        }
+
+        #[test]
+        fn quoted_text_is_json_that_no_page_or_line_reader_can_misread(text in "\\PC{0,40}|[<>&\u{2028}\u{2029}\u{0}-\u{1f}\"\\\\]{0,10}") {
+            let quoted = quote(&text);
+            prop_assert_eq!(serde_json::from_str::<String>(&quoted).expect("JSON"), text);
+            let misread = ['<', '>', '&', '\u{2028}', '\u{2029}', '\n', '\r'];
+            prop_assert!(!quoted.contains(misread), "{}", quoted);
         }
     }
 
