@@ -8,6 +8,10 @@ export type {
   TaskPulseErrorKind,
   TaskPulseError,
   StompMessage,
+  Position,
+  SnapshotPart,
+  ClientMessage,
+  ServerMessage,
 } from "./taskpulse_client.js";
 import { TaskWebSocketClient } from "./taskpulse_client.js";
 export { TaskWebSocketClient };

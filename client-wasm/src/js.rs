@@ -40,6 +40,60 @@ export interface TaskProgressDto {
   queuePosition?: number;
 }
 
+/** Where a client stands in its user's log (the JSON protocol's `resume`). */
+export interface Position {
+  epoch: string;
+  /** The last seq applied. */
+  seq: number;
+}
+
+/** Which part of a snapshot a `task_progress` message is (1-based `index` of `count`). */
+export interface SnapshotPart {
+  index: number;
+  count: number;
+}
+
+/** What a page sends on the JSON protocol at /ws/json (a bare browser WebSocket).
+ *  Channels are destination names (`/user/queue/tasks-progress`, `/topic/chat.general`),
+ *  or `tasks` for the user's task updates. */
+export type ClientMessage =
+  | { type: "auth"; token: string }
+  | { type: "ping" }
+  | { type: "subscribe"; channels: string[]; resume?: Position }
+  | { type: "unsubscribe"; channels: string[] }
+  | { type: "chat_message"; channel: string; content: string };
+
+/** What the server sends on the JSON protocol at /ws/json. */
+export type ServerMessage =
+  | { type: "auth_success"; user: string }
+  | { type: "auth_error"; code: string; message: string }
+  | { type: "pong" }
+  /** The channels are live: what they had missed was sent before this. */
+  | { type: "subscribed"; channels: string[] }
+  | { type: "unsubscribed"; channels: string[] }
+  | {
+      type: "task_progress";
+      data: TaskProgressDto;
+      seq: number;
+      epoch: string;
+      /** Sent again after a resume. */
+      replayed?: boolean;
+      /** Part of a snapshot, sent instead of a replay the log no longer covers. */
+      snapshot?: SnapshotPart;
+    }
+  | {
+      type: "notification";
+      channel: string;
+      /** JSON as published, or a string for any other body. */
+      data: unknown;
+      /** On private channels. */
+      seq?: number;
+      epoch?: string;
+      replayed?: boolean;
+    }
+  | { type: "chat_message"; channel: string; from: string; content: string }
+  | { type: "error"; code: string; message: string };
+
 export type ConnectionState = "connecting" | "connected" | "reconnecting" | "disconnected";
 
 export interface TaskWebSocketClientOptions {

@@ -332,7 +332,8 @@ fn client_browser_tests() -> Result<String, String> {
 }
 
 /// The npm package as a frontend team uses it: `cargo xtask dist`, its TypeScript types
-/// checked by `tsc` against typical and wrong uses, a Vite 7 app that imports it,
+/// checked by `tsc` against typical and wrong uses and against values the Rust types
+/// serialize (`shared`'s `typescript_samples` example), a Vite 7 app that imports it,
 /// `vite build`, the bundle served by the real server, driven by playwright-core.
 fn vite_packaging() -> Result<String, String> {
     crate::dist::build()?;
@@ -342,6 +343,17 @@ fn vite_packaging() -> Result<String, String> {
     // sync. With the lock present, `npm install` installs exactly its versions.
     quiet(Command::new("npm").args(["install", "--no-audit", "--no-fund"]).current_dir(&app))
         .map_err(|e| format!("npm install in {}: {e}", app.display()))?;
+    // Values the Rust types serialize, typed with the package's declarations.
+    let samples = cargo()
+        .args(["run", "-q", "-p", "taskpulse-shared", "--example", "typescript_samples"])
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run the typescript_samples example: {e}"))?;
+    if !samples.status.success() {
+        return Err(format!("the typescript_samples example failed: {}", samples.status));
+    }
+    std::fs::write(app.join("protocol-samples.ts"), samples.stdout)
+        .map_err(|e| format!("writing protocol-samples.ts: {e}"))?;
     quiet(Command::new("node_modules/.bin/tsc").args(["-p", "tsconfig.json"]).current_dir(&app))
         .map_err(|e| format!("the package's TypeScript types do not check: {e}"))?;
     quiet(Command::new("node_modules/.bin/vite").arg("build").current_dir(&app))

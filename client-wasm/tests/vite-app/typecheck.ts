@@ -1,6 +1,8 @@
 // Compiled with `tsc --noEmit` by cargo xtask test: the package's TypeScript types describe
 // what the seed's users write, and reject what they must not.
 import TaskWebSocketClient, {
+  type ClientMessage,
+  type ServerMessage,
   type ConnectionState,
   type DisconnectInfo,
   type StompMessage,
@@ -45,3 +47,24 @@ new TaskWebSocketClient({ url: 8080, token: "t" });
 // @ts-expect-error listeners receive task updates, not strings
 seed.onTaskUpdate((task: string) => console.log(task));
 console.log(wrong);
+
+// The JSON protocol at /ws/json, for a page with a bare WebSocket.
+const hello: ClientMessage = { type: "subscribe", channels: ["tasks"], resume: { epoch: "e", seq: 3 } };
+// @ts-expect-error auth needs its token
+const noToken: ClientMessage = { type: "auth" };
+// @ts-expect-error not a message type
+const unknown: ClientMessage = { type: "hello" };
+function onServer(message: ServerMessage): string {
+  switch (message.type) {
+    case "task_progress":
+      return `${message.data.taskNo} ${message.data.status} ${message.seq} ${message.snapshot?.count ?? 0}`;
+    case "notification":
+      return `${message.channel} ${message.seq ?? "-"}`;
+    case "error":
+    case "auth_error":
+      return message.code;
+    default:
+      return message.type;
+  }
+}
+console.log(hello, noToken, unknown, onServer({ type: "pong" }));
