@@ -1,7 +1,8 @@
-//! `taskpulse-load`: opens real STOMP-over-WebSocket connections to a running TaskPulse
-//! server and reports delivered messages/s, end-to-end latency, lost/duplicated/out-of-order
-//! deliveries, connections/s and server RSS per idle subscribed connection; and, through the
-//! task API, task submissions/s and submit-to-`completed` latency (see `tasks.rs`).
+//! `taskpulse-load`: opens real connections to a running TaskPulse server (STOMP over
+//! WebSocket, or the subscribers' `--transport`: the JSON protocol, SockJS, SSE) and reports
+//! delivered messages/s, end-to-end latency, lost/duplicated/out-of-order deliveries,
+//! connections/s and server RSS per idle subscribed connection; and, through the task API,
+//! task submissions/s and submit-to-`completed` latency (see `tasks.rs`).
 //!
 //! It measures and prints; it asserts nothing. `cargo xtask load` starts a release server
 //! and runs every scenario; the figures go to docs/BENCHMARKS.md.
@@ -14,15 +15,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-mod json;
 mod publish;
 mod replay;
 mod tasks;
+mod transport;
 
 use clap::Parser;
-use taskpulse_shared::stomp::Command;
+use futures_util::StreamExt;
+use taskpulse_shared::{resume::TASKS_DESTINATION, stomp::Command};
 use taskpulse_testkit::{StompClient, frame, token};
 use tokio::task::JoinHandle;
+use transport::{Bodies, Server, Transport};
 
 /// Tokens the load tool mints live this long, seconds.
 const TOKEN_TTL_S: i64 = 3600;
@@ -46,12 +49,17 @@ struct Args {
     #[arg(long)]
     server_pid: Option<u32>,
     /// Which scenarios: broadcast, destinations, latency, connect, idle, tasks, replay,
-    /// publish, json-broadcast (comma-separated; the last is not in the default set).
+    /// publish (comma-separated).
     #[arg(
         long,
         default_value = "broadcast,destinations,latency,connect,idle,tasks,replay,publish"
     )]
     scenarios: String,
+    /// The subscribers' transport in broadcast, destinations, latency, connect and idle
+    /// (publishers always speak STOMP over WebSocket). SSE carries task updates only, so
+    /// with it only connect and idle run.
+    #[arg(long, value_enum, default_value_t = Transport::Stomp)]
+    transport: Transport,
     /// Durable pushes per run of the publish scenario (five times as many in batch form).
     #[arg(long, default_value_t = 20_000)]
     pushes: usize,
@@ -147,20 +155,16 @@ fn now_ns(epoch: Instant) -> u64 {
     epoch.elapsed().as_nanos() as u64
 }
 
-/// Reads MESSAGE frames with bodies `seq:sent_ns:padding` until `expected` arrived or the
+/// Reads deliveries with bodies `seq:sent_ns:padding` until `expected` arrived or the
 /// deadline passes.
-async fn consume(mut conn: StompClient, expected: u64, epoch: Instant, deadline: Instant) -> Seen {
+async fn consume(mut bodies: Bodies, expected: u64, epoch: Instant, deadline: Instant) -> Seen {
     let mut seen = Seen::default();
     let mut last: Option<u64> = None;
     while seen.received < expected {
-        let next = tokio::time::timeout_at(deadline.into(), conn.next()).await;
-        let Ok(Some(frame)) = next else { break };
-        if frame.command != Command::Message {
-            eprintln!("unexpected {:?}: {:?}", frame.command, frame.header("message"));
-            break;
-        }
+        let next = tokio::time::timeout_at(deadline.into(), bodies.next()).await;
+        let Ok(Some(body)) = next else { break };
         let arrived = now_ns(epoch);
-        seen.record(std::str::from_utf8(&frame.body).unwrap_or(""), arrived, &mut last);
+        seen.record(&body, arrived, &mut last);
     }
     seen
 }
@@ -182,7 +186,7 @@ impl Seen {
 }
 
 /// Starts one reader per subscriber, each expecting `expected` messages within 120 s.
-fn start_readers(subs: Vec<StompClient>, expected: u64, epoch: Instant) -> Vec<JoinHandle<Seen>> {
+fn start_readers(subs: Vec<Bodies>, expected: u64, epoch: Instant) -> Vec<JoinHandle<Seen>> {
     let deadline = Instant::now() + Duration::from_secs(120);
     subs.into_iter().map(|conn| tokio::spawn(consume(conn, expected, epoch, deadline))).collect()
 }
@@ -239,6 +243,47 @@ async fn open_many(
     let elapsed = started_open.elapsed();
     let conns = std::mem::take(&mut *results.lock().unwrap());
     (conns, elapsed)
+}
+
+/// Opens `n` subscriptions to `destination` over `--transport`, `concurrency` at a time;
+/// returns them and the elapsed time.
+async fn open_subscribers(
+    args: &Args,
+    users: impl Fn(usize) -> String,
+    n: usize,
+    destination: impl Fn(usize) -> String,
+) -> (Vec<Bodies>, Duration) {
+    let concurrency = 64;
+    let server = Server::new(&args.url);
+    let results = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let next = Arc::new(AtomicU64::new(0));
+    let jobs: Arc<Vec<(String, String)>> = Arc::new(
+        (0..n).map(|i| (token(&args.secret, &users(i), TOKEN_TTL_S), destination(i))).collect(),
+    );
+    let started_open = Instant::now();
+    let workers: Vec<_> = (0..concurrency.min(n))
+        .map(|_| {
+            let (server, results, next, jobs) =
+                (server.clone(), results.clone(), next.clone(), jobs.clone());
+            let transport = args.transport;
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some((token, destination)) = jobs.get(i) else { break };
+                    match transport.subscribe(&server, token, destination).await {
+                        Ok(bodies) => results.lock().unwrap().push(bodies),
+                        Err(e) => eprintln!("subscriber {i} failed: {e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        let _ = worker.await;
+    }
+    let elapsed = started_open.elapsed();
+    let subs = std::mem::take(&mut *results.lock().unwrap());
+    (subs, elapsed)
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -312,11 +357,13 @@ async fn publish(
 }
 
 async fn broadcast(args: &Args, subscribers: usize, messages: u64, rate: Option<f64>, name: &str) {
-    let (mut subs, _) =
-        open_many(&args.url, &args.secret, |i| format!("sub{i}"), subscribers, 64).await;
-    for conn in &mut subs {
-        subscribe(conn, "/topic/bench.broadcast").await.expect("subscribe");
-    }
+    let (subs, _) = open_subscribers(
+        args,
+        |i| format!("sub{i}"),
+        subscribers,
+        |_| "/topic/bench.broadcast".into(),
+    )
+    .await;
     let (mut publisher, _) = open_many(&args.url, &args.secret, |_| "bench".into(), 1, 1).await;
     let publisher = publisher.pop().expect("publisher connected");
     let epoch = Instant::now();
@@ -335,7 +382,7 @@ async fn broadcast(args: &Args, subscribers: usize, messages: u64, rate: Option<
     let seen = join_readers(readers).await;
     let expected = vec![messages; seen.len().max(subscribers)];
     report(
-        &format!("{name} ({subscribers} subscribers x {messages} messages)"),
+        &format!("{name} ({subscribers} {:?} subscribers x {messages} messages)", args.transport),
         seen,
         &expected,
         started.elapsed(),
@@ -346,10 +393,8 @@ async fn broadcast(args: &Args, subscribers: usize, messages: u64, rate: Option<
 async fn destinations(args: &Args) {
     let d = args.destinations;
     let per = args.per_destination as u64;
-    let (mut subs, _) = open_many(&args.url, &args.secret, |i| format!("dest{i}"), d, 64).await;
-    for (i, conn) in subs.iter_mut().enumerate() {
-        subscribe(conn, &format!("/topic/bench.d{i}")).await.expect("subscribe");
-    }
+    let (subs, _) =
+        open_subscribers(args, |i| format!("dest{i}"), d, |i| format!("/topic/bench.d{i}")).await;
     let publishers = 4;
     let (pubs, _) =
         open_many(&args.url, &args.secret, |_| "bench".into(), publishers, publishers).await;
@@ -378,7 +423,10 @@ async fn destinations(args: &Args) {
     // they all come from publisher i % 4, so their order is defined and checked.
     let expected = vec![per; d];
     report(
-        &format!("destinations ({d} destinations x {per} messages, 4 publishers)"),
+        &format!(
+            "destinations ({d} destinations x {per} messages, 4 publishers, {:?} subscribers)",
+            args.transport
+        ),
         seen,
         &expected,
         started.elapsed(),
@@ -402,6 +450,11 @@ async fn main() {
     }
     let scenarios: Vec<&str> = args.scenarios.split(',').map(str::trim).collect();
     for scenario in &scenarios {
+        let topics = ["broadcast", "destinations", "latency"];
+        if args.transport == Transport::Sse && topics.contains(scenario) {
+            eprintln!("{scenario}: skipped, SSE carries task updates only (no topics)");
+            continue;
+        }
         match *scenario {
             "broadcast" => {
                 broadcast(&args, args.subscribers, args.messages as u64, None, "broadcast").await
@@ -422,11 +475,16 @@ async fn main() {
                 .await;
             }
             "connect" => {
-                let (conns, elapsed) =
-                    open_many(&args.url, &args.secret, |i| format!("c{i}"), args.connections, 64)
-                        .await;
+                let (conns, elapsed) = open_subscribers(
+                    &args,
+                    |i| format!("c{i}"),
+                    args.connections,
+                    |_| TASKS_DESTINATION.into(),
+                )
+                .await;
                 println!(
-                    "connect: {} connections (WebSocket handshake + JWT CONNECT + CONNECTED) in {:.3} s = {:.0} connections/s",
+                    "connect ({:?}): {} connections (handshake + token + subscription to the tasks destination, confirmed) in {:.3} s = {:.0} connections/s",
+                    args.transport,
                     conns.len(),
                     elapsed.as_secs_f64(),
                     conns.len() as f64 / elapsed.as_secs_f64()
@@ -436,18 +494,19 @@ async fn main() {
             }
             "idle" => {
                 let before = args.server_pid.and_then(rss_kib);
-                let (mut conns, _) =
-                    open_many(&args.url, &args.secret, |i| format!("idle{i}"), args.idle, 64).await;
-                for conn in &mut conns {
-                    subscribe(conn, taskpulse_shared::resume::TASKS_DESTINATION)
-                        .await
-                        .expect("subscribe");
-                }
+                let (conns, _) = open_subscribers(
+                    &args,
+                    |i| format!("idle{i}"),
+                    args.idle,
+                    |_| TASKS_DESTINATION.into(),
+                )
+                .await;
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 let after = args.server_pid.and_then(rss_kib);
                 match (before, after) {
                     (Some(b), Some(a)) => println!(
-                        "idle: {} subscribed connections; server RSS {b} KiB -> {a} KiB = {:.1} KiB per connection",
+                        "idle ({:?}): {} subscribed connections; server RSS {b} KiB -> {a} KiB = {:.1} KiB per connection",
+                        args.transport,
                         conns.len(),
                         (a.saturating_sub(b)) as f64 / conns.len() as f64
                     ),
@@ -459,7 +518,6 @@ async fn main() {
                 drop(conns);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            "json-broadcast" => json::broadcast(&args).await,
             "tasks" => tasks::run(&args).await,
             "replay" => replay::run(&args).await,
             "publish" => publish::run(&args).await,
