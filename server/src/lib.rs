@@ -148,6 +148,9 @@ impl AppState {
             settings.sockjs.clone(),
             settings.limits.max_connections,
         );
+        let passes = Arc::new(transport::sse::Passes::new(
+            settings.limits.max_connections.saturating_mul(2),
+        ));
         Ok(AppState {
             config: Arc::new(config),
             broker,
@@ -156,7 +159,7 @@ impl AppState {
             log,
             fanout,
             connections: Arc::default(),
-            passes: Arc::default(),
+            passes,
             sockjs,
         })
     }

@@ -36,12 +36,13 @@ use crate::{
 /// How long a ticket may wait for its first use.
 pub(crate) const TICKET_TTL_S: u64 = 30;
 
-/// Tickets and stream passes kept at most; beyond it new tickets are refused (503) until
-/// some expire.
-pub(crate) const MAX_PASSES: usize = 10_000;
+/// How long a stream pass outlives its last stream: room for the browser's own reconnect
+/// (`EventSource` retries within seconds) across a short network loss.
+pub(crate) const PASS_GRACE_S: u64 = 120;
 
 /// Tickets and stream passes one user holds at most; beyond it the one expiring soonest
-/// goes, so that one user cannot take the shared [`MAX_PASSES`] from the others.
+/// (and not in use by an open stream) goes, so that one user cannot take the shared
+/// [`Passes`] room from the others.
 pub(crate) const PASSES_PER_USER: usize = 64;
 
 /// The stream pass cookie.
@@ -59,20 +60,33 @@ fn unix_now() -> u64 {
 struct Pass {
     user: String,
     token_id: Option<String>,
+    /// Ignored while `streams` is not zero.
     expires_at: u64,
+    /// Streams open with this pass now.
+    streams: u32,
     /// The token it came from expires then (a pass never outlives it).
     token_expires_at: u64,
     /// A ticket (spent by its first use) rather than a stream pass.
     ticket: bool,
 }
 
-/// Outstanding tickets and stream passes, by their secret.
-#[derive(Debug, Default)]
+/// Outstanding tickets and stream passes, by their secret. A pass lives while a stream uses
+/// it and [`PASS_GRACE_S`] after its last one ends (never beyond its token), so the room
+/// they take follows the streams open, not the streams opened.
+#[derive(Debug)]
 pub(crate) struct Passes {
     by_secret: Mutex<HashMap<String, Pass>>,
+    /// Tickets and passes kept at most; beyond it new tickets are refused (503).
+    max: usize,
 }
 
 impl Passes {
+    /// Room for `max` tickets and passes (twice `limits.max_connections`: every stream open
+    /// and as many tickets or recently used passes).
+    pub(crate) fn new(max: usize) -> Passes {
+        Passes { by_secret: Mutex::default(), max }
+    }
+
     fn insert(&self, pass: Pass) -> Result<String, AppError> {
         let secret = random_hex(32).map_err(|e| AppError::Internal(e.to_string()))?;
         let mut passes = self.by_secret.lock();
@@ -81,22 +95,52 @@ impl Passes {
             .filter(|(_, p)| p.user == pass.user)
             .map(|(secret, p)| (secret, p.expires_at))
             .collect();
-        if mine.len() >= PASSES_PER_USER
-            && let Some(oldest) = mine.iter().min_by_key(|(_, at)| *at).map(|(s, _)| (*s).clone())
-        {
-            passes.remove(&oldest);
+        if mine.len() >= PASSES_PER_USER {
+            // One in use by a stream stays; a user has fewer open streams than this
+            // (`limits.connections_per_user`), so another is always there to go.
+            let idle = |s: &&(&String, u64)| passes.get(s.0).is_some_and(|p| p.streams == 0);
+            let oldest =
+                mine.iter().filter(idle).min_by_key(|(_, at)| *at).map(|(s, _)| (*s).clone());
+            if let Some(oldest) = oldest {
+                passes.remove(&oldest);
+            }
         }
-        if passes.len() >= MAX_PASSES {
+        if passes.len() >= self.max {
             let now = unix_now();
-            passes.retain(|_, p| p.expires_at > now);
+            passes.retain(|_, p| p.streams > 0 || p.expires_at > now);
         }
-        if passes.len() >= MAX_PASSES {
+        if passes.len() >= self.max {
             return Err(AppError::Unavailable(format!(
-                "too many outstanding event-stream tickets ({MAX_PASSES}); try again in {TICKET_TTL_S} s"
+                "too many outstanding event-stream tickets and streams ({}, twice \
+                 limits.max_connections); try again in {TICKET_TTL_S} s",
+                self.max
             )));
         }
         passes.insert(secret.clone(), pass);
         Ok(secret)
+    }
+
+    /// A pass for the stream a `ticket` opens (in use by it) and its reconnects.
+    fn stream_pass(&self, ticket: &Pass) -> Result<String, AppError> {
+        let pass = Pass {
+            expires_at: ticket.token_expires_at,
+            streams: 1,
+            ticket: false,
+            ..ticket.clone()
+        };
+        self.insert(pass)
+    }
+
+    /// A stream that used the pass `secret` ended: the pass expires [`PASS_GRACE_S`] after
+    /// the last one.
+    fn stream_ended(&self, secret: &str) {
+        let mut passes = self.by_secret.lock();
+        if let Some(pass) = passes.get_mut(secret) {
+            pass.streams = pass.streams.saturating_sub(1);
+            if pass.streams == 0 {
+                pass.expires_at = (unix_now() + PASS_GRACE_S).min(pass.token_expires_at);
+            }
+        }
     }
 
     /// A ticket for `user`, authenticated by a token with `token_id` that expires at
@@ -112,24 +156,28 @@ impl Passes {
             user: user.to_owned(),
             token_id: token_id.map(str::to_owned),
             expires_at,
+            streams: 0,
             token_expires_at,
             ticket: true,
         };
         Ok((self.insert(pass)?, expires_at.saturating_sub(unix_now())))
     }
 
-    /// Takes a ticket (spent) or looks a pass up; `None` when unknown or expired.
+    /// Takes a ticket (spent) or a pass for one more stream (see [`Passes::stream_ended`]);
+    /// `None` when unknown or expired.
     fn redeem(&self, secret: &str) -> Option<Pass> {
         let mut passes = self.by_secret.lock();
-        let pass = passes.get(secret)?.clone();
-        if pass.expires_at <= unix_now() {
+        let pass = passes.get_mut(secret)?;
+        let now = unix_now();
+        if (pass.streams == 0 && pass.expires_at <= now) || pass.token_expires_at <= now {
             passes.remove(secret);
             return None;
         }
         if pass.ticket {
-            passes.remove(secret);
+            return passes.remove(secret);
         }
-        Some(pass)
+        pass.streams += 1;
+        Some(pass.clone())
     }
 }
 
@@ -183,16 +231,14 @@ pub(crate) async fn tasks(
 
 fn open(state: &AppState, query: SseQuery, headers: &HeaderMap) -> Result<Response, AppError> {
     let from_ticket = query.ticket.as_deref().and_then(|t| state.passes.redeem(t));
-    let (pass, new_cookie) = match from_ticket {
+    let (pass, secret, new_cookie) = match from_ticket {
         Some(pass) => {
             // The stream's own reconnects come back with this cookie (the ticket is spent).
-            let stream_pass =
-                Pass { expires_at: pass.token_expires_at, ticket: false, ..pass.clone() };
-            let secret = state.passes.insert(stream_pass)?;
-            (pass, Some(secret))
+            let secret = state.passes.stream_pass(&pass)?;
+            (pass, secret.clone(), Some(secret))
         }
-        None => match cookie(headers).and_then(|c| state.passes.redeem(&c)) {
-            Some(pass) => (pass, None),
+        None => match cookie(headers).and_then(|c| Some((state.passes.redeem(&c)?, c))) {
+            Some((pass, secret)) => (pass, secret, None),
             None => {
                 return Err(AppError::Unauthorized(
                     "the ticket is missing, used or expired (and no stream cookie is valid): \
@@ -202,6 +248,8 @@ fn open(state: &AppState, query: SseQuery, headers: &HeaderMap) -> Result<Respon
             }
         },
     };
+    // From here on, the stream (or its refusal) ends the pass's use when dropped.
+    let in_use = InUse { passes: state.passes.clone(), secret };
     let authenticator = state.broker.authenticator();
     if pass.token_id.as_deref().is_some_and(|jti| authenticator.is_revoked(jti)) {
         return Err(AppError::Unauthorized("the token this stream came from was revoked".into()));
@@ -216,7 +264,7 @@ fn open(state: &AppState, query: SseQuery, headers: &HeaderMap) -> Result<Respon
         SseSession::open(state.broker.clone(), &pass.user, pass.token_id.as_deref(), resume)
             .map_err(|reason| AppError::TooManyRequests { message: reason, retry_after: None })?;
     let until = pass.token_expires_at;
-    let mut response = Sse::new(events(session, until))
+    let mut response = Sse::new(events(session, until, in_use))
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response();
     if let Some(secret) = new_cookie {
@@ -231,10 +279,23 @@ fn open(state: &AppState, query: SseQuery, headers: &HeaderMap) -> Result<Respon
     Ok(response)
 }
 
+/// A stream's use of its pass, ended when dropped.
+struct InUse {
+    passes: std::sync::Arc<Passes>,
+    secret: String,
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.passes.stream_ended(&self.secret);
+    }
+}
+
 /// The session's outbox as events, until the broker closes it or the token expires.
 fn events(
     session: SseSession,
     token_expires_at: u64,
+    in_use: InUse,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let deadline = tokio::time::Instant::now()
         + Duration::from_secs(token_expires_at.saturating_sub(unix_now()));
@@ -253,6 +314,11 @@ fn events(
         Some((stream::iter(events.into_iter().map(Ok)), next))
     })
     .flatten()
+    // The stream owns the pass's use: it ends when the response does.
+    .map(move |event| {
+        let _ = &in_use;
+        event
+    })
 }
 
 /// Events for a batch of the outbox, and whether the session ended.
@@ -306,7 +372,7 @@ mod tests {
 
     #[test]
     fn one_user_cannot_take_everyone_s_passes() {
-        let passes = Passes::default();
+        let passes = Passes::new(1000);
         let later = unix_now() + 3600;
         for _ in 0..PASSES_PER_USER + 10 {
             passes.ticket("mallory", None, later).expect("issued");
@@ -316,6 +382,35 @@ mod tests {
         let (ticket, _) = passes.ticket("alice", None, later).expect("others still get tickets");
         assert_eq!(passes.redeem(&ticket).map(|p| p.user), Some("alice".into()));
         assert!(passes.redeem(&ticket).is_none(), "a ticket is spent by its first use");
+    }
+
+    #[test]
+    fn passes_take_room_while_streams_use_them_and_a_grace_after() {
+        let passes = Passes::new(8);
+        let later = unix_now() + 3600;
+        // Streams opened and closed again and again do not fill the room.
+        for _ in 0..100 {
+            let (ticket, _) = passes.ticket("alice", None, later).expect("room");
+            let pass = passes.redeem(&ticket).expect("a fresh ticket");
+            let secret = passes.stream_pass(&pass).expect("room");
+            passes.stream_ended(&secret);
+            let grace = passes.by_secret.lock()[&secret].expires_at;
+            assert!(grace <= unix_now() + PASS_GRACE_S && grace < later);
+            // Past its grace, it is room for the next.
+            passes.by_secret.lock().get_mut(&secret).expect("kept").expires_at = 0;
+        }
+        // A pass in use never expires nor goes for a user's new one.
+        let (ticket, _) = passes.ticket("bob", None, later).expect("room");
+        let secret = passes.stream_pass(&passes.redeem(&ticket).expect("ticket")).expect("room");
+        passes.by_secret.lock().get_mut(&secret).expect("kept").expires_at = 0;
+        assert!(passes.redeem(&secret).is_some(), "a reconnect while the first stream runs");
+        for _ in 0..PASSES_PER_USER + 5 {
+            let _ = passes.ticket("bob", None, later);
+        }
+        assert!(passes.by_secret.lock().contains_key(&secret));
+        passes.stream_ended(&secret);
+        passes.stream_ended(&secret);
+        assert!(passes.by_secret.lock()[&secret].expires_at > unix_now(), "then its grace");
     }
 
     proptest! {
