@@ -85,8 +85,10 @@ impl Publication {
     }
 }
 
-/// How many wire formats a message can keep an encoding for (see [`Message::encoded`]).
-pub(crate) const ENCODINGS: usize = 4;
+/// How many wire formats a message can keep an encoding for (see [`Message::encoded`]):
+/// STOMP's shared MESSAGE tail per version (0-2), the JSON protocol's (3), and that STOMP
+/// tail JSON-quoted for SockJS per version (4-6).
+pub(crate) const ENCODINGS: usize = 7;
 
 /// A message on its way to subscribers. What is the same for every recipient is encoded by
 /// the transport on first use, once per wire format, and shared.

@@ -92,12 +92,40 @@ impl StompWriter {
         message: &Message,
         out: &mut Vec<u8>,
     ) -> Result<bool, String> {
+        let tail = self.shared_tail(message)?;
+        self.delivery_head(sub, ack, out)?;
+        out.extend_from_slice(tail);
+        Ok(message.text)
+    }
+
+    /// The version STOMP frames are written in (set by CONNECTED).
+    pub(crate) fn version(&self) -> Version {
+        self.version
+    }
+
+    /// The part of `message`'s MESSAGE frame every recipient of this version shares (after
+    /// `MESSAGE\n` and the delivery's own headers), encoded on first use and kept.
+    ///
+    /// # Errors
+    /// The destination cannot be written in this version.
+    pub(crate) fn shared_tail<'m>(&self, message: &'m Message) -> Result<&'m Bytes, String> {
         let version = self.version;
-        let unwritable = || {
-            format!("A message for this session has a header that STOMP {version} cannot carry.")
-        };
-        let tail = message.encoded(version as usize, |m| shared_tail(m, version));
-        let tail = tail.ok_or_else(unwritable)?;
+        message
+            .encoded(version as usize, |m| shared_tail(m, version))
+            .ok_or_else(|| unwritable(version))
+    }
+
+    /// `MESSAGE\n` and one delivery's own headers (`subscription`, `ack`).
+    ///
+    /// # Errors
+    /// The subscription id cannot be written in this version; nothing was appended.
+    pub(crate) fn delivery_head(
+        &self,
+        sub: &Arc<str>,
+        ack: Option<u64>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        let version = self.version;
         let start = out.len();
         out.extend_from_slice(MESSAGE_LINE);
         let mut headers = encode_header("subscription", sub, Command::Message, version, out);
@@ -108,10 +136,9 @@ impl StompWriter {
         }
         if headers.is_err() {
             out.truncate(start);
-            return Err(unwritable());
+            return Err(unwritable(version));
         }
-        out.extend_from_slice(tail);
-        Ok(message.text)
+        Ok(())
     }
 
     /// An ERROR with its machine-readable `code`: without the `receipt-id` if the version
@@ -143,6 +170,11 @@ impl StompWriter {
         // Only static text is left: a bare frame that every version can carry.
         out.extend_from_slice(b"ERROR\n\n\0");
     }
+}
+
+/// Why a MESSAGE cannot be written in `version`.
+fn unwritable(version: Version) -> String {
+    format!("A message for this session has a header that STOMP {version} cannot carry.")
 }
 
 /// The encoded MESSAGE after `MESSAGE\n`: shared headers, blank line, body, NUL. A header

@@ -288,11 +288,21 @@ pub(crate) fn admit(
 
 /// Runs one session of protocol `P` over `socket` until either side ends it.
 pub(crate) async fn serve<P: Protocol>(socket: impl Socket, broker: Broker, info: TransportInfo) {
+    serve_with::<P, P::Writer>(socket, broker, info).await;
+}
+
+/// [`serve`] with another writer for the protocol's events (SockJS writes STOMP in its own
+/// frames).
+pub(crate) async fn serve_with<P: Protocol, W: Encode>(
+    socket: impl Socket,
+    broker: Broker,
+    info: TransportInfo,
+) {
     let stomp = broker.settings().stomp.clone();
     let mut session = P::start(broker, info);
     let outbox = session.outbox().clone();
     let (sink, mut stream) = socket.split();
-    let writer = write::<P::Writer>(sink, outbox, stomp.always_binary);
+    let writer = write::<W>(sink, outbox, stomp.always_binary);
     let mut writer = tokio::spawn(writer);
     let connect_deadline = Instant::now() + Duration::from_millis(stomp.connect_timeout_ms);
     // The writer also ends sessions the broker closed (slow consumer, shutdown).

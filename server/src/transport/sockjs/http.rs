@@ -39,13 +39,14 @@ use tokio::{
 };
 
 use super::{
-    Refused, close_frame, decode, messages_frame, origin_allowed, quote, sockjs_headers, valid_id,
+    Refused, SockJsWriter, close_frame, decode, merge_frames, origin_allowed, quote,
+    sockjs_headers, valid_id,
 };
 use crate::{
     AppState,
     broker::{Broker, Session, TransportInfo},
     config::SockJsSettings,
-    transport::websocket::serve,
+    transport::websocket::serve_with,
 };
 
 /// Client messages one session buffers for its driver; a sending request waits beyond it.
@@ -119,7 +120,7 @@ impl SockJsSessions {
             peer: peer.map_or_else(|| "unknown".into(), |p| p.to_string()),
             ..TransportInfo::default()
         };
-        tokio::spawn(serve::<Session>(socket, broker.clone(), info));
+        tokio::spawn(serve_with::<Session, SockJsWriter>(socket, broker.clone(), info));
         let session = Arc::new(HttpSession {
             peer: ip,
             inbound,
@@ -195,7 +196,8 @@ struct OutQueue {
 
 #[derive(Debug, Default)]
 struct OutState {
-    /// Message payloads (STOMP frames) not yet received.
+    /// `a[...]` frames (one STOMP frame each, as `SockJsWriter` wrote them) not yet
+    /// received.
     messages: VecDeque<String>,
     /// Their bytes.
     bytes: usize,
@@ -208,11 +210,11 @@ struct OutState {
 }
 
 impl OutQueue {
-    /// The next frame to send: every message waiting, as one `a[...]`, or the close.
+    /// The next frame to send: every frame waiting, merged into one `a[...]`, or the close.
     fn take(&self) -> Option<String> {
         let mut state = self.state.lock();
         if !state.messages.is_empty() {
-            let frame = messages_frame(state.messages.drain(..));
+            let frame = merge_frames(state.messages.drain(..));
             state.bytes = 0;
             if let Some(writer) = state.writer.take() {
                 writer.wake();
@@ -276,7 +278,7 @@ impl Sink<Message> for HttpSocket {
                 state.bytes += text.len();
                 state.messages.push_back(text.as_str().to_owned());
             }
-            // A STOMP frame that is not UTF-8 (a binary body): SockJS carries strings only.
+            // `stomp.always_binary`: the writer's text, handed over as binary.
             Message::Binary(bytes) => {
                 state.bytes += bytes.len();
                 state.messages.push_back(String::from_utf8_lossy(&bytes).into_owned());
@@ -697,15 +699,15 @@ mod tests {
         let out = Arc::new(OutQueue::default());
         let (_tx, inbound) = mpsc::channel(1);
         let mut socket = HttpSocket { inbound, out: out.clone() };
-        socket.send(Message::Text("one".into())).await.unwrap();
-        socket.send(Message::Text("two\n".into())).await.unwrap();
+        socket.send(Message::Text("a[\"one\"]".into())).await.unwrap();
+        socket.send(Message::Text("a[\"two\\n\"]".into())).await.unwrap();
         assert_eq!(out.next(Duration::from_secs(1)).await.unwrap(), "a[\"one\",\"two\\n\"]");
         // Nothing written: the heart-beat interval passes.
         assert_eq!(out.next(Duration::from_secs(25)).await, None);
         // Full: the writer waits until a receiver takes the frames.
-        let big = "x".repeat(OUT_LIMIT);
+        let big = format!("a[\"{}\"]", "x".repeat(OUT_LIMIT));
         socket.send(Message::Text(big.clone().into())).await.unwrap();
-        let mut blocked = Box::pin(socket.send(Message::Text("after".into())));
+        let mut blocked = Box::pin(socket.send(Message::Text("a[\"after\"]".into())));
         assert!(futures_util::FutureExt::now_or_never(blocked.as_mut()).is_none());
         assert!(out.next(Duration::from_secs(1)).await.unwrap().len() > OUT_LIMIT);
         blocked.await.unwrap();

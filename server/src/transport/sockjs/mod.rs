@@ -29,10 +29,13 @@ use axum::{
 };
 use futures_util::{Sink, Stream};
 
-use super::websocket::{admit, peer_name, serve};
+use super::{
+    stomp::StompWriter,
+    websocket::{Encode, admit, peer_name, serve_with},
+};
 use crate::{
     AppState,
-    broker::{Session, TransportInfo},
+    broker::{Outgoing, Session, TransportInfo},
 };
 
 /// Whether a SockJS server or session id is one this server accepts (the protocol: not
@@ -173,12 +176,13 @@ fn raw(
         if socket.send(Message::Text(Utf8Bytes::from_static("o"))).await.is_err() {
             return;
         }
-        serve::<Session>(SockJsFraming::new(socket), broker, info).await;
+        serve_with::<Session, SockJsWriter>(SockJsFraming::new(socket), broker, info).await;
     })
 }
 
 /// A WebSocket seen through SockJS framing: what the STOMP driver reads are the strings of
-/// the client's JSON arrays, and what it writes goes out as `a[...]` (a close as `c[...]`).
+/// the client's JSON arrays; what it writes is framed by [`SockJsWriter`] already, and a
+/// close goes out as `c[...]` before the WebSocket close.
 pub(crate) struct SockJsFraming<S> {
     inner: S,
     /// Messages of a received array not yet read.
@@ -251,10 +255,10 @@ where
 
     fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
         let framed = match item {
-            Message::Text(text) => Message::Text(Utf8Bytes::from(messages_frame([text.as_str()]))),
-            // A STOMP frame that is not UTF-8 (a binary body): SockJS carries strings only.
+            // The writer (`SockJsWriter`) framed it already; with `stomp.always_binary` the
+            // driver hands it over as binary, but SockJS carries text.
             Message::Binary(bytes) => {
-                Message::Text(Utf8Bytes::from(messages_frame([String::from_utf8_lossy(&bytes)])))
+                Message::Text(Utf8Bytes::from(String::from_utf8_lossy(&bytes).into_owned()))
             }
             Message::Close(frame) => {
                 let (code, reason) =
@@ -283,16 +287,25 @@ where
 /// kin), and `<`, `>` and `&`, so that the `htmlfile` transport's `<script>` cannot be
 /// ended by a message.
 pub(crate) fn quote(text: &str) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
+    let mut out = Vec::with_capacity(text.len() + 2);
+    out.push(b'"');
+    quote_into(text, &mut out);
+    out.push(b'"');
+    // Only ASCII escapes were added to UTF-8 text.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// [`quote`] without the quotes, appended to `out`.
+fn quote_into(text: &str, out: &mut Vec<u8>) {
+    use std::io::Write;
+    let mut plain = 0;
+    for (at, c) in text.char_indices() {
+        let escape: &[u8] = match c {
+            '"' => b"\\\"",
+            '\\' => b"\\\\",
+            '\n' => b"\\n",
+            '\r' => b"\\r",
+            '\t' => b"\\t",
             '\u{0}'..='\u{1f}'
             | '<'
             | '>'
@@ -307,27 +320,103 @@ pub(crate) fn quote(text: &str) -> String {
             | '\u{2028}'..='\u{202f}'
             | '\u{2060}'..='\u{206f}'
             | '\u{feff}'
-            | '\u{fff0}'..='\u{ffff}' => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
+            | '\u{fff0}'..='\u{ffff}' => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&text.as_bytes()[plain..at]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.extend_from_slice(escape);
         }
+        plain = at + c.len_utf8();
     }
-    out.push('"');
-    out
+    out.extend_from_slice(&text.as_bytes()[plain..]);
 }
 
-/// `a[...]`: messages as one SockJS frame.
-pub(crate) fn messages_frame<S: AsRef<str>>(messages: impl IntoIterator<Item = S>) -> String {
-    let mut frame = String::from("a[");
-    for (i, message) in messages.into_iter().enumerate() {
-        if i > 0 {
-            frame.push(',');
+/// The first of the message encoding slots where SockJS keeps a MESSAGE's shared STOMP
+/// tail, quoted, one per STOMP version.
+const QUOTED_TAIL_SLOTS: usize = 4;
+const _: () = assert!(QUOTED_TAIL_SLOTS + 3 <= crate::broker::ENCODINGS);
+
+/// STOMP written as SockJS frames: every event one `a["..."]`. The part of a MESSAGE every
+/// recipient shares is quoted once per message and version and kept on the message (as the
+/// STOMP writer keeps its bytes), so a delivery quotes only its own few headers.
+#[derive(Debug, Default)]
+pub(crate) struct SockJsWriter {
+    stomp: StompWriter,
+}
+
+impl Encode for SockJsWriter {
+    fn encode(&mut self, item: &Outgoing, out: &mut Vec<u8>) -> Result<bool, String> {
+        if let Outgoing::Close(_) = item {
+            // The transport writes the close frame.
+            return Ok(true);
         }
-        frame.push_str(&quote(message.as_ref()));
+        let start = out.len();
+        out.extend_from_slice(b"a[\"");
+        let written = match item {
+            Outgoing::Deliver { sub, ack, message } => self.delivery(sub, *ack, message, out),
+            other => {
+                let mut raw = Vec::with_capacity(256);
+                self.stomp.encode(other, &mut raw).map(|_| {
+                    quote_into(&String::from_utf8_lossy(&raw), out);
+                })
+            }
+        };
+        if let Err(why) = written {
+            out.truncate(start);
+            return Err(why);
+        }
+        out.extend_from_slice(b"\"]");
+        Ok(true)
     }
-    frame.push(']');
-    frame
+
+    /// STOMP's heart-beat (an EOL) in a SockJS frame.
+    fn heartbeat() -> Message {
+        Message::Text(Utf8Bytes::from_static("a[\"\\n\"]"))
+    }
+}
+
+impl SockJsWriter {
+    fn delivery(
+        &self,
+        sub: &std::sync::Arc<str>,
+        ack: Option<u64>,
+        message: &crate::broker::Message,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        let tail = self.stomp.shared_tail(message)?;
+        let slot = QUOTED_TAIL_SLOTS + self.stomp.version() as usize;
+        let quoted = message.encoded(slot, |_| {
+            let mut quoted = Vec::with_capacity(tail.len() + 16);
+            quote_into(&String::from_utf8_lossy(tail), &mut quoted);
+            Some(quoted.into())
+        });
+        let quoted = quoted.ok_or("the SockJS encoding of a message is missing")?;
+        let mut head = Vec::with_capacity(64);
+        self.stomp.delivery_head(sub, ack, &mut head)?;
+        quote_into(&String::from_utf8_lossy(&head), out);
+        out.extend_from_slice(quoted);
+        Ok(())
+    }
+}
+
+/// Several `a[...]` frames as one (what a polling or streaming request carries at once).
+pub(crate) fn merge_frames(frames: impl IntoIterator<Item = String>) -> String {
+    let mut merged = String::from("a[");
+    for frame in frames {
+        let inner = frame.strip_prefix("a[").and_then(|f| f.strip_suffix(']')).unwrap_or("");
+        if inner.is_empty() {
+            continue;
+        }
+        if merged.len() > 2 {
+            merged.push(',');
+        }
+        merged.push_str(inner);
+    }
+    merged.push(']');
+    merged
 }
 
 /// `c[code,"reason"]`: 3000 "Go away!" for a normal WebSocket close, the code otherwise.
@@ -399,6 +488,32 @@ mod tests {
             let misread = ['<', '>', '&', '\u{2028}', '\u{2029}', '\n', '\r'];
             prop_assert!(!quoted.contains(misread), "{}", quoted);
         }
+    }
+
+    #[test]
+    fn the_sockjs_writer_frames_what_the_stomp_writer_writes_quoting_shared_parts_once() {
+        use std::sync::Arc;
+
+        use crate::broker::{Message as Delivered, Publication};
+        let publication =
+            Publication::json(r#"{"text":"</script> \u2028 ü"}"#).with_header("x-a", "<&>");
+        let message = Arc::new(Delivered::new("m-1".into(), "/topic/t".into(), publication));
+        let (mut stomp, mut sockjs) = (StompWriter::default(), SockJsWriter::default());
+        for (sub, ack) in [("s-1", None), ("sub\"2", Some(7))] {
+            let item = Outgoing::Deliver { sub: Arc::from(sub), ack, message: message.clone() };
+            let (mut raw, mut framed) = (Vec::new(), Vec::new());
+            stomp.encode(&item, &mut raw).unwrap();
+            assert_eq!(sockjs.encode(&item, &mut framed), Ok(true));
+            let framed = String::from_utf8(framed).unwrap();
+            let expected = format!("a[{}]", quote(std::str::from_utf8(&raw).unwrap()));
+            assert_eq!(framed, expected);
+            assert!(!framed.contains("</script>"), "{framed}");
+        }
+        let mut receipt = Vec::new();
+        sockjs.encode(&Outgoing::Receipt("r".into()), &mut receipt).unwrap();
+        assert_eq!(receipt, br#"a["RECEIPT\nreceipt-id:r\n\n\u0000"]"#);
+        let merged = merge_frames([String::from_utf8(receipt).unwrap(), "a[\"x\"]".into()]);
+        assert_eq!(merged, r#"a["RECEIPT\nreceipt-id:r\n\n\u0000","x"]"#);
     }
 
     #[test]
