@@ -120,6 +120,8 @@ TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the fil
   concurrency = 1          prompts queued at ComfyUI at once (the GPU's semaphore)
   timeout_s = 600          a prompt taking longer fails
   reconnect_max_ms = 30000  longest wait between reconnects to ComfyUI's WebSocket
+  liveness_ms = 15000      ping ComfyUI's WebSocket after this much silence; one that stays
+                           silent as long again is taken for dead and replaced
 
 [credits]
   enabled = false          charge credits per task (reserved on submit, refunded on failure)
@@ -407,6 +409,9 @@ impl Settings {
         }
         if self.demo.concurrency == 0 || self.comfyui.concurrency == 0 {
             return Err(invalid("demo.concurrency/comfyui.concurrency", "must be at least 1"));
+        }
+        if self.comfyui.liveness_ms < 100 {
+            return Err(invalid("comfyui.liveness_ms", "must be at least 100"));
         }
         if self.demo.steps == 0 || self.demo.size < 16 || self.demo.size > 2048 {
             return Err(invalid("demo.steps/demo.size", "steps >= 1, size in 16..=2048"));
@@ -736,6 +741,8 @@ pub struct ComfyUiSettings {
     pub timeout_s: u64,
     /// Longest reconnect backoff.
     pub reconnect_max_ms: u64,
+    /// Silence before a ping, and after it before the socket is replaced.
+    pub liveness_ms: u64,
 }
 
 impl Default for ComfyUiSettings {
@@ -748,6 +755,7 @@ impl Default for ComfyUiSettings {
             concurrency: 1,
             timeout_s: 600,
             reconnect_max_ms: 30_000,
+            liveness_ms: 15_000,
         }
     }
 }

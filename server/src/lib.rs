@@ -141,9 +141,7 @@ impl AppState {
             settings.replay.clone(),
         )
         .await?;
-        let tasks =
-            TaskService::start(storage, log.clone(), settings.clone(), results, &config.data_dir)
-                .await?;
+        let tasks = TaskService::start(storage, log.clone(), settings.clone(), results).await?;
         let sockjs = transport::sockjs::http::SockJsSessions::start(
             settings.sockjs.clone(),
             settings.limits.max_connections,

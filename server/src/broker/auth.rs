@@ -1,10 +1,7 @@
 //! Who is connecting: JWTs from CONNECT headers or the WebSocket URL, and configured
 //! login/passcode users. Failures carry a reason for the log, never for the client.
 
-use std::{
-    collections::{HashMap, HashSet},
-    path::Path,
-};
+use std::collections::{HashMap, HashSet};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use parking_lot::RwLock;
@@ -13,7 +10,7 @@ use taskpulse_shared::stomp::Connect;
 
 use crate::{
     config::{AuthSettings, JwtAlgorithm, JwtSettings},
-    secret::{constant_time_eq, random_hex},
+    secret::constant_time_eq,
 };
 
 /// The claims TaskPulse reads (and writes, for tokens it issues).
@@ -249,51 +246,6 @@ impl Authenticator {
         let key = self.encoding.as_ref()?;
         jsonwebtoken::encode(&Header::new(self.algorithm), claims, key).ok()
     }
-}
-
-/// Reads `data_dir/<name>`, creating it with 32 random bytes (hex) the first time. The file
-/// is readable by its owner only (0600); one left readable by others is tightened.
-pub(crate) fn stored_secret(data_dir: &Path, name: &str) -> Result<Vec<u8>, KeyError> {
-    let path = data_dir.join(name);
-    let cannot =
-        |what: &str, e: std::io::Error| KeyError(format!("cannot {what} {}: {e}", path.display()));
-    match std::fs::read_to_string(&path) {
-        Ok(text) if !text.trim().is_empty() => {
-            crate::secret::owner_only(&path).map_err(|e| cannot("restrict", e))?;
-            return Ok(text.trim().as_bytes().to_vec());
-        }
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(cannot("read", e)),
-    }
-    let hex = random_hex(32).map_err(|e| KeyError(format!("no randomness: {e}")))?;
-    std::fs::create_dir_all(data_dir).map_err(|e| cannot("create the directory of", e))?;
-    write_owner_only(&path, hex.as_bytes()).map_err(|e| cannot("write", e))?;
-    Ok(hex.into_bytes())
-}
-
-#[cfg(unix)]
-fn write_owner_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(bytes)?;
-    // `mode` applies only to a file this call created.
-    crate::secret::owner_only(path)
-}
-
-#[cfg(not(unix))]
-fn write_owner_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::write(path, bytes)
-}
-
-#[cfg(not(unix))]
-fn owner_only(_: &Path) -> std::io::Result<()> {
-    Ok(())
 }
 
 #[cfg(test)]

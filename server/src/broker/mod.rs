@@ -23,7 +23,6 @@ use std::{
     time::Duration,
 };
 
-pub(crate) use auth::stored_secret;
 pub use auth::{AuthError, Authenticator, Claims, KeyError, Principal};
 use bytes::Bytes;
 pub use destination::{Destination, DestinationError, pattern_matches};

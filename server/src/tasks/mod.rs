@@ -160,15 +160,13 @@ impl TaskService {
         log: UserLog,
         settings: Settings,
         results: ResultStore,
-        data_dir: &std::path::Path,
     ) -> Result<TaskService, ServiceError> {
         let mut lanes = HashMap::new();
         let demo: Arc<dyn Executor> = Arc::new(DemoExecutor::new(&settings));
         lanes.insert(demo.name(), Arc::new(Lane::new(demo, settings.demo.concurrency)));
         if !settings.comfyui.url.is_empty() {
-            let comfy: Arc<dyn Executor> = Arc::new(
-                ComfyUiExecutor::start(&settings, data_dir).map_err(ServiceError::ComfyUi)?,
-            );
+            let comfy: Arc<dyn Executor> =
+                Arc::new(ComfyUiExecutor::start(&settings).map_err(ServiceError::ComfyUi)?);
             lanes.insert(comfy.name(), Arc::new(Lane::new(comfy, settings.comfyui.concurrency)));
         }
         let submissions =

@@ -104,7 +104,7 @@ async fn a_comfyui_prompt_is_followed_again_after_kill_9() {
     let task_no = api.submit(&token, "hang until released").await;
     loop {
         let update: TaskProgressDto = serde_json::from_slice(&client.recv().await.body).unwrap();
-        if update.task_no == task_no && update.message.starts_with("sampling") {
+        if update.task_no == task_no && update.message.starts_with("KSampler: step") {
             break;
         }
     }
