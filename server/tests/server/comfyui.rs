@@ -196,6 +196,10 @@ async fn progress_never_goes_back_over_two_samplers_and_fractional_steps() {
     let second = updates.iter().position(|u| u.message.starts_with("running KSampler")).unwrap();
     let last_step = updates.iter().rposition(|u| u.message.starts_with("KSampler: step"));
     assert!(last_step.unwrap() > second, "the second sampler reported: {updates:#?}");
+    // Whole steps too: the second sampler starting at step 1 does not take it back.
+    let task_no = server.api().submit(&token, "twice over").await;
+    let updates = client.updates_until_done(&task_no).await;
+    assert_monotonic(&updates);
     server.stop().await;
 }
 
@@ -267,11 +271,11 @@ async fn a_failed_history_lookup_is_asked_again() {
     server.stop().await;
 }
 
-/// Waits for an update of `task_no` whose message starts with `prefix`.
-async fn until_message(client: &mut StompClient, task_no: &str, prefix: &str) {
+/// Waits for an update of `task_no` whose message contains `text`.
+async fn until_message(client: &mut StompClient, task_no: &str, text: &str) {
     loop {
         let update: TaskProgressDto = serde_json::from_slice(&client.recv().await.body).unwrap();
-        if update.task_no == task_no && update.message.starts_with(prefix) {
+        if update.task_no == task_no && update.message.contains(text) {
             return;
         }
     }
@@ -286,7 +290,7 @@ async fn cancelling_a_queued_prompt_leaves_the_running_one_alone_on_an_old_comfy
         setup_with(sim.url(), |c| c.settings.comfyui.concurrency = 2).await;
     wait_connected(&sim, 1).await;
     let running = server.api().submit(&token, "hang while running").await;
-    until_message(&mut client, &running, "KSampler: step").await;
+    until_message(&mut client, &running, "step").await;
     let waiting = server.api().submit(&token, "hang while waiting").await;
     until_message(&mut client, &waiting, "queued at ComfyUI").await;
     let (status, _) =
