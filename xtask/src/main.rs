@@ -31,6 +31,10 @@ usage: cargo xtask <command>
                          database TASKPULSE_STORAGE_URL names
   chaos [TASKS]          the long chaos run: 6 users x 4 clients, TASKS demo tasks
                          (default 1000), 8 SIGKILL restarts, random disconnects
+  test-comfyui --comfyui DIR [--python PYTHON]
+                         the ComfyUI executor against a real ComfyUI checkout in DIR on
+                         CPU, with weights-free workflows (PYTHON: its interpreter, by
+                         default DIR/.venv/bin/python); see README
 ";
 
 fn main() -> ExitCode {
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(),
         Some("load") => load(&args[1..]),
         Some("chaos") => chaos(args.get(1).map(String::as_str)),
+        Some("test-comfyui") => test_comfyui(&args[1..]),
         Some("help" | "--help" | "-h") => {
             print!("{USAGE}");
             Ok(())
@@ -155,6 +160,37 @@ fn bench() -> Result<(), String> {
     status(
         cargo().args(["bench", "-p", "taskpulse-shared", "--bench", "codec"]),
         "codec benchmarks",
+    )
+}
+
+/// The ComfyUI executor against a real ComfyUI (`server/tests/server/comfyui_real.rs`,
+/// ignored by `cargo xtask test`: ComfyUI is on no registry CI reaches). Each test starts
+/// its own ComfyUI from `DIR` on a free port, one test at a time.
+fn test_comfyui(args: &[String]) -> Result<(), String> {
+    let value = |flag: &str| {
+        args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).map(PathBuf::from)
+    };
+    let usage = "usage: cargo xtask test-comfyui --comfyui DIR [--python PYTHON]";
+    let dir = value("--comfyui").ok_or(usage)?;
+    let dir = dir.canonicalize().map_err(|e| format!("--comfyui {}: {e}", dir.display()))?;
+    if !dir.join("main.py").is_file() {
+        return Err(format!("{} has no main.py: not a ComfyUI checkout", dir.display()));
+    }
+    let python = value("--python").unwrap_or_else(|| dir.join(".venv/bin/python"));
+    if !python.is_file() {
+        return Err(format!(
+            "no Python at {}: give --python, or make DIR/.venv as README says",
+            python.display()
+        ));
+    }
+    install::nextest()?;
+    status(
+        cargo()
+            .args(["nextest", "run", "-p", "taskpulse-server", "--test", "server", "--no-capture"])
+            .args(["--run-ignored", "only", "-j", "1", "--no-fail-fast", "comfyui_real::"])
+            .env("REAL_COMFYUI_DIR", &dir)
+            .env("REAL_COMFYUI_PYTHON", &python),
+        "running the ComfyUI executor against a real ComfyUI",
     )
 }
 

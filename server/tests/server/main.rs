@@ -2,6 +2,7 @@
 
 mod chaos;
 mod comfyui;
+mod comfyui_real;
 mod comfyui_sim;
 mod fixture;
 mod hardening;
