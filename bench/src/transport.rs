@@ -185,11 +185,40 @@ async fn sockjs_websocket(
     let opening = stomp_opening(token, destination);
     let text = serde_json::to_string(&opening).map_err(|e| e.to_string())?;
     socket.send(Message::text(text)).await.map_err(|e| e.to_string())?;
+    live_bodies(socket).await
+}
+
+/// Where a SockJS client reads its frames from: a WebSocket's text messages, or a streaming
+/// or polled response's lines.
+trait Frames: Send + Sized + 'static {
+    /// The next frame; `None` once the connection ended.
+    fn next_frame(&mut self) -> impl Future<Output = Option<String>> + Send;
+}
+
+impl Frames for Socket {
+    async fn next_frame(&mut self) -> Option<String> {
+        loop {
+            match self.next().await? {
+                Ok(Message::Text(frame)) => return Some(frame.as_str().to_owned()),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+impl Frames for Lines {
+    async fn next_frame(&mut self) -> Option<String> {
+        self.next().await
+    }
+}
+
+/// Reads `frames` until the subscription's RECEIPT, then yields the MESSAGE bodies (those
+/// that came before the RECEIPT first).
+async fn live_bodies(mut frames: impl Frames) -> Result<Bodies, String> {
     let mut early = VecDeque::new();
     'live: loop {
-        let Some(Ok(Message::Text(frame))) = socket.next().await else {
-            return Err("closed before the RECEIPT".into());
-        };
+        let frame = frames.next_frame().await.ok_or("closed before the RECEIPT")?;
         for message in sockjs_messages(&frame) {
             if message.starts_with("ERROR") {
                 return Err(message);
@@ -200,12 +229,12 @@ async fn sockjs_websocket(
             early.extend(message_body(&message));
         }
     }
-    Ok(Box::pin(stream::unfold((socket, early), |(mut socket, mut pending)| async move {
+    Ok(Box::pin(stream::unfold((frames, early), |(mut frames, mut pending)| async move {
         loop {
             if let Some(body) = pending.pop_front() {
-                return Some((body, (socket, pending)));
+                return Some((body, (frames, pending)));
             }
-            let Ok(Message::Text(frame)) = socket.next().await? else { continue };
+            let frame = frames.next_frame().await?;
             pending.extend(sockjs_messages(&frame).iter().filter_map(|m| message_body(m)));
         }
     })))
@@ -263,28 +292,7 @@ async fn sockjs_xhr(
         Ok(answer) => return Err(format!("xhr_send: {}", answer.status())),
         Err(e) => return Err(format!("xhr_send: {e}")),
     }
-    let mut early = VecDeque::new();
-    'live: loop {
-        let frame = lines.next().await.ok_or("closed before the RECEIPT")?;
-        for message in sockjs_messages(&frame) {
-            if message.starts_with("ERROR") {
-                return Err(message);
-            }
-            if message.starts_with("RECEIPT") {
-                break 'live;
-            }
-            early.extend(message_body(&message));
-        }
-    }
-    Ok(Box::pin(stream::unfold((lines, early), |(mut lines, mut pending)| async move {
-        loop {
-            if let Some(body) = pending.pop_front() {
-                return Some((body, (lines, pending)));
-            }
-            let frame = lines.next().await?;
-            pending.extend(sockjs_messages(&frame).iter().filter_map(|m| message_body(m)));
-        }
-    })))
+    live_bodies(lines).await
 }
 
 /// `POST /api/auth/ticket`, then `GET /sse/tasks?ticket=`: the `data` of each event.

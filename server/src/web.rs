@@ -6,7 +6,7 @@ use axum::{
     extract::{DefaultBodyLimit, State},
     http::Uri,
     response::{Html, IntoResponse, Response},
-    routing::{get, post},
+    routing::{any, get},
 };
 use tower_http::{
     cors::{AllowOrigin, CorsLayer},
@@ -53,16 +53,7 @@ fn sockjs(state: AppState) -> Router {
         .route("/ws/iframe.html", get(sockjs::iframe))
         .route("/ws/websocket", get(sockjs::raw_websocket))
         .route("/ws/{server}/{session}/websocket", get(sockjs::websocket))
-        .route("/ws/{server}/{session}/xhr", post(http::xhr).options(http::xhr_options))
-        .route(
-            "/ws/{server}/{session}/xhr_streaming",
-            post(http::xhr_streaming).options(http::xhr_options),
-        )
-        .route("/ws/{server}/{session}/xhr_send", post(http::xhr_send).options(http::xhr_options))
-        .route("/ws/{server}/{session}/eventsource", get(http::eventsource))
-        .route("/ws/{server}/{session}/htmlfile", get(http::htmlfile))
-        .route("/ws/{server}/{session}/jsonp", get(http::jsonp))
-        .route("/ws/{server}/{session}/jsonp_send", post(http::jsonp_send))
+        .route("/ws/{server}/{session}/{transport}", any(http::transport))
         .with_state(state)
 }
 

@@ -28,7 +28,7 @@ use axum::{
     Extension,
     body::{Body, Bytes},
     extract::{ConnectInfo, Path, Query, State, ws::Message},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use futures_util::{Sink, Stream, stream};
@@ -397,7 +397,7 @@ fn refuse(status: StatusCode, why: impl Into<String>) -> Refused {
 }
 
 /// A receiving request of `receiver` for session `(server, session)`.
-pub(crate) async fn receive(
+async fn receive(
     receiver: Receiver,
     state: AppState,
     (server, session): (String, String),
@@ -501,7 +501,7 @@ impl Streaming {
 }
 
 /// A sending request: the client's messages, a JSON array of strings, for the session.
-pub(crate) async fn send(
+async fn send(
     state: AppState,
     (server, session): (String, String),
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
@@ -548,64 +548,52 @@ async fn payload(state: &AppState, body: Body) -> Result<String, Refused> {
         .map_err(|_| refuse(StatusCode::BAD_REQUEST, "a SockJS send must be UTF-8"))
 }
 
-type SessionPath = Path<(String, String)>;
-
-/// `POST /ws/{server}/{session}/xhr`.
-pub(crate) async fn xhr(
+/// Every transport of a session URL, `/ws/{server}/{session}/{transport}` (the WebSocket
+/// one has its own route): receiving, sending and the XHR preflight, by name and method.
+pub(crate) async fn transport(
     State(state): State<AppState>,
-    Path(path): SessionPath,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    headers: HeaderMap,
-) -> Response {
-    receive(Receiver::XhrPolling, state, path, None, peer, headers).await
-}
-
-/// `POST /ws/{server}/{session}/xhr_streaming`.
-pub(crate) async fn xhr_streaming(
-    State(state): State<AppState>,
-    Path(path): SessionPath,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    headers: HeaderMap,
-) -> Response {
-    receive(Receiver::XhrStreaming, state, path, None, peer, headers).await
-}
-
-/// `GET /ws/{server}/{session}/eventsource`.
-pub(crate) async fn eventsource(
-    State(state): State<AppState>,
-    Path(path): SessionPath,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    headers: HeaderMap,
-) -> Response {
-    receive(Receiver::EventSource, state, path, None, peer, headers).await
-}
-
-/// `GET /ws/{server}/{session}/htmlfile?c=callback`.
-pub(crate) async fn htmlfile(
-    State(state): State<AppState>,
-    Path(path): SessionPath,
+    Path((server, session, transport)): Path<(String, String, String)>,
+    method: Method,
     Query(query): Query<CallbackQuery>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
+    body: Body,
 ) -> Response {
-    receive(Receiver::HtmlFile, state, path, query.c, peer, headers).await
+    let path = (server, session);
+    let receiver = match (transport.as_str(), &method) {
+        ("xhr", &Method::POST) => Receiver::XhrPolling,
+        ("xhr_streaming", &Method::POST) => Receiver::XhrStreaming,
+        ("eventsource", &Method::GET) => Receiver::EventSource,
+        ("htmlfile", &Method::GET) => Receiver::HtmlFile,
+        ("jsonp", &Method::GET) => Receiver::Jsonp,
+        ("xhr_send", &Method::POST) => return xhr_send(state, path, peer, headers, body).await,
+        ("jsonp_send", &Method::POST) => return jsonp_send(state, path, peer, headers, body).await,
+        ("xhr" | "xhr_streaming" | "xhr_send", &Method::OPTIONS) => {
+            return xhr_options(&state, &headers);
+        }
+        (
+            "xhr" | "xhr_streaming" | "eventsource" | "htmlfile" | "jsonp" | "xhr_send"
+            | "jsonp_send",
+            _,
+        ) => {
+            return refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("SockJS's {transport} does not take {method}"),
+            )
+            .into_response();
+        }
+        _ => {
+            return refuse(StatusCode::NOT_FOUND, format!("no SockJS transport {transport:?}"))
+                .into_response();
+        }
+    };
+    receive(receiver, state, path, query.c, peer, headers).await
 }
 
-/// `GET /ws/{server}/{session}/jsonp?c=callback`.
-pub(crate) async fn jsonp(
-    State(state): State<AppState>,
-    Path(path): SessionPath,
-    Query(query): Query<CallbackQuery>,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    headers: HeaderMap,
-) -> Response {
-    receive(Receiver::Jsonp, state, path, query.c, peer, headers).await
-}
-
-/// `POST /ws/{server}/{session}/xhr_send`: 204 once the messages are with the session.
-pub(crate) async fn xhr_send(
-    State(state): State<AppState>,
-    Path(path): SessionPath,
+/// `POST .../xhr_send`: 204 once the messages are with the session.
+async fn xhr_send(
+    state: AppState,
+    path: (String, String),
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
@@ -620,11 +608,10 @@ pub(crate) async fn xhr_send(
     response
 }
 
-/// `POST /ws/{server}/{session}/jsonp_send`: the messages as a form field `d`, or the raw
-/// body; answers `ok`.
-pub(crate) async fn jsonp_send(
-    State(state): State<AppState>,
-    Path(path): SessionPath,
+/// `POST .../jsonp_send`: the messages as a form field `d`, or the raw body; answers `ok`.
+async fn jsonp_send(
+    state: AppState,
+    path: (String, String),
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
@@ -652,12 +639,12 @@ pub(crate) async fn jsonp_send(
 }
 
 /// `OPTIONS` of the XHR transports: the CORS preflight.
-pub(crate) async fn xhr_options(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(refused) = origin_allowed(&state, &headers) {
+fn xhr_options(state: &AppState, headers: &HeaderMap) -> Response {
+    if let Err(refused) = origin_allowed(state, headers) {
         return refused.into_response();
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
-    sockjs_headers(&headers, response.headers_mut());
+    sockjs_headers(headers, response.headers_mut());
     let answer = response.headers_mut();
     answer.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("OPTIONS, POST"));
     if let Some(asked) = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
