@@ -22,6 +22,9 @@ pub struct TaskEntry {
     pub created_at: f64,
     /// When it finished, ms since the epoch.
     pub finished_at: Option<f64>,
+    /// How far the last live update said it was (none yet: only API data or the
+    /// submission so far).
+    pub live_rank: Option<(u8, u8)>,
 }
 
 impl TaskEntry {
@@ -215,6 +218,7 @@ impl Board {
                 request: Some(details.request),
                 created_at,
                 finished_at,
+                live_rank: None,
             }),
         }
         self.tasks.sort_by(|a, b| b.created_at.total_cmp(&a.created_at));
@@ -226,8 +230,17 @@ impl Board {
         let announce = match self.entry(&task_no) {
             Some(entry) => {
                 // Live updates arrive in the server's order (the client drops replays it
-                // already applied), so each one is the truth, even a step back: a task that
-                // was running when the server restarted goes back to `queued`.
+                // already applied), so a step back of the live stream itself is the truth: a
+                // task that was running when the server restarted goes back to `queued`.
+                // But one behind what the API already showed, while the live stream still
+                // moves forward, was in flight when the API answered: the newer state stays.
+                let incoming = rank(&update);
+                let in_flight = rank(&entry.update) > incoming
+                    && entry.live_rank.is_none_or(|last| incoming >= last);
+                entry.live_rank = Some(incoming);
+                if in_flight {
+                    return;
+                }
                 let was_running = !entry.update.status.is_terminal();
                 if finished && entry.finished_at.is_none() {
                     entry.finished_at = Some(now);
@@ -237,6 +250,7 @@ impl Board {
             }
             None => {
                 self.insert(TaskEntry {
+                    live_rank: Some(rank(&update)),
                     update: update.clone(),
                     request: None,
                     created_at: now,
@@ -289,6 +303,7 @@ impl Reducible for Board {
                         request: Some(request),
                         created_at: now,
                         finished_at: None,
+                        live_rank: None,
                     });
                 } else if let Some(entry) = board.entry(&task_no) {
                     entry.request.get_or_insert(request);

@@ -39,6 +39,7 @@ fn entry(status: TaskStatus, progress: u8) -> TaskEntry {
         request: Some(request()),
         created_at: 1_700_000_000_000.0,
         finished_at: status.is_terminal().then_some(1_700_000_012_300.0),
+        live_rank: None,
     }
 }
 
@@ -186,6 +187,40 @@ fn api_details_fill_in_without_undoing_live_updates() {
     assert_eq!((ours.update.status, ours.update.progress), (TaskStatus::Processing, 70));
     assert_eq!(ours.created_at, 100.0, "the server's submission time");
     assert_eq!(ours.prompt(), Some("a red fox"));
+}
+
+#[wasm_bindgen_test]
+fn live_updates_in_flight_when_the_api_answered_do_not_undo_it_but_a_live_step_back_does() {
+    let details = |status: TaskStatus| TaskDetails {
+        progress: TaskProgressDto::new(TASK, status, 0, ""),
+        request: request(),
+        created_at: 100,
+        updated_at: 100,
+        finished_at: None,
+        cost: 0,
+    };
+    // A second window hears `created`, asks the API for the task, which is `processing` by
+    // then; `queued` was still on its way.
+    let b = board([
+        update(TaskStatus::Created, 0),
+        Action::Details(details(TaskStatus::Processing)),
+        update(TaskStatus::Queued, 0),
+    ]);
+    assert_eq!(b.tasks[0].update.status, TaskStatus::Processing, "no step back to queued");
+    let b = Rc::clone(&b).reduce(Action::Update {
+        update: TaskProgressDto::new(TASK, TaskStatus::Processing, 40, ""),
+        now: 3.0,
+    });
+    assert_eq!(
+        (b.tasks[0].update.status, b.tasks[0].update.progress),
+        (TaskStatus::Processing, 40)
+    );
+    // The live stream itself going back (a restarted server re-queues the task) is the truth.
+    let b = Rc::clone(&b).reduce(Action::Update {
+        update: TaskProgressDto::new(TASK, TaskStatus::Queued, 0, ""),
+        now: 4.0,
+    });
+    assert_eq!(b.tasks[0].update.status, TaskStatus::Queued);
 }
 
 #[wasm_bindgen_test]

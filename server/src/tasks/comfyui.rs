@@ -813,9 +813,11 @@ impl Inner {
     async fn finish(&self, prompt_id: &str, mut images: Vec<ImageRef>) -> Result<Artifact, String> {
         let deadline = tokio::time::Instant::now() + HISTORY_LAG;
         while images.is_empty() {
-            match self.history(prompt_id).await? {
-                History::Succeeded(found) if !found.is_empty() => images = found,
-                History::Failed(message) => return Err(execution_error(None, &message)),
+            // A failed lookup is asked again too, until the deadline.
+            match self.history(prompt_id).await {
+                Ok(History::Succeeded(found)) if !found.is_empty() => images = found,
+                Ok(History::Failed(message)) => return Err(execution_error(None, &message)),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
                 _ if tokio::time::Instant::now() >= deadline => {
                     return Err("ComfyUI finished without an output image".into());
                 }
