@@ -55,6 +55,8 @@ pub struct AppState {
     pub log: UserLog,
     /// Where pushes go: to the sessions of this process (and, clustered, of the others).
     pub fanout: Arc<dyn Fanout>,
+    /// The database (for `/readyz`; everything else reaches it through its service).
+    storage: Arc<dyn Storage>,
     /// Open TCP connections (see `limits.max_connections`).
     connections: Arc<serve::Connections>,
     /// Tickets and stream passes of `/sse/tasks`.
@@ -141,7 +143,8 @@ impl AppState {
             settings.replay.clone(),
         )
         .await?;
-        let tasks = TaskService::start(storage, log.clone(), settings.clone(), results).await?;
+        let tasks =
+            TaskService::start(storage.clone(), log.clone(), settings.clone(), results).await?;
         let sockjs = transport::sockjs::http::SockJsSessions::start(
             settings.sockjs.clone(),
             settings.limits.max_connections,
@@ -159,6 +162,7 @@ impl AppState {
             connections: Arc::default(),
             passes,
             sockjs,
+            storage,
         })
     }
 }

@@ -20,6 +20,7 @@ pub fn app(state: AppState) -> Router {
     let ui_dir = state.config.ui_dir.clone();
     let routes = Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/ws", get(crate::transport::websocket::upgrade))
         .route("/ws/json", get(crate::transport::websocket::upgrade_json))
         .route("/sse/tasks", get(crate::transport::sse::tasks))
@@ -30,7 +31,11 @@ pub fn app(state: AppState) -> Router {
         // Unknown paths get index.html so that the single-page app can route them.
         let index = ServeFile::new(ui_dir.join("index.html"));
         let files = ServeDir::new(ui_dir).fallback(index);
-        routes.fallback_service(tower::ServiceBuilder::new().map_response(utf8_text).service(files))
+        let files = tower::ServiceBuilder::new()
+            .layer(axum::middleware::from_fn(reserved))
+            .map_response(utf8_text)
+            .service(files);
+        routes.fallback_service(files)
     } else {
         routes.fallback(ui_missing)
     };
@@ -113,7 +118,45 @@ async fn unknown_api(uri: Uri) -> AppError {
     AppError::NotFound(format!("no API endpoint at {}", uri.path()))
 }
 
-async fn ui_missing(State(state): State<AppState>) -> Response {
+/// Path prefixes of the server's own endpoints: an unknown path under one answers 404 JSON,
+/// never the UI's `index.html`.
+const RESERVED: [&str; 6] = ["/api", "/ws", "/sse", "/metrics", "/healthz", "/readyz"];
+
+/// Whether `path` is `prefix` or below it.
+fn under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// In front of the UI's files: the server's reserved paths are not the UI's.
+async fn reserved(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let path = request.uri().path();
+    if RESERVED.iter().any(|prefix| under(path, prefix)) {
+        return AppError::NotFound(format!("no endpoint at {path}")).into_response();
+    }
+    next.run(request).await
+}
+
+/// How long `/readyz` waits for the database.
+const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `GET /readyz`: 200 `{"status":"ready"}` when the database answers within 2 s; 503
+/// `{"status":"not ready","reason"}` otherwise.
+async fn readyz(State(state): State<AppState>) -> Response {
+    use axum::http::StatusCode;
+    let answered = tokio::time::timeout(READY_WITHIN, state.storage.epoch()).await;
+    let reason = match answered {
+        Ok(Ok(_)) => return Json(serde_json::json!({"status": "ready"})).into_response(),
+        Ok(Err(e)) => format!("storage: {e}"),
+        Err(_) => format!("storage: no answer within {} s", READY_WITHIN.as_secs()),
+    };
+    let body = Json(serde_json::json!({"status": "not ready", "reason": reason}));
+    (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+}
+
+async fn ui_missing(State(state): State<AppState>, uri: Uri) -> Response {
+    if RESERVED.iter().any(|prefix| under(uri.path(), prefix)) {
+        return AppError::NotFound(format!("no endpoint at {}", uri.path())).into_response();
+    }
     let dir = state.config.ui_dir.display();
     Html(format!(
         "<!doctype html><title>TaskPulse</title><h1>TaskPulse</h1>\

@@ -1,7 +1,7 @@
-//! HTTP: health, the UI with its single-page fallback, clear JSON errors under `/api`, and
-//! a clean stop.
+//! HTTP: health and readiness, the UI with its single-page fallback (never for the server's
+//! own paths), clear JSON errors under `/api`, and a clean stop.
 
-use crate::fixture::TestServer;
+use crate::fixture::{Postgres, TestServer};
 
 /// A server with a fresh data directory and a UI directory holding `index.html` and `app.js`.
 async fn with_ui() -> TestServer {
@@ -45,6 +45,42 @@ async fn unknown_api_paths_get_a_json_404_that_names_the_path() {
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["error"], "no API endpoint at /api/nothing/here");
     server.stop().await;
+}
+
+#[tokio::test]
+async fn the_servers_own_paths_never_fall_back_to_the_ui() {
+    let server = with_ui().await;
+    for path in ["/ws/nothing", "/sse", "/sse/other", "/metrics", "/healthz/x", "/readyz/y"] {
+        let (status, body) = server.get(path).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["error"], format!("no endpoint at {path}"));
+    }
+    // Only whole segments: /wsx is the UI's.
+    let (status, body) = server.get("/wsx").await;
+    assert_eq!((status, body.contains("TaskPulse UI")), (200, true), "{body}");
+    let data = tempfile::tempdir().unwrap();
+    let bare = TestServer::start(data.path(), &data.path().join("no-ui"), |_| {}).await;
+    assert_eq!(bare.get("/metrics").await.0, 404, "without a UI build too");
+    bare.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn readyz_says_whether_the_database_answers() {
+    let postgres = Postgres::start().unwrap();
+    let url = postgres.fresh_database().unwrap();
+    let server = TestServer::stomp(move |c| c.settings.storage.url = url).await;
+    let (status, body) = server.get("/readyz").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ready"}"#));
+    drop(postgres);
+    let (status, body) = server.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["status"], "not ready");
+    assert!(json["reason"].as_str().unwrap().starts_with("storage: "), "{json}");
+    // Alive all the same.
+    assert_eq!(server.get("/healthz").await.0, 200);
 }
 
 #[tokio::test]
