@@ -183,11 +183,24 @@ pub struct Cli {
     /// TOML file with the settings listed below.
     #[arg(long, env = "TASKPULSE_CONFIG")]
     pub config: Option<PathBuf>,
+
+    /// Log lines for people (text) or for machines (json: one object per line).
+    #[arg(long, env = "TASKPULSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per event, with its span fields (request id, session).
+    Json,
 }
 
 /// Variables that are flags (read by clap), not `<SECTION>_<KEY>` settings; lower case, as
 /// figment compares them.
-const FLAG_VARIABLES: [&str; 4] = ["listen", "data_dir", "ui_dir", "config"];
+const FLAG_VARIABLES: [&str; 5] = ["listen", "data_dir", "ui_dir", "config", "log_format"];
 
 /// The prefix of every variable.
 const ENV_PREFIX: &str = "TASKPULSE_";
@@ -874,6 +887,7 @@ mod tests {
             data_dir: "data".into(),
             ui_dir: "ui".into(),
             config: config.map(PathBuf::from),
+            log_format: LogFormat::Text,
         }
     }
 

@@ -24,8 +24,8 @@ use std::{future::Future, io, sync::Arc, time::Duration};
 pub use config::{
     AccountSettings, ApiSettings, AuthSettings, AuthorizationSettings, Cli, ComfyUiSettings,
     Config, ConfigError, ConfigUser, CreditSettings, DemoSettings, JwtAlgorithm, JwtSettings,
-    LimitSettings, ReplaySettings, SETTINGS_HELP, Settings, StompSettings, StorageSettings,
-    TaskSettings,
+    LimitSettings, LogFormat, ReplaySettings, SETTINGS_HELP, Settings, SockJsSettings,
+    StompSettings, StorageSettings, TaskSettings,
 };
 pub use error::AppError;
 use tokio::net::TcpListener;

@@ -2,18 +2,21 @@
 //! SIGTERM or ctrl-c.
 
 use clap::Parser;
-use taskpulse_server::{AppState, Cli, Config};
+use taskpulse_server::{AppState, Cli, Config, LogFormat};
 use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,tower_http=warn".into()),
-        )
-        .init();
-    let config = match Config::load(Cli::parse()) {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,tower_http=warn".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        // Span fields (the request id) on every line, flattened beside the event's own.
+        LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
+    }
+    let config = match Config::load(cli) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("taskpulse-server: {err}");

@@ -1,6 +1,7 @@
 //! HTTP routes: health, the STOMP WebSocket at `/ws`, the API namespace, and the
 //! single-page UI with its fallback.
 
+use axum::http::{HeaderName, HeaderValue, Request};
 use axum::{
     Json, Router,
     extract::{DefaultBodyLimit, State},
@@ -10,7 +11,9 @@ use axum::{
 };
 use tower_http::{
     cors::{AllowOrigin, CorsLayer},
+    request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
     services::{ServeDir, ServeFile},
+    trace::TraceLayer,
 };
 
 use crate::{AppError, AppState};
@@ -47,7 +50,43 @@ pub fn app(state: AppState) -> Router {
         None => routes,
     };
     // SockJS answers its own CORS (with credentials, as sockjs-client's XHRs send them).
-    routes.merge(sockjs(state))
+    let routes = routes.merge(sockjs(state));
+    // Every request gets an id (or keeps the one a proxy gave it in `x-request-id`), its
+    // log lines carry it, and so does the answer.
+    let request_id = HeaderName::from_static("x-request-id");
+    routes
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+            let id = request
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            tracing::info_span!("request", id, method = %request.method(), path = request.uri().path())
+        }))
+        .layer(SetRequestIdLayer::new(request_id, RequestIds::default()))
+}
+
+/// Request ids: this process's random prefix and a counter, unique across the servers
+/// sharing a database.
+#[derive(Debug, Clone)]
+struct RequestIds {
+    prefix: std::sync::Arc<str>,
+    next: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        let prefix = crate::secret::random_hex(4).unwrap_or_else(|_| "0000".into());
+        RequestIds { prefix: prefix.into(), next: Default::default() }
+    }
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{}-{n}", self.prefix)).ok().map(RequestId::new)
+    }
 }
 
 /// SockJS under `/ws` (`transport::sockjs`).

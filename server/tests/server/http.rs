@@ -84,6 +84,48 @@ async fn readyz_says_whether_the_database_answers() {
 }
 
 #[tokio::test]
+async fn every_answer_carries_a_request_id_and_a_proxy_s_is_kept() {
+    let server = with_ui().await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/healthz", server.addr);
+    let first = http.get(&url).send().await.unwrap();
+    let second = http.get(&url).send().await.unwrap();
+    let id = |r: &reqwest::Response| r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(!id(&first).is_empty() && id(&first) != id(&second));
+    let given = http.get(&url).header("x-request-id", "from-the-proxy").send().await.unwrap();
+    assert_eq!(id(&given), "from-the-proxy");
+    server.stop().await;
+}
+
+#[test]
+fn log_format_json_writes_one_object_per_line() {
+    use std::io::{BufRead, BufReader};
+    let data = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_taskpulse-server"))
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
+        .arg(data.path())
+        .arg("--ui-dir")
+        .arg(data.path().join("no-ui"))
+        .env_clear()
+        .env("TASKPULSE_JWT_SECRET", "log-format-test-secret-of-32-bytes!!")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("listening on"))
+        .expect("the server logs where it listens");
+    let _ = child.kill();
+    let _ = child.wait();
+    let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON object");
+    assert_eq!(event["level"], "INFO", "{event}");
+    assert!(event["fields"]["message"].as_str().unwrap().starts_with("TaskPulse listening on"));
+    assert!(event["timestamp"].is_string(), "{event}");
+}
+
+#[tokio::test]
 async fn a_missing_ui_build_is_explained_not_a_blank_404() {
     let data = tempfile::tempdir().unwrap();
     let missing = data.path().join("no-ui-here");
