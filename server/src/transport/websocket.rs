@@ -20,6 +20,7 @@ use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use taskpulse_shared::stomp::Version;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::{
     json::JsonWriter,
@@ -41,8 +42,12 @@ pub(crate) trait Protocol: Send + 'static {
     fn outbox(&self) -> &Arc<Outbox>;
     /// The largest message accepted, for the error that names it.
     fn frame_limit(&self) -> usize;
+    /// Who the client authenticated as, once it did.
+    fn principal(&self) -> Option<&str>;
     /// Whether the client authenticated.
-    fn authenticated(&self) -> bool;
+    fn authenticated(&self) -> bool {
+        self.principal().is_some()
+    }
     /// `(send a heart-beat after, close after)` this much silence; zero means never.
     fn heartbeat(&self) -> (Duration, Duration);
     /// One received WebSocket message.
@@ -106,8 +111,8 @@ impl Protocol for Session {
     fn frame_limit(&self) -> usize {
         Session::frame_limit(self)
     }
-    fn authenticated(&self) -> bool {
-        self.principal().is_some()
+    fn principal(&self) -> Option<&str> {
+        Session::principal(self)
     }
     fn heartbeat(&self) -> (Duration, Duration) {
         Session::heartbeat(self)
@@ -146,8 +151,8 @@ impl Protocol for JsonSession {
     fn frame_limit(&self) -> usize {
         JsonSession::frame_limit(self)
     }
-    fn authenticated(&self) -> bool {
-        self.principal().is_some()
+    fn principal(&self) -> Option<&str> {
+        JsonSession::principal(self)
     }
     /// Not negotiated: the server pings every `json_session::PING_EVERY` (browsers answer
     /// by themselves) and ends a session silent for `json_session::SILENCE`; anything a
@@ -299,11 +304,24 @@ pub(crate) async fn serve_with<P: Protocol, W: Encode>(
     info: TransportInfo,
 ) {
     let stomp = broker.settings().stomp.clone();
-    let mut session = P::start(broker, info);
+    let peer = info.peer.clone();
+    let session = P::start(broker, info);
+    // Every line logged for this session says which one, from where, and (once known) whose.
+    let id = session.outbox().id;
+    let span = tracing::info_span!("session", id, %peer, user = tracing::field::Empty);
+    serve_session::<P, W>(session, socket, stomp, span.clone()).instrument(span).await;
+}
+
+async fn serve_session<P: Protocol, W: Encode>(
+    mut session: P,
+    socket: impl Socket,
+    stomp: crate::config::StompSettings,
+    span: tracing::Span,
+) {
     let outbox = session.outbox().clone();
     let (sink, mut stream) = socket.split();
     let writer = write::<W>(sink, outbox, stomp.always_binary);
-    let mut writer = tokio::spawn(writer);
+    let mut writer = tokio::spawn(writer.instrument(span));
     let connect_deadline = Instant::now() + Duration::from_millis(stomp.connect_timeout_ms);
     // The writer also ends sessions the broker closed (slow consumer, shutdown).
     let (flow, writer_done) = tokio::select! {
@@ -407,6 +425,9 @@ async fn read(
             // tungstenite answers pings itself; any traffic counts as a sign of life.
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
         };
+        if !connected && let Some(user) = session.principal() {
+            tracing::Span::current().record("user", user);
+        }
         if flow == Flow::Close {
             return Flow::Close;
         }

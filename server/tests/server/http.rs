@@ -97,32 +97,64 @@ async fn every_answer_carries_a_request_id_and_a_proxy_s_is_kept() {
     server.stop().await;
 }
 
-#[test]
-fn log_format_json_writes_one_object_per_line() {
+#[tokio::test]
+async fn log_format_json_writes_one_object_per_line_with_the_session_and_its_user() {
     use std::io::{BufRead, BufReader};
     let data = tempfile::tempdir().unwrap();
+    let secret = "log-format-test-secret-of-32-bytes!!";
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_taskpulse-server"))
         .args(["--listen", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
         .arg(data.path())
         .arg("--ui-dir")
         .arg(data.path().join("no-ui"))
         .env_clear()
-        .env("TASKPULSE_JWT_SECRET", "log-format-test-secret-of-32-bytes!!")
+        .env("TASKPULSE_JWT_SECRET", secret)
+        .env("RUST_LOG", "info,taskpulse_server=debug")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let (lines, read) = std::sync::mpsc::channel();
     let stdout = child.stdout.take().unwrap();
-    let line = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find(|l| l.contains("listening on"))
-        .expect("the server logs where it listens");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let next = |what: &str| -> serde_json::Value {
+        loop {
+            let line =
+                read.recv_timeout(crate::fixture::PATIENCE).unwrap_or_else(|_| panic!("no {what}"));
+            let event: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            if event["fields"]["message"].as_str().is_some_and(|m| m.contains(what)) {
+                return event;
+            }
+        }
+    };
+    let start = next("listening on");
+    assert_eq!(start["level"], "INFO", "{start}");
+    assert!(start["timestamp"].is_string(), "{start}");
+    let message = start["fields"]["message"].as_str().unwrap();
+    let addr = message.rsplit("http://").next().unwrap().to_owned();
+    // A session's lines name it, its peer and, once it authenticated, its user.
+    let token = taskpulse_testkit::token(secret, "alice", 3600);
+    let mut client =
+        crate::fixture::StompClient::open(&format!("ws://{addr}/ws"), &["v12.stomp"]).await;
+    client.connect(&[("Authorization", &format!("Bearer {token}"))]).await;
+    client.send_raw(tokio_tungstenite::tungstenite::Message::text("NONSENSE\n\n\0")).await;
+    let closing = next("closing session");
     let _ = child.kill();
     let _ = child.wait();
-    let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON object");
-    assert_eq!(event["level"], "INFO", "{event}");
-    assert!(event["fields"]["message"].as_str().unwrap().starts_with("TaskPulse listening on"));
-    assert!(event["timestamp"].is_string(), "{event}");
+    let span = &closing["span"];
+    assert_eq!(
+        (span["name"].as_str(), span["user"].as_str()),
+        (Some("session"), Some("alice")),
+        "{closing}"
+    );
+    assert!(
+        span["id"].is_u64() && span["peer"].as_str().is_some_and(|p| p.starts_with("127.0.0.1:")),
+        "{closing}"
+    );
 }
 
 #[tokio::test]
