@@ -161,18 +161,20 @@ async fn unknown_api(uri: Uri) -> AppError {
 /// never the UI's `index.html`.
 const RESERVED: [&str; 6] = ["/api", "/ws", "/sse", "/metrics", "/healthz", "/readyz"];
 
-/// Whether `path` is `prefix` or below it.
-fn under(path: &str, prefix: &str) -> bool {
-    path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+/// The 404 for `path` if it is under a reserved prefix (whole segments only).
+fn reserved_path(path: &str) -> Option<AppError> {
+    let under = |prefix: &&str| {
+        path.strip_prefix(*prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    RESERVED.iter().any(under).then(|| AppError::NotFound(format!("no endpoint at {path}")))
 }
 
 /// In front of the UI's files: the server's reserved paths are not the UI's.
 async fn reserved(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let path = request.uri().path();
-    if RESERVED.iter().any(|prefix| under(path, prefix)) {
-        return AppError::NotFound(format!("no endpoint at {path}")).into_response();
+    match reserved_path(request.uri().path()) {
+        Some(not_found) => not_found.into_response(),
+        None => next.run(request).await,
     }
-    next.run(request).await
 }
 
 /// How long `/readyz` waits for the database.
@@ -193,8 +195,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn ui_missing(State(state): State<AppState>, uri: Uri) -> Response {
-    if RESERVED.iter().any(|prefix| under(uri.path(), prefix)) {
-        return AppError::NotFound(format!("no endpoint at {}", uri.path())).into_response();
+    if let Some(not_found) = reserved_path(uri.path()) {
+        return not_found.into_response();
     }
     let dir = state.config.ui_dir.display();
     Html(format!(

@@ -13,7 +13,9 @@ async fn setup(url: String) -> (TestServer, String, StompClient) {
     setup_with(url, |_| {}).await
 }
 
-async fn setup_with(
+/// A server using the ComfyUI at `url` (settings for tests, then `tweak`), a user and its
+/// subscription to its task updates.
+pub(crate) async fn setup_with(
     url: String,
     tweak: impl FnOnce(&mut Config) + Send + 'static,
 ) -> (TestServer, String, StompClient) {

@@ -136,21 +136,14 @@ async fn setup(
     let files = tempfile::tempdir().unwrap();
     let t2i = workflow("text-to-image.json", files.path(), steps, step_ms);
     let i2i = workflow("image-to-image.json", files.path(), steps, step_ms);
-    let url = comfy.url();
-    let server = TestServer::stomp(move |c: &mut Config| {
-        c.settings.comfyui.url = url;
+    let (server, token, client) = crate::comfyui::setup_with(comfy.url(), move |c: &mut Config| {
         c.settings.comfyui.workflow_file = t2i;
         c.settings.comfyui.img2img_workflow_file = i2i;
         c.settings.comfyui.reconnect_max_ms = 500;
         c.settings.comfyui.timeout_s = 120;
-        c.settings.tasks.progress_interval_ms = 10;
-        c.settings.tasks.image_fetch_allow = vec!["127.0.0.1".into()];
         tweak(c);
     })
     .await;
-    let token = server.api().register("alice").await;
-    let mut client = server.client_with(&token).await;
-    client.subscribe("tasks", "/user/queue/tasks-progress", "auto").await;
     (server, token, client, files)
 }
 

@@ -566,8 +566,12 @@ pub(crate) async fn transport(
         ("eventsource", &Method::GET) => Receiver::EventSource,
         ("htmlfile", &Method::GET) => Receiver::HtmlFile,
         ("jsonp", &Method::GET) => Receiver::Jsonp,
-        ("xhr_send", &Method::POST) => return xhr_send(state, path, peer, headers, body).await,
-        ("jsonp_send", &Method::POST) => return jsonp_send(state, path, peer, headers, body).await,
+        ("xhr_send", &Method::POST) => {
+            return send_request(state, path, peer, headers, body, false).await;
+        }
+        ("jsonp_send", &Method::POST) => {
+            return send_request(state, path, peer, headers, body, true).await;
+        }
         ("xhr" | "xhr_streaming" | "xhr_send", &Method::OPTIONS) => {
             return xhr_options(&state, &headers);
         }
@@ -590,36 +594,21 @@ pub(crate) async fn transport(
     receive(receiver, state, path, query.c, peer, headers).await
 }
 
-/// `POST .../xhr_send`: 204 once the messages are with the session.
-async fn xhr_send(
+/// `POST .../xhr_send` (answered 204) or `.../jsonp_send` (answered `ok`, its messages in
+/// a form field `d` or the raw body), once the messages are with the session.
+async fn send_request(
     state: AppState,
     path: (String, String),
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
+    jsonp: bool,
 ) -> Response {
-    let body = payload(&state, body).await;
-    let mut response = match send(state, path, peer, headers.clone(), body).await {
-        Ok(()) => ([(header::CONTENT_TYPE, "text/plain; charset=UTF-8")], StatusCode::NO_CONTENT)
-            .into_response(),
-        Err(refused) => refused.into_response(),
-    };
-    sockjs_headers(&headers, response.headers_mut());
-    response
-}
-
-/// `POST .../jsonp_send`: the messages as a form field `d`, or the raw body; answers `ok`.
-async fn jsonp_send(
-    state: AppState,
-    path: (String, String),
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let form = jsonp
+        && headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     let body = payload(&state, body).await.map(|text| {
         if form {
             url::form_urlencoded::parse(text.as_bytes())
@@ -630,8 +619,10 @@ async fn jsonp_send(
             text
         }
     });
+    let text = [(header::CONTENT_TYPE, "text/plain; charset=UTF-8")];
     let mut response = match send(state, path, peer, headers.clone(), body).await {
-        Ok(()) => ([(header::CONTENT_TYPE, "text/plain; charset=UTF-8")], "ok").into_response(),
+        Ok(()) if jsonp => (text, "ok").into_response(),
+        Ok(()) => (text, StatusCode::NO_CONTENT).into_response(),
         Err(refused) => refused.into_response(),
     };
     sockjs_headers(&headers, response.headers_mut());

@@ -446,8 +446,7 @@ pub(crate) async fn iframe(State(state): State<AppState>, headers: HeaderMap) ->
         html_attribute(&state.config.settings.sockjs.client_url)
     );
     let digest = sha2::Sha256::digest(page.as_bytes());
-    let etag =
-        format!("\"{}\"", digest[..8].iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let etag = format!("\"{}\"", crate::secret::hex(&digest[..8]));
     let cached =
         headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v == etag);
     let mut response = if cached {
