@@ -40,6 +40,18 @@ const HISTORY_LAG: Duration = Duration::from_secs(2);
 /// an older one stops whatever runs.
 const TARGETED_INTERRUPT: (u32, u32, u32) = (0, 3, 57);
 
+/// The largest WebSocket message taken from ComfyUI (its binary previews included); a larger
+/// one ends the connection, which is then opened again.
+const MAX_WS_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// Events one prompt's task may have waiting; more are dropped (the `/history` lookup after
+/// a quiet spell finds what they would have said).
+const EVENT_QUEUE: usize = 1024;
+
+/// Nodes one prompt's progress keeps track of; ComfyUI naming more (it cannot, for a
+/// workflow of ours) is ignored beyond it.
+const MAX_NODES: usize = 1024;
+
 /// The longest reason from ComfyUI a task's `errorMessage` carries.
 const MAX_REASON: usize = 1000;
 
@@ -66,7 +78,7 @@ struct Inner {
     timeout: Duration,
     fetcher: ImageFetcher,
     /// Event channels of running prompts, by `prompt_id`.
-    waiters: Mutex<HashMap<String, mpsc::UnboundedSender<Event>>>,
+    waiters: Mutex<HashMap<String, mpsc::Sender<Event>>>,
     /// `prompt_id`s of running tasks, for cancel.
     prompts: Mutex<HashMap<String, String>>,
 }
@@ -343,31 +355,38 @@ impl Tracker {
     fn apply(&mut self, event: &Event) -> Option<String> {
         match event {
             Event::Cached(nodes) => {
-                self.cached.extend(nodes.iter().cloned());
+                let room = MAX_NODES.saturating_sub(self.cached.len());
+                self.cached.extend(nodes.iter().take(room).cloned());
                 None
             }
             Event::Node(node) => {
                 if let Some(previous) = self.current.replace(node.clone()) {
-                    self.done.insert(previous, 1.0);
+                    self.advance(&previous, 1.0);
                 }
-                self.done.entry(node.clone()).or_insert(0.0);
+                self.advance(node, 0.0);
                 Some(format!("running {}", self.class(node)))
             }
             Event::Progress { node, value, max } => {
                 let node = node.clone().or_else(|| self.current.clone())?;
-                let fraction = fraction(*value, *max);
-                let known = self.done.entry(node.clone()).or_insert(0.0);
-                *known = known.max(fraction);
+                self.advance(&node, fraction(*value, *max));
                 Some(format!("{}: step {} of {}", self.class(&node), step(*value), step(*max)))
             }
             Event::NodeStates(states) => {
                 for (node, fraction) in states {
-                    let known = self.done.entry(node.clone()).or_insert(0.0);
-                    *known = known.max(*fraction);
+                    self.advance(node, *fraction);
                 }
                 None
             }
             _ => None,
+        }
+    }
+
+    /// Raises `node`'s fraction done to `fraction` (a node beyond [`MAX_NODES`] is not kept).
+    fn advance(&mut self, node: &str, fraction: f64) {
+        if let Some(known) = self.done.get_mut(node) {
+            *known = known.max(fraction);
+        } else if self.done.len() < MAX_NODES {
+            self.done.insert(node.to_owned(), fraction);
         }
     }
 
@@ -430,14 +449,14 @@ impl ComfyUiExecutor {
         job: &Job,
         progress: &Progress,
         prompt_id: &str,
-        sender: &mpsc::UnboundedSender<Event>,
-        events: &mut mpsc::UnboundedReceiver<Event>,
+        sender: &mpsc::Sender<Event>,
+        events: &mut mpsc::Receiver<Event>,
     ) -> Result<Artifact, String> {
         let inner = &*self.inner;
         let tracker = Tracker::new(inner.template(job));
         if job.external_ref.is_some() {
             // After a restart: what happened while nobody listened is in /history.
-            let _ = sender.send(Event::Reconnected);
+            let _ = sender.try_send(Event::Reconnected);
         } else {
             progress.report(0, "sending the workflow to ComfyUI").await;
             let workflow = inner.workflow_for(job).await?;
@@ -524,7 +543,12 @@ async fn follow(inner: std::sync::Weak<Inner>, max_backoff: Duration, liveness: 
         url.set_scheme(scheme).expect("ws and wss are valid schemes");
         url.query_pairs_mut().append_pair("clientId", &client_id);
         drop(strong);
-        match tokio_tungstenite::connect_async(url.as_str()).await {
+        let limits = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(MAX_WS_MESSAGE))
+            .max_frame_size(Some(MAX_WS_MESSAGE));
+        let connecting =
+            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(limits), false);
+        match connecting.await {
             Ok((mut socket, _)) => {
                 tracing::info!(%url, "connected to ComfyUI");
                 backoff = Duration::from_millis(250);
@@ -533,7 +557,7 @@ async fn follow(inner: std::sync::Weak<Inner>, max_backoff: Duration, liveness: 
                 *strong.client_id.lock() = client_id;
                 // Prompts followed before this connection may have moved meanwhile.
                 for waiter in strong.waiters.lock().values() {
-                    let _ = waiter.send(Event::Reconnected);
+                    let _ = waiter.try_send(Event::Reconnected);
                 }
                 drop(strong);
                 let mut pinged = false;
@@ -563,7 +587,8 @@ async fn follow(inner: std::sync::Weak<Inner>, max_backoff: Duration, liveness: 
                     if let Some((prompt_id, event)) = parse_message(&text)
                         && let Some(waiter) = strong.waiters.lock().get(&prompt_id)
                     {
-                        let _ = waiter.send(event);
+                        // Full (a flood): dropped; a quiet spell's lookup repairs it.
+                        let _ = waiter.try_send(event);
                     }
                 }
                 tracing::warn!("ComfyUI WebSocket closed; reconnecting");
@@ -869,7 +894,7 @@ impl Inner {
     async fn follow_prompt(
         &self,
         prompt_id: &str,
-        events: &mut mpsc::UnboundedReceiver<Event>,
+        events: &mut mpsc::Receiver<Event>,
         progress: &Progress,
         mut tracker: Tracker,
     ) -> Result<Artifact, String> {
@@ -888,7 +913,11 @@ impl Inner {
             }
             match event {
                 Event::Started => progress.report(tracker.percent(), "running on ComfyUI").await,
-                Event::Images(found) => images.extend(found),
+                // Only the first output image is the result: no more are kept.
+                Event::Images(found) if images.is_empty() => {
+                    images.extend(found.into_iter().take(1))
+                }
+                Event::Images(_) => {}
                 Event::Finished => return self.finish(prompt_id, images).await,
                 Event::Error { node_type, message } => {
                     return Err(execution_error(node_type.as_deref(), &message));
@@ -930,7 +959,7 @@ impl Executor for ComfyUiExecutor {
 
     async fn run(&self, job: &Job, progress: &Progress) -> Result<Artifact, String> {
         let inner = &*self.inner;
-        let (sender, mut events) = mpsc::unbounded_channel();
+        let (sender, mut events) = mpsc::channel(EVENT_QUEUE);
         let prompt_id = match &job.external_ref {
             Some(id) => id.clone(),
             None => {
@@ -1114,6 +1143,61 @@ mod tests {
         assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
         assert!(*seen.last().unwrap() < 95 && seen[8] > 50, "{seen:?}");
         assert_eq!(tracker.apply(&progress(4.5)).as_deref(), Some("KSampler: step 4.5 of 20"));
+    }
+
+    use proptest::prelude::*;
+
+    /// A node event as ComfyUI might send it, however odd its numbers.
+    fn any_event() -> impl Strategy<Value = Event> {
+        let node = "[0-9]{1,2}";
+        prop_oneof![
+            node.prop_map(Event::Node),
+            prop::collection::vec(node, 0..4).prop_map(Event::Cached),
+            (prop::option::of(node), any::<f64>(), any::<f64>())
+                .prop_map(|(node, value, max)| Event::Progress { node, value, max }),
+            prop::collection::vec((node, any::<f64>()), 0..4).prop_map(|states| {
+                Event::NodeStates(states.into_iter().map(|(n, f)| (n, fraction(f, 1.0))).collect())
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// What ComfyUI sends is read without panicking; a reason users see stays bounded.
+        #[test]
+        fn any_message_history_or_refusal_is_read_without_panicking(
+            text in "\\PC{0,200}",
+            kind in "(execution_error|progress|progress_state|executing|execution_cached|executed)",
+            value in any::<f64>(),
+        ) {
+            let _ = parse_message(&text);
+            let message = json!({"type": kind, "data": {"prompt_id": "p", "node": text,
+                "value": value, "max": value, "nodes": {"3": {"value": value, "max": value, "state": text}},
+                "exception_message": text, "output": {"images": text}}});
+            let _ = parse_message(&message.to_string());
+            let _ = parse_history("p", &json!({"p": {"status": {"status_str": text}, "outputs": {"9": {"images": text}}}}));
+            let reason = clean_reason(&text.repeat(20));
+            prop_assert!(reason.chars().count() <= MAX_REASON + 3);
+            let refused = json!({"error": {"message": text}, "node_errors": {"4": {"errors": [{"message": text, "details": text}], "class_type": text}}});
+            prop_assert!(refusal(&refused).chars().count() <= MAX_REASON + 3);
+        }
+
+        /// Whatever the events, progress stays in 0..=95 and never goes back.
+        #[test]
+        fn progress_from_any_events_stays_in_range_and_never_goes_back(
+            events in prop::collection::vec(any_event(), 0..40),
+        ) {
+            let template: Value = serde_json::from_str(TEXT_TO_IMAGE).unwrap();
+            let mut tracker = Tracker::new(&template);
+            let mut last = 0;
+            for event in &events {
+                let _ = tracker.apply(event);
+                let now = tracker.percent();
+                prop_assert!(now >= last && now <= 95, "{} after {}", now, last);
+                last = now;
+            }
+        }
     }
 
     #[test]

@@ -52,12 +52,8 @@ fn valid_id(id: &str) -> bool {
 pub(crate) fn origin_allowed(state: &AppState, headers: &HeaderMap) -> Result<(), Refused> {
     let Some(origin) = headers.get(header::ORIGIN) else { return Ok(()) };
     let origin = origin.to_str().unwrap_or_default();
-    let allowed = &state.config.settings.api.cors_origins;
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let same = origin
-        .split_once("://")
-        .is_some_and(|(_, authority)| host.is_some_and(|host| authority == host));
-    if same || allowed.iter().any(|o| o == "*" || o == origin) {
+    if permitted(origin, host, &state.config.settings.api.cors_origins) {
         return Ok(());
     }
     let why = format!(
@@ -65,6 +61,15 @@ pub(crate) fn origin_allowed(state: &AppState, headers: &HeaderMap) -> Result<()
          origins of [api] cors_origins may"
     );
     Err(Refused(StatusCode::FORBIDDEN, why))
+}
+
+/// Whether a page of `origin` may use SockJS on a server reached as `host`: its own origin,
+/// or one of `allowed` (`*`: any).
+fn permitted(origin: &str, host: Option<&str>, allowed: &[String]) -> bool {
+    let same = origin
+        .split_once("://")
+        .is_some_and(|(_, authority)| host.is_some_and(|host| authority == host));
+    same || allowed.iter().any(|o| o == "*" || o == origin)
 }
 
 /// A refused SockJS request: its status and a text that names the problem.
@@ -478,6 +483,20 @@ mod tests {
             let _ = decode(&noise);
             let encoded = serde_json::to_string(&strings).expect("strings encode");
             prop_assert_eq!(decode(&encoded).expect("a JSON array of strings"), strings);
+        }
+
+        #[test]
+        fn any_origin_is_permitted_only_as_the_server_s_own_or_a_configured_one(
+            origin in "\\PC{0,40}", host in "[a-z0-9.:]{1,20}", scheme in "https?",
+        ) {
+            let allowed = vec!["http://app.example".to_owned()];
+            let expected = origin == "http://app.example"
+                || origin.split_once("://").is_some_and(|(_, a)| a == host);
+            prop_assert_eq!(permitted(&origin, Some(&host), &allowed), expected);
+            prop_assert!(!permitted(&origin, None, &[]));
+            prop_assert!(permitted(&origin, None, &["*".to_owned()]));
+            let own = format!("{scheme}://{host}");
+            prop_assert!(permitted(&own, Some(&host), &[]));
         }
 
         #[test]
