@@ -157,6 +157,10 @@ TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the fil
   client_url = \"https://cdn.jsdelivr.net/npm/sockjs-client@1.6.1/dist/sockjs.min.js\"
                            the sockjs-client script /ws/iframe.html loads (the iframe-based
                            transports of old browsers); point it at a local copy offline
+
+[metrics]
+  enabled = true           GET /metrics answers in the Prometheus text format (false: 404)
+  token = \"\"               when set, GET /metrics requires Authorization: Bearer <token>
 ";
 
 /// The command line. Everything else comes from [`Settings`].
@@ -358,6 +362,8 @@ pub struct Settings {
     pub api: ApiSettings,
     /// SockJS's HTTP transports.
     pub sockjs: SockJsSettings,
+    /// `GET /metrics`.
+    pub metrics: MetricsSettings,
 }
 
 impl Settings {
@@ -844,6 +850,23 @@ pub struct ApiSettings {
 impl Default for ApiSettings {
     fn default() -> Self {
         ApiSettings { keys: Vec::new(), cors_origins: Vec::new(), body_limit: 1024 * 1024 }
+    }
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Whether `GET /metrics` answers.
+    pub enabled: bool,
+    /// When set, `GET /metrics` requires `Authorization: Bearer <token>`.
+    #[serde(deserialize_with = "text")]
+    pub token: String,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings { enabled: true, token: String::new() }
     }
 }
 

@@ -10,6 +10,7 @@ mod api;
 pub mod broker;
 mod config;
 mod error;
+pub mod metrics;
 pub mod replay;
 mod secret;
 mod serve;
@@ -24,8 +25,8 @@ use std::{future::Future, io, sync::Arc, time::Duration};
 pub use config::{
     AccountSettings, ApiSettings, AuthSettings, AuthorizationSettings, Cli, ComfyUiSettings,
     Config, ConfigError, ConfigUser, CreditSettings, DemoSettings, JwtAlgorithm, JwtSettings,
-    LimitSettings, LogFormat, ReplaySettings, SETTINGS_HELP, Settings, SockJsSettings,
-    StompSettings, StorageSettings, TaskSettings,
+    LimitSettings, LogFormat, MetricsSettings, ReplaySettings, SETTINGS_HELP, Settings,
+    SockJsSettings, StompSettings, StorageSettings, TaskSettings,
 };
 pub use error::AppError;
 use tokio::net::TcpListener;
@@ -34,9 +35,10 @@ pub use web::app;
 use crate::{
     accounts::Accounts,
     broker::{Authenticator, Broker, Fanout, KeyError},
+    metrics::Metrics,
     replay::UserLog,
     secret::random_hex,
-    storage::{SqlStorage, Storage, StorageError},
+    storage::{Metered, SqlStorage, Storage, StorageError},
     tasks::{ResultStore, ServiceError, TaskService, TaskSnapshots},
 };
 
@@ -63,6 +65,8 @@ pub struct AppState {
     passes: Arc<transport::sse::Passes>,
     /// Sessions of SockJS's HTTP transports.
     sockjs: Arc<transport::sockjs::http::SockJsSessions>,
+    /// The figures of `/metrics` and `/api/admin/stats`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -113,7 +117,11 @@ impl AppState {
     pub async fn new(config: Config) -> Result<AppState, StartError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
-        let storage: Arc<dyn Storage> = Arc::new(SqlStorage::open(&config.storage_url()).await?);
+        let metrics = Arc::new(Metrics::default());
+        let storage: Arc<dyn Storage> = Arc::new(Metered::new(
+            Arc::new(SqlStorage::open(&config.storage_url()).await?),
+            metrics.clone(),
+        ));
         let mut config = config;
         let jwt = &mut config.settings.jwt;
         if jwt.algorithm == JwtAlgorithm::HS256 && jwt.secret.is_empty() {
@@ -122,7 +130,7 @@ impl AppState {
         let result_key = shared_secret(&*storage, &config.data_dir, "result-key").await?;
         let settings = &config.settings;
         let auth = Authenticator::new(&settings.jwt, &settings.auth)?;
-        let broker = Broker::new(settings.clone(), auth);
+        let broker = Broker::new(settings.clone(), auth, metrics.clone());
         let fanout: Arc<dyn Fanout> = Arc::new(broker.clone());
         let accounts =
             Accounts::start(storage.clone(), broker.clone(), fanout.clone(), settings.clone())
@@ -143,8 +151,14 @@ impl AppState {
             settings.replay.clone(),
         )
         .await?;
-        let tasks =
-            TaskService::start(storage.clone(), log.clone(), settings.clone(), results).await?;
+        let tasks = TaskService::start(
+            storage.clone(),
+            log.clone(),
+            settings.clone(),
+            results,
+            metrics.clone(),
+        )
+        .await?;
         let sockjs = transport::sockjs::http::SockJsSessions::start(
             settings.sockjs.clone(),
             settings.limits.max_connections,
@@ -163,6 +177,7 @@ impl AppState {
             passes,
             sockjs,
             storage,
+            metrics,
         })
     }
 }

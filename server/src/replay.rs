@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     ReplaySettings,
     broker::{Broker, Coalesce, Fanout, LogPlace, Publication, ReplayRequest, ReplaySource},
+    metrics::Metrics,
     now_ms,
     storage::{Append, Appended, LogEntry, OfflineMark, Storage, StorageError, TaskChange},
 };
@@ -113,6 +114,7 @@ struct Inner {
     offline_paths: Mutex<HashSet<String>>,
     /// Notices on their way to the group commit (see [`UserLog::send`]).
     commits: mpsc::Sender<Pending>,
+    metrics: Arc<Metrics>,
 }
 
 impl UserLog {
@@ -141,6 +143,7 @@ impl UserLog {
                 settings,
                 offline_paths: Mutex::new(offline_paths),
                 commits,
+                metrics: broker.metrics().clone(),
             }),
         };
         broker.set_replay_source(Arc::new(log.clone()));
@@ -338,7 +341,10 @@ impl UserLog {
         }
         if let Some(after) = after {
             let up_to = entries.last().map_or(after, |e| e.seq);
-            let replay = entries.iter().map(|e| self.publication(e, true)).collect();
+            let replay: Vec<_> = entries.iter().map(|e| self.publication(e, true)).collect();
+            if !replay.is_empty() {
+                self.inner.metrics.caught_up("replay", replay.len() as u64);
+            }
             held.release(replay, Some(up_to));
             return Ok(());
         }
@@ -378,6 +384,7 @@ impl UserLog {
                 })
             })
             .collect();
+        self.inner.metrics.caught_up("snapshot", count as u64);
         held.release(snapshot, Some(high));
         Ok(())
     }
@@ -429,10 +436,18 @@ async fn prune(inner: std::sync::Weak<Inner>) {
         let Some(inner) = inner.upgrade() else { return };
         let settings = &inner.settings;
         let before = now_ms() - (settings.max_age_s as i64) * 1000;
-        match inner.storage.prune_log(before, settings.max_entries).await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(removed = n, "pruned the user log"),
-            Err(e) => tracing::warn!("cannot prune the user log: {e}"),
+        let removed = match inner.storage.prune_log(before, settings.max_entries).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("cannot prune the user log: {e}");
+                continue;
+            }
+        };
+        if removed > 0 {
+            tracing::debug!(removed, "pruned the user log");
+        }
+        if let Ok(left) = inner.storage.log_size().await {
+            inner.metrics.log_pruned(removed, left);
         }
     }
 }
@@ -467,7 +482,7 @@ mod tests {
         let mut settings = Settings::default();
         settings.jwt.secret = "replay-unit-tests-secret-of-32-bytes".into();
         let auth = Authenticator::new(&settings.jwt, &settings.auth).expect("valid settings");
-        let broker = Broker::new(settings.clone(), auth);
+        let broker = Broker::new(settings.clone(), auth, Arc::default());
         let storage = Arc::new(SqlStorage::in_memory().await.expect("in-memory SQLite"));
         let fanout: Arc<dyn Fanout> = Arc::new(broker.clone());
         UserLog::start(storage, &broker, fanout, Arc::new(NoTasks), settings.replay)

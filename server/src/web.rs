@@ -24,6 +24,7 @@ pub fn app(state: AppState) -> Router {
     let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/ws", get(crate::transport::websocket::upgrade))
         .route("/ws/json", get(crate::transport::websocket::upgrade_json))
         .route("/sse/tasks", get(crate::transport::sse::tasks))
@@ -175,6 +176,34 @@ async fn reserved(request: axum::extract::Request, next: axum::middleware::Next)
         Some(not_found) => not_found.into_response(),
         None => next.run(request).await,
     }
+}
+
+/// `GET /metrics`: every figure in the Prometheus text format; with `[metrics] token` set,
+/// only for `Authorization: Bearer <token>`.
+async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    use axum::http::header;
+    let settings = &state.config.settings.metrics;
+    if !settings.enabled {
+        return AppError::NotFound("metrics are off ([metrics] enabled = false)".into())
+            .into_response();
+    }
+    if !settings.token.is_empty() {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !crate::secret::constant_time_eq(given.as_bytes(), settings.token.as_bytes()) {
+            let why = "GET /metrics needs Authorization: Bearer with the [metrics] token";
+            let mut refused = AppError::Unauthorized(why.into()).into_response();
+            refused
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            return refused;
+        }
+    }
+    let content_type = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+    ([(header::CONTENT_TYPE, content_type)], state.metrics.prometheus()).into_response()
 }
 
 /// How long `/readyz` waits for the database.

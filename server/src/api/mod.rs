@@ -32,6 +32,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/tasks/{task_no}/result", get(tasks::result))
         .route("/api/publish", post(tasks::publish))
         .route("/api/admin/disconnect", post(tasks::disconnect))
+        .route("/api/admin/stats", get(tasks::stats))
 }
 
 /// The caller, from `Authorization: Bearer <token>`.

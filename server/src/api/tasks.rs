@@ -276,3 +276,11 @@ pub(super) async fn disconnect(
     let closed = state.fanout.disconnect_user(&request.user, "disconnected by an operator");
     Json(serde_json::json!({ "closed": closed }))
 }
+
+/// What the server has seen since it started (the figures of `/metrics`, as JSON).
+pub(super) async fn stats(
+    State(state): State<AppState>,
+    _backend: Backend,
+) -> Json<crate::metrics::Stats> {
+    Json(state.metrics.stats())
+}

@@ -70,6 +70,25 @@ pub enum AuthError {
     UnknownLogin(String),
 }
 
+impl AuthError {
+    /// The failure's name in the metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            AuthError::NoCredentials => "no-credentials",
+            AuthError::Revoked(_) => "revoked-token",
+            AuthError::Token(e)
+                if *e.kind() == jsonwebtoken::errors::ErrorKind::ExpiredSignature =>
+            {
+                "expired-token"
+            }
+            AuthError::Token(_) => "invalid-token",
+            AuthError::BadPrincipal(_) => "invalid-principal",
+            AuthError::WrongPasscode(_) => "wrong-passcode",
+            AuthError::UnknownLogin(_) => "unknown-login",
+        }
+    }
+}
+
 /// Why the authentication settings are unusable.
 #[derive(Debug, thiserror::Error)]
 #[error("jwt settings: {0}")]

@@ -45,7 +45,7 @@ pub fn broker() -> Broker {
     limits.queue_bytes = 64 * 1024;
     settings.stomp.queue_pending = 16;
     match Authenticator::new(&settings.jwt, &settings.auth) {
-        Ok(auth) => Broker::new(settings, auth),
+        Ok(auth) => Broker::new(settings, auth, std::sync::Arc::default()),
         // The settings above are valid; a failure here is a bug in this driver.
         Err(e) => panic!("exercise broker: {e}"),
     }
@@ -120,6 +120,7 @@ pub fn run(data: &[u8]) {
                     ][usize::from(arg >> 6)],
                     access_token: None,
                     peer: "fuzz".into(),
+                    transport: crate::metrics::Transport::Stomp,
                 };
                 let mut session = Session::new(broker.clone(), info);
                 let _ = session.on_bytes(&connect_frame(&broker, arg));

@@ -90,6 +90,7 @@ impl JsonSession {
         let message = match serde_json::from_slice::<ClientMessage>(bytes) {
             Ok(message) => message,
             Err(error) => {
+                self.broker.metrics().received("json", "malformed");
                 let text = error.to_string();
                 let code = if text.contains("unknown variant") {
                     "unknown type"
@@ -108,6 +109,14 @@ impl JsonSession {
                 return Flow::Continue;
             }
         };
+        let kind = match &message {
+            ClientMessage::Ping => "ping",
+            ClientMessage::Auth { .. } => "auth",
+            ClientMessage::Subscribe { .. } => "subscribe",
+            ClientMessage::Unsubscribe { .. } => "unsubscribe",
+            ClientMessage::ChatMessage { .. } => "chat_message",
+        };
+        self.broker.metrics().received("json", kind);
         match message {
             ClientMessage::Ping => self.reply(&Reply::Pong),
             ClientMessage::Auth { token } => return self.authenticate(&token),
@@ -172,6 +181,7 @@ impl JsonSession {
 
     /// An `error` that leaves the session open.
     fn error(&self, message: &str, detail: String) {
+        self.broker.metrics().error(&error_code(message));
         self.reply(&Reply::Error { code: error_code(message), message: detail });
     }
 
@@ -181,8 +191,12 @@ impl JsonSession {
             return Flow::Continue;
         }
         let principal = match self.broker.authenticator().validate(token) {
-            Ok(principal) => principal,
+            Ok(principal) => {
+                self.broker.metrics().authentication("success");
+                principal
+            }
             Err(reason) => {
+                self.broker.metrics().authentication(reason.outcome());
                 tracing::info!(peer = %self.transport.peer, %reason, "JSON authentication failed");
                 return self.fail(
                     "authentication failed",

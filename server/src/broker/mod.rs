@@ -40,7 +40,7 @@ use taskpulse_shared::{
     stomp::{AckMode, Headers},
 };
 
-use crate::config::Settings;
+use crate::{config::Settings, metrics::Metrics};
 
 /// A SEND to `/app/**`, as an application handler sees it.
 #[derive(Debug, Clone)]
@@ -283,6 +283,7 @@ pub struct Broker {
 struct Inner {
     settings: Settings,
     auth: Authenticator,
+    metrics: Arc<Metrics>,
     /// Topics and user destinations: every subscriber gets every message.
     routes: RwLock<HashMap<RouteKey, Vec<Subscriber>>>,
     queues: Mutex<Queues>,
@@ -304,14 +305,15 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
-    /// A broker with the given settings and authenticator.
-    pub fn new(settings: Settings, auth: Authenticator) -> Broker {
+    /// A broker with the given settings and authenticator, counting into `metrics`.
+    pub fn new(settings: Settings, auth: Authenticator, metrics: Arc<Metrics>) -> Broker {
         // Only a label; a failure to get randomness leaves it zero.
         let instance = crate::secret::random_hex(4).unwrap_or_else(|_| "00000000".into());
         Broker {
             inner: Arc::new(Inner {
                 settings,
                 auth,
+                metrics,
                 routes: RwLock::default(),
                 queues: Mutex::default(),
                 sessions: Mutex::default(),
@@ -327,6 +329,11 @@ impl Broker {
     /// The settings the broker runs with.
     pub fn settings(&self) -> &Settings {
         &self.inner.settings
+    }
+
+    /// The server's figures.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// The token validator (the task service issues tokens with it).
@@ -593,9 +600,14 @@ impl Broker {
         let Some(subscribers) = routes.get(&key).filter(|s| !s.is_empty()) else { return 0 };
         let message = self.message(destination, publication);
         let mut handed = 0;
+        let mut coalesced = 0;
         for s in subscribers {
             match s.outbox.deliver(&s.sub, s.ack, &message, None) {
-                Delivery::Queued | Delivery::Coalesced => handed += 1,
+                Delivery::Queued => handed += 1,
+                Delivery::Coalesced => {
+                    handed += 1;
+                    coalesced += 1;
+                }
                 Delivery::AckLimit => {
                     let limit = self.inner.settings.limits.unacked_per_subscription;
                     s.outbox.fail(
@@ -613,6 +625,7 @@ impl Broker {
                 Delivery::Closed => {}
             }
         }
+        self.inner.metrics.fanned_out(handed as u64, coalesced);
         handed
     }
 

@@ -13,7 +13,10 @@ use std::{
 };
 
 use parking_lot::{Mutex, MutexGuard};
-use taskpulse_shared::stomp::{AckMode, HeartBeat, Version};
+use taskpulse_shared::{
+    resume::error_code,
+    stomp::{AckMode, HeartBeat, Version},
+};
 use tokio::sync::Notify;
 
 use super::message::Message;
@@ -201,6 +204,17 @@ struct State {
     /// After a release: live messages at or below this `seq` were in the catch-up already.
     /// (An entry can be stored, and so replayed, a moment before its live send.)
     floors: HashMap<Arc<str>, i64>,
+    /// Why it closed, first reason only (see [`Outbox::ending`]).
+    ending: Option<Ending>,
+}
+
+/// Why an outbox closed, for the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ending {
+    /// The ERROR's code, or `disconnect` (the client's DISCONNECT) or `client-closed`.
+    pub reason: String,
+    /// Whether an ERROR said so.
+    pub error: bool,
 }
 
 /// Live messages a held subscription may collect while its replay is read.
@@ -268,10 +282,11 @@ impl Outbox {
     pub fn fail(&self, message: &str, receipt_id: Option<String>, body: String) {
         let reason = CloseReason::after_error(message);
         let failure = Failure { message: message.to_owned(), receipt_id, body };
-        let state = self.lock();
+        let mut state = self.lock();
         if state.closed {
             return;
         }
+        state.ending.get_or_insert_with(|| Ending { reason: error_code(message), error: true });
         self.end_with(state, Some(Outgoing::Error(Box::new(failure))), reason);
     }
 
@@ -299,14 +314,24 @@ impl Outbox {
     /// Queues the close after everything already queued (DISCONNECT).
     pub fn close(&self) {
         self.push(Outgoing::Close(CloseReason::Normal));
-        self.lock().closed = true;
+        let mut state = self.lock();
+        state.closed = true;
+        state.ending.get_or_insert_with(|| Ending { reason: "disconnect".into(), error: false });
     }
 
     /// The client closed the connection: nothing more can be written but the close's echo,
     /// so whatever was queued is dropped (queue messages among it come back from
     /// [`Outbox::finish`] for redelivery).
     pub fn closed_by_peer(&self) {
-        self.end_with(self.lock(), None, CloseReason::Normal);
+        let mut state = self.lock();
+        state.ending.get_or_insert_with(|| Ending { reason: "client-closed".into(), error: false });
+        self.end_with(state, None, CloseReason::Normal);
+    }
+
+    /// Why it closed: the first ERROR, DISCONNECT or client close; `None` while open or when
+    /// the connection was simply lost.
+    pub fn ending(&self) -> Option<Ending> {
+        self.lock().ending.clone()
     }
 
     /// Queues a control event or the close; past the ceiling the connection fails instead.

@@ -26,6 +26,8 @@ pub struct TransportInfo {
     pub access_token: Option<String>,
     /// The peer, for logs.
     pub peer: String,
+    /// Which door it came through, for the metrics.
+    pub transport: crate::metrics::Transport,
 }
 
 /// Whether the transport should keep reading.
@@ -268,6 +270,7 @@ impl Session {
     }
 
     fn on_frame(&mut self, frame: Frame) -> Flow {
+        self.broker.metrics().received("stomp", frame.command.as_str());
         let receipt = frame.header("receipt").map(str::to_owned);
         if let Some(id) = &receipt
             && let Some(connected) = &self.connected
@@ -325,8 +328,12 @@ impl Session {
             .authenticator()
             .authenticate(&connect, self.transport.access_token.as_deref())
         {
-            Ok(principal) => principal,
+            Ok(principal) => {
+                self.broker.metrics().authentication("success");
+                principal
+            }
             Err(reason) => {
+                self.broker.metrics().authentication(reason.outcome());
                 tracing::info!(peer = %self.transport.peer, %reason, "STOMP authentication failed");
                 return Err(refuse("authentication failed", "The credentials were not accepted."));
             }
@@ -664,7 +671,7 @@ mod tests {
         let mut settings = Settings::default();
         settings.jwt.secret = "unit-tests-secret-of-thirty-two-bytes".into();
         let auth = Authenticator::new(&settings.jwt, &settings.auth).unwrap();
-        Broker::new(settings, auth)
+        Broker::new(settings, auth, Arc::default())
     }
 
     /// Drains the outbox as a transport would and returns each frame's first line.

@@ -5,9 +5,11 @@
 //! Every method is one transaction, so a crash leaves either the old or the new state.
 
 mod group;
+mod metered;
 mod sql;
 
 use async_trait::async_trait;
+pub use metered::Metered;
 pub use sql::{Backend, SqlStorage};
 use taskpulse_shared::{
     TaskProgressDto,
@@ -257,6 +259,9 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// returns how many went. The newest entry of each user is always kept, so `seq` never
     /// restarts.
     async fn prune_log(&self, before: i64, keep: u32) -> Result<u64, StorageError>;
+
+    /// How many entries every user's log holds together.
+    async fn log_size(&self) -> Result<u64, StorageError>;
 
     /// Remembers, for each `(user, path, seq)`, that `user` had no subscriber on `path` from
     /// `seq` on (a mark already set is kept; of several for one path the first counts).

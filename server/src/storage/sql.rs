@@ -333,6 +333,12 @@ impl Storage for SqlStorage {
         Ok(old.rows_affected() + many.rows_affected())
     }
 
+    async fn log_size(&self) -> Result<u64, StorageError> {
+        let count: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM user_log").fetch_one(&self.pool).await?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     async fn mark_offline_many(&self, marks: &[OfflineMark]) -> Result<(), StorageError> {
         for chunk in marks.chunks(ROWS_PER_INSERT) {
             let sql = format!(

@@ -37,6 +37,7 @@ use validation::{new_task_no, next_external_state, validate};
 use crate::{
     Settings,
     broker::Coalesce,
+    metrics::Metrics,
     now_ms,
     replay::UserLog,
     storage::{Storage, StorageError, TaskChange, TaskQuery, TaskRecord},
@@ -124,6 +125,7 @@ struct Inner {
     live: Mutex<HashMap<String, Arc<LiveTask>>>,
     /// `tasks.submissions_per_minute`, per owner.
     submissions: crate::throttle::Throttle,
+    metrics: Arc<Metrics>,
 }
 
 /// A task that is not terminal yet.
@@ -137,6 +139,13 @@ struct LiveTask {
     cancelled: Notify,
 }
 
+impl LiveTask {
+    /// Its executor's name for the metrics (`external` when a worker of its own reports).
+    fn executor(&self) -> &'static str {
+        self.lane.unwrap_or("external")
+    }
+}
+
 #[derive(Debug)]
 struct LiveState {
     /// The state last written and pushed.
@@ -147,6 +156,10 @@ struct LiveState {
     flush_scheduled: bool,
     /// The queue position last pushed.
     announced_position: Option<u32>,
+    /// When it entered its current status (for the queue wait).
+    since: Instant,
+    /// When it started processing (for its duration).
+    started: Option<Instant>,
 }
 
 impl TaskService {
@@ -160,6 +173,7 @@ impl TaskService {
         log: UserLog,
         settings: Settings,
         results: ResultStore,
+        metrics: Arc<Metrics>,
     ) -> Result<TaskService, ServiceError> {
         let mut lanes = HashMap::new();
         let demo: Arc<dyn Executor> = Arc::new(DemoExecutor::new(&settings));
@@ -180,6 +194,7 @@ impl TaskService {
                 lanes,
                 live: Mutex::default(),
                 submissions,
+                metrics,
             }),
         };
         for lane in service.inner.lanes.values() {
@@ -278,6 +293,7 @@ impl TaskService {
             let why = "a new task was refused as ended".into();
             return Err(TaskError::Storage(StorageError::Corrupt(task_no, why)));
         }
+        self.inner.metrics.task_status(live.executor(), None, TaskStatus::Created.as_str(), false);
         if let Some(lane) = lane {
             self.enqueue(&live, &task_no, lane, "waiting for a free slot").await;
         }
@@ -308,6 +324,8 @@ impl TaskService {
                 pending: None,
                 flush_scheduled: false,
                 announced_position: None,
+                since: Instant::now(),
+                started: None,
             }),
             cancelled: Notify::new(),
         });
@@ -365,8 +383,31 @@ impl TaskService {
             state.pending = None;
             self.inner.live.lock().remove(&next.task_no);
         }
+        self.count(live, state, next.status);
         state.current = next;
         true
+    }
+
+    /// Counts a stored change of `live` (in `state`) to `status` into the metrics.
+    fn count(&self, live: &LiveTask, state: &mut LiveState, status: TaskStatus) {
+        let from = state.current.status;
+        if from == status {
+            return;
+        }
+        let metrics = &self.inner.metrics;
+        let executor = live.executor();
+        let terminal = status.is_terminal();
+        metrics.task_status(executor, Some(from.as_str()), status.as_str(), terminal);
+        if status == TaskStatus::Processing {
+            if from == TaskStatus::Queued {
+                metrics.task_started(executor, state.since.elapsed());
+            }
+            state.started = Some(Instant::now());
+        }
+        if let Some(started) = state.started.filter(|_| terminal) {
+            metrics.task_ended(executor, status.as_str(), started.elapsed());
+        }
+        state.since = Instant::now();
     }
 
     /// The pushed JSON of a state (its result URL signed).
@@ -523,6 +564,8 @@ impl TaskService {
             let Ok(live) = self.track(&record, lane, usize::MAX) else {
                 continue;
             };
+            let status = record.state.status.as_str();
+            self.inner.metrics.task_status(live.executor(), None, status, false);
             let Some(lane) = lane else { continue };
             let why = match record.state.status {
                 TaskStatus::Processing if record.external_ref.is_some() => {

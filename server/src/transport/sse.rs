@@ -12,6 +12,7 @@
 use std::{
     collections::HashMap,
     convert::Infallible,
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -27,9 +28,12 @@ use futures_util::{Stream, StreamExt, stream};
 use parking_lot::Mutex;
 use taskpulse_shared::resume::{ResumePosition, error_code};
 
+use prometheus_client::metrics::counter::Counter;
+
 use crate::{
     AppError, AppState,
     broker::{LogPlace, Outgoing, SseSession},
+    metrics::{OpenConnection, Transport},
     secret::random_hex,
 };
 
@@ -240,6 +244,7 @@ fn open(state: &AppState, query: SseQuery, headers: &HeaderMap) -> Result<Respon
         None => match cookie(headers).and_then(|c| Some((state.passes.redeem(&c)?, c))) {
             Some((pass, secret)) => (pass, secret, None),
             None => {
+                state.metrics.authentication("invalid-ticket");
                 return Err(AppError::Unauthorized(
                     "the ticket is missing, used or expired (and no stream cookie is valid): \
                      POST /api/auth/ticket with your token for a new one"
@@ -252,8 +257,10 @@ fn open(state: &AppState, query: SseQuery, headers: &HeaderMap) -> Result<Respon
     let in_use = InUse { passes: state.passes.clone(), secret };
     let authenticator = state.broker.authenticator();
     if pass.token_id.as_deref().is_some_and(|jti| authenticator.is_revoked(jti)) {
+        state.metrics.authentication("revoked-token");
         return Err(AppError::Unauthorized("the token this stream came from was revoked".into()));
     }
+    state.metrics.authentication("success");
     let last = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -264,7 +271,9 @@ fn open(state: &AppState, query: SseQuery, headers: &HeaderMap) -> Result<Respon
         SseSession::open(state.broker.clone(), &pass.user, pass.token_id.as_deref(), resume)
             .map_err(|reason| AppError::TooManyRequests { message: reason, retry_after: None })?;
     let until = pass.token_expires_at;
-    let mut response = Sse::new(events(session, until, in_use))
+    let open = Arc::new(state.metrics.open(Transport::Sse));
+    let sent = state.metrics.sent_counter("sse", "message");
+    let mut response = Sse::new(events(session, until, in_use, open, sent))
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response();
     if let Some(secret) = new_cookie {
@@ -296,27 +305,41 @@ fn events(
     session: SseSession,
     token_expires_at: u64,
     in_use: InUse,
+    open: Arc<OpenConnection>,
+    sent: Counter,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
+    let ending = open.clone();
     let deadline = tokio::time::Instant::now()
         + Duration::from_secs(token_expires_at.saturating_sub(unix_now()));
-    stream::unfold(Some(session), move |session| async move {
+    stream::unfold(Some(session), move |session| {
+        let (ending, sent) = (ending.clone(), sent.clone());
+        async move {
         let session = session?;
         let mut batch = std::collections::VecDeque::new();
         let (events, ended) = tokio::select! {
-            () = session.outbox().next_batch(&mut batch) => translate(batch.drain(..)),
+            () = session.outbox().next_batch(&mut batch) => {
+                let messages = batch.iter().filter(|i| matches!(i, Outgoing::Deliver { .. }));
+                sent.inc_by(messages.count() as u64);
+                translate(batch.drain(..))
+            }
             () = tokio::time::sleep_until(deadline) => {
                 let error = failure("token expired", "The token this stream came from has expired; take a new ticket.");
+                ending.end("token-expired", true);
                 (vec![error], true)
             }
         };
+        if ended && let Some(why) = session.outbox().ending() {
+            ending.end(&why.reason, why.error);
+        }
         // Dropping the session leaves the broker; the stream then ends.
         let next = if ended { None } else { Some(session) };
         Some((stream::iter(events.into_iter().map(Ok)), next))
+        }
     })
     .flatten()
     // The stream owns the pass's use: it ends when the response does.
     .map(move |event| {
-        let _ = &in_use;
+        let _ = (&in_use, &open);
         event
     })
 }

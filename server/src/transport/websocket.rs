@@ -29,13 +29,17 @@ use super::{
 use crate::{
     AppError, AppState,
     broker::{Broker, Flow, JsonSession, Outbox, Outgoing, Session, TransportInfo, json_session},
+    metrics::{Metrics, Transport},
 };
+use prometheus_client::metrics::counter::Counter;
 
 /// A protocol's session as the driver sees it: messages in, clocks reported, and the writer
 /// of its wire format. Implemented by the broker's sessions, nothing else.
 pub(crate) trait Protocol: Send + 'static {
     /// Writes the outbox's events in this protocol.
     type Writer: Encode;
+    /// The protocol's name in the metrics.
+    const PROTOCOL: &'static str;
     /// A new session on `broker`.
     fn start(broker: Broker, info: TransportInfo) -> Self;
     /// The queue the writer drains.
@@ -102,6 +106,7 @@ impl Encode for JsonWriter {
 
 impl Protocol for Session {
     type Writer = StompWriter;
+    const PROTOCOL: &'static str = "stomp";
     fn start(broker: Broker, info: TransportInfo) -> Self {
         Session::new(broker, info)
     }
@@ -142,6 +147,7 @@ impl Protocol for Session {
 
 impl Protocol for JsonSession {
     type Writer = JsonWriter;
+    const PROTOCOL: &'static str = "json";
     fn start(broker: Broker, info: TransportInfo) -> Self {
         JsonSession::new(broker, info)
     }
@@ -240,6 +246,7 @@ pub(crate) async fn upgrade(
             .and_then(Version::from_subprotocol),
         access_token: query.access_token,
         peer: peer_name(peer),
+        transport: Transport::Stomp,
     };
     let broker = state.broker.clone();
     ws.on_upgrade(move |socket| serve::<Session>(socket, broker, info))
@@ -255,7 +262,11 @@ pub(crate) async fn upgrade_json(
         Ok(ws) => ws,
         Err(refused) => return refused,
     };
-    let info = TransportInfo { peer: peer_name(peer), ..TransportInfo::default() };
+    let info = TransportInfo {
+        peer: peer_name(peer),
+        transport: Transport::Json,
+        ..TransportInfo::default()
+    };
     let broker = state.broker.clone();
     ws.on_upgrade(move |socket| serve::<JsonSession>(socket, broker, info))
 }
@@ -305,22 +316,69 @@ pub(crate) async fn serve_with<P: Protocol, W: Encode>(
 ) {
     let stomp = broker.settings().stomp.clone();
     let peer = info.peer.clone();
+    let metrics = broker.metrics().clone();
+    let open = metrics.open(info.transport);
     let session = P::start(broker, info);
+    let outbox = session.outbox().clone();
     // Every line logged for this session says which one, from where, and (once known) whose.
-    let id = session.outbox().id;
-    let span = tracing::info_span!("session", id, %peer, user = tracing::field::Empty);
-    serve_session::<P, W>(session, socket, stomp, span.clone()).instrument(span).await;
+    let span = tracing::info_span!("session", id = outbox.id, %peer, user = tracing::field::Empty);
+    let writer = Writer::new(&metrics, P::PROTOCOL);
+    serve_session::<P, W>(session, socket, stomp, writer, span.clone()).instrument(span).await;
+    if let Some(ending) = outbox.ending() {
+        open.end(&ending.reason, ending.error);
+    }
+}
+
+/// The counters a writer adds its frames to, looked up once per connection.
+struct Writer {
+    /// By kind: message, connected, receipt, error, reply, heartbeat.
+    counters: [Counter; 6],
+}
+
+impl Writer {
+    const KINDS: [&'static str; 6] =
+        ["message", "connected", "receipt", "error", "reply", "heartbeat"];
+
+    fn new(metrics: &Metrics, protocol: &'static str) -> Writer {
+        Writer { counters: Writer::KINDS.map(|kind| metrics.sent_counter(protocol, kind)) }
+    }
+
+    /// Counts a batch's frames by kind (one atomic add per kind present, not per frame).
+    fn batch(&self, batch: &VecDeque<Outgoing>) {
+        let mut kinds = [0u64; 5];
+        for item in batch {
+            let slot = match item {
+                Outgoing::Deliver { .. } => 0,
+                Outgoing::Opened(_) => 1,
+                Outgoing::Receipt(_) => 2,
+                Outgoing::Error(_) => 3,
+                Outgoing::Reply(_) => 4,
+                Outgoing::Close(_) => continue,
+            };
+            kinds[slot] += 1;
+        }
+        for (counter, count) in self.counters.iter().zip(kinds) {
+            if count > 0 {
+                counter.inc_by(count);
+            }
+        }
+    }
+
+    fn heartbeat(&self) {
+        self.counters[5].inc();
+    }
 }
 
 async fn serve_session<P: Protocol, W: Encode>(
     mut session: P,
     socket: impl Socket,
     stomp: crate::config::StompSettings,
+    counts: Writer,
     span: tracing::Span,
 ) {
     let outbox = session.outbox().clone();
     let (sink, mut stream) = socket.split();
-    let writer = write::<W>(sink, outbox, stomp.always_binary);
+    let writer = write::<W>(sink, outbox, stomp.always_binary, counts);
     let mut writer = tokio::spawn(writer.instrument(span));
     let connect_deadline = Instant::now() + Duration::from_millis(stomp.connect_timeout_ms);
     // The writer also ends sessions the broker closed (slow consumer, shutdown).
@@ -439,6 +497,7 @@ async fn write<W: Encode>(
     mut sink: impl Sink<Message, Error = axum::Error> + Unpin,
     outbox: Arc<Outbox>,
     always_binary: bool,
+    counts: Writer,
 ) {
     let mut batch = VecDeque::new();
     let mut wire = W::default();
@@ -451,8 +510,10 @@ async fn write<W: Encode>(
             if sink.send(W::heartbeat()).await.is_err() {
                 return;
             }
+            counts.heartbeat();
             continue;
         }
+        counts.batch(&batch);
         for item in batch.drain(..) {
             if let Outgoing::Close(reason) = item {
                 // After the client's own close this only flushes the echo tungstenite queued.
@@ -549,7 +610,7 @@ mod tests {
         let mut settings = Settings::default();
         settings.jwt.secret = "websocket-driver-secret-of-32-bytes".into();
         let auth = Authenticator::new(&settings.jwt, &settings.auth).expect("valid test settings");
-        Broker::new(settings, auth)
+        Broker::new(settings, auth, Arc::default())
     }
 
     impl Client {

@@ -50,7 +50,7 @@ async fn unknown_api_paths_get_a_json_404_that_names_the_path() {
 #[tokio::test]
 async fn the_servers_own_paths_never_fall_back_to_the_ui() {
     let server = with_ui().await;
-    for path in ["/ws/nothing", "/sse", "/sse/other", "/metrics", "/healthz/x", "/readyz/y"] {
+    for path in ["/ws/nothing", "/sse", "/sse/other", "/metrics/x", "/healthz/x", "/readyz/y"] {
         let (status, body) = server.get(path).await;
         assert_eq!(status, 404, "{path}: {body}");
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -61,7 +61,7 @@ async fn the_servers_own_paths_never_fall_back_to_the_ui() {
     assert_eq!((status, body.contains("TaskPulse UI")), (200, true), "{body}");
     let data = tempfile::tempdir().unwrap();
     let bare = TestServer::start(data.path(), &data.path().join("no-ui"), |_| {}).await;
-    assert_eq!(bare.get("/metrics").await.0, 404, "without a UI build too");
+    assert_eq!(bare.get("/metrics/x").await.0, 404, "without a UI build too");
     bare.stop().await;
     server.stop().await;
 }

@@ -8,6 +8,7 @@ mod fixture;
 mod hardening;
 mod http;
 mod json;
+mod metrics;
 mod replay;
 mod restart;
 mod sockjs;

@@ -46,6 +46,7 @@ use crate::{
     AppState,
     broker::{Broker, Session, TransportInfo},
     config::SockJsSettings,
+    metrics::Transport,
     transport::websocket::serve_with,
 };
 
@@ -118,6 +119,7 @@ impl SockJsSessions {
         let socket = HttpSocket { inbound: inbound_rx, out: out.clone() };
         let info = TransportInfo {
             peer: peer.map_or_else(|| "unknown".into(), |p| p.to_string()),
+            transport: Transport::SockJsHttp,
             ..TransportInfo::default()
         };
         tokio::spawn(serve_with::<Session, SockJsWriter>(socket, broker.clone(), info));

@@ -36,6 +36,7 @@ use super::{
 use crate::{
     AppState,
     broker::{Outgoing, Session, TransportInfo},
+    metrics::Transport,
 };
 
 /// Whether a SockJS server or session id is one this server accepts (the protocol: not
@@ -174,7 +175,11 @@ fn raw(
         Ok(ws) => ws,
         Err(refused) => return refused,
     };
-    let info = TransportInfo { peer: peer_name(peer), ..TransportInfo::default() };
+    let info = TransportInfo {
+        peer: peer_name(peer),
+        transport: Transport::SockJsWebSocket,
+        ..TransportInfo::default()
+    };
     let broker = state.broker.clone();
     ws.on_upgrade(move |socket| async move {
         let mut socket = socket;
