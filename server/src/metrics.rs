@@ -9,7 +9,7 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -26,6 +26,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 use serde::Serialize;
+use taskpulse_shared::stomp::Command;
 
 /// Most label sets one family keeps; later new ones are counted under `other`.
 pub const MAX_SERIES: usize = 256;
@@ -162,6 +163,8 @@ pub struct Metrics {
     disconnects: Labelled<Counter>,
     auth: Labelled<Counter>,
     frames_in: Labelled<Counter>,
+    /// `frames_in`'s STOMP series, by `Command::ALL` index, looked up on first use.
+    stomp_in: [OnceLock<Counter>; Command::ALL.len()],
     frames_out: Labelled<Counter>,
     errors: Labelled<Counter>,
     slow_consumers: Counter,
@@ -188,6 +191,7 @@ impl Default for Metrics {
             disconnects: Labelled::new(),
             auth: Labelled::new(),
             frames_in: Labelled::new(),
+            stomp_in: Default::default(),
             frames_out: Labelled::new(),
             errors: Labelled::new(),
             slow_consumers: Counter::default(),
@@ -264,9 +268,19 @@ impl Metrics {
         self.auth.get(&[("outcome", outcome)]).inc();
     }
 
-    /// A client frame or message of `kind` (a STOMP command, a JSON `type`) arrived.
+    /// A client message of `kind` (a JSON `type`) arrived.
     pub fn received(&self, protocol: &'static str, kind: &'static str) {
         self.frames_in.get(&[("protocol", protocol), ("kind", kind)]).inc();
+    }
+
+    /// A STOMP frame arrived (the per-frame path: one atomic add after the first).
+    pub fn received_stomp(&self, command: Command) {
+        let index = Command::ALL.iter().position(|c| *c == command).unwrap_or(0);
+        self.stomp_in[index]
+            .get_or_init(|| {
+                self.frames_in.get(&[("protocol", "stomp"), ("kind", command.as_str())])
+            })
+            .inc();
     }
 
     /// The counter of frames of `kind` written to clients of `protocol` (a writer looks

@@ -270,7 +270,7 @@ impl Session {
     }
 
     fn on_frame(&mut self, frame: Frame) -> Flow {
-        self.broker.metrics().received("stomp", frame.command.as_str());
+        self.broker.metrics().received_stomp(frame.command);
         let receipt = frame.header("receipt").map(str::to_owned);
         if let Some(id) = &receipt
             && let Some(connected) = &self.connected
