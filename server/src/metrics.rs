@@ -691,4 +691,50 @@ mod tests {
         assert_eq!(stats.authentication.success_rate, Some(0.5));
         assert_eq!(stats.connections.by_transport["stomp"], 1);
     }
+
+    #[test]
+    fn every_series_the_grafana_dashboard_queries_exists() {
+        let metrics = Arc::new(Metrics::default());
+        {
+            let open = metrics.open(Transport::Sse);
+            open.end("slow-consumer", true);
+        }
+        metrics.authentication("success");
+        metrics.received_stomp(Command::Send);
+        metrics.sent_counter("stomp", "message").inc();
+        metrics.fanned_out(3, 1);
+        metrics.caught_up("replay", 2);
+        metrics.log_pruned(1, 5);
+        metrics.task_status("demo", None, "queued", false);
+        metrics.task_status("demo", Some("queued"), "completed", true);
+        metrics.task_started("demo", Duration::from_millis(5));
+        metrics.task_ended("demo", "completed", Duration::from_millis(50));
+        metrics.storage("append", Duration::from_millis(1), true);
+        let text = metrics.prometheus();
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/grafana/taskpulse.json"))
+                .expect("the dashboard is JSON");
+        let mut names = Vec::new();
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().expect("targets") {
+                let expr = target["expr"].as_str().expect("expr");
+                let mut rest = expr;
+                while let Some(at) = rest.find("taskpulse_") {
+                    let name: String = rest[at..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    rest = &rest[at + name.len()..];
+                    names.push(name);
+                }
+            }
+        }
+        assert!(names.len() > 15, "{names:?}");
+        for name in names {
+            let sampled = text.lines().any(|line| {
+                line.strip_prefix(name.as_str()).is_some_and(|r| r.starts_with(['{', ' ']))
+            });
+            assert!(sampled, "the dashboard queries {name}, which /metrics does not have:\n{text}");
+        }
+    }
 }
