@@ -101,12 +101,16 @@ TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the fil
                                are refused (every resolved address and redirect hop)
   max_active_per_user = 100    unfinished tasks one user may have; more get 429
   submissions_per_minute = 120  tasks one user may submit per minute; more get 429
+  stall_timeout_s = 300        a running task (or an external one, in any unfinished status)
+                               that reports no progress for this long fails as stalled: its
+                               executor's work is stopped and its credits refunded (0: never)
 
 [demo]
   concurrency = 2          demo tasks running at once; the rest wait in a queue
   duration_ms = 3000       how long one demo task takes (0: as fast as possible)
   steps = 10               progress steps per demo task
   size = 512               long edge of the rendered PNG, pixels
+  stall_timeout_s = 0      tasks.stall_timeout_s for demo tasks (0: that one)
 
 [comfyui]
   url = \"\"                 base URL of a ComfyUI server, e.g. \"http://127.0.0.1:8188\";
@@ -122,6 +126,7 @@ TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the fil
   reconnect_max_ms = 30000  longest wait between reconnects to ComfyUI's WebSocket
   liveness_ms = 15000      ping ComfyUI's WebSocket after this much silence; one that stays
                            silent as long again is taken for dead and replaced
+  stall_timeout_s = 0      tasks.stall_timeout_s for ComfyUI tasks (0: that one)
 
 [credits]
   enabled = false          charge credits per task (reserved on submit, refunded on failure)
@@ -397,6 +402,21 @@ impl Settings {
         }
         if self.sockjs.stream_bytes < 4096 {
             return Err(invalid("sockjs.stream_bytes", "must be at least 4096 bytes"));
+        }
+        let demo_stall = match self.demo.stall_timeout_s {
+            0 => self.tasks.stall_timeout_s,
+            own => own,
+        };
+        let demo_gap = self.demo.duration_ms / u64::from(self.demo.steps.max(1));
+        if demo_stall > 0 && demo_gap >= demo_stall.saturating_mul(1000) {
+            return Err(invalid(
+                "demo.stall_timeout_s/tasks.stall_timeout_s",
+                &format!(
+                    "demo tasks report progress every {demo_gap} ms (demo.duration_ms / \
+                     demo.steps), so a stall timeout of {demo_stall} s would fail every one; \
+                     raise it, set it to 0, or add steps"
+                ),
+            ));
         }
         if self.limits.frame_size < 1024 {
             return Err(invalid("limits.frame_size", "must be at least 1024 bytes"));
@@ -699,6 +719,8 @@ pub struct TaskSettings {
     pub max_active_per_user: u32,
     /// Submissions per user per minute.
     pub submissions_per_minute: u32,
+    /// Silence after which a task fails as stalled; 0 for never.
+    pub stall_timeout_s: u64,
 }
 
 impl Default for TaskSettings {
@@ -714,6 +736,7 @@ impl Default for TaskSettings {
             image_fetch_allow: Vec::new(),
             max_active_per_user: 100,
             submissions_per_minute: 120,
+            stall_timeout_s: 300,
         }
     }
 }
@@ -730,11 +753,13 @@ pub struct DemoSettings {
     pub steps: u32,
     /// Long edge of the image.
     pub size: u32,
+    /// `tasks.stall_timeout_s` for demo tasks; 0 for that one.
+    pub stall_timeout_s: u64,
 }
 
 impl Default for DemoSettings {
     fn default() -> Self {
-        DemoSettings { concurrency: 2, duration_ms: 3000, steps: 10, size: 512 }
+        DemoSettings { concurrency: 2, duration_ms: 3000, steps: 10, size: 512, stall_timeout_s: 0 }
     }
 }
 
@@ -762,6 +787,8 @@ pub struct ComfyUiSettings {
     pub reconnect_max_ms: u64,
     /// Silence before a ping, and after it before the socket is replaced.
     pub liveness_ms: u64,
+    /// `tasks.stall_timeout_s` for ComfyUI tasks; 0 for that one.
+    pub stall_timeout_s: u64,
 }
 
 impl Default for ComfyUiSettings {
@@ -775,6 +802,7 @@ impl Default for ComfyUiSettings {
             timeout_s: 600,
             reconnect_max_ms: 30_000,
             liveness_ms: 15_000,
+            stall_timeout_s: 0,
         }
     }
 }
@@ -1003,6 +1031,8 @@ mod tests {
             "{bad}"
         );
         assert!(err(&[("TASKPULSE_JWT_ALGORITHM", "none")]).contains("jwt.algorithm"));
+        let stall = err(&[("TASKPULSE_DEMO_DURATION_MS", "600000"), ("TASKPULSE_DEMO_STEPS", "1")]);
+        assert!(stall.contains("demo.stall_timeout_s") && stall.contains("600000 ms"), "{stall}");
         let cors = err(&[("TASKPULSE_API_CORS_ORIGINS", r#"["localhost:5173"]"#)]);
         assert!(cors.contains("api.cors_origins") && cors.contains("localhost:5173"), "{cors}");
         Jail::expect_with(|jail| {

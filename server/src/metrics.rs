@@ -176,6 +176,7 @@ pub struct Metrics {
     log_pruned: Counter,
     tasks: Labelled<Gauge>,
     tasks_ended: Labelled<Counter>,
+    tasks_stalled: Labelled<Counter>,
     queue_wait: Labelled<Histogram>,
     task_duration: Labelled<Histogram>,
     storage: Labelled<Histogram>,
@@ -203,6 +204,7 @@ impl Default for Metrics {
             log_pruned: Counter::default(),
             tasks: Labelled::new(),
             tasks_ended: Labelled::new(),
+            tasks_stalled: Labelled::new(),
             queue_wait: Labelled::with(task_histogram),
             task_duration: Labelled::with(task_histogram),
             storage: Labelled::with(storage_histogram),
@@ -328,6 +330,11 @@ impl Metrics {
         }
     }
 
+    /// A task of `executor` failed as stalled (also counted as `failed`).
+    pub fn task_stalled(&self, executor: &str) {
+        self.tasks_stalled.get(&[("executor", executor)]).inc();
+    }
+
     /// A task of `executor` waited `waited` in its queue before it started.
     pub fn task_started(&self, executor: &str, waited: Duration) {
         self.queue_wait.get(&[("executor", executor)]).observe(waited.as_secs_f64());
@@ -421,6 +428,11 @@ impl Metrics {
             self.tasks_ended.family(),
         );
         r.register(
+            "tasks_stalled",
+            "Tasks failed because their executor or worker went silent (tasks.stall_timeout_s)",
+            self.tasks_stalled.family(),
+        );
+        r.register(
             "storage_errors",
             "Storage operations that failed, by operation",
             self.storage_errors.family(),
@@ -486,6 +498,11 @@ impl Metrics {
             let entry = tasks.entry(label(&labels, "executor")).or_default();
             let ended = i64::try_from(counter.get()).unwrap_or(i64::MAX);
             *entry.entry(label(&labels, "status")).or_insert(0) += ended;
+        }
+        for (labels, counter) in self.tasks_stalled.series() {
+            let entry = tasks.entry(label(&labels, "executor")).or_default();
+            *entry.entry("stalled".into()).or_insert(0) +=
+                i64::try_from(counter.get()).unwrap_or(i64::MAX);
         }
         let catch_ups = by(&self.catch_ups, "kind");
         let errors = by(&self.errors, "code");

@@ -160,6 +160,9 @@ struct LiveState {
     since: Instant,
     /// When it started processing (for its duration).
     started: Option<Instant>,
+    /// When its executor or worker last reported (any progress, even one coalescing held
+    /// back), or it last changed; the stall watchdog measures silence from here.
+    last_report: Instant,
 }
 
 impl TaskService {
@@ -326,6 +329,7 @@ impl TaskService {
                 announced_position: None,
                 since: Instant::now(),
                 started: None,
+                last_report: Instant::now(),
             }),
             cancelled: Notify::new(),
         });
@@ -334,7 +338,11 @@ impl TaskService {
         if active >= limit {
             return Err(active);
         }
-        tasks.insert(current.task_no, live.clone());
+        tasks.insert(current.task_no.clone(), live.clone());
+        drop(tasks);
+        if let Some(timeout) = self.stall_timeout(lane) {
+            tokio::spawn(self.clone().watch(current.task_no, timeout));
+        }
         Ok(live)
     }
 
@@ -379,6 +387,7 @@ impl TaskService {
             }
         }
         state.last_push = Instant::now();
+        state.last_report = state.last_push;
         if next.status.is_terminal() {
             state.pending = None;
             self.inner.live.lock().remove(&next.task_no);
@@ -430,6 +439,7 @@ impl TaskService {
         if state.current.status != TaskStatus::Processing {
             return;
         }
+        state.last_report = Instant::now();
         let next = TaskProgressDto::new(task_no, TaskStatus::Processing, percent, message);
         let interval = Duration::from_millis(self.inner.settings.tasks.progress_interval_ms);
         if state.last_push.elapsed() >= interval {
@@ -508,6 +518,62 @@ impl TaskService {
                 let failed = TaskProgressDto::failed(task_no, last, reason);
                 self.transition(TaskChange::Update(failed)).await;
             }
+        }
+    }
+
+    /// How long tasks of `lane` (`None`: external) may stay silent; `None` for ever.
+    fn stall_timeout(&self, lane: Option<&'static str>) -> Option<Duration> {
+        let settings = &self.inner.settings;
+        let own = match lane {
+            Some(DemoExecutor::NAME) => settings.demo.stall_timeout_s,
+            Some(ComfyUiExecutor::NAME) => settings.comfyui.stall_timeout_s,
+            _ => 0,
+        };
+        let seconds = if own > 0 { own } else { settings.tasks.stall_timeout_s };
+        (seconds > 0).then(|| Duration::from_secs(seconds))
+    }
+
+    /// Ends the task as stalled once it has been silent for `timeout`: a task running on an
+    /// executor, or an external task in any unfinished status (its worker may have died).
+    /// Queued tasks are waiting, not stalled.
+    async fn watch(self, task_no: String, timeout: Duration) {
+        let mut due = Instant::now() + timeout;
+        loop {
+            tokio::time::sleep_until(due).await;
+            let Some(live) = self.live(&task_no) else { return };
+            let mut state = live.state.lock().await;
+            if state.current.status.is_terminal() {
+                return;
+            }
+            let watched = live.lane.is_none() || state.current.status == TaskStatus::Processing;
+            let silent_until = state.last_report + timeout;
+            if !watched || silent_until > Instant::now() {
+                due = if watched { silent_until } else { Instant::now() + timeout };
+                continue;
+            }
+            let who = match live.lane {
+                Some(lane) => format!("the {lane} executor"),
+                None => "the task's worker".to_owned(),
+            };
+            let why = format!(
+                "stalled: {who} reported no progress for {} s (tasks.stall_timeout_s); the \
+                 task was stopped",
+                timeout.as_secs()
+            );
+            tracing::warn!(task = %task_no, "{why}");
+            let end = TaskProgressDto::failed(&task_no, state.current.progress, why);
+            state.pending = None;
+            if !self.apply(&live, &mut state, TaskChange::Update(end), false).await {
+                return;
+            }
+            drop(state);
+            self.inner.metrics.task_stalled(live.executor());
+            if let Some(lane) = live.lane {
+                self.inner.lanes[lane].remove(&task_no);
+            }
+            // The running executor's work is stopped as a cancel stops it.
+            live.cancelled.notify_one();
+            return;
         }
     }
 

@@ -146,6 +146,31 @@ async fn image_to_image_uploads_the_input_and_cancel_interrupts() {
 }
 
 #[tokio::test]
+async fn a_comfyui_node_that_goes_silent_fails_its_task_as_stalled_and_is_interrupted() {
+    let sim = ComfySim::start().await;
+    let (server, token, mut client) =
+        setup_with(sim.url(), |c| c.settings.comfyui.stall_timeout_s = 1).await;
+    wait_connected(&sim, 1).await;
+    let task_no = server.api().submit(&token, "silent").await;
+    let end = client.updates_until_done(&task_no).await.pop().unwrap();
+    assert_eq!(end.status, TaskStatus::Failed, "{end:?}");
+    let why = end.error_message.as_deref().unwrap();
+    assert!(why.starts_with("stalled: the comfyui executor reported no progress for 1 s"), "{why}");
+    for _ in 0..100 {
+        if !sim.state.interrupted.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(sim.state.interrupted.lock().unwrap().len(), 1, "ComfyUI was told to stop it");
+    // The executor is free again: the next prompt runs to its end.
+    let next = server.api().submit(&token, "a lighthouse").await;
+    let end = client.updates_until_done(&next).await.pop().unwrap();
+    assert_eq!(end.status, TaskStatus::Completed, "{end:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn an_unreachable_comfyui_fails_tasks_with_a_clear_error() {
     // Bind and drop a listener: a loopback port nobody listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

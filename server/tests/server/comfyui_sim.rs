@@ -24,7 +24,8 @@
 //! server path), "disconnect" closes the WebSocket half-way and finishes while the client
 //! is away, "hang" runs until interrupted or `release`, "twice" has a second sampler,
 //! "float" reports fractional progress, "cached" finds its output node cached, "forget"
-//! vanishes half-way as a restarted ComfyUI forgets its queue.
+//! vanishes half-way as a restarted ComfyUI forgets its queue, "silent" hangs in a node
+//! without a word until interrupted.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -287,6 +288,22 @@ async fn execute(state: &Arc<SimState>, job: &Queued) {
         );
         finished.push((node, 1.0, 1.0, "finished"));
         send(state, client, "progress_state", progress_state(&id, &finished));
+    }
+    if text.contains("silent") {
+        // A node that hangs without a word: no progress, no end, until interrupted.
+        loop {
+            pause().await;
+            if state.interrupt_now.swap(false, Ordering::Relaxed) {
+                lock(&state.interrupted).push(id.clone());
+                send(
+                    state,
+                    client,
+                    "execution_interrupted",
+                    json!({"prompt_id": id, "node_id": "3", "node_type": "KSampler", "executed": []}),
+                );
+                return;
+            }
+        }
     }
     let hang = text.contains("hang");
     let samplers: &[&str] = if text.contains("twice") { &["3", "10"] } else { &["3"] };

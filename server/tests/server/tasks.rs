@@ -627,3 +627,70 @@ async fn registration_can_be_disabled() {
     assert!(answer["error"].as_str().unwrap().contains("accounts.registration"), "{answer}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_task_whose_worker_goes_silent_fails_as_stalled_and_is_refunded() {
+    let server = TestServer::stomp(|c| {
+        fast(c);
+        c.settings.tasks.stall_timeout_s = 1;
+        c.settings.credits.enabled = true;
+        c.settings.credits.initial = 5;
+        c.settings.credits.external = 2;
+    })
+    .await;
+    let api = server.api();
+    let token = api.register("alice").await;
+    let mut client = subscriber(&server, &token).await;
+    let credits =
+        || async { api.get("/api/me", Some(&token)).await.1["credits"].as_i64().unwrap() };
+    let (status, answer) = api
+        .post("/api/tasks", Some(&token), json!({"kind": "external", "description": "export"}))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let task_no = answer["taskNo"].as_str().unwrap().to_owned();
+    assert_eq!(credits().await, 3, "reserved on submit");
+    // The worker reports twice, 0.6 s apart (within the timeout), then dies.
+    let progress = format!("/api/tasks/{task_no}/progress");
+    for report in [json!({"status": "processing", "progress": 10}), json!({"progress": 40})] {
+        let (status, answer) = api.post_as_backend(&progress, BACKEND_KEY, report).await;
+        assert_eq!(status, 200, "{answer}");
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    }
+    let started = std::time::Instant::now();
+    let end = client.updates_until_done(&task_no).await.pop().unwrap();
+    assert_eq!((end.status, end.progress), (TaskStatus::Failed, 40), "{end:?}");
+    let why = end.error_message.as_deref().unwrap();
+    assert!(why.starts_with("stalled: the task's worker reported no progress for 1 s"), "{why}");
+    assert!(why.contains("tasks.stall_timeout_s"), "{why}");
+    // Reports kept it alive: it ended about 1 s after the last one, not after the first.
+    assert!(started.elapsed() >= std::time::Duration::from_millis(200), "{:?}", started.elapsed());
+    assert_eq!(credits().await, 5, "refunded");
+    let (status, _) = api.post_as_backend(&progress, BACKEND_KEY, json!({"progress": 50})).await;
+    assert_eq!(status, 409, "a stalled task stays ended");
+    let (_, details) = api.get(&format!("/api/tasks/{task_no}"), Some(&token)).await;
+    assert_eq!(details["status"], "failed", "{details}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn queued_tasks_wait_without_stalling() {
+    let server = TestServer::stomp(|c| {
+        fast(c);
+        c.settings.tasks.stall_timeout_s = 1;
+        c.settings.demo.duration_ms = 1500;
+        c.settings.demo.steps = 6;
+        c.settings.demo.concurrency = 1;
+    })
+    .await;
+    let api = server.api();
+    let token = api.register("alice").await;
+    let mut client = subscriber(&server, &token).await;
+    // The second waits 1.5 s in the queue, longer than the stall timeout.
+    let first = api.submit(&token, "first").await;
+    let second = api.submit(&token, "second").await;
+    for task_no in [first, second] {
+        let end = client.updates_until_done(&task_no).await.pop().unwrap();
+        assert_eq!(end.status, TaskStatus::Completed, "{end:?}");
+    }
+    server.stop().await;
+}
