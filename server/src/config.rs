@@ -101,6 +101,8 @@ TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the fil
                                are refused (every resolved address and redirect hop)
   max_active_per_user = 100    unfinished tasks one user may have; more get 429
   submissions_per_minute = 120  tasks one user may submit per minute; more get 429
+  events_retention_s = 604800  GET /api/tasks/{taskNo}/events keeps a task's updates this
+                               long (then says \"pruned\": true); 0: forever
   stall_timeout_s = 300        a running task (or an external one, in any unfinished status)
                                that reports no progress for this long fails as stalled: its
                                executor's work is stopped and its credits refunded (0: never)
@@ -721,6 +723,8 @@ pub struct TaskSettings {
     pub submissions_per_minute: u32,
     /// Silence after which a task fails as stalled; 0 for never.
     pub stall_timeout_s: u64,
+    /// How long task events are kept; 0 for ever.
+    pub events_retention_s: u64,
 }
 
 impl Default for TaskSettings {
@@ -737,6 +741,7 @@ impl Default for TaskSettings {
             max_active_per_user: 100,
             submissions_per_minute: 120,
             stall_timeout_s: 300,
+            events_retention_s: 7 * 86_400,
         }
     }
 }

@@ -174,6 +174,7 @@ pub struct Metrics {
     catch_ups: Labelled<Counter>,
     log_entries: Gauge,
     log_pruned: Counter,
+    events_pruned: Counter,
     tasks: Labelled<Gauge>,
     tasks_ended: Labelled<Counter>,
     tasks_stalled: Labelled<Counter>,
@@ -202,6 +203,7 @@ impl Default for Metrics {
             catch_ups: Labelled::new(),
             log_entries: Gauge::default(),
             log_pruned: Counter::default(),
+            events_pruned: Counter::default(),
             tasks: Labelled::new(),
             tasks_ended: Labelled::new(),
             tasks_stalled: Labelled::new(),
@@ -318,6 +320,11 @@ impl Metrics {
         self.log_entries.set(i64::try_from(left).unwrap_or(i64::MAX));
     }
 
+    /// `removed` task events went by `tasks.events_retention_s`.
+    pub fn task_events_pruned(&self, removed: u64) {
+        self.events_pruned.inc_by(removed);
+    }
+
     /// A task of `executor` entered `status` (from `from`, if it had one).
     pub fn task_status(&self, executor: &str, from: Option<&str>, status: &str, terminal: bool) {
         if let Some(from) = from {
@@ -420,6 +427,11 @@ impl Metrics {
             "user_log_pruned",
             "Entries pruned from the per-user log",
             self.log_pruned.clone(),
+        );
+        r.register(
+            "task_events_pruned",
+            "Task events deleted by tasks.events_retention_s",
+            self.events_pruned.clone(),
         );
         r.register("tasks", "Unfinished tasks by executor and status", self.tasks.family());
         r.register(

@@ -316,6 +316,17 @@ pub struct TaskEvent {
     pub progress: TaskProgressDto,
 }
 
+/// Body of `GET /api/tasks/{taskNo}/events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskEvents {
+    /// The updates kept, oldest first.
+    pub events: Vec<TaskEvent>,
+    /// Older updates were deleted by the server's retention (`tasks.events_retention_s`):
+    /// the list does not start at `created`.
+    pub pruned: bool,
+}
+
 /// Body of `POST /api/tasks/{taskNo}/progress`: an external worker's report. Absent fields
 /// keep their value.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

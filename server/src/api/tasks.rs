@@ -14,7 +14,7 @@ use taskpulse_shared::{
     TaskProgressDto,
     dto::{
         ProgressReport, PublishOutcome, PublishRequest, Published, SubmitTaskRequest, TaskDetails,
-        TaskEvent, TaskPage, TaskStatus, TaskSubmitted,
+        TaskEvents, TaskPage, TaskStatus, TaskSubmitted,
     },
 };
 
@@ -88,7 +88,7 @@ pub(super) async fn events(
     State(state): State<AppState>,
     user: User,
     Path(raw): Path<String>,
-) -> Result<Json<Vec<TaskEvent>>, AppError> {
+) -> Result<Json<TaskEvents>, AppError> {
     Ok(Json(state.tasks.events(&user.name, &task_no(raw)?).await?))
 }
 

@@ -70,6 +70,10 @@ impl Storage for Metered {
         timed(&self.metrics, "prune_log", self.inner.prune_log(before, keep)).await
     }
 
+    async fn prune_events(&self, before: i64) -> Result<u64, StorageError> {
+        timed(&self.metrics, "prune_events", self.inner.prune_events(before)).await
+    }
+
     async fn log_size(&self) -> Result<u64, StorageError> {
         timed(&self.metrics, "log_size", self.inner.log_size()).await
     }

@@ -260,6 +260,9 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// restarts.
     async fn prune_log(&self, before: i64, keep: u32) -> Result<u64, StorageError>;
 
+    /// Forgets task events stored before `before` (ms); returns how many went.
+    async fn prune_events(&self, before: i64) -> Result<u64, StorageError>;
+
     /// How many entries every user's log holds together.
     async fn log_size(&self) -> Result<u64, StorageError>;
 

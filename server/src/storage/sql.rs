@@ -333,6 +333,14 @@ impl Storage for SqlStorage {
         Ok(old.rows_affected() + many.rows_affected())
     }
 
+    async fn prune_events(&self, before: i64) -> Result<u64, StorageError> {
+        let done = sqlx::query("DELETE FROM task_events WHERE at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn log_size(&self) -> Result<u64, StorageError> {
         let count: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM user_log").fetch_one(&self.pool).await?;

@@ -27,7 +27,7 @@ pub use snapshots::TaskSnapshots;
 use taskpulse_shared::{
     TaskProgressDto,
     dto::{
-        ProgressReport, SubmitTaskRequest, TaskDetails, TaskEvent, TaskKind, TaskPage, TaskStatus,
+        ProgressReport, SubmitTaskRequest, TaskDetails, TaskEvents, TaskKind, TaskPage, TaskStatus,
     },
 };
 use tokio::{sync::Notify, time::Instant};
@@ -203,6 +203,11 @@ impl TaskService {
         for lane in service.inner.lanes.values() {
             tokio::spawn(service.clone().dispatch(lane.clone()));
             tokio::spawn(service.clone().announce_positions(lane.clone()));
+        }
+        if let Some(retention) = (service.inner.settings.tasks.events_retention_s > 0)
+            .then(|| Duration::from_secs(service.inner.settings.tasks.events_retention_s))
+        {
+            tokio::spawn(prune_events(Arc::downgrade(&service.inner), retention));
         }
         service.recover().await?;
         Ok(service)
@@ -720,13 +725,15 @@ impl TaskService {
     ///
     /// # Errors
     /// [`TaskError::NotFound`] for a missing task or another user's.
-    pub async fn events(&self, owner: &str, task_no: &str) -> Result<Vec<TaskEvent>, TaskError> {
+    pub async fn events(&self, owner: &str, task_no: &str) -> Result<TaskEvents, TaskError> {
         self.owned(owner, task_no).await?;
         let mut events = self.inner.storage.events(task_no).await?;
         for event in &mut events {
             event.progress = self.inner.results.signed(&event.progress);
         }
-        Ok(events)
+        // Every task's history starts with `created`; a list that does not lost its start.
+        let pruned = events.first().is_none_or(|e| e.progress.status != TaskStatus::Created);
+        Ok(TaskEvents { events, pruned })
     }
 
     /// Cancels a task: it ends `failed` with errorMessage `cancelled` (credits refunded) and
@@ -795,6 +802,22 @@ impl TaskService {
             return Err(TaskError::Conflict(format!("task {task_no} already ended")));
         }
         Ok(next)
+    }
+}
+
+/// Deletes task events older than `retention`, every minute (or every half retention, if
+/// shorter), while the service lives.
+async fn prune_events(inner: std::sync::Weak<Inner>, retention: Duration) {
+    let every = (retention / 2).clamp(Duration::from_millis(500), Duration::from_secs(60));
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let before =
+            now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        match inner.storage.prune_events(before).await {
+            Ok(removed) => inner.metrics.task_events_pruned(removed),
+            Err(e) => tracing::warn!("cannot prune task events: {e}"),
+        }
     }
 }
 

@@ -80,13 +80,18 @@ async fn kill_9_and_run_again(env: &[(&str, &str)]) {
     }
     // The owner was told why the running task started over.
     let (_, events) = api.get(&format!("/api/tasks/{}/events", tasks[0]), Some(&token)).await;
-    let messages: Vec<&str> =
-        events.as_array().unwrap().iter().map(|e| e["message"].as_str().unwrap()).collect();
+    let messages: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
     assert!(
         messages.iter().any(|m| m.contains("server restarted while this task ran")),
         "{messages:#?}"
     );
-    let statuses: Vec<&Value> = events.as_array().unwrap().iter().map(|e| &e["status"]).collect();
+    let statuses: Vec<&Value> =
+        events["events"].as_array().unwrap().iter().map(|e| &e["status"]).collect();
     assert_eq!(statuses.last().unwrap().as_str(), Some("completed"));
     drop(second);
 }

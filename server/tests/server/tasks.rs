@@ -99,8 +99,13 @@ async fn every_status_to_a_png(server: &TestServer) -> (String, Vec<u8>) {
     assert!(details["finishedAt"].as_i64().unwrap() >= details["createdAt"].as_i64().unwrap());
 
     let (_, events) = api.get(&format!("/api/tasks/{task_no}/events"), Some(&token)).await;
-    let history: Vec<&str> =
-        events.as_array().unwrap().iter().map(|e| e["status"].as_str().unwrap()).collect();
+    assert_eq!(events["pruned"], false, "{events}");
+    let history: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["status"].as_str().unwrap())
+        .collect();
     assert_eq!(history.first(), Some(&"created"));
     assert_eq!(history.last(), Some(&"completed"));
     assert_eq!(history.len(), updates.len(), "every push is in the history: {history:?}");
@@ -692,5 +697,38 @@ async fn queued_tasks_wait_without_stalling() {
         let end = client.updates_until_done(&task_no).await.pop().unwrap();
         assert_eq!(end.status, TaskStatus::Completed, "{end:?}");
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn task_events_are_kept_for_the_retention_and_the_answer_says_when_some_went() {
+    let server = TestServer::stomp(|c| {
+        fast(c);
+        c.settings.tasks.events_retention_s = 1;
+    })
+    .await;
+    let api = server.api();
+    let token = api.register("alice").await;
+    let mut client = subscriber(&server, &token).await;
+    let task_no = api.submit(&token, "short-lived history").await;
+    client.updates_until_done(&task_no).await;
+    let path = format!("/api/tasks/{task_no}/events");
+    let (_, fresh) = api.get(&path, Some(&token)).await;
+    assert_eq!(fresh["pruned"], false, "{fresh}");
+    assert_eq!(fresh["events"][0]["status"], "created", "{fresh}");
+    // Past the retention (pruned every half retention here), the history is gone and the
+    // answer says so; the task itself stays.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let old = loop {
+        let (_, old) = api.get(&path, Some(&token)).await;
+        if old["events"].as_array().unwrap().is_empty() || tokio::time::Instant::now() > deadline {
+            break old;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(old["pruned"], true, "{old}");
+    assert_eq!(old["events"], json!([]), "{old}");
+    let (status, details) = api.get(&format!("/api/tasks/{task_no}"), Some(&token)).await;
+    assert_eq!((status, details["status"].as_str()), (200, Some("completed")));
     server.stop().await;
 }
