@@ -165,6 +165,12 @@ TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the fil
                            the sockjs-client script /ws/iframe.html loads (the iframe-based
                            transports of old browsers); point it at a local copy offline
 
+[server]
+  drain_timeout_s = 30     on SIGTERM or ctrl-c: new connections and tasks are refused at
+                           once, running tasks get this long to finish (their clients see
+                           them end), then sessions are closed; what is left starts again on
+                           the next start
+
 [metrics]
   enabled = true           GET /metrics answers in the Prometheus text format (false: 404)
   token = \"\"               when set, GET /metrics requires Authorization: Bearer <token>
@@ -371,6 +377,8 @@ pub struct Settings {
     pub sockjs: SockJsSettings,
     /// `GET /metrics`.
     pub metrics: MetricsSettings,
+    /// Stopping.
+    pub server: ServerSettings,
 }
 
 impl Settings {
@@ -883,6 +891,20 @@ pub struct ApiSettings {
 impl Default for ApiSettings {
     fn default() -> Self {
         ApiSettings { keys: Vec::new(), cors_origins: Vec::new(), body_limit: 1024 * 1024 }
+    }
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// How long a SIGTERM waits for running tasks.
+    pub drain_timeout_s: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings { drain_timeout_s: 30 }
     }
 }
 

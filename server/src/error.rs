@@ -124,6 +124,7 @@ impl From<TaskError> for AppError {
             TaskError::Limited { retry_after, .. } => {
                 AppError::TooManyRequests { message: error.to_string(), retry_after }
             }
+            TaskError::ShuttingDown => AppError::Unavailable(error.to_string()),
             TaskError::Storage(e) => AppError::Internal(e.to_string()),
         }
     }

@@ -25,8 +25,8 @@ use std::{future::Future, io, sync::Arc, time::Duration};
 pub use config::{
     AccountSettings, ApiSettings, AuthSettings, AuthorizationSettings, Cli, ComfyUiSettings,
     Config, ConfigError, ConfigUser, CreditSettings, DemoSettings, JwtAlgorithm, JwtSettings,
-    LimitSettings, LogFormat, MetricsSettings, ReplaySettings, SETTINGS_HELP, Settings,
-    SockJsSettings, StompSettings, StorageSettings, TaskSettings,
+    LimitSettings, LogFormat, MetricsSettings, ReplaySettings, SETTINGS_HELP, ServerSettings,
+    Settings, SockJsSettings, StompSettings, StorageSettings, TaskSettings,
 };
 pub use error::AppError;
 use tokio::net::TcpListener;
@@ -203,8 +203,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How long open HTTP requests get to finish at shutdown.
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// Serves [`app`] on `listener` until `shutdown` completes; then tells every STOMP session
-/// that the server is shutting down and drains open requests.
+/// Serves [`app`] on `listener` until `shutdown` completes; then accepts no connection, lets
+/// running tasks finish (`server.drain_timeout_s`), tells every session that the server is
+/// shutting down and drains open requests.
 ///
 /// # Errors
 /// Accepting connections failed.
@@ -214,8 +215,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let broker = state.broker.clone();
-    let shutdown = async move {
-        shutdown.await;
+    let tasks = state.tasks.clone();
+    let drain_tasks = Duration::from_secs(state.config.settings.server.drain_timeout_s);
+    // Once the listener is closed: running tasks finish while their clients still watch,
+    // then the sessions hear why they close.
+    let closing = async move {
+        tasks.drain(drain_tasks).await;
         broker.shutdown("server is shutting down", SHUTDOWN_GRACE).await;
     };
     let limits = &state.config.settings.limits;
@@ -224,5 +229,5 @@ pub async fn run(
         header_timeout: Duration::from_millis(limits.header_timeout_ms),
     };
     let connections = state.connections.clone();
-    serve::serve(listener, app(state), connections, door, shutdown, DRAIN).await
+    serve::serve(listener, app(state), connections, door, shutdown, closing, DRAIN).await
 }

@@ -106,8 +106,9 @@ pub(crate) struct DoorLimits {
     pub(crate) header_timeout: Duration,
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then lets open requests finish
-/// (up to `drain`).
+/// Serves `app` on `listener` until `shutdown` completes, then closes the listener, awaits
+/// `closing` (open connections keep working meanwhile) and lets open requests finish (up to
+/// `drain`).
 ///
 /// # Errors
 /// The listener failed in a way that retrying cannot fix.
@@ -117,6 +118,7 @@ pub(crate) async fn serve(
     connections: Arc<Connections>,
     limits: DoorLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    closing: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
 ) -> io::Result<()> {
     // Dropping `stop` tells every connection to finish its request and close; each holds a
@@ -197,7 +199,9 @@ pub(crate) async fn serve(
             drop(done);
         });
     }
+    // New connections are refused from here on; open ones keep working while `closing` runs.
     drop(listener);
+    closing.await;
     drop(stop);
     drop(done);
     if tokio::time::timeout(drain, done_tx.closed()).await.is_err() {

@@ -1,12 +1,28 @@
 //! One executor with its queue: tasks wait in order until one of the executor's
 //! `concurrency` slots is free (the seed's semaphore that keeps the GPU from overloading).
 
-use std::{collections::VecDeque, sync::Arc};
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use parking_lot::Mutex;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::Executor;
+
+/// A task counted by [`Lane::running`] while it lives.
+#[derive(Debug)]
+pub(super) struct Running(Arc<Lane>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// An executor, its waiting tasks and its free slots.
 #[derive(Debug)]
@@ -14,6 +30,7 @@ pub(super) struct Lane {
     pub(super) executor: Arc<dyn Executor>,
     waiting: Mutex<VecDeque<String>>,
     slots: Arc<Semaphore>,
+    running: AtomicUsize,
     /// A task was queued.
     arrived: Notify,
     /// The queue changed: positions need announcing.
@@ -26,6 +43,7 @@ impl Lane {
             executor,
             waiting: Mutex::default(),
             slots: Arc::new(Semaphore::new(concurrency)),
+            running: AtomicUsize::new(0),
             arrived: Notify::new(),
             moved: Notify::new(),
         }
@@ -42,6 +60,17 @@ impl Lane {
     pub(super) fn push(&self, task_no: String) {
         self.waiting_queue().push_back(task_no);
         self.arrived.notify_one();
+    }
+
+    /// Tasks running now (the dispatcher's waiting permit is not one).
+    pub(super) fn running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    /// Counts a task as running until the guard drops.
+    pub(super) fn started(self: &Arc<Self>) -> Running {
+        self.running.fetch_add(1, Ordering::Relaxed);
+        Running(self.clone())
     }
 
     /// Waits for a free slot, then for a task; the slot is held until the permit drops.

@@ -79,6 +79,9 @@ pub enum TaskError {
         /// When trying again can succeed, if that is a matter of time.
         retry_after: Option<Duration>,
     },
+    /// The server is shutting down and takes no new task.
+    #[error("the server is shutting down and takes no new tasks; submit again in a moment")]
+    ShuttingDown,
     /// The database failed.
     #[error(transparent)]
     Storage(StorageError),
@@ -126,6 +129,8 @@ struct Inner {
     /// `tasks.submissions_per_minute`, per owner.
     submissions: crate::throttle::Throttle,
     metrics: Arc<Metrics>,
+    /// Set by [`TaskService::drain`]: no new task is accepted or started.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// A task that is not terminal yet.
@@ -198,6 +203,7 @@ impl TaskService {
                 live: Mutex::default(),
                 submissions,
                 metrics,
+                draining: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         for lane in service.inner.lanes.values() {
@@ -255,6 +261,9 @@ impl TaskService {
         owner: &str,
         request: SubmitTaskRequest,
     ) -> Result<String, TaskError> {
+        if self.draining() {
+            return Err(TaskError::ShuttingDown);
+        }
         validate(&request, self.inner.settings.tasks.max_prompt_chars)?;
         let limits = &self.inner.settings.tasks;
         self.inner.submissions.check(owner).map_err(|wait| TaskError::Limited {
@@ -477,15 +486,50 @@ impl TaskService {
         }
     }
 
+    fn draining(&self) -> bool {
+        self.inner.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// For a graceful stop: accepts and starts no new task, then waits (at most `within`)
+    /// until the tasks running on executors have ended. Queued tasks stay queued, and
+    /// whatever still runs at the deadline starts again on the next start, as after a crash.
+    pub async fn drain(&self, within: Duration) {
+        self.inner.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        let deadline = Instant::now() + within;
+        loop {
+            let running: usize = self.inner.lanes.values().map(|lane| lane.running()).sum();
+            if running == 0 {
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    running,
+                    "tasks still running after server.drain_timeout_s ({} s); they start \
+                     again on the next start",
+                    within.as_secs()
+                );
+                return;
+            }
+            tracing::info!(running, "waiting for running tasks to finish");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Takes tasks from a lane's queue as slots free up.
     async fn dispatch(self, lane: Arc<Lane>) {
         loop {
             let (task_no, permit) = lane.next().await;
+            if self.draining() {
+                // Stopping: it stays queued in storage and runs after the restart.
+                drop(permit);
+                continue;
+            }
             let service = self.clone();
+            let running = lane.started();
             let lane = lane.clone();
             tokio::spawn(async move {
                 service.run(&lane, &task_no).await;
-                drop(permit);
+                drop((permit, running));
             });
         }
     }

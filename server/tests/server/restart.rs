@@ -128,3 +128,62 @@ async fn a_comfyui_prompt_is_followed_again_after_kill_9() {
         Api::new(second.addr).download(done.result_url.as_deref().unwrap()).await;
     assert_eq!((status, bytes), (200, crate::comfyui_sim::png(1)));
 }
+
+/// Sends SIGTERM to `pid`.
+fn terminate(pid: u32) {
+    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    assert!(status.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+}
+
+#[tokio::test]
+async fn sigterm_lets_running_tasks_finish_and_queued_ones_run_after_the_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let env = [("TASKPULSE_SERVER_DRAIN_TIMEOUT_S", "20")];
+    let mut first = spawn_with(data.path(), &env);
+    let addr = first.addr;
+    let api = Api::new(addr);
+    let token = api.register("alice").await;
+    let mut client = subscriber(addr, &token).await;
+    // Concurrency 1 and 1.5 s each: the first runs while the second waits.
+    let running = api.submit(&token, "one").await;
+    let queued = api.submit(&token, "two").await;
+    loop {
+        let update: TaskProgressDto = serde_json::from_slice(&client.recv().await.body).unwrap();
+        if update.task_no == running && update.status == TaskStatus::Processing {
+            break;
+        }
+    }
+    terminate(first.pid());
+    // New connections are refused at once; the open one keeps receiving.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut seen = Vec::new();
+    let error = loop {
+        let frame = client.recv().await;
+        if frame.command == taskpulse_shared::stomp::Command::Error {
+            break frame;
+        }
+        seen.push(serde_json::from_slice::<TaskProgressDto>(&frame.body).unwrap());
+    };
+    let last = seen.iter().rfind(|u| u.task_no == running).expect("updates of the running task");
+    assert_eq!(last.status, TaskStatus::Completed, "it finished before the close: {seen:#?}");
+    let started = |u: &&TaskProgressDto| {
+        u.task_no == queued && u.status != TaskStatus::Created && u.status != TaskStatus::Queued
+    };
+    assert!(!seen.iter().any(|u| started(&u)), "the queued one did not start: {seen:#?}");
+    assert_eq!(error.header("message"), Some("server is shutting down"));
+    let exited = tokio::task::spawn_blocking(move || first.child.wait()).await.unwrap().unwrap();
+    assert!(exited.success(), "a clean exit: {exited:?}");
+
+    // The queued task runs after the restart.
+    let second = spawn_with(data.path(), &env);
+    let api = Api::new(second.addr);
+    let mut client = subscriber(second.addr, &token).await;
+    let end = client.updates_until_done(&queued).await.pop().unwrap();
+    assert_eq!(end.status, TaskStatus::Completed, "{end:?}");
+    let (_, details) = api.get(&format!("/api/tasks/{running}"), Some(&token)).await;
+    assert_eq!(details["status"], "completed", "{details}");
+}
