@@ -71,7 +71,9 @@ fn load(
     wasm_bindgen_futures::spawn_local(async move {
         let result = match task_no {
             Some(task_no) => api::task(&token, &task_no).await.map(Action::Details),
-            None => api::tasks(&token).await.map(|page| Action::Loaded(page.tasks)),
+            None => api::tasks(&token, None)
+                .await
+                .map(|page| Action::Loaded { tasks: page.tasks, older: page.next_cursor }),
         };
         match result {
             Ok(action) => board.dispatch(action),
@@ -173,6 +175,34 @@ pub fn monitor(props: &MonitorProps) -> Html {
             });
         })
     };
+    let on_older = {
+        let (dispatch, token, signed_out) =
+            (board.dispatcher(), props.session.token.clone(), props.on_signed_out.clone());
+        let cursor = board.older.clone();
+        Callback::from(move |()| {
+            let Some(cursor) = cursor.clone() else { return };
+            let (dispatch, token, signed_out) =
+                (dispatch.clone(), token.clone(), signed_out.clone());
+            dispatch.dispatch(Action::LoadingOlder);
+            wasm_bindgen_futures::spawn_local(async move {
+                match api::tasks(&token, Some(&cursor)).await {
+                    Ok(page) => {
+                        dispatch.dispatch(Action::LoadedOlder(Some((page.tasks, page.next_cursor))))
+                    }
+                    Err(failure) if failure.is_unauthorized() => {
+                        signed_out.emit(Some(SESSION_ENDED.into()))
+                    }
+                    Err(failure) => {
+                        dispatch.dispatch(Action::LoadedOlder(None));
+                        dispatch.dispatch(Action::Notify {
+                            text: format!("Cannot load older tasks: {}", failure.message),
+                            tone: Tone::Failure,
+                        });
+                    }
+                }
+            });
+        })
+    };
     let on_filter = {
         let dispatch = board.dispatcher();
         Callback::from(move |filter: Filter| dispatch.dispatch(Action::Filter(filter)))
@@ -212,7 +242,8 @@ pub fn monitor(props: &MonitorProps) -> Html {
             <main class="monitor">
                 <SubmitForm token={props.session.token.clone()} on_submitted={on_submitted}
                             on_unauthorized={on_unauthorized} />
-                <TaskList board={Rc::new((*board).clone())} on_filter={on_filter} on_cancel={on_cancel} />
+                <TaskList board={Rc::new((*board).clone())} on_filter={on_filter} on_cancel={on_cancel}
+                          on_older={on_older} />
             </main>
             <Toasts toasts={board.toasts.clone()} on_dismiss={on_dismiss} />
         </>

@@ -124,6 +124,12 @@ pub struct Board {
     pub connection: Connection,
     /// Visible toasts, oldest first.
     pub toasts: Vec<Toast>,
+    /// The API's cursor for the next older page of tasks; `None` once the oldest is shown.
+    pub older: Option<String>,
+    /// An older page is being fetched.
+    pub loading_older: bool,
+    /// Whether older pages were added (a reload of the newest page keeps their cursor).
+    older_added: bool,
     next_toast: u64,
 }
 
@@ -134,6 +140,9 @@ impl Default for Board {
             filter: Filter::All,
             connection: Connection { state: ConnectionState::Connecting, next_retry_at: None },
             toasts: Vec::new(),
+            older: None,
+            loading_older: false,
+            older_added: false,
             next_toast: 1,
         }
     }
@@ -142,8 +151,13 @@ impl Default for Board {
 /// What can happen to the board.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// The task list from the API (the page was opened or reconnected).
-    Loaded(Vec<TaskDetails>),
+    /// The newest page of the task list from the API (the page was opened or reconnected),
+    /// and the cursor of the page before it.
+    Loaded { tasks: Vec<TaskDetails>, older: Option<String> },
+    /// The user asked for older tasks.
+    LoadingOlder,
+    /// An older page arrived (`None`: the request failed), with the cursor of the next.
+    LoadedOlder(Option<(Vec<TaskDetails>, Option<String>)>),
     /// One task's details from the API.
     Details(TaskDetails),
     /// A pushed update, in the server's order; `now` is the page's clock.
@@ -289,9 +303,23 @@ impl Reducible for Board {
     fn reduce(self: Rc<Self>, action: Action) -> Rc<Self> {
         let mut board = (*self).clone();
         match action {
-            Action::Loaded(list) => {
-                for details in list {
+            Action::Loaded { tasks, older } => {
+                for details in tasks {
                     board.merge_details(details);
+                }
+                if !board.older_added {
+                    board.older = older;
+                }
+            }
+            Action::LoadingOlder => board.loading_older = board.older.is_some(),
+            Action::LoadedOlder(page) => {
+                board.loading_older = false;
+                if let Some((tasks, older)) = page {
+                    for details in tasks {
+                        board.merge_details(details);
+                    }
+                    board.older = older;
+                    board.older_added = true;
                 }
             }
             Action::Details(details) => board.merge_details(details),

@@ -7,7 +7,10 @@ use std::rc::Rc;
 use gloo_timers::future::TimeoutFuture;
 use taskpulse_client::ConnectionState;
 use taskpulse_frontend::{
-    components::task_card::{TaskCard, TaskCardProps},
+    components::{
+        task_card::{TaskCard, TaskCardProps},
+        task_list::{TaskList, TaskListProps},
+    },
     state::{Action, Board, Connection, Filter, TaskEntry, Tone},
 };
 use taskpulse_shared::{
@@ -174,10 +177,13 @@ fn api_details_fill_in_without_undoing_live_updates() {
     // A live update got here before the list did: the list's older state loses.
     let b = board([
         update(TaskStatus::Processing, 70),
-        Action::Loaded(vec![
-            details(TaskStatus::Queued, 100, TASK),
-            details(TaskStatus::Queued, 200, "newer"),
-        ]),
+        Action::Loaded {
+            tasks: vec![
+                details(TaskStatus::Queued, 100, TASK),
+                details(TaskStatus::Queued, 200, "newer"),
+            ],
+            older: None,
+        },
     ]);
     assert_eq!(
         b.tasks.iter().map(|t| t.update.task_no.as_str()).collect::<Vec<_>>(),
@@ -251,4 +257,67 @@ fn filters_connection_and_toasts() {
     let first = b.toasts[0].id;
     let b = Rc::clone(&b).reduce(Action::Dismiss(first));
     assert_eq!(b.toasts.iter().map(|t| t.text.as_str()).collect::<Vec<_>>(), ["two"]);
+}
+
+#[wasm_bindgen_test]
+async fn older_tasks_load_page_by_page_behind_a_button_until_the_oldest() {
+    let details = |created_at: i64, task_no: &str| TaskDetails {
+        progress: TaskProgressDto::new(task_no, TaskStatus::Completed, 100, ""),
+        request: request(),
+        created_at,
+        updated_at: created_at,
+        finished_at: Some(created_at + 1),
+        cost: 0,
+    };
+    let first = Action::Loaded {
+        tasks: vec![details(300, "c"), details(200, "b")],
+        older: Some("b".into()),
+    };
+    let b = board([first.clone()]);
+    assert_eq!(b.older.as_deref(), Some("b"));
+    // The button asks for the next page; it says so while the page is on its way.
+    let clicked = Rc::new(std::cell::Cell::new(0));
+    let root = render_list((*b).clone(), clicked.clone()).await;
+    let button = root.query_selector("button.load-older").unwrap().expect("a load-older button");
+    assert_eq!(button.text_content().as_deref(), Some("Load older tasks"));
+    wasm_bindgen::JsCast::dyn_ref::<web_sys::HtmlElement>(&button).unwrap().click();
+    assert_eq!(clicked.get(), 1);
+    let loading = b.reduce(Action::LoadingOlder);
+    let root = render_list((*loading).clone(), clicked.clone()).await;
+    let button = root.query_selector("button.load-older").unwrap().unwrap();
+    assert!(button.has_attribute("disabled"));
+    assert_eq!(button.text_content().as_deref(), Some("Loading older tasks…"));
+    // The last page: older tasks go below, and the button goes.
+    let done = loading.reduce(Action::LoadedOlder(Some((vec![details(100, "a")], None))));
+    let order: Vec<&str> = done.tasks.iter().map(|t| t.update.task_no.as_str()).collect();
+    assert_eq!(order, ["c", "b", "a"]);
+    assert!(!done.loading_older && done.older.is_none());
+    let root = render_list((*done).clone(), clicked.clone()).await;
+    assert!(root.query_selector("button.load-older").unwrap().is_none());
+    // A reconnect reloads the newest page; the older pages shown stay, and so does the end.
+    let reloaded = done.reduce(first);
+    assert_eq!(reloaded.tasks.len(), 3);
+    assert!(reloaded.older.is_none(), "the newest page's cursor does not bring the button back");
+    // A failed page leaves the button to try again.
+    let failed =
+        board([Action::Loaded { tasks: vec![details(300, "c")], older: Some("c".into()) }])
+            .reduce(Action::LoadingOlder)
+            .reduce(Action::LoadedOlder(None));
+    assert!(!failed.loading_older && failed.older.as_deref() == Some("c"));
+}
+
+/// Renders the task list of `board` (the load-older button counts into `clicked`).
+async fn render_list(board: Board, clicked: Rc<std::cell::Cell<u32>>) -> Element {
+    let document = web_sys::window().unwrap().document().unwrap();
+    let root = document.create_element("div").unwrap();
+    document.body().unwrap().append_child(&root).unwrap();
+    let props = TaskListProps {
+        board: Rc::new(board),
+        on_filter: Callback::noop(),
+        on_cancel: Callback::noop(),
+        on_older: Callback::from(move |()| clicked.set(clicked.get() + 1)),
+    };
+    yew::Renderer::<TaskList>::with_root_and_props(root.clone(), props).render();
+    TimeoutFuture::new(0).await;
+    root
 }

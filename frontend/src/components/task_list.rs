@@ -14,6 +14,8 @@ pub struct TaskListProps {
     pub on_filter: Callback<Filter>,
     /// Called with a task number to cancel.
     pub on_cancel: Callback<String>,
+    /// Called to load the next older page.
+    pub on_older: Callback<()>,
 }
 
 /// The filters and the cards.
@@ -52,6 +54,12 @@ pub fn task_list(props: &TaskListProps) -> Html {
                 }</p>
             } else {
                 <ul class="task-list">{ for cards }</ul>
+            }
+            if board.older.is_some() {
+                <button type="button" class="load-older" disabled={board.loading_older}
+                        onclick={props.on_older.reform(|_| ())}>
+                    { if board.loading_older { "Loading older tasks…" } else { "Load older tasks" } }
+                </button>
             }
         </section>
     }

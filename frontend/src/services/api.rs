@@ -99,9 +99,16 @@ pub async fn me(token: &str) -> Result<Me, ApiFailure> {
     send(authorized(Request::get("/api/me"), token).build()).await
 }
 
-/// `GET /api/tasks?limit=100`: the newest tasks.
-pub async fn tasks(token: &str) -> Result<TaskPage, ApiFailure> {
-    send(authorized(Request::get("/api/tasks?limit=100"), token).build()).await
+/// `GET /api/tasks?limit=100`: the newest tasks, or with `before` (a page's `nextCursor`)
+/// the next older ones.
+pub async fn tasks(token: &str, before: Option<&str>) -> Result<TaskPage, ApiFailure> {
+    let url = match before {
+        Some(cursor) => {
+            format!("/api/tasks?limit=100&before={}", js_sys::encode_uri_component(cursor))
+        }
+        None => "/api/tasks?limit=100".to_owned(),
+    };
+    send(authorized(Request::get(&url), token).build()).await
 }
 
 /// `GET /api/tasks/{taskNo}`.

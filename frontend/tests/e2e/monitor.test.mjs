@@ -25,7 +25,16 @@ function startServer() {
     port,
     data,
     ui: UI,
-    env: { TASKPULSE_DEMO_DURATION_MS: "4000", TASKPULSE_DEMO_SIZE: "96" },
+    env: {
+      TASKPULSE_DEMO_DURATION_MS: "4000",
+      TASKPULSE_DEMO_SIZE: "96",
+      // The "load older" test creates more tasks than one page holds.
+      TASKPULSE_TASKS_MAX_ACTIVE_PER_USER: "1000",
+      TASKPULSE_TASKS_SUBMISSIONS_PER_MINUTE: "1000",
+      TASKPULSE_ACCOUNTS_ATTEMPTS_PER_MINUTE: "1000",
+      // Live snapshots carry the newest 50 tasks, so that older ones come from the API only.
+      TASKPULSE_REPLAY_SNAPSHOT_LIMIT: "50",
+    },
   });
 }
 
@@ -223,4 +232,39 @@ test("another user's task never appears", async () => {
   assert.equal(await other.$$eval("article.task-card", (cards) => cards.length), 0);
   assert.match(await other.textContent(".empty"), /No tasks yet/);
   await shot(other, "monitor-other-user");
+});
+
+test("more tasks than one page: the oldest load behind a button", async () => {
+  const username = uniqueName("frank");
+  const api = (path, body, token) =>
+    fetch(`${url()}${path.slice(1)}`, {
+      method: "POST",
+      headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
+      body: JSON.stringify(body),
+    }).then(async (r) => ({ status: r.status, body: await r.json() }));
+  const registered = await api("/api/auth/register", { username, password: PASSWORD });
+  assert.equal(registered.status, 201, JSON.stringify(registered.body));
+  const token = registered.body.token;
+  const numbers = [];
+  for (let i = 0; i < 105; i += 1) {
+    const made = await api("/api/tasks", { kind: "external", description: `export ${i}` }, token);
+    assert.equal(made.status, 202, JSON.stringify(made.body));
+    numbers.push(made.body.taskNo);
+  }
+  const page = await openPage(await browser.newContext());
+  await signIn(page, username);
+  await page.waitForSelector(card(numbers[104]));
+  const count = () => page.$$eval("article.task-card", (cards) => cards.length);
+  assert.equal(await count(), 100, "the newest page");
+  assert.equal(await page.$(card(numbers[0])), null, "the oldest is not on it");
+  await page.locator("button.load-older").scrollIntoViewIfNeeded();
+  await page.screenshot({ path: join(SHOTS, "monitor-load-older.png") });
+  await page.click("button.load-older");
+  await page.waitForSelector(card(numbers[0]));
+  assert.equal(await count(), 105);
+  assert.equal(await page.$("button.load-older"), null, "nothing older left");
+  // Newest first, the older page below the first.
+  const order = await page.$$eval("article.task-card", (cards) => cards.map((c) => c.dataset.taskNo));
+  assert.deepEqual(order.slice(-5), numbers.slice(0, 5).reverse());
+  assert.deepEqual(page.errors, []);
 });
