@@ -30,7 +30,7 @@ pub use config::{
 };
 pub use error::AppError;
 use tokio::net::TcpListener;
-pub use web::app;
+pub use web::{app, openapi};
 
 use crate::{
     accounts::Accounts,

@@ -565,7 +565,7 @@ fn label(labels: &Labels, key: &str) -> String {
 }
 
 /// `GET /api/admin/stats`: what the server has seen since it started.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Stats {
     /// Seconds since the server started.
@@ -587,7 +587,7 @@ pub struct Stats {
 }
 
 /// Connections in [`Stats`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionStats {
     /// Open now.
@@ -603,7 +603,7 @@ pub struct ConnectionStats {
 }
 
 /// Authentication in [`Stats`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthStats {
     /// Attempts.
@@ -619,7 +619,7 @@ pub struct AuthStats {
 }
 
 /// Messages in [`Stats`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MessageStats {
     /// Client frames and messages received.
@@ -639,7 +639,7 @@ pub struct MessageStats {
 }
 
 /// ERRORs in [`Stats`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorStats {
     /// ERRORs sent.
@@ -651,7 +651,7 @@ pub struct ErrorStats {
 }
 
 /// Catch-ups in [`Stats`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CatchUpStats {
     /// Subscriptions that got a replay of what they missed.
@@ -663,7 +663,7 @@ pub struct CatchUpStats {
 }
 
 /// The user log in [`Stats`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LogStats {
     /// Entries after the last prune.

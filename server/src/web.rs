@@ -16,19 +16,18 @@ use tower_http::{
     trace::TraceLayer,
 };
 
+use taskpulse_shared::dto::ApiError;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
 use crate::{AppError, AppState};
 
 /// The router for the whole server. No socket: tests may call it with `oneshot`.
 pub fn app(state: AppState) -> Router {
     let ui_dir = state.config.ui_dir.clone();
-    let routes = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    let (documented, _) = documented().split_for_parts();
+    let routes = documented
         .route("/ws", get(crate::transport::websocket::upgrade))
         .route("/ws/json", get(crate::transport::websocket::upgrade_json))
-        .route("/sse/tasks", get(crate::transport::sse::tasks))
-        .merge(crate::api::routes())
         .route("/api", get(unknown_api))
         .route("/api/{*rest}", get(unknown_api).post(unknown_api));
     let routes = if ui_dir.join("index.html").is_file() {
@@ -143,13 +142,43 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
     )
 }
 
+/// Every HTTP endpoint with its OpenAPI operation: the API's and the operational ones (the
+/// WebSocket and SockJS endpoints are protocols, described in the README, not here).
+fn documented() -> OpenApiRouter<AppState> {
+    crate::api::routes()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(crate::transport::sse::tasks))
+        .routes(routes!(openapi_json))
+}
+
+/// The OpenAPI 3.1 document of [`documented`], built once.
+pub fn openapi() -> &'static utoipa::openapi::OpenApi {
+    static DOCUMENT: std::sync::LazyLock<utoipa::openapi::OpenApi> =
+        std::sync::LazyLock::new(|| documented().into_openapi());
+    &DOCUMENT
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
+async fn openapi_json() -> Json<&'static utoipa::openapi::OpenApi> {
+    Json(openapi())
+}
+
 /// The `/healthz` document: the server answers and which version it is.
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 struct Health {
+    /// Always `ok`.
     status: &'static str,
+    /// The server's version.
     version: &'static str,
 }
 
+/// Alive: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = Health)))]
 async fn healthz() -> Json<Health> {
     Json(Health { status: "ok", version: env!("CARGO_PKG_VERSION") })
 }
@@ -180,6 +209,12 @@ async fn reserved(request: axum::extract::Request, next: axum::middleware::Next)
 
 /// `GET /metrics`: every figure in the Prometheus text format; with `[metrics] token` set,
 /// only for `Authorization: Bearer <token>`.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security((), ("metricsToken" = [])),
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain; version=0.0.4; charset=utf-8"),
+        (status = 401, description = "[metrics] token is set and was not given", body = ApiError),
+        (status = 404, description = "[metrics] enabled = false", body = ApiError),
+    ))]
 async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
     use axum::http::header;
     let settings = &state.config.settings.metrics;
@@ -209,17 +244,32 @@ async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) 
 /// How long `/readyz` waits for the database.
 const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The `/readyz` document.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Readiness {
+    /// `ready` or `not ready`.
+    status: &'static str,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
 /// `GET /readyz`: 200 `{"status":"ready"}` when the database answers within 2 s; 503
 /// `{"status":"not ready","reason"}` otherwise.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready: the database answers", body = Readiness),
+        (status = 503, description = "Not ready, and why", body = Readiness),
+    ))]
 async fn readyz(State(state): State<AppState>) -> Response {
     use axum::http::StatusCode;
     let answered = tokio::time::timeout(READY_WITHIN, state.storage.epoch()).await;
     let reason = match answered {
-        Ok(Ok(_)) => return Json(serde_json::json!({"status": "ready"})).into_response(),
+        Ok(Ok(_)) => return Json(Readiness { status: "ready", reason: None }).into_response(),
         Ok(Err(e)) => format!("storage: {e}"),
         Err(_) => format!("storage: no answer within {} s", READY_WITHIN.as_secs()),
     };
-    let body = Json(serde_json::json!({"status": "not ready", "reason": reason}));
+    let body = Json(Readiness { status: "not ready", reason: Some(reason) });
     (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
 }
 

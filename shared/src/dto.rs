@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// Where a task is in its lifecycle: `created -> queued -> processing -> completed | failed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TaskStatus {
     /// Accepted and stored, not yet queued.
     Created,
@@ -90,6 +91,7 @@ impl fmt::Display for TaskStatus {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskProgressDto {
     /// The task's public identifier.
     pub task_no: String,
@@ -161,6 +163,7 @@ fn percentage<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u8, D::Error
 
 /// Output proportions accepted for image tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum AspectRatio {
     /// Square, the seed's default.
     #[default]
@@ -200,6 +203,7 @@ impl AspectRatio {
 /// Body of `POST /api/tasks`: what to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum SubmitTaskRequest {
     /// Generate an image from a prompt.
     #[serde(rename_all = "camelCase")]
@@ -233,6 +237,7 @@ pub enum SubmitTaskRequest {
 /// What kind of work a task is; the `kind` of [`SubmitTaskRequest`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TaskKind {
     /// [`SubmitTaskRequest::TextToImage`].
     TextToImage,
@@ -277,6 +282,7 @@ impl SubmitTaskRequest {
 /// asked and when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskDetails {
     /// The current state, exactly as pushed.
     #[serde(flatten)]
@@ -297,6 +303,7 @@ pub struct TaskDetails {
 /// One page of `GET /api/tasks`, newest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskPage {
     /// The tasks of this page.
     pub tasks: Vec<TaskDetails>,
@@ -308,6 +315,7 @@ pub struct TaskPage {
 /// One entry of `GET /api/tasks/{taskNo}/events`: a pushed update and when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskEvent {
     /// Milliseconds since the Unix epoch.
     pub at: i64,
@@ -319,6 +327,7 @@ pub struct TaskEvent {
 /// Body of `GET /api/tasks/{taskNo}/events`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskEvents {
     /// The updates kept, oldest first.
     pub events: Vec<TaskEvent>,
@@ -331,6 +340,7 @@ pub struct TaskEvents {
 /// keep their value.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProgressReport {
     /// New status (`queued`, `processing`, `completed` or `failed`).
     #[serde(default)]
@@ -352,6 +362,7 @@ pub struct ProgressReport {
 /// Body of `POST /api/publish`: a notice for one user's or everyone's subscribers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PublishRequest {
     /// The user whose sessions receive it at `/user{destination}`; absent for a broadcast.
     #[serde(default)]
@@ -364,6 +375,7 @@ pub struct PublishRequest {
 
 /// Answer to `POST /api/publish`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Published {
     /// How many subscriptions (or queue consumers) it was handed to right away.
     pub delivered: usize,
@@ -373,6 +385,7 @@ pub struct Published {
 /// [`PublishRequest`]s is answered with an array of these, in the same order).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum PublishOutcome {
     /// Stored (for a user) and handed to this many subscriptions.
     Published(Published),
@@ -382,6 +395,7 @@ pub enum PublishOutcome {
 
 /// Answer to `GET /api/me`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Me {
     /// The principal.
     pub username: String,
@@ -393,6 +407,7 @@ pub struct Me {
 /// Answer to `POST /api/tasks`: the new task's number.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskSubmitted {
     /// The task's public identifier.
     pub task_no: String,
@@ -401,6 +416,7 @@ pub struct TaskSubmitted {
 /// Body of `POST /api/auth/register` and `POST /api/auth/login`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Credentials {
     /// The account name.
     pub username: String,
@@ -411,6 +427,7 @@ pub struct Credentials {
 /// Answer to a successful register or login.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenResponse {
     /// A JWT to send as `Authorization: Bearer <token>`.
     pub token: String,
@@ -420,6 +437,7 @@ pub struct TokenResponse {
 
 /// The JSON body of every HTTP error answer: what went wrong, and on which field if any.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     /// A sentence that names the problem.
     pub error: String,

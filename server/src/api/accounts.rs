@@ -7,7 +7,7 @@ use axum::{
     extract::{ConnectInfo, State},
     http::StatusCode,
 };
-use taskpulse_shared::dto::{Credentials, Me, TokenResponse};
+use taskpulse_shared::dto::{ApiError, Credentials, Me, TokenResponse};
 
 use super::{Body, User};
 use crate::{AppError, AppState};
@@ -20,6 +20,16 @@ fn address(peer: Peer) -> Option<std::net::IpAddr> {
     peer.map(|Extension(ConnectInfo(addr))| addr.ip())
 }
 
+/// Creates an account and signs it in.
+#[utoipa::path(post, path = "/api/auth/register", tag = "accounts", request_body = Credentials,
+    responses(
+        (status = 201, description = "Registered and signed in", body = TokenResponse),
+        (status = 400, description = "A field is invalid", body = ApiError),
+        (status = 403, description = "Registration is off (accounts.registration)", body = ApiError),
+        (status = 409, description = "The name is taken", body = ApiError),
+        (status = 429, description = "Too many attempts (accounts.attempts_per_minute)", body = ApiError),
+        (status = 501, description = "Tokens come from another system (RS256/ES256)", body = ApiError),
+    ))]
 pub(super) async fn register(
     State(state): State<AppState>,
     peer: Peer,
@@ -29,6 +39,14 @@ pub(super) async fn register(
     Ok((StatusCode::CREATED, Json(token)))
 }
 
+/// Signs in with a name and password (argon2id).
+#[utoipa::path(post, path = "/api/auth/login", tag = "accounts", request_body = Credentials,
+    responses(
+        (status = 200, description = "Signed in", body = TokenResponse),
+        (status = 401, description = "Wrong name or password", body = ApiError),
+        (status = 429, description = "Too many attempts (accounts.attempts_per_minute)", body = ApiError),
+        (status = 501, description = "Tokens come from another system (RS256/ES256)", body = ApiError),
+    ))]
 pub(super) async fn login(
     State(state): State<AppState>,
     peer: Peer,
@@ -37,6 +55,12 @@ pub(super) async fn login(
     Ok(Json(state.accounts.login(credentials, address(peer)).await?))
 }
 
+/// Revokes the token (kept across restarts); its connections get ERROR `token revoked`.
+#[utoipa::path(post, path = "/api/auth/logout", tag = "accounts", security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Signed out"),
+        (status = 401, description = "No valid token", body = ApiError),
+    ))]
 pub(super) async fn logout(
     State(state): State<AppState>,
     user: User,
@@ -48,6 +72,14 @@ pub(super) async fn logout(
 
 /// `POST /api/auth/ticket`: a short-lived, single-use ticket for `GET /sse/tasks`, whose
 /// `EventSource` cannot send the token in a header.
+/// A single-use ticket (30 s) for `GET /sse/tasks?ticket=`, since `EventSource` cannot send
+/// headers.
+#[utoipa::path(post, path = "/api/auth/ticket", tag = "accounts", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A ticket", body = crate::transport::sse::Ticket),
+        (status = 401, description = "No valid token", body = ApiError),
+        (status = 503, description = "Too many tickets and streams (limits.max_connections)", body = ApiError),
+    ))]
 pub(super) async fn ticket(
     State(state): State<AppState>,
     user: User,
@@ -57,6 +89,12 @@ pub(super) async fn ticket(
     Ok(Json(crate::transport::sse::Ticket { ticket, expires_in }))
 }
 
+/// The signed-in user, and the credit balance when credits are on.
+#[utoipa::path(get, path = "/api/me", tag = "accounts", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The user", body = Me),
+        (status = 401, description = "No valid token", body = ApiError),
+    ))]
 pub(super) async fn me(State(state): State<AppState>, user: User) -> Result<Json<Me>, AppError> {
     let credits = if state.config.settings.credits.enabled {
         let record = state

@@ -6,33 +6,93 @@ mod accounts;
 mod tasks;
 
 use axum::{
-    Router,
     body::Bytes,
     extract::{FromRequest, FromRequestParts, Request},
     http::{StatusCode, header, request::Parts},
-    routing::{get, post},
 };
 use serde::de::DeserializeOwned;
+use taskpulse_shared::dto::ApiError;
+use utoipa::{Modify, OpenApi, openapi::security::SecurityScheme};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{AppError, AppState, broker::Claims, secret::constant_time_eq};
 
-/// The routes under `/api`.
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/auth/register", post(accounts::register))
-        .route("/api/auth/login", post(accounts::login))
-        .route("/api/auth/logout", post(accounts::logout))
-        .route("/api/auth/ticket", post(accounts::ticket))
-        .route("/api/me", get(accounts::me))
-        .route("/api/tasks", post(tasks::submit).get(tasks::list))
-        .route("/api/tasks/{task_no}", get(tasks::details))
-        .route("/api/tasks/{task_no}/events", get(tasks::events))
-        .route("/api/tasks/{task_no}/cancel", post(tasks::cancel))
-        .route("/api/tasks/{task_no}/progress", post(tasks::report))
-        .route("/api/tasks/{task_no}/result", get(tasks::result))
-        .route("/api/publish", post(tasks::publish))
-        .route("/api/admin/disconnect", post(tasks::disconnect))
-        .route("/api/admin/stats", get(tasks::stats))
+/// The routes under `/api`, each with its OpenAPI operation (`#[utoipa::path]` on the
+/// handler names the path both the router and the document use).
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(accounts::register))
+        .routes(routes!(accounts::login))
+        .routes(routes!(accounts::logout))
+        .routes(routes!(accounts::ticket))
+        .routes(routes!(accounts::me))
+        .routes(routes!(tasks::submit, tasks::list))
+        .routes(routes!(tasks::details))
+        .routes(routes!(tasks::events))
+        .routes(routes!(tasks::cancel))
+        .routes(routes!(tasks::report))
+        .routes(routes!(tasks::result))
+        .routes(routes!(tasks::publish))
+        .routes(routes!(tasks::disconnect))
+        .routes(routes!(tasks::stats))
+}
+
+/// The document's frame: what the API is, its tags and its security schemes.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "TaskPulse",
+        description = "Tasks and their live progress. Updates are pushed over STOMP at /ws \
+                       (also SockJS, the JSON protocol at /ws/json, and SSE at /sse/tasks); \
+                       this document covers the HTTP endpoints. Every error answer is an \
+                       `ApiError`."
+    ),
+    modifiers(&Security),
+    components(schemas(ApiError)),
+    tags(
+        (name = "accounts", description = "Registration, sign-in, tokens"),
+        (name = "tasks", description = "The caller's tasks"),
+        (name = "backends", description = "Other services pushing progress and notices (X-API-Key)"),
+        (name = "operations", description = "Health, readiness, metrics, operator actions"),
+        (name = "live", description = "Server-Sent Events"),
+    )
+)]
+struct ApiDoc;
+
+/// The security schemes operations refer to.
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("A token from /api/auth/register or /api/auth/login"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "apiKey",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-API-Key",
+                "One of [api] keys",
+            ))),
+        );
+        components.add_security_scheme(
+            "metricsToken",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The [metrics] token, when one is set"))
+                    .build(),
+            ),
+        );
+    }
 }
 
 /// The caller, from `Authorization: Bearer <token>`.

@@ -13,8 +13,8 @@ use axum::{
 use taskpulse_shared::{
     TaskProgressDto,
     dto::{
-        ProgressReport, PublishOutcome, PublishRequest, Published, SubmitTaskRequest, TaskDetails,
-        TaskEvents, TaskPage, TaskStatus, TaskSubmitted,
+        ApiError, ProgressReport, PublishOutcome, PublishRequest, Published, SubmitTaskRequest,
+        TaskDetails, TaskEvents, TaskPage, TaskStatus, TaskSubmitted,
     },
 };
 
@@ -29,6 +29,18 @@ fn task_no(raw: String) -> Result<String, AppError> {
     if is_task_no(&raw) { Ok(raw) } else { Err(AppError::NotFound(format!("no task {raw}"))) }
 }
 
+/// Submits a task; its updates go to the owner's `/user/queue/tasks-progress`.
+#[utoipa::path(post, path = "/api/tasks", tag = "tasks", security(("bearer" = [])),
+    request_body = SubmitTaskRequest,
+    responses(
+        (status = 202, description = "Accepted: stored as `created` and queued", body = TaskSubmitted),
+        (status = 400, description = "A field is invalid (named in `field`)", body = ApiError),
+        (status = 401, description = "No valid token", body = ApiError),
+        (status = 402, description = "Not enough credits", body = ApiError),
+        (status = 413, description = "Body larger than api.body_limit", body = ApiError),
+        (status = 429, description = "tasks.max_active_per_user or tasks.submissions_per_minute", body = ApiError),
+        (status = 503, description = "The server is shutting down", body = ApiError),
+    ))]
 pub(super) async fn submit(
     State(state): State<AppState>,
     user: User,
@@ -38,6 +50,18 @@ pub(super) async fn submit(
     Ok((StatusCode::ACCEPTED, Json(TaskSubmitted { task_no })))
 }
 
+/// The caller's tasks, newest first, a page at a time.
+#[utoipa::path(get, path = "/api/tasks", tag = "tasks", security(("bearer" = [])),
+    params(
+        ("limit" = Option<u32>, Query, description = "Page size, 1-100 (tasks.page_size by default)"),
+        ("before" = Option<String>, Query, description = "A page's `nextCursor`: the next older page"),
+        ("status" = Option<TaskStatus>, Query, description = "Only tasks in this status"),
+    ),
+    responses(
+        (status = 200, description = "A page", body = TaskPage),
+        (status = 400, description = "A bad or unknown query parameter", body = ApiError),
+        (status = 401, description = "No valid token", body = ApiError),
+    ))]
 pub(super) async fn list(
     State(state): State<AppState>,
     user: User,
@@ -76,6 +100,14 @@ pub(super) async fn list(
     Ok(Json(page))
 }
 
+/// One of the caller's tasks (404 for another user's, never 403).
+#[utoipa::path(get, path = "/api/tasks/{taskNo}", tag = "tasks", security(("bearer" = [])),
+    params(("taskNo" = String, Path, description = "The task's number (32 hex digits)")),
+    responses(
+        (status = 200, description = "The task", body = TaskDetails),
+        (status = 401, description = "No valid token", body = ApiError),
+        (status = 404, description = "No such task of the caller's", body = ApiError),
+    ))]
 pub(super) async fn details(
     State(state): State<AppState>,
     user: User,
@@ -84,6 +116,14 @@ pub(super) async fn details(
     Ok(Json(state.tasks.details(&user.name, &task_no(raw)?).await?))
 }
 
+/// Every update pushed for the task, kept for tasks.events_retention_s.
+#[utoipa::path(get, path = "/api/tasks/{taskNo}/events", tag = "tasks", security(("bearer" = [])),
+    params(("taskNo" = String, Path, description = "The task's number (32 hex digits)")),
+    responses(
+        (status = 200, description = "Its history; `pruned` when older updates were deleted", body = TaskEvents),
+        (status = 401, description = "No valid token", body = ApiError),
+        (status = 404, description = "No such task of the caller's", body = ApiError),
+    ))]
 pub(super) async fn events(
     State(state): State<AppState>,
     user: User,
@@ -92,6 +132,15 @@ pub(super) async fn events(
     Ok(Json(state.tasks.events(&user.name, &task_no(raw)?).await?))
 }
 
+/// Ends the task `failed` / `cancelled`, stops its executor, refunds its credits.
+#[utoipa::path(post, path = "/api/tasks/{taskNo}/cancel", tag = "tasks", security(("bearer" = [])),
+    params(("taskNo" = String, Path, description = "The task's number (32 hex digits)")),
+    responses(
+        (status = 200, description = "Cancelled", body = TaskDetails),
+        (status = 401, description = "No valid token", body = ApiError),
+        (status = 404, description = "No such task of the caller's", body = ApiError),
+        (status = 409, description = "It already ended", body = ApiError),
+    ))]
 pub(super) async fn cancel(
     State(state): State<AppState>,
     user: User,
@@ -100,6 +149,18 @@ pub(super) async fn cancel(
     Ok(Json(state.tasks.cancel(&user.name, &task_no(raw)?).await?))
 }
 
+/// An external worker's report on an `external` task.
+#[utoipa::path(post, path = "/api/tasks/{taskNo}/progress", tag = "backends", security(("apiKey" = [])),
+    params(("taskNo" = String, Path, description = "The task's number (32 hex digits)")),
+    request_body = ProgressReport,
+    responses(
+        (status = 200, description = "The task's new state, pushed to its owner", body = TaskProgressDto),
+        (status = 400, description = "A field is invalid", body = ApiError),
+        (status = 401, description = "No or a wrong X-API-Key", body = ApiError),
+        (status = 403, description = "No API keys are configured ([api] keys)", body = ApiError),
+        (status = 404, description = "No such task", body = ApiError),
+        (status = 409, description = "Not an external task, or it already ended", body = ApiError),
+    ))]
 pub(super) async fn report(
     State(state): State<AppState>,
     _backend: Backend,
@@ -110,6 +171,20 @@ pub(super) async fn report(
 }
 
 /// The result image: to its owner (Bearer), or to anyone holding a valid signed URL.
+/// The task's result image: to its owner, or to anyone holding its signed `resultUrl`.
+#[utoipa::path(get, path = "/api/tasks/{taskNo}/result", tag = "tasks", security((), ("bearer" = [])),
+    params(
+        ("taskNo" = String, Path, description = "The task's number (32 hex digits)"),
+        ("expires" = Option<i64>, Query, description = "From the signed resultUrl"),
+        ("signature" = Option<String>, Query, description = "From the signed resultUrl"),
+    ),
+    responses(
+        (status = 200, description = "The image", content_type = "image/png"),
+        (status = 400, description = "Half a signed URL", body = ApiError),
+        (status = 401, description = "Neither a token nor a signed URL", body = ApiError),
+        (status = 403, description = "A bad or expired signature", body = ApiError),
+        (status = 404, description = "No such task, or no result", body = ApiError),
+    ))]
 pub(super) async fn result(
     State(state): State<AppState>,
     MaybeUser(user): MaybeUser,
@@ -169,6 +244,17 @@ pub(crate) const MAX_PUBLISH_BATCH: usize = 1_000;
 /// array of such objects (at most [`MAX_PUBLISH_BATCH`]), all of them, answered with one
 /// result per item in the same order. A batch's notices share group commits, and one
 /// user's are numbered in array order.
+/// A notice for one user's sessions (numbered, logged, replayed) or for a topic's
+/// subscribers; a JSON array of up to 1,000 is the batch form.
+#[utoipa::path(post, path = "/api/publish", tag = "backends", security(("apiKey" = [])),
+    request_body = PublishBody,
+    responses(
+        (status = 200, description = "`Published` for one notice; an array of `PublishOutcome`, in order, for a batch", body = PublishAnswer),
+        (status = 400, description = "A field is invalid", body = ApiError),
+        (status = 401, description = "No or a wrong X-API-Key", body = ApiError),
+        (status = 403, description = "No API keys are configured ([api] keys)", body = ApiError),
+        (status = 413, description = "More than 1,000 items, or larger than api.body_limit", body = ApiError),
+    ))]
 pub(super) async fn publish(
     State(state): State<AppState>,
     _backend: Backend,
@@ -260,24 +346,67 @@ async fn publish_one(
     Ok(Either::Right(async move { stored.await.map_err(|e| AppError::Internal(e.to_string())) }))
 }
 
+/// Body of `POST /api/publish`, for the OpenAPI document (the handler reads either form).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub(super) enum PublishBody {
+    /// One notice.
+    One(PublishRequest),
+    /// The batch form.
+    Many(Vec<PublishRequest>),
+}
+
+/// Answer of `POST /api/publish`, for the OpenAPI document.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub(super) enum PublishAnswer {
+    /// For one notice.
+    One(Published),
+    /// For a batch, one per item in order.
+    Many(Vec<PublishOutcome>),
+}
+
 /// Body of `POST /api/admin/disconnect`.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Disconnect {
+    /// Whose connections to close.
     user: String,
 }
 
+/// Answer of `POST /api/admin/disconnect`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(super) struct Disconnected {
+    /// How many connections were closed.
+    closed: usize,
+}
+
 /// An operator closes every STOMP connection of a user (clients reconnect and resume).
+#[utoipa::path(post, path = "/api/admin/disconnect", tag = "operations", security(("apiKey" = [])),
+    request_body = Disconnect,
+    responses(
+        (status = 200, description = "Closed", body = Disconnected),
+        (status = 401, description = "No or a wrong X-API-Key", body = ApiError),
+        (status = 403, description = "No API keys are configured ([api] keys)", body = ApiError),
+    ))]
 pub(super) async fn disconnect(
     State(state): State<AppState>,
     _backend: Backend,
     Body(request): Body<Disconnect>,
-) -> Json<serde_json::Value> {
+) -> Json<Disconnected> {
     let closed = state.fanout.disconnect_user(&request.user, "disconnected by an operator");
-    Json(serde_json::json!({ "closed": closed }))
+    Json(Disconnected { closed })
 }
 
 /// What the server has seen since it started (the figures of `/metrics`, as JSON).
+#[utoipa::path(get, path = "/api/admin/stats", tag = "operations", security(("apiKey" = [])),
+    responses(
+        (status = 200, description = "The figures", body = crate::metrics::Stats),
+        (status = 401, description = "No or a wrong X-API-Key", body = ApiError),
+        (status = 403, description = "No API keys are configured ([api] keys)", body = ApiError),
+    ))]
 pub(super) async fn stats(
     State(state): State<AppState>,
     _backend: Backend,

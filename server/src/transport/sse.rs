@@ -222,6 +222,18 @@ fn position(id: &str) -> Result<ResumePosition, AppError> {
 }
 
 /// `GET /sse/tasks?ticket=...`: the user's task updates as an event stream.
+#[utoipa::path(get, path = "/sse/tasks", tag = "live",
+    params(
+        ("ticket" = Option<String>, Query, description = "From POST /api/auth/ticket (single use); the stream's own reconnects use its cookie instead"),
+        ("lastEventId" = Option<String>, Query, description = "`<epoch>:<seq>` to resume from, for clients that cannot send Last-Event-ID"),
+        ("Last-Event-ID" = Option<String>, Header, description = "`<epoch>:<seq>` to resume from (EventSource sends it)"),
+    ),
+    responses(
+        (status = 200, description = "`task_progress` events (`TaskProgressDto`, id `<epoch>:<seq>`), then `error` `{code, message}` when the stream ends", content_type = "text/event-stream"),
+        (status = 400, description = "A bad Last-Event-ID", body = taskpulse_shared::dto::ApiError),
+        (status = 401, description = "No valid ticket or stream cookie", body = taskpulse_shared::dto::ApiError),
+        (status = 429, description = "Too many connections for this user", body = taskpulse_shared::dto::ApiError),
+    ))]
 pub(crate) async fn tasks(
     State(state): State<AppState>,
     Query(query): Query<SseQuery>,
@@ -379,7 +391,7 @@ fn failure(message: &str, detail: &str) -> Event {
 }
 
 /// What the ticket endpoint answers.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Ticket {
     pub(crate) ticket: String,

@@ -9,6 +9,7 @@ mod hardening;
 mod http;
 mod json;
 mod metrics;
+mod openapi;
 mod replay;
 mod restart;
 mod sockjs;

@@ -76,6 +76,8 @@ async fn metrics_and_stats_count_what_a_scripted_session_did() {
     let refused = intruder.try_connect(&[("Authorization", "Bearer not-a-token")]).await.unwrap();
     assert_eq!(refused.command, Command::Error);
     assert!(intruder.closed().await);
+    // Gone for good: the server stops waiting for their half of the close at once.
+    drop((client, intruder));
 
     // Scrapers need the token.
     let (status, _) = api.get("/metrics", None).await;
