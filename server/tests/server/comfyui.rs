@@ -48,7 +48,10 @@ async fn wait_connected(sim: &ComfySim, at_least: usize) {
 #[tokio::test]
 async fn a_prompt_runs_on_comfyui_with_progress_and_its_image() {
     let sim = ComfySim::start().await;
-    let (server, token, mut client) = setup(sim.url()).await;
+    // Every report pushed: on a busy machine events arrive in bursts, and coalescing would
+    // merge the ones this test looks for.
+    let (server, token, mut client) =
+        setup_with(sim.url(), |c| c.settings.tasks.progress_interval_ms = 0).await;
     wait_connected(&sim, 1).await;
     let task_no = server.api().submit(&token, "a red fox in snow").await;
     let updates = client.updates_until_done(&task_no).await;
@@ -213,7 +216,9 @@ async fn a_refused_workflow_says_which_node_and_why() {
 #[tokio::test]
 async fn progress_never_goes_back_over_two_samplers_and_fractional_steps() {
     let sim = ComfySim::start().await;
-    let (server, token, mut client) = setup(sim.url()).await;
+    // Every report pushed (no coalescing), so that the steps looked for are all seen.
+    let (server, token, mut client) =
+        setup_with(sim.url(), |c| c.settings.tasks.progress_interval_ms = 0).await;
     wait_connected(&sim, 1).await;
     let task_no = server.api().submit(&token, "twice, with float steps").await;
     let updates = client.updates_until_done(&task_no).await;

@@ -250,6 +250,24 @@ fn progress_state(id: &str, nodes: &[(&str, f64, f64, &str)]) -> Value {
     json!({"prompt_id": id, "nodes": nodes})
 }
 
+/// Ends the running prompt as ComfyUI does when `/interrupt` asked for it (at `node`):
+/// `execution_interrupted`, and a history entry saying so.
+fn interrupted(state: &SimState, client: &str, id: &str, node: &str) -> bool {
+    if !state.interrupt_now.swap(false, Ordering::Relaxed) {
+        return false;
+    }
+    lock(&state.interrupted).push(id.to_owned());
+    send(
+        state,
+        client,
+        "execution_interrupted",
+        json!({"prompt_id": id, "node_id": node, "node_type": "KSampler", "executed": []}),
+    );
+    let entry = json!({"prompt": [], "outputs": {}, "status": {"status_str": "error", "completed": false, "messages": [["execution_interrupted", {"prompt_id": id}]]}});
+    lock(&state.history).insert(id.to_owned(), entry);
+    true
+}
+
 async fn execute(state: &Arc<SimState>, job: &Queued) {
     let Queued { number, id, client, text } = job;
     let (number, id, client) = (*number, id.clone(), client.as_str());
@@ -293,14 +311,7 @@ async fn execute(state: &Arc<SimState>, job: &Queued) {
         // A node that hangs without a word: no progress, no end, until interrupted.
         loop {
             pause().await;
-            if state.interrupt_now.swap(false, Ordering::Relaxed) {
-                lock(&state.interrupted).push(id.clone());
-                send(
-                    state,
-                    client,
-                    "execution_interrupted",
-                    json!({"prompt_id": id, "node_id": "3", "node_type": "KSampler", "executed": []}),
-                );
+            if interrupted(state, client, &id, "3") {
                 return;
             }
         }
@@ -320,16 +331,7 @@ async fn execute(state: &Arc<SimState>, job: &Queued) {
             if hang && state.release.load(Ordering::Relaxed) {
                 break;
             }
-            if state.interrupt_now.swap(false, Ordering::Relaxed) {
-                lock(&state.interrupted).push(id.clone());
-                send(
-                    state,
-                    client,
-                    "execution_interrupted",
-                    json!({"prompt_id": id, "node_id": sampler, "node_type": "KSampler", "executed": []}),
-                );
-                let entry = json!({"prompt": [], "outputs": {}, "status": {"status_str": "error", "completed": false, "messages": [["execution_interrupted", {"prompt_id": id}]]}});
-                lock(&state.history).insert(id, entry);
+            if interrupted(state, client, &id, sampler) {
                 return;
             }
             let (value, max) = if text.contains("float") {
