@@ -254,6 +254,7 @@ impl Accounts {
     fn reserved(&self, name: &str) -> bool {
         let same = |other: &str| other.eq_ignore_ascii_case(name);
         self.settings.auth.users.iter().any(|u| same(&u.login))
+            || self.settings.auth.operators.iter().any(|o| same(o))
             || self.settings.authorization.send_by_user.keys().any(|k| same(k))
     }
 
@@ -332,6 +333,16 @@ impl Accounts {
             return Err(AccountError::ExternalTokens);
         }
         self.attempt(client, &credentials.username)?;
+        // A configured login signs in with its passcode (its name cannot be registered).
+        let configured = self.settings.auth.users.iter().find(|u| u.login == credentials.username);
+        if let Some(configured) = configured {
+            let given = credentials.password.as_bytes();
+            return if crate::secret::constant_time_eq(configured.passcode.as_bytes(), given) {
+                self.issue(&configured.login)
+            } else {
+                Err(AccountError::BadCredentials)
+            };
+        }
         let user = self.storage.user(&credentials.username).await?;
         let stored =
             user.as_ref().map_or_else(|| DUMMY_HASH.to_owned(), |u| u.password_hash.clone());

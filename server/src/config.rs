@@ -35,7 +35,13 @@ TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the fil
 
 [auth]
   users = []               login/passcode users, e.g. [{ login = \"guest\", passcode = \"guest\" }]
-                           (off by default)
+                           (off by default); they may also sign in to the web UI and the API
+                           (POST /api/auth/login with their passcode as the password)
+  operators = []           principals with the operator role: GET /api/admin/stats and
+                           POST /api/admin/disconnect with their token, and the operator
+                           page; [auth] users logins (or, with RS256/ES256, the external
+                           issuer's subjects), never a registered account, and these names
+                           cannot be registered
 
 [authorization]
   send = [\"/queue/**\", \"/topic/chat.**\"]
@@ -413,6 +419,21 @@ impl Settings {
         if self.sockjs.stream_bytes < 4096 {
             return Err(invalid("sockjs.stream_bytes", "must be at least 4096 bytes"));
         }
+        if self.jwt.algorithm == JwtAlgorithm::HS256
+            && let Some(name) = self
+                .auth
+                .operators
+                .iter()
+                .find(|op| !self.auth.users.iter().any(|u| u.login == **op))
+        {
+            return Err(invalid(
+                "auth.operators",
+                &format!(
+                    "{name:?} is not an [auth] users login; operators are configured \
+                     identities and sign in with their passcode"
+                ),
+            ));
+        }
         let demo_stall = match self.demo.stall_timeout_s {
             0 => self.tasks.stall_timeout_s,
             own => own,
@@ -558,6 +579,8 @@ pub enum JwtAlgorithm {
 pub struct AuthSettings {
     /// RabbitMQ-style users.
     pub users: Vec<ConfigUser>,
+    /// Principals with the operator role.
+    pub operators: Vec<String>,
 }
 
 /// A login/passcode user from the configuration.
@@ -1058,6 +1081,8 @@ mod tests {
             "{bad}"
         );
         assert!(err(&[("TASKPULSE_JWT_ALGORITHM", "none")]).contains("jwt.algorithm"));
+        let operator = err(&[("TASKPULSE_AUTH_OPERATORS", r#"["ops"]"#)]);
+        assert!(operator.contains("auth.operators") && operator.contains("\"ops\""), "{operator}");
         let stall = err(&[("TASKPULSE_DEMO_DURATION_MS", "600000"), ("TASKPULSE_DEMO_STEPS", "1")]);
         assert!(stall.contains("demo.stall_timeout_s") && stall.contains("600000 ms"), "{stall}");
         let cors = err(&[("TASKPULSE_API_CORS_ORIGINS", r#"["localhost:5173"]"#)]);

@@ -555,6 +555,7 @@ impl Metrics {
             },
             user_log: LogStats { entries: self.log_entries.get(), pruned: self.log_pruned.get() },
             tasks,
+            slowest_tasks: Vec::new(),
         }
     }
 }
@@ -584,6 +585,24 @@ pub struct Stats {
     pub user_log: LogStats,
     /// Tasks by executor, then status: unfinished ones now, finished ones since the start.
     pub tasks: BTreeMap<String, BTreeMap<String, i64>>,
+    /// The tasks running longest now (filled in by the task service).
+    pub slowest_tasks: Vec<RunningTask>,
+}
+
+/// A running task in [`Stats`].
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunningTask {
+    /// Its number.
+    pub task_no: String,
+    /// Whose it is.
+    pub owner: String,
+    /// Which executor runs it (`external`: a worker of its own).
+    pub executor: String,
+    /// How far it is, percent.
+    pub progress: u8,
+    /// Seconds since it started.
+    pub running_seconds: f64,
 }
 
 /// Connections in [`Stats`].

@@ -402,6 +402,9 @@ pub struct Me {
     /// Credit balance; absent when credits are off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credits: Option<i64>,
+    /// The operator role (`[auth] operators`); absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub operator: bool,
 }
 
 /// Answer to `POST /api/tasks`: the new task's number.

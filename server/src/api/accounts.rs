@@ -108,5 +108,6 @@ pub(super) async fn me(State(state): State<AppState>, user: User) -> Result<Json
     } else {
         None
     };
-    Ok(Json(Me { username: user.name, credits }))
+    let operator = super::is_operator(&state, &user.name).await?;
+    Ok(Json(Me { username: user.name, credits, operator }))
 }

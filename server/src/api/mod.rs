@@ -166,6 +166,42 @@ impl FromRequestParts<AppState> for Backend {
     }
 }
 
+/// An operator: a backend with an `X-API-Key`, or a principal of `[auth] operators` with its
+/// token.
+pub(crate) struct Operator;
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Operator, AppError> {
+        if parts.headers.contains_key("x-api-key") {
+            return Backend::from_request_parts(parts, state).await.map(|Backend| Operator);
+        }
+        let user = User::from_request_parts(parts, state).await.map_err(|_| {
+            AppError::Unauthorized(
+                "send an operator's Authorization: Bearer <token>, or an X-API-Key".into(),
+            )
+        })?;
+        if is_operator(state, &user.name).await? {
+            Ok(Operator)
+        } else {
+            Err(AppError::Forbidden(format!("{} is not an operator ([auth] operators)", user.name)))
+        }
+    }
+}
+
+/// Whether `name` has the operator role: it is in `[auth] operators`, and no registered
+/// account has that name (one registered before the name was configured is not the
+/// configured operator).
+pub(crate) async fn is_operator(state: &AppState, name: &str) -> Result<bool, AppError> {
+    if !state.config.settings.auth.operators.iter().any(|o| o == name) {
+        return Ok(false);
+    }
+    let account =
+        state.tasks.storage().user(name).await.map_err(|e| AppError::Internal(e.to_string()))?;
+    Ok(account.is_none())
+}
+
 /// A JSON body whose errors name the offending field.
 pub(crate) struct Body<T>(pub(crate) T);
 

@@ -18,7 +18,7 @@ use taskpulse_shared::{
     },
 };
 
-use super::{Backend, Body, MaybeUser, User, field_of};
+use super::{Backend, Body, MaybeUser, Operator, User, field_of};
 use crate::{
     AppError, AppState,
     broker::{Publication, RouteError},
@@ -384,16 +384,16 @@ pub(super) struct Disconnected {
 }
 
 /// An operator closes every STOMP connection of a user (clients reconnect and resume).
-#[utoipa::path(post, path = "/api/admin/disconnect", tag = "operations", security(("apiKey" = [])),
+#[utoipa::path(post, path = "/api/admin/disconnect", tag = "operations", security(("apiKey" = []), ("bearer" = [])),
     request_body = Disconnect,
     responses(
         (status = 200, description = "Closed", body = Disconnected),
-        (status = 401, description = "No or a wrong X-API-Key", body = ApiError),
-        (status = 403, description = "No API keys are configured ([api] keys)", body = ApiError),
+        (status = 401, description = "No or a wrong X-API-Key or token", body = ApiError),
+        (status = 403, description = "Not an operator ([auth] operators), or no API keys are configured", body = ApiError),
     ))]
 pub(super) async fn disconnect(
     State(state): State<AppState>,
-    _backend: Backend,
+    _operator: Operator,
     Body(request): Body<Disconnect>,
 ) -> Json<Disconnected> {
     let closed = state.fanout.disconnect_user(&request.user, "disconnected by an operator");
@@ -401,15 +401,20 @@ pub(super) async fn disconnect(
 }
 
 /// What the server has seen since it started (the figures of `/metrics`, as JSON).
-#[utoipa::path(get, path = "/api/admin/stats", tag = "operations", security(("apiKey" = [])),
+#[utoipa::path(get, path = "/api/admin/stats", tag = "operations", security(("apiKey" = []), ("bearer" = [])),
     responses(
         (status = 200, description = "The figures", body = crate::metrics::Stats),
-        (status = 401, description = "No or a wrong X-API-Key", body = ApiError),
-        (status = 403, description = "No API keys are configured ([api] keys)", body = ApiError),
+        (status = 401, description = "No or a wrong X-API-Key or token", body = ApiError),
+        (status = 403, description = "Not an operator ([auth] operators), or no API keys are configured", body = ApiError),
     ))]
 pub(super) async fn stats(
     State(state): State<AppState>,
-    _backend: Backend,
+    _operator: Operator,
 ) -> Json<crate::metrics::Stats> {
-    Json(state.metrics.stats())
+    let mut stats = state.metrics.stats();
+    stats.slowest_tasks = state.tasks.slowest(SLOWEST).await;
+    Json(stats)
 }
+
+/// Running tasks `GET /api/admin/stats` lists, longest-running first.
+const SLOWEST: usize = 10;

@@ -295,6 +295,7 @@ mod tests {
         };
         let auth = AuthSettings {
             users: vec![ConfigUser { login: "svc".into(), passcode: "right".into() }],
+            ..Default::default()
         };
         let auth = Authenticator::new(&jwt, &auth).unwrap();
         let reason = |headers: &[(&str, &str)]| auth.authenticate(&connect(headers), None);

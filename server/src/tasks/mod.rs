@@ -37,7 +37,7 @@ use validation::{new_task_no, next_external_state, validate};
 use crate::{
     Settings,
     broker::Coalesce,
-    metrics::Metrics,
+    metrics::{Metrics, RunningTask},
     now_ms,
     replay::UserLog,
     storage::{Storage, StorageError, TaskChange, TaskQuery, TaskRecord},
@@ -568,6 +568,27 @@ impl TaskService {
                 self.transition(TaskChange::Update(failed)).await;
             }
         }
+    }
+
+    /// The `limit` processing tasks that have run longest, longest first.
+    pub async fn slowest(&self, limit: usize) -> Vec<RunningTask> {
+        let live: Vec<Arc<LiveTask>> = self.inner.live.lock().values().cloned().collect();
+        let mut running = Vec::new();
+        for task in live {
+            let state = task.state.lock().await;
+            if let (TaskStatus::Processing, Some(started)) = (state.current.status, state.started) {
+                running.push(RunningTask {
+                    task_no: state.current.task_no.clone(),
+                    owner: task.owner.clone(),
+                    executor: task.executor().to_owned(),
+                    progress: state.current.progress,
+                    running_seconds: started.elapsed().as_secs_f64(),
+                });
+            }
+        }
+        running.sort_by(|a, b| b.running_seconds.total_cmp(&a.running_seconds));
+        running.truncate(limit);
+        running
     }
 
     /// How long tasks of `lane` (`None`: external) may stay silent; `None` for ever.

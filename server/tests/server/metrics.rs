@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
-use serde_json::Value;
-use taskpulse_server::Config;
-use taskpulse_shared::stomp::Command;
+use serde_json::{Value, json};
+use taskpulse_server::{Config, ConfigUser};
+use taskpulse_shared::{TaskProgressDto, TaskStatus, stomp::Command};
 
 use crate::fixture::{PATIENCE, TestServer};
 
@@ -169,5 +169,65 @@ async fn without_a_token_anyone_may_scrape() {
     let (status, body) = server.get("/metrics").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("# TYPE taskpulse_uptime_seconds gauge"), "{body}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn operators_read_the_stats_and_disconnect_users_with_their_token() {
+    let server = TestServer::stomp(|c| {
+        settings(c);
+        c.settings.demo.duration_ms = 3000;
+        c.settings.auth.users =
+            vec![ConfigUser { login: "ops".into(), passcode: "ops-passcode-123".into() }];
+        c.settings.auth.operators = vec!["ops".into()];
+    })
+    .await;
+    let api = server.api();
+    let alice = api.register("alice").await;
+    // The operator signs in with its configured passcode; nobody can register its name.
+    let body = json!({"username": "ops", "password": "wrong"});
+    assert_eq!(api.post("/api/auth/login", None, body).await.0, 401);
+    let body = json!({"username": "ops", "password": "ops-passcode-123"});
+    let (status, answer) = api.post("/api/auth/login", None, body).await;
+    assert_eq!(status, 200, "{answer}");
+    let ops = answer["token"].as_str().unwrap().to_owned();
+    let body = json!({"username": "OPS", "password": "another password"});
+    assert_eq!(api.post("/api/auth/register", None, body).await.0, 409);
+    assert_eq!(api.get("/api/me", Some(&ops)).await.1["operator"], true);
+    assert!(api.get("/api/me", Some(&alice)).await.1.get("operator").is_none());
+
+    // A running task shows among the slowest.
+    let mut watcher = server.client_with(&alice).await;
+    watcher.subscribe("tasks", PROGRESS, "auto").await;
+    let task_no = api.submit(&alice, "a long one").await;
+    loop {
+        let update: TaskProgressDto = serde_json::from_slice(&watcher.recv().await.body).unwrap();
+        if update.task_no == task_no && update.status == TaskStatus::Processing {
+            break;
+        }
+    }
+    let (status, stats) = api.get("/api/admin/stats", Some(&ops)).await;
+    assert_eq!(status, 200, "{stats}");
+    let slowest = &stats["slowestTasks"][0];
+    assert_eq!(
+        (slowest["taskNo"].as_str(), slowest["owner"].as_str()),
+        (Some(task_no.as_str()), Some("alice"))
+    );
+    assert_eq!(slowest["executor"], "demo");
+    assert!(slowest["runningSeconds"].as_f64().unwrap() >= 0.0);
+    // Others may not.
+    let (status, answer) = api.get("/api/admin/stats", Some(&alice)).await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("[auth] operators"), "{answer}");
+    assert_eq!(api.get("/api/admin/stats", None).await.0, 401);
+
+    // The operator closes alice's connections.
+    let (status, answer) =
+        api.post("/api/admin/disconnect", Some(&ops), json!({"user": "alice"})).await;
+    assert_eq!((status, answer["closed"].as_u64()), (200, Some(1)), "{answer}");
+    let error = watcher.expect_error().await;
+    assert_eq!(error.header("message"), Some("disconnected"));
+    let (status, _) = api.post("/api/admin/disconnect", Some(&alice), json!({"user": "ops"})).await;
+    assert_eq!(status, 403);
     server.stop().await;
 }
