@@ -11,8 +11,8 @@ use yew::{
 
 use crate::{
     components::{
-        auth::AuthForm, connection::ConnectionIndicator, submit::SubmitForm, task_list::TaskList,
-        toasts::Toasts,
+        auth::AuthForm, connection::ConnectionIndicator, operations::Operations,
+        submit::SubmitForm, task_list::TaskList, toasts::Toasts,
     },
     services::{
         api, live,
@@ -92,6 +92,20 @@ fn load(
 pub fn monitor(props: &MonitorProps) -> Html {
     let board = use_reducer(Board::default);
     let live_handle = use_mut_ref(|| None::<Live>);
+    // Operators get a second view: the server's figures.
+    let operator = use_state(|| false);
+    let operations = use_state(|| false);
+    {
+        let operator = operator.clone();
+        use_effect_with(props.session.token.clone(), move |token: &String| {
+            let token = token.clone();
+            wasm_bindgen_futures::spawn_local(async move {
+                if let Ok(me) = api::me(&token).await {
+                    operator.set(me.operator);
+                }
+            });
+        });
+    }
     // Tasks whose details (prompt, times) the board has asked the API for.
     let known: Rc<RefCell<HashSet<String>>> = use_mut_ref(HashSet::new);
 
@@ -236,15 +250,30 @@ pub fn monitor(props: &MonitorProps) -> Html {
             <header class="top">
                 <h1>{ "TaskPulse" }</h1>
                 <ConnectionIndicator connection={board.connection} on_retry={on_retry} />
+                if *operator {
+                    <button type="button" class="view-switch" aria-pressed={operations.to_string()}
+                            onclick={{
+                                let operations = operations.clone();
+                                Callback::from(move |_| operations.set(!*operations))
+                            }}>
+                        { if *operations { "Tasks" } else { "Operations" } }
+                    </button>
+                }
                 <span class="user">{ props.session.username.clone() }</span>
                 <button type="button" class="sign-out" onclick={on_sign_out}>{ "Sign out" }</button>
             </header>
+            if *operations {
+                <main class="monitor">
+                    <Operations token={props.session.token.clone()} on_unauthorized={on_unauthorized.clone()} />
+                </main>
+            } else {
             <main class="monitor">
                 <SubmitForm token={props.session.token.clone()} on_submitted={on_submitted}
                             on_unauthorized={on_unauthorized} />
                 <TaskList board={Rc::new((*board).clone())} on_filter={on_filter} on_cancel={on_cancel}
                           on_older={on_older} />
             </main>
+            }
             <Toasts toasts={board.toasts.clone()} on_dismiss={on_dismiss} />
         </>
     }

@@ -321,3 +321,111 @@ async fn render_list(board: Board, clicked: Rc<std::cell::Cell<u32>>) -> Element
     TimeoutFuture::new(0).await;
     root
 }
+
+#[wasm_bindgen_test]
+async fn the_operator_page_draws_its_figures_from_the_samples() {
+    use taskpulse_frontend::components::operations::{
+        OperationsView, OperationsViewProps, Sample, polyline, rate,
+    };
+    use taskpulse_shared::stats::{RunningTask, Stats};
+    let stats = |deliveries: u64, errors: u64, open: i64| {
+        let mut stats: Stats = zero_stats(open);
+        stats.messages.deliveries = deliveries;
+        stats.errors.total = errors;
+        stats.errors.by_code.insert("slow-consumer".into(), errors);
+        stats
+    };
+    let mut last = stats(1_000, 3, 4);
+    last.slowest_tasks = vec![
+        RunningTask {
+            task_no: "aaaaaaaa1111".into(),
+            owner: "alice".into(),
+            executor: "demo".into(),
+            progress: 40,
+            running_seconds: 30.0,
+        },
+        RunningTask {
+            task_no: "bbbbbbbb2222".into(),
+            owner: "bob".into(),
+            executor: "comfyui".into(),
+            progress: 5,
+            running_seconds: 15.0,
+        },
+    ];
+    let samples = vec![
+        Sample { at: 0.0, stats: stats(0, 1, 2) },
+        Sample { at: 2_000.0, stats: stats(400, 1, 3) },
+        Sample { at: 4_000.0, stats: last },
+    ];
+    // Rates per second between samples; lines scaled into the box.
+    assert_eq!(rate(&samples, |s| s.messages.deliveries), [200.0, 300.0]);
+    assert_eq!(polyline(&[0.0, 10.0]), "0.0,30.0 100.0,2.0");
+    let document = web_sys::window().unwrap().document().unwrap();
+    let root = document.create_element("div").unwrap();
+    document.body().unwrap().append_child(&root).unwrap();
+    let props = OperationsViewProps {
+        samples: Rc::new(samples),
+        on_disconnect: Callback::noop(),
+        status: Some("Closed 1 connection(s) of alice.".into()),
+    };
+    yew::Renderer::<OperationsView>::with_root_and_props(root.clone(), props).render();
+    TimeoutFuture::new(0).await;
+    let spark = |title: &str| {
+        root.query_selector(&format!("figure.spark[data-title=\"{title}\"]")).unwrap().unwrap()
+    };
+    assert_eq!(text(&spark("Deliveries/s"), "strong").as_deref(), Some("300/s"));
+    assert_eq!(text(&spark("Connections"), "strong").as_deref(), Some("4"));
+    let points = spark("Connections").query_selector("polyline").unwrap().unwrap();
+    assert_eq!(points.get_attribute("points").unwrap().split(' ').count(), 3);
+    // The longest-running task has the full bar, the other half of it.
+    let widths: Vec<String> = (0..2)
+        .map(|i| {
+            let bar = root
+                .query_selector(&format!(".bars.slowest li:nth-child({}) .bar", i + 1))
+                .unwrap()
+                .unwrap();
+            bar.get_attribute("style").unwrap()
+        })
+        .collect();
+    assert_eq!(widths, ["width: 100.0%", "width: 50.0%"]);
+    assert!(text(&root, ".bars.slowest").unwrap().contains("alice"));
+    // Two slow-consumer ERRORs since the first sample.
+    assert_eq!(text(&root, ".bars.errors .bar-value").as_deref(), Some("2"));
+    assert!(text(&root, ".disconnect-status").unwrap().contains("alice"));
+}
+
+/// Stats with `open` connections and everything else zero.
+fn zero_stats(open: i64) -> taskpulse_shared::stats::Stats {
+    use taskpulse_shared::stats::*;
+    Stats {
+        uptime_seconds: 1,
+        connections: ConnectionStats {
+            open,
+            by_transport: Default::default(),
+            connects: 0,
+            disconnects: 0,
+            disconnects_by_reason: Default::default(),
+        },
+        authentication: AuthStats {
+            attempts: 0,
+            successes: 0,
+            failures: 0,
+            success_rate: None,
+            by_outcome: Default::default(),
+        },
+        messages: MessageStats {
+            received: 0,
+            sent: 0,
+            received_by_kind: Default::default(),
+            sent_by_kind: Default::default(),
+            published: 0,
+            deliveries: 0,
+            coalesced_progress: 0,
+        },
+        errors: ErrorStats { total: 0, by_code: Default::default(), slow_consumer_disconnects: 0 },
+        catch_ups: CatchUpStats { replays: 0, snapshots: 0, entries: 0 },
+        user_log: LogStats { entries: 0, pruned: 0 },
+        tasks: Default::default(),
+        slowest_tasks: Vec::new(),
+    }
+}

@@ -25,7 +25,10 @@ use prometheus_client::{
     },
     registry::{Registry, Unit},
 };
-use serde::Serialize;
+pub use taskpulse_shared::stats::{
+    AuthStats, CatchUpStats, ConnectionStats, ErrorStats, LogStats, MessageStats, RunningTask,
+    Stats,
+};
 use taskpulse_shared::stomp::Command;
 
 /// Most label sets one family keeps; later new ones are counted under `other`.
@@ -563,132 +566,6 @@ impl Metrics {
 /// The value of label `key` (empty when absent).
 fn label(labels: &Labels, key: &str) -> String {
     labels.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()).unwrap_or_default()
-}
-
-/// `GET /api/admin/stats`: what the server has seen since it started.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Stats {
-    /// Seconds since the server started.
-    pub uptime_seconds: u64,
-    /// Connections.
-    pub connections: ConnectionStats,
-    /// Authentication of connections (the seed's success rate).
-    pub authentication: AuthStats,
-    /// Frames in and out, routing.
-    pub messages: MessageStats,
-    /// ERRORs sent.
-    pub errors: ErrorStats,
-    /// Catch-ups of subscriptions.
-    pub catch_ups: CatchUpStats,
-    /// The per-user log.
-    pub user_log: LogStats,
-    /// Tasks by executor, then status: unfinished ones now, finished ones since the start.
-    pub tasks: BTreeMap<String, BTreeMap<String, i64>>,
-    /// The tasks running longest now (filled in by the task service).
-    pub slowest_tasks: Vec<RunningTask>,
-}
-
-/// A running task in [`Stats`].
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RunningTask {
-    /// Its number.
-    pub task_no: String,
-    /// Whose it is.
-    pub owner: String,
-    /// Which executor runs it (`external`: a worker of its own).
-    pub executor: String,
-    /// How far it is, percent.
-    pub progress: u8,
-    /// Seconds since it started.
-    pub running_seconds: f64,
-}
-
-/// Connections in [`Stats`].
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ConnectionStats {
-    /// Open now.
-    pub open: i64,
-    /// Open now, by transport.
-    pub by_transport: BTreeMap<String, i64>,
-    /// Opened since the start.
-    pub connects: u64,
-    /// Ended since the start.
-    pub disconnects: u64,
-    /// Ended, by reason.
-    pub disconnects_by_reason: BTreeMap<String, u64>,
-}
-
-/// Authentication in [`Stats`].
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AuthStats {
-    /// Attempts.
-    pub attempts: u64,
-    /// Successful ones.
-    pub successes: u64,
-    /// Failed ones.
-    pub failures: u64,
-    /// `successes / attempts`; null before the first attempt.
-    pub success_rate: Option<f64>,
-    /// Attempts by outcome.
-    pub by_outcome: BTreeMap<String, u64>,
-}
-
-/// Messages in [`Stats`].
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct MessageStats {
-    /// Client frames and messages received.
-    pub received: u64,
-    /// Frames sent to clients.
-    pub sent: u64,
-    /// Received, by `protocol/kind`.
-    pub received_by_kind: BTreeMap<String, u64>,
-    /// Sent, by `protocol/kind`.
-    pub sent_by_kind: BTreeMap<String, u64>,
-    /// Messages routed to topics and user destinations.
-    pub published: u64,
-    /// Messages handed to subscriptions.
-    pub deliveries: u64,
-    /// Progress updates merged for slow consumers.
-    pub coalesced_progress: u64,
-}
-
-/// ERRORs in [`Stats`].
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ErrorStats {
-    /// ERRORs sent.
-    pub total: u64,
-    /// By code.
-    pub by_code: BTreeMap<String, u64>,
-    /// Connections closed as slow consumers.
-    pub slow_consumer_disconnects: u64,
-}
-
-/// Catch-ups in [`Stats`].
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CatchUpStats {
-    /// Subscriptions that got a replay of what they missed.
-    pub replays: u64,
-    /// Subscriptions that got a snapshot instead.
-    pub snapshots: u64,
-    /// Entries served by both.
-    pub entries: u64,
-}
-
-/// The user log in [`Stats`].
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct LogStats {
-    /// Entries after the last prune.
-    pub entries: i64,
-    /// Entries pruned since the start.
-    pub pruned: u64,
 }
 
 /// Times a storage call into [`Metrics::storage`].

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod connection;
+pub mod operations;
 pub mod submit;
 pub mod task_card;
 pub mod task_list;

@@ -3,9 +3,12 @@
 
 use gloo_net::http::{Request, RequestBuilder, Response};
 use serde::{Serialize, de::DeserializeOwned};
-use taskpulse_shared::dto::{
-    ApiError, Credentials, Me, SubmitTaskRequest, TaskDetails, TaskPage, TaskSubmitted,
-    TokenResponse,
+use taskpulse_shared::{
+    dto::{
+        ApiError, Credentials, Me, SubmitTaskRequest, TaskDetails, TaskPage, TaskSubmitted,
+        TokenResponse,
+    },
+    stats::Stats,
 };
 
 /// Why a call failed.
@@ -124,4 +127,23 @@ pub async fn submit(token: &str, request: &SubmitTaskRequest) -> Result<TaskSubm
 /// `POST /api/tasks/{taskNo}/cancel`.
 pub async fn cancel(token: &str, task_no: &str) -> Result<TaskDetails, ApiFailure> {
     send(authorized(Request::post(&format!("/api/tasks/{task_no}/cancel")), token).build()).await
+}
+
+/// `GET /api/admin/stats` (operators).
+pub async fn stats(token: &str) -> Result<Stats, ApiFailure> {
+    send(authorized(Request::get("/api/admin/stats"), token).build()).await
+}
+
+/// `POST /api/admin/disconnect` (operators): closes `user`'s connections; returns how many.
+pub async fn disconnect(token: &str, user: &str) -> Result<u64, ApiFailure> {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        user: &'a str,
+    }
+    #[derive(serde::Deserialize)]
+    struct Closed {
+        closed: u64,
+    }
+    let closed: Closed = post("/api/admin/disconnect", Some(token), &Body { user }).await?;
+    Ok(closed.closed)
 }

@@ -12,6 +12,7 @@ const SERVER = process.env.TASKPULSE_SERVER_BIN;
 const UI = process.env.TASKPULSE_UI_DIR;
 const SHOTS = process.env.TASKPULSE_SCREENSHOTS ?? join(tmpdir(), "taskpulse-shots");
 const PASSWORD = "correct horse 9";
+const OPS_PASSCODE = "operator passcode 42";
 
 let port;
 let data;
@@ -34,6 +35,9 @@ function startServer() {
       TASKPULSE_ACCOUNTS_ATTEMPTS_PER_MINUTE: "1000",
       // Live snapshots carry the newest 50 tasks, so that older ones come from the API only.
       TASKPULSE_REPLAY_SNAPSHOT_LIMIT: "50",
+      // An operator for the operations page.
+      TASKPULSE_AUTH_USERS: `[{login="ops",passcode="${OPS_PASSCODE}"}]`,
+      TASKPULSE_AUTH_OPERATORS: '["ops"]',
     },
   });
 }
@@ -267,4 +271,41 @@ test("more tasks than one page: the oldest load behind a button", async () => {
   const order = await page.$$eval("article.task-card", (cards) => cards.map((c) => c.dataset.taskNo));
   assert.deepEqual(order.slice(-5), numbers.slice(0, 5).reverse());
   assert.deepEqual(page.errors, []);
+});
+
+test("an operator sees the server's figures as charts and disconnects a user", async () => {
+  const user = await openPage(await browser.newContext());
+  const name = uniqueName("gina");
+  await register(user, name);
+  await user.waitForSelector('.connection[data-state="connected"]');
+
+  const ops = await openPage(await browser.newContext());
+  await ops.waitForSelector("#auth-title");
+  await ops.fill("#username", "ops");
+  await ops.fill("#password", OPS_PASSCODE);
+  await ops.click("form button[type=submit]");
+  await ops.click("button.view-switch");
+  await ops.waitForSelector('figure.spark[data-title="Connections"]');
+  const taskNo = await submit(user, "watched by the operator");
+  await ops.waitForSelector(".bars.slowest li", { timeout: 20_000 });
+  // A few samples, two seconds apart, make lines; the user's task runs meanwhile.
+  await ops.waitForFunction(
+    () => (document.querySelector('figure.spark[data-title="Connections"] polyline')?.getAttribute("points") ?? "").split(" ").length >= 3,
+    null,
+    { timeout: 20_000 },
+  );
+  assert.match(await ops.textContent(".bars.slowest"), new RegExp(name));
+  await shot(ops, "operations");
+  // A plain user has no such view.
+  assert.equal(await user.$("button.view-switch"), null);
+
+  await ops.fill("#disconnect-user", name);
+  await ops.click("form.disconnect button[type=submit]");
+  await ops.waitForSelector(".disconnect-status");
+  assert.match(await ops.textContent(".disconnect-status"), new RegExp(`Closed 1 connection\\(s\\) of ${name}`));
+  // The user's page reconnects by itself and still sees its task end.
+  await user.waitForSelector(`${card(taskNo)}[data-status="completed"]`, { timeout: 30_000 });
+  await user.waitForSelector('.connection[data-state="connected"]');
+  assert.deepEqual(ops.errors, []);
+  assert.deepEqual(user.errors, []);
 });
