@@ -187,10 +187,11 @@ async fn an_event_stream_follows_tasks_and_resumes_from_its_last_event_id() {
 #[tokio::test]
 async fn an_expired_ticket_is_refused() {
     let server = TestServer::stomp(fast).await;
-    // A token that expires in a second makes a ticket that does too.
-    let token = server.token_expiring("bob", 1);
+    // A token that expires in two seconds makes a ticket that does too (with one second,
+    // the ticket could be issued in the token's last whole second: 0 s left).
+    let token = server.token_expiring("bob", 2);
     let ticket = ticket(&server, &token).await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let refused = open(&reqwest::Client::new(), &server, &format!("?ticket={ticket}"), &[]).await;
     assert_eq!(refused.status(), 401);
     let unknown = open(&reqwest::Client::new(), &server, "?ticket=guess", &[]).await;
