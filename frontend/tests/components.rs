@@ -46,15 +46,19 @@ fn entry(status: TaskStatus, progress: u8) -> TaskEntry {
     }
 }
 
-/// Renders a card into a fresh element and lets Yew's scheduler run.
-async fn render(entry: TaskEntry) -> Element {
+/// Renders component `C` with `props` into a fresh element and lets Yew's scheduler run.
+async fn mount<C: yew::BaseComponent>(props: C::Properties) -> Element {
     let document = web_sys::window().unwrap().document().unwrap();
     let root = document.create_element("div").unwrap();
     document.body().unwrap().append_child(&root).unwrap();
-    let props = TaskCardProps { entry, on_cancel: Callback::noop() };
-    yew::Renderer::<TaskCard>::with_root_and_props(root.clone(), props).render();
+    yew::Renderer::<C>::with_root_and_props(root.clone(), props).render();
     TimeoutFuture::new(0).await;
     root
+}
+
+/// Renders a card.
+async fn render(entry: TaskEntry) -> Element {
+    mount::<TaskCard>(TaskCardProps { entry, on_cancel: Callback::noop() }).await
 }
 
 fn text(root: &Element, selector: &str) -> Option<String> {
@@ -308,18 +312,13 @@ async fn older_tasks_load_page_by_page_behind_a_button_until_the_oldest() {
 
 /// Renders the task list of `board` (the load-older button counts into `clicked`).
 async fn render_list(board: Board, clicked: Rc<std::cell::Cell<u32>>) -> Element {
-    let document = web_sys::window().unwrap().document().unwrap();
-    let root = document.create_element("div").unwrap();
-    document.body().unwrap().append_child(&root).unwrap();
-    let props = TaskListProps {
+    mount::<TaskList>(TaskListProps {
         board: Rc::new(board),
         on_filter: Callback::noop(),
         on_cancel: Callback::noop(),
         on_older: Callback::from(move |()| clicked.set(clicked.get() + 1)),
-    };
-    yew::Renderer::<TaskList>::with_root_and_props(root.clone(), props).render();
-    TimeoutFuture::new(0).await;
-    root
+    })
+    .await
 }
 
 #[wasm_bindgen_test]
@@ -360,16 +359,12 @@ async fn the_operator_page_draws_its_figures_from_the_samples() {
     // Rates per second between samples; lines scaled into the box.
     assert_eq!(rate(&samples, |s| s.messages.deliveries), [200.0, 300.0]);
     assert_eq!(polyline(&[0.0, 10.0]), "0.0,30.0 100.0,2.0");
-    let document = web_sys::window().unwrap().document().unwrap();
-    let root = document.create_element("div").unwrap();
-    document.body().unwrap().append_child(&root).unwrap();
-    let props = OperationsViewProps {
+    let root = mount::<OperationsView>(OperationsViewProps {
         samples: Rc::new(samples),
         on_disconnect: Callback::noop(),
         status: Some("Closed 1 connection(s) of alice.".into()),
-    };
-    yew::Renderer::<OperationsView>::with_root_and_props(root.clone(), props).render();
-    TimeoutFuture::new(0).await;
+    })
+    .await;
     let spark = |title: &str| {
         root.query_selector(&format!("figure.spark[data-title=\"{title}\"]")).unwrap().unwrap()
     };

@@ -496,10 +496,15 @@ impl TaskService {
     pub async fn drain(&self, within: Duration) {
         self.inner.draining.store(true, std::sync::atomic::Ordering::Relaxed);
         let deadline = Instant::now() + within;
+        let mut told = false;
         loop {
             let running: usize = self.inner.lanes.values().map(|lane| lane.running()).sum();
             if running == 0 {
                 return;
+            }
+            if !told {
+                tracing::info!(running, "waiting for running tasks to finish");
+                told = true;
             }
             if Instant::now() >= deadline {
                 tracing::warn!(
@@ -510,7 +515,6 @@ impl TaskService {
                 );
                 return;
             }
-            tracing::info!(running, "waiting for running tasks to finish");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
