@@ -311,6 +311,7 @@ impl TaskService {
             return Err(TaskError::Storage(StorageError::Corrupt(task_no, why)));
         }
         self.inner.metrics.task_status(live.executor(), None, TaskStatus::Created.as_str(), false);
+        self.watch_stall(&task_no, lane);
         if let Some(lane) = lane {
             self.enqueue(&live, &task_no, lane, "waiting for a free slot").await;
         }
@@ -352,11 +353,7 @@ impl TaskService {
         if active >= limit {
             return Err(active);
         }
-        tasks.insert(current.task_no.clone(), live.clone());
-        drop(tasks);
-        if let Some(timeout) = self.stall_timeout(lane) {
-            tokio::spawn(self.clone().watch(current.task_no, timeout));
-        }
+        tasks.insert(current.task_no, live.clone());
         Ok(live)
     }
 
@@ -607,6 +604,14 @@ impl TaskService {
         (seconds > 0).then(|| Duration::from_secs(seconds))
     }
 
+    /// Starts the stall watchdog of a stored, followed task (none when its executor's timeout
+    /// is 0).
+    fn watch_stall(&self, task_no: &str, lane: Option<&'static str>) {
+        if let Some(timeout) = self.stall_timeout(lane) {
+            tokio::spawn(self.clone().watch(task_no.to_owned(), timeout));
+        }
+    }
+
     /// Ends the task as stalled once it has been silent for `timeout`: a task running on an
     /// executor, or an external task in any unfinished status (its worker may have died).
     /// Queued tasks are waiting, not stalled.
@@ -706,6 +711,7 @@ impl TaskService {
             };
             let status = record.state.status.as_str();
             self.inner.metrics.task_status(live.executor(), None, status, false);
+            self.watch_stall(&task_no, lane);
             let Some(lane) = lane else { continue };
             let why = match record.state.status {
                 TaskStatus::Processing if record.external_ref.is_some() => {
