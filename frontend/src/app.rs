@@ -1,5 +1,6 @@
 //! The page: the sign-in form until there is a session, then the monitor (header with the
-//! connection, submit form, task list, toasts), which owns the live connection.
+//! connection, submit form, task list, toasts), which owns the live connection. At `/share`
+//! it is a share link's page instead, which needs no session.
 
 use std::{cell::RefCell, collections::HashSet, rc::Rc};
 
@@ -12,7 +13,7 @@ use yew::{
 use crate::{
     components::{
         auth::AuthForm, connection::ConnectionIndicator, operations::Operations,
-        submit::SubmitForm, task_list::TaskList, toasts::Toasts,
+        shared::SharedTaskPage, submit::SubmitForm, task_list::TaskList, toasts::Toasts,
     },
     services::{
         api, live,
@@ -25,9 +26,27 @@ use crate::{
 
 const SESSION_ENDED: &str = "Your session has ended. Please sign in again.";
 
+/// The page's path, and its fragment without `#`.
+fn location() -> (String, String) {
+    let location = web_sys::window().map(|w| w.location());
+    let path = location.as_ref().and_then(|l| l.pathname().ok()).unwrap_or_default();
+    let hash = location.as_ref().and_then(|l| l.hash().ok()).unwrap_or_default();
+    (path, hash.trim_start_matches('#').to_owned())
+}
+
 /// The whole page.
 #[function_component(App)]
 pub fn app() -> Html {
+    let (path, fragment) = location();
+    if path == "/share" {
+        return html! { <SharedTaskPage token={fragment} /> };
+    }
+    html! { <Account /> }
+}
+
+/// The signed-in monitor, or the sign-in form.
+#[function_component(Account)]
+fn account() -> Html {
     let session = use_state(session::load);
     let notice = use_state(|| None::<String>);
     let on_signed_in = {
@@ -189,6 +208,42 @@ pub fn monitor(props: &MonitorProps) -> Html {
             });
         })
     };
+    let on_share = {
+        let (dispatch, token, signed_out) =
+            (board.dispatcher(), props.session.token.clone(), props.on_signed_out.clone());
+        Callback::from(move |(task_no, make): (String, bool)| {
+            let (dispatch, token, signed_out) =
+                (dispatch.clone(), token.clone(), signed_out.clone());
+            wasm_bindgen_futures::spawn_local(async move {
+                let short = crate::state::short_task_no(&task_no).to_owned();
+                let done = if make {
+                    api::share(&token, &task_no).await.map(|link| {
+                        let origin = web_sys::window()
+                            .and_then(|w| w.location().origin().ok())
+                            .unwrap_or_default();
+                        let url = format!("{origin}{}", link.url);
+                        dispatch.dispatch(Action::Shared { task_no: task_no.clone(), url });
+                        format!("Anyone with the link can now watch task {short}")
+                    })
+                } else {
+                    api::unshare(&token, &task_no).await.map(|()| {
+                        dispatch.dispatch(Action::Unshared(task_no.clone()));
+                        format!("The share link of task {short} no longer works")
+                    })
+                };
+                match done {
+                    Ok(text) => dispatch.dispatch(Action::Notify { text, tone: Tone::Success }),
+                    Err(failure) if failure.is_unauthorized() => {
+                        signed_out.emit(Some(SESSION_ENDED.into()))
+                    }
+                    Err(failure) => dispatch.dispatch(Action::Notify {
+                        text: format!("Cannot change the share link: {}", failure.message),
+                        tone: Tone::Failure,
+                    }),
+                }
+            });
+        })
+    };
     let on_older = {
         let (dispatch, token, signed_out) =
             (board.dispatcher(), props.session.token.clone(), props.on_signed_out.clone());
@@ -271,7 +326,7 @@ pub fn monitor(props: &MonitorProps) -> Html {
                 <SubmitForm token={props.session.token.clone()} on_submitted={on_submitted}
                             on_unauthorized={on_unauthorized} />
                 <TaskList board={Rc::new((*board).clone())} on_filter={on_filter} on_cancel={on_cancel}
-                          on_older={on_older} />
+                          on_share={on_share} on_older={on_older} />
             </main>
             }
             <Toasts toasts={board.toasts.clone()} on_dismiss={on_dismiss} />

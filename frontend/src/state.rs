@@ -25,9 +25,27 @@ pub struct TaskEntry {
     /// How far the last live update said it was (none yet: only API data or the
     /// submission so far).
     pub live_rank: Option<(u8, u8)>,
+    /// It has a share link.
+    pub shared: bool,
+    /// The link, when it was made on this page (the server shows a token only once).
+    pub share_url: Option<String>,
 }
 
 impl TaskEntry {
+    /// A task first seen in `update` at `now`.
+    pub fn seen(update: TaskProgressDto, now: f64) -> TaskEntry {
+        let finished = update.status.is_terminal();
+        TaskEntry {
+            live_rank: Some(rank(&update)),
+            update,
+            request: None,
+            created_at: now,
+            finished_at: finished.then_some(now),
+            shared: false,
+            share_url: None,
+        }
+    }
+
     /// The prompt, for display.
     pub fn prompt(&self) -> Option<&str> {
         match self.request.as_ref()? {
@@ -172,6 +190,10 @@ pub enum Action {
     Notify { text: String, tone: Tone },
     /// The user closed a toast.
     Dismiss(u64),
+    /// A share link was made for the task (`url`: the whole link).
+    Shared { task_no: String, url: String },
+    /// The task's share link was revoked.
+    Unshared(String),
 }
 
 /// How far along a status is: API data older than a live update must not undo it.
@@ -222,6 +244,10 @@ impl Board {
             Some(entry) => {
                 entry.request = Some(details.request);
                 entry.created_at = created_at;
+                entry.shared = details.shared;
+                if !details.shared {
+                    entry.share_url = None;
+                }
                 if rank(&details.progress) >= rank(&entry.update) {
                     entry.update = details.progress;
                 }
@@ -233,6 +259,8 @@ impl Board {
                 created_at,
                 finished_at,
                 live_rank: None,
+                shared: details.shared,
+                share_url: None,
             }),
         }
         self.tasks.sort_by(|a, b| b.created_at.total_cmp(&a.created_at));
@@ -263,13 +291,7 @@ impl Board {
                 was_running && finished
             }
             None => {
-                self.insert(TaskEntry {
-                    live_rank: Some(rank(&update)),
-                    update: update.clone(),
-                    request: None,
-                    created_at: now,
-                    finished_at: finished.then_some(now),
-                });
+                self.insert(TaskEntry::seen(update.clone(), now));
                 false
             }
         };
@@ -332,6 +354,8 @@ impl Reducible for Board {
                         created_at: now,
                         finished_at: None,
                         live_rank: None,
+                        shared: false,
+                        share_url: None,
                     });
                 } else if let Some(entry) = board.entry(&task_no) {
                     entry.request.get_or_insert(request);
@@ -341,6 +365,18 @@ impl Reducible for Board {
             Action::Filter(filter) => board.filter = filter,
             Action::Notify { text, tone } => board.toast(text, tone, None),
             Action::Dismiss(id) => board.toasts.retain(|t| t.id != id),
+            Action::Shared { task_no, url } => {
+                if let Some(entry) = board.entry(&task_no) {
+                    entry.shared = true;
+                    entry.share_url = Some(url);
+                }
+            }
+            Action::Unshared(task_no) => {
+                if let Some(entry) = board.entry(&task_no) {
+                    entry.shared = false;
+                    entry.share_url = None;
+                }
+            }
         }
         Rc::new(board)
     }

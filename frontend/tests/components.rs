@@ -17,6 +17,7 @@ use taskpulse_shared::{
     TaskProgressDto, TaskStatus,
     dto::{AspectRatio, SubmitTaskRequest, TaskDetails},
 };
+use wasm_bindgen::JsCast;
 use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
 use web_sys::Element;
 use yew::{Callback, Reducible};
@@ -43,6 +44,8 @@ fn entry(status: TaskStatus, progress: u8) -> TaskEntry {
         created_at: 1_700_000_000_000.0,
         finished_at: status.is_terminal().then_some(1_700_000_012_300.0),
         live_rank: None,
+        shared: false,
+        share_url: None,
     }
 }
 
@@ -58,7 +61,13 @@ async fn mount<C: yew::BaseComponent>(props: C::Properties) -> Element {
 
 /// Renders a card.
 async fn render(entry: TaskEntry) -> Element {
-    mount::<TaskCard>(TaskCardProps { entry, on_cancel: Callback::noop() }).await
+    mount::<TaskCard>(TaskCardProps {
+        entry,
+        on_cancel: Some(Callback::noop()),
+        on_share: Some(Callback::noop()),
+        show_times: true,
+    })
+    .await
 }
 
 fn text(root: &Element, selector: &str) -> Option<String> {
@@ -115,6 +124,111 @@ async fn a_card_shows_what_each_status_means() {
         assert_eq!(took.as_deref(), status.is_terminal().then_some("12.3 s"), "{status:?}");
         root.remove();
     }
+}
+
+#[wasm_bindgen_test]
+async fn a_card_offers_its_share_link_to_the_owner_only() {
+    // The owner's card: "Share" until a link exists; then the link, Copy and Stop sharing.
+    let asked = Rc::new(std::cell::RefCell::new(Vec::new()));
+    let card = |entry: TaskEntry| {
+        let asked = asked.clone();
+        mount::<TaskCard>(TaskCardProps {
+            entry,
+            on_cancel: None,
+            on_share: Some(Callback::from(move |choice| asked.borrow_mut().push(choice))),
+            show_times: true,
+        })
+    };
+    let root = card(entry(TaskStatus::Processing, 40)).await;
+    assert!(
+        root.query_selector("button.cancel").unwrap().is_none(),
+        "no cancel without a callback"
+    );
+    let share: web_sys::HtmlElement =
+        root.query_selector("button.share-make").unwrap().unwrap().dyn_into().unwrap();
+    assert_eq!(share.text_content().as_deref(), Some("Share"));
+    assert!(root.query_selector("button.share-revoke").unwrap().is_none());
+    share.click();
+    assert_eq!(asked.borrow().as_slice(), [(TASK.to_owned(), true)]);
+    root.remove();
+
+    let mut shared = entry(TaskStatus::Processing, 40);
+    shared.shared = true;
+    shared.share_url = Some(format!("http://example.test/share#{}", "f".repeat(64)));
+    let root = card(shared.clone()).await;
+    let url: web_sys::HtmlInputElement =
+        root.query_selector("input.share-url").unwrap().unwrap().dyn_into().unwrap();
+    assert_eq!(url.value(), shared.share_url.clone().unwrap());
+    assert!(url.read_only());
+    assert!(root.query_selector("button.share-copy").unwrap().is_some());
+    assert!(root.query_selector("button.share-make").unwrap().is_none());
+    let revoke: web_sys::HtmlElement =
+        root.query_selector("button.share-revoke").unwrap().unwrap().dyn_into().unwrap();
+    revoke.click();
+    assert_eq!(asked.borrow().last(), Some(&(TASK.to_owned(), false)));
+    root.remove();
+
+    // Shared before this page was opened: the token is not known here, so it can be
+    // revoked or replaced but not shown.
+    shared.share_url = None;
+    let root = card(shared.clone()).await;
+    assert!(root.query_selector("input.share-url").unwrap().is_none());
+    assert_eq!(text(&root, "button.share-make").as_deref(), Some("New link"));
+    assert!(root.query_selector("button.share-revoke").unwrap().is_some());
+    root.remove();
+
+    // The board keeps what the API and the buttons say.
+    let mut details = TaskDetails {
+        progress: TaskProgressDto::new(TASK, TaskStatus::Processing, 10, "x"),
+        request: request(),
+        created_at: 1,
+        updated_at: 1,
+        finished_at: None,
+        cost: 1,
+        shared: true,
+    };
+    let url = "http://example.test/share#abc".to_owned();
+    let board = board([Action::Details(details.clone())]);
+    assert!(board.tasks[0].shared && board.tasks[0].share_url.is_none());
+    let board = board.reduce(Action::Shared { task_no: TASK.into(), url: url.clone() });
+    assert_eq!(board.tasks[0].share_url.as_ref(), Some(&url));
+    let board = board.reduce(Action::Unshared(TASK.into()));
+    assert!(!board.tasks[0].shared && board.tasks[0].share_url.is_none());
+    details.shared = false;
+    let board =
+        board.reduce(Action::Shared { task_no: TASK.into(), url }).reduce(Action::Details(details));
+    assert!(!board.tasks[0].shared, "revoked elsewhere: the API's answer wins");
+}
+
+#[wasm_bindgen_test]
+async fn a_share_links_page_shows_its_task_read_only_and_says_when_the_link_ended() {
+    use taskpulse_frontend::components::shared::{SharedTaskView, SharedTaskViewProps, WatchState};
+    let root =
+        mount::<SharedTaskView>(SharedTaskViewProps { entry: None, state: WatchState::Connecting })
+            .await;
+    assert_eq!(text(&root, ".empty").as_deref(), Some("Loading the shared task…"));
+    root.remove();
+
+    let live = SharedTaskViewProps {
+        entry: Some(TaskEntry::seen(
+            TaskProgressDto::new(TASK, TaskStatus::Processing, 60, "step 3"),
+            0.0,
+        )),
+        state: WatchState::Live,
+    };
+    let root = mount::<SharedTaskView>(live).await;
+    assert_eq!(text(&root, ".connection").as_deref(), Some("Live"));
+    assert_eq!(text(&root, ".percent").as_deref(), Some("60%"));
+    for control in ["button.cancel", "button.share-make", "button.share-revoke", ".times"] {
+        assert!(root.query_selector(control).unwrap().is_none(), "{control}: read-only, no times");
+    }
+    root.remove();
+
+    let ended = SharedTaskViewProps { entry: None, state: WatchState::Ended("revoked".into()) };
+    let root = mount::<SharedTaskView>(ended).await;
+    assert_eq!(text(&root, "[role=alert]").as_deref(), Some("revoked"));
+    assert!(root.query_selector(".empty").unwrap().is_none());
+    root.remove();
 }
 
 fn board(actions: impl IntoIterator<Item = Action>) -> Rc<Board> {
@@ -177,6 +291,7 @@ fn api_details_fill_in_without_undoing_live_updates() {
         updated_at: created_at,
         finished_at: None,
         cost: 0,
+        shared: false,
     };
     // A live update got here before the list did: the list's older state loses.
     let b = board([
@@ -208,6 +323,7 @@ fn live_updates_in_flight_when_the_api_answered_do_not_undo_it_but_a_live_step_b
         updated_at: 100,
         finished_at: None,
         cost: 0,
+        shared: false,
     };
     // A second window hears `created`, asks the API for the task, which is `processing` by
     // then; `queued` was still on its way.
@@ -272,6 +388,7 @@ async fn older_tasks_load_page_by_page_behind_a_button_until_the_oldest() {
         updated_at: created_at,
         finished_at: Some(created_at + 1),
         cost: 0,
+        shared: false,
     };
     let first = Action::Loaded {
         tasks: vec![details(300, "c"), details(200, "b")],
@@ -316,6 +433,7 @@ async fn render_list(board: Board, clicked: Rc<std::cell::Cell<u32>>) -> Element
         board: Rc::new(board),
         on_filter: Callback::noop(),
         on_cancel: Callback::noop(),
+        on_share: Callback::noop(),
         on_older: Callback::from(move |()| clicked.set(clicked.get() + 1)),
     })
     .await

@@ -7,7 +7,10 @@ use axum::{
 };
 use taskpulse_shared::dto::ApiError;
 
-use crate::{accounts::AccountError, tasks::TaskError};
+use crate::{
+    accounts::AccountError,
+    tasks::{ShareError, TaskError},
+};
 
 /// Everything a handler can fail with, mapped to a status and a message that names the problem.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +129,19 @@ impl From<TaskError> for AppError {
             }
             TaskError::ShuttingDown => AppError::Unavailable(error.to_string()),
             TaskError::Storage(e) => AppError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<ShareError> for AppError {
+    fn from(error: ShareError) -> AppError {
+        match error {
+            ShareError::NoTask(_) | ShareError::NoLink(_) | ShareError::UnknownLink => {
+                AppError::NotFound(error.to_string())
+            }
+            ShareError::Randomness(_) | ShareError::Storage(_) => {
+                AppError::Internal(error.to_string())
+            }
         }
     }
 }

@@ -39,7 +39,7 @@ use crate::{
     replay::UserLog,
     secret::random_hex,
     storage::{Metered, SqlStorage, Storage, StorageError},
-    tasks::{ResultStore, ServiceError, TaskService, TaskSnapshots},
+    tasks::{ResultStore, ServiceError, TaskService, TaskShares, TaskSnapshots},
 };
 
 /// Shared state handed to every request handler.
@@ -53,6 +53,8 @@ pub struct AppState {
     pub tasks: TaskService,
     /// Registration, login, logout.
     pub accounts: Accounts,
+    /// Tasks' share links.
+    pub shares: TaskShares,
     /// The per-user log: seq/epoch, replay, snapshots.
     pub log: UserLog,
     /// Where pushes go: to the sessions of this process (and, clustered, of the others).
@@ -159,6 +161,9 @@ impl AppState {
             metrics.clone(),
         )
         .await?;
+        let shares =
+            TaskShares::start(storage.clone(), broker.clone(), fanout.clone(), tasks.clone())
+                .await?;
         let sockjs = transport::sockjs::http::SockJsSessions::start(
             settings.sockjs.clone(),
             settings.limits.max_connections,
@@ -171,6 +176,7 @@ impl AppState {
             broker,
             tasks,
             accounts,
+            shares,
             log,
             fanout,
             connections: Arc::default(),

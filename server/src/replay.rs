@@ -60,6 +60,13 @@ pub trait SnapshotSource: Send + Sync + std::fmt::Debug {
         finished_since: i64,
         limit: u32,
     ) -> Result<Vec<Vec<u8>>, StorageError>;
+
+    /// One task of `user`'s as its subscribers receive it, if `user` owns it: a share link
+    /// watcher's catch-up.
+    ///
+    /// # Errors
+    /// Storage failed.
+    async fn task(&self, user: &str, task_no: &str) -> Result<Option<Vec<u8>>, StorageError>;
 }
 
 /// What one replayed or snapshot message costs beyond its body in an outbound buffer: the
@@ -307,9 +314,27 @@ impl UserLog {
     }
 
     async fn serve(&self, request: ReplayRequest) -> Result<(), StorageError> {
-        let ReplayRequest { user, path, resume, held } = request;
+        let ReplayRequest { user, path, resume, task, held } = request;
         let settings = &self.inner.settings;
         let storage = &self.inner.storage;
+        if let Some(task) = task {
+            // A share link's watcher: its task's current state, whatever it last saw (one
+            // document is as cheap as a replay, and a replay of the owner's log would be
+            // filtered to nearly nothing).
+            let (_, high) = storage.log_range(&user).await?;
+            let document = self.inner.snapshots.task(&user, &task).await?;
+            let snapshot = document.map(|body| {
+                Publication::json(body).at(LogPlace::Snapshot {
+                    index: 1,
+                    count: 1,
+                    seq: high,
+                    epoch: self.inner.epoch.clone(),
+                })
+            });
+            self.inner.metrics.caught_up("snapshot", 1);
+            held.release(snapshot.into_iter().collect(), Some(high));
+            return Ok(());
+        }
         let after = match resume {
             Some(ResumePosition { epoch, seq }) => {
                 let range = storage.log_range(&user).await?;
@@ -475,6 +500,10 @@ mod tests {
     impl SnapshotSource for NoTasks {
         async fn snapshot(&self, _: &str, _: i64, _: u32) -> Result<Vec<Vec<u8>>, StorageError> {
             Ok(Vec::new())
+        }
+
+        async fn task(&self, _: &str, _: &str) -> Result<Option<Vec<u8>>, StorageError> {
+            Ok(None)
         }
     }
 

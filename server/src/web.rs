@@ -150,6 +150,7 @@ fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(readyz))
         .routes(routes!(metrics))
         .routes(routes!(crate::transport::sse::tasks))
+        .routes(routes!(crate::transport::sse::share))
         .routes(routes!(openapi_json))
 }
 

@@ -298,6 +298,9 @@ pub struct TaskDetails {
     pub finished_at: Option<i64>,
     /// Credits reserved or spent for it.
     pub cost: i64,
+    /// It has a share link (`POST /api/tasks/{taskNo}/share`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
 }
 
 /// One page of `GET /api/tasks`, newest first.
@@ -334,6 +337,22 @@ pub struct TaskEvents {
     /// Older updates were deleted by the server's retention (`tasks.events_retention_s`):
     /// the list does not start at `created`.
     pub pruned: bool,
+}
+
+/// Body of `POST /api/tasks/{taskNo}/share`: a read-only link to one task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ShareLink {
+    /// The secret that lets anyone watch the task: STOMP CONNECT header `share`,
+    /// `GET /sse/share?token=`, `GET /api/shared?token=`. Shown once: the server keeps
+    /// only its hash.
+    pub token: String,
+    /// The monitor's page for it, relative to the server (`/share#<token>`: the token
+    /// stays in the fragment, which browsers never send).
+    pub url: String,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
 }
 
 /// Body of `POST /api/tasks/{taskNo}/progress`: an external worker's report. Absent fields

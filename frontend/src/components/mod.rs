@@ -1,9 +1,11 @@
 //! The page's pieces. Each takes its data and `Callback`s as props; only `auth` and `submit`
-//! call services (to send their forms), the rest only render.
+//! call services (to send their forms), `operations` and `shared` open their own feeds in a
+//! page component beside a view that only renders; the rest only render.
 
 pub mod auth;
 pub mod connection;
 pub mod operations;
+pub mod shared;
 pub mod submit;
 pub mod task_card;
 pub mod task_list;

@@ -1,5 +1,6 @@
 //! One task: number, kind, prompt, status badge, progress bar, latest message, queue
-//! position, result thumbnail, error, times, and a cancel button while it runs.
+//! position, result thumbnail, error, times; for its owner, a cancel button while it runs
+//! and its share link (make, copy, revoke). A share link's page shows it without either.
 
 use taskpulse_shared::TaskStatus;
 use yew::{Callback, Html, Properties, function_component, html};
@@ -12,8 +13,16 @@ use crate::state::{TaskEntry, short_task_no};
 pub struct TaskCardProps {
     /// The task.
     pub entry: TaskEntry,
-    /// Called with the task number when the user cancels it.
-    pub on_cancel: Callback<String>,
+    /// Called with the task number when the user cancels it; no cancel button without it.
+    #[prop_or_default]
+    pub on_cancel: Option<Callback<String>>,
+    /// Called with the task number to make a share link (`true`) or revoke it (`false`);
+    /// no sharing controls without it.
+    #[prop_or_default]
+    pub on_share: Option<Callback<(String, bool)>>,
+    /// Shows when it was submitted and finished (a share link's page does not know).
+    #[prop_or(true)]
+    pub show_times: bool,
 }
 
 /// A task's card.
@@ -25,10 +34,51 @@ pub fn task_card(props: &TaskCardProps) -> Html {
     let task_no = update.task_no.clone();
     let short = short_task_no(&task_no).to_owned();
     let title_id = format!("task-{task_no}-title");
-    let on_cancel = {
-        let (callback, task_no) = (props.on_cancel.clone(), task_no.clone());
+    let on_cancel = props.on_cancel.clone().map(|callback| {
+        let task_no = task_no.clone();
         Callback::from(move |_| callback.emit(task_no.clone()))
-    };
+    });
+    let sharing = props.on_share.clone().map(|callback| {
+        let share = {
+            let (callback, task_no) = (callback.clone(), task_no.clone());
+            Callback::from(move |_| callback.emit((task_no.clone(), true)))
+        };
+        let revoke = {
+            let task_no = task_no.clone();
+            Callback::from(move |_| callback.emit((task_no.clone(), false)))
+        };
+        let copy = entry.share_url.clone().map(|url| {
+            Callback::from(move |_| {
+                if let Some(window) = web_sys::window() {
+                    // Refused without the page's focus or permission: the link stays
+                    // in the field to copy by hand.
+                    let written = window.navigator().clipboard().write_text(&url);
+                    wasm_bindgen_futures::spawn_local(async move {
+                        let _ = wasm_bindgen_futures::JsFuture::from(written).await;
+                    });
+                }
+            })
+        });
+        html! {
+            <div class="share">
+                if let (Some(url), Some(copy)) = (entry.share_url.clone(), copy) {
+                    <input class="share-url" type="text" readonly=true value={url}
+                           aria-label={format!("Share link of task {short}")} />
+                    <button type="button" class="share-copy" onclick={copy}>{ "Copy" }</button>
+                }
+                if entry.shared {
+                    <button type="button" class="share-revoke" onclick={revoke}
+                            aria-label={format!("Stop sharing task {short}")}>{ "Stop sharing" }</button>
+                }
+                if entry.share_url.is_none() {
+                    <button type="button" class="share-make" onclick={share}
+                            aria-label={format!("Share task {short}")}>
+                        { if entry.shared { "New link" } else { "Share" } }
+                    </button>
+                }
+            </div>
+        }
+    });
     let progress = update.progress;
     html! {
         <article class={format!("task-card status-{status}")} data-task-no={task_no.clone()}
@@ -64,6 +114,7 @@ pub fn task_card(props: &TaskCardProps) -> Html {
             if update.status == TaskStatus::Failed {
                 <p class="error">{ update.error_message.clone().unwrap_or_else(|| "failed".into()) }</p>
             }
+            if props.show_times {
             <dl class="times">
                 <dt>{ "Submitted" }</dt>
                 <dd><time datetime={iso(entry.created_at)}>{ clock(entry.created_at) }</time></dd>
@@ -74,9 +125,13 @@ pub fn task_card(props: &TaskCardProps) -> Html {
                     <dd class="duration">{ duration(finished - entry.created_at) }</dd>
                 }
             </dl>
-            if !update.status.is_terminal() {
+            }
+            if let (false, Some(on_cancel)) = (update.status.is_terminal(), on_cancel) {
                 <button type="button" class="cancel" onclick={on_cancel}
                         aria-label={format!("Cancel task {short}")}>{ "Cancel" }</button>
+            }
+            if let Some(sharing) = sharing {
+                { sharing }
             }
         </article>
     }

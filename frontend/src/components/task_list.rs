@@ -14,6 +14,8 @@ pub struct TaskListProps {
     pub on_filter: Callback<Filter>,
     /// Called with a task number to cancel.
     pub on_cancel: Callback<String>,
+    /// Called with a task number to make (`true`) or revoke (`false`) its share link.
+    pub on_share: Callback<(String, bool)>,
     /// Called to load the next older page.
     pub on_older: Callback<()>,
 }
@@ -38,7 +40,8 @@ pub fn task_list(props: &TaskListProps) -> Html {
         .map(|entry| {
             html! {
                 <li key={entry.update.task_no.clone()}>
-                    <TaskCard entry={entry.clone()} on_cancel={props.on_cancel.clone()} />
+                    <TaskCard entry={entry.clone()} on_cancel={Some(props.on_cancel.clone())}
+                              on_share={Some(props.on_share.clone())} />
                 </li>
             }
         })

@@ -5,8 +5,8 @@ use gloo_net::http::{Request, RequestBuilder, Response};
 use serde::{Serialize, de::DeserializeOwned};
 use taskpulse_shared::{
     dto::{
-        ApiError, Credentials, Me, SubmitTaskRequest, TaskDetails, TaskPage, TaskSubmitted,
-        TokenResponse,
+        ApiError, Credentials, Me, ShareLink, SubmitTaskRequest, TaskDetails, TaskPage,
+        TaskSubmitted, TokenResponse,
     },
     stats::Stats,
 };
@@ -91,7 +91,11 @@ pub async fn login(credentials: &Credentials) -> Result<TokenResponse, ApiFailur
 
 /// `POST /api/auth/logout`: the token stops working everywhere.
 pub async fn logout(token: &str) -> Result<(), ApiFailure> {
-    let request = authorized(Request::post("/api/auth/logout"), token).build();
+    no_content(authorized(Request::post("/api/auth/logout"), token).build()).await
+}
+
+/// Sends a request whose success has no body.
+async fn no_content(request: Result<Request, gloo_net::Error>) -> Result<(), ApiFailure> {
     let request = request.map_err(ApiFailure::network)?;
     let response = request.send().await.map_err(ApiFailure::network)?;
     if response.ok() { Ok(()) } else { read::<()>(response).await }
@@ -127,6 +131,18 @@ pub async fn submit(token: &str, request: &SubmitTaskRequest) -> Result<TaskSubm
 /// `POST /api/tasks/{taskNo}/cancel`.
 pub async fn cancel(token: &str, task_no: &str) -> Result<TaskDetails, ApiFailure> {
     send(authorized(Request::post(&format!("/api/tasks/{task_no}/cancel")), token).build()).await
+}
+
+/// `POST /api/tasks/{taskNo}/share`: a new read-only link (the task's earlier one stops
+/// working).
+pub async fn share(token: &str, task_no: &str) -> Result<ShareLink, ApiFailure> {
+    send(authorized(Request::post(&format!("/api/tasks/{task_no}/share")), token).build()).await
+}
+
+/// `DELETE /api/tasks/{taskNo}/share`: the link stops working.
+pub async fn unshare(token: &str, task_no: &str) -> Result<(), ApiFailure> {
+    no_content(authorized(Request::delete(&format!("/api/tasks/{task_no}/share")), token).build())
+        .await
 }
 
 /// `GET /api/admin/stats` (operators).

@@ -238,6 +238,46 @@ test("another user's task never appears", async () => {
   await shot(other, "monitor-other-user");
 });
 
+test("a share link: a browser without an account watches one task live until it is revoked", async () => {
+  const owner = await openPage(await browser.newContext({ viewport: { width: 1100, height: 800 } }));
+  await register(owner, uniqueName("hugo"));
+  await owner.waitForSelector('.connection[data-state="connected"]');
+  const taskNo = await submit(owner, "a shared lighthouse");
+  await owner.click(`${card(taskNo)} button.share-make`);
+  const link = await owner.inputValue(`${card(taskNo)} input.share-url`);
+  assert.match(link, new RegExp(`^http://127\\.0\\.0\\.1:${port}/share#[0-9a-f]{64}$`));
+  await shot(owner, "share-owner");
+
+  // A second browser context: no account, no session, only the link.
+  const viewer = await openPage(await browser.newContext({ viewport: { width: 800, height: 700 } }));
+  await viewer.goto(link);
+  await viewer.waitForSelector(card(taskNo));
+  assert.equal(await viewer.$("#auth-title"), null, "no sign-in form");
+  const other = await submit(owner, "a private harbour");
+  await viewer.waitForSelector(`${card(taskNo)}[data-status="completed"]`, { timeout: 30_000 });
+  await viewer.waitForSelector(`${card(taskNo)} .result img`);
+  assertLifecycle(await statuses(viewer, taskNo), "the shared task");
+  await owner.waitForSelector(`${card(other)}[data-status="completed"]`, { timeout: 30_000 });
+  assert.equal(await viewer.$$eval("article.task-card", (cards) => cards.length), 1, "only the shared task");
+  assert.deepEqual(Object.keys(await viewer.evaluate(() => window.__statuses)), [taskNo]);
+  for (const control of ["button.cancel", "button.share-make", "button.share-revoke"]) {
+    assert.equal(await viewer.$(control), null, `${control}: read-only`);
+  }
+  await shot(viewer, "share-viewer");
+
+  // Revoked: the viewer is told, and the link opens nothing any more.
+  await owner.click(`${card(taskNo)} button.share-revoke`);
+  await owner.waitForSelector(`${card(taskNo)} button.share-make`);
+  await viewer.waitForSelector("[role=alert]", { timeout: 20_000 });
+  assert.match(await viewer.textContent("[role=alert]"), /revoked/);
+  await shot(viewer, "share-revoked");
+  const fresh = await openPage(await browser.newContext());
+  await fresh.goto(link);
+  await fresh.waitForSelector("[role=alert]");
+  assert.equal(await fresh.$("article.task-card"), null);
+  assert.deepEqual([...owner.errors, ...viewer.errors, ...fresh.errors], []);
+});
+
 test("more tasks than one page: the oldest load behind a button", async () => {
   const username = uniqueName("frank");
   const api = (path, body, token) =>

@@ -30,6 +30,8 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tasks::details))
         .routes(routes!(tasks::events))
         .routes(routes!(tasks::cancel))
+        .routes(routes!(tasks::share, tasks::unshare))
+        .routes(routes!(tasks::shared))
         .routes(routes!(tasks::report))
         .routes(routes!(tasks::result))
         .routes(routes!(tasks::publish))

@@ -13,8 +13,8 @@ use axum::{
 use taskpulse_shared::{
     TaskProgressDto,
     dto::{
-        ApiError, ProgressReport, PublishOutcome, PublishRequest, Published, SubmitTaskRequest,
-        TaskDetails, TaskEvents, TaskPage, TaskStatus, TaskSubmitted,
+        ApiError, ProgressReport, PublishOutcome, PublishRequest, Published, ShareLink,
+        SubmitTaskRequest, TaskDetails, TaskEvents, TaskPage, TaskStatus, TaskSubmitted,
     },
 };
 
@@ -93,10 +93,11 @@ pub(super) async fn list(
             })
         })
         .transpose()?;
-    let page = state
+    let mut page = state
         .tasks
         .list(&user.name, query.get("before").map(String::as_str), status, limit)
         .await?;
+    page.tasks.iter_mut().for_each(|details| state.shares.mark(details));
     Ok(Json(page))
 }
 
@@ -113,7 +114,9 @@ pub(super) async fn details(
     user: User,
     Path(raw): Path<String>,
 ) -> Result<Json<TaskDetails>, AppError> {
-    Ok(Json(state.tasks.details(&user.name, &task_no(raw)?).await?))
+    let mut details = state.tasks.details(&user.name, &task_no(raw)?).await?;
+    state.shares.mark(&mut details);
+    Ok(Json(details))
 }
 
 /// Every update pushed for the task, kept for tasks.events_retention_s.
@@ -130,6 +133,62 @@ pub(super) async fn events(
     Path(raw): Path<String>,
 ) -> Result<Json<TaskEvents>, AppError> {
     Ok(Json(state.tasks.events(&user.name, &task_no(raw)?).await?))
+}
+
+/// A read-only link to the task: whoever holds it watches this one task live, without an
+/// account. A task has one link; a new one replaces it.
+#[utoipa::path(post, path = "/api/tasks/{taskNo}/share", tag = "tasks", security(("bearer" = [])),
+    params(("taskNo" = String, Path, description = "The task's number (32 hex digits)")),
+    responses(
+        (status = 201, description = "The link (its token is shown only now); the task's earlier link stops working", body = ShareLink),
+        (status = 401, description = "No valid token", body = ApiError),
+        (status = 404, description = "No such task of the caller's", body = ApiError),
+    ))]
+pub(super) async fn share(
+    State(state): State<AppState>,
+    user: User,
+    Path(raw): Path<String>,
+) -> Result<(StatusCode, Json<ShareLink>), AppError> {
+    Ok((StatusCode::CREATED, Json(state.shares.create(&user.name, &task_no(raw)?).await?)))
+}
+
+/// Revokes the task's link: it stops working and its watchers are disconnected.
+#[utoipa::path(delete, path = "/api/tasks/{taskNo}/share", tag = "tasks", security(("bearer" = [])),
+    params(("taskNo" = String, Path, description = "The task's number (32 hex digits)")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, description = "No valid token", body = ApiError),
+        (status = 404, description = "No such task of the caller's, or it has no link", body = ApiError),
+    ))]
+pub(super) async fn unshare(
+    State(state): State<AppState>,
+    user: User,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, AppError> {
+    state.shares.revoke(&user.name, &task_no(raw)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Query of `GET /api/shared`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub(super) struct SharedQuery {
+    /// The share link's token.
+    token: String,
+}
+
+/// The task a share link shows, now (its live updates: STOMP with the CONNECT header
+/// `share`, or `GET /sse/share`). No account needed.
+#[utoipa::path(get, path = "/api/shared", tag = "tasks", security(()),
+    params(SharedQuery),
+    responses(
+        (status = 200, description = "The task's current state", body = TaskProgressDto),
+        (status = 404, description = "No link has this token (revoked, replaced or never made)", body = ApiError),
+    ))]
+pub(super) async fn shared(
+    State(state): State<AppState>,
+    Query(query): Query<SharedQuery>,
+) -> Result<Json<TaskProgressDto>, AppError> {
+    Ok(Json(state.shares.task(&query.token).await?))
 }
 
 /// Ends the task `failed` / `cancelled`, stops its executor, refunds its credits.

@@ -1,11 +1,16 @@
-//! Who is connecting: JWTs from CONNECT headers or the WebSocket URL, and configured
-//! login/passcode users. Failures carry a reason for the log, never for the client.
+//! Who is connecting: JWTs from CONNECT headers or the WebSocket URL, configured
+//! login/passcode users, and share links' tokens (a watcher of one task, no account).
+//! Failures carry a reason for the log, never for the client.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use taskpulse_shared::stomp::Connect;
 
 use crate::{
@@ -45,6 +50,40 @@ pub struct Principal {
     /// When the credentials stop being valid (a token's `exp` plus the allowed leeway),
     /// seconds since the Unix epoch; `None` for configured logins, which do not expire.
     pub expires_at: Option<u64>,
+    /// Set for the holder of a share link: it may watch this one task and nothing else.
+    pub watches: Option<Arc<SharedTask>>,
+}
+
+/// What a share link lets its holder watch: one task of one owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedTask {
+    /// The link's id (the SHA-256 of its token, hex).
+    pub id: String,
+    /// The task's owner.
+    pub owner: String,
+    /// The task.
+    pub task_no: String,
+}
+
+impl SharedTask {
+    /// The principal name of the link's watchers: `share:` and the start of its id. No
+    /// account can have it (registered names have no `:`, and tokens naming it are refused),
+    /// so the per-user connection limit counts a link's watchers apart and revoking the
+    /// link closes exactly their sessions.
+    pub fn principal(&self) -> String {
+        format!("{SHARE_PRINCIPAL_PREFIX}{}", &self.id[..self.id.len().min(16)])
+    }
+}
+
+/// How the principal names of share links' watchers start.
+const SHARE_PRINCIPAL_PREFIX: &str = "share:";
+
+/// The CONNECT header that carries a share link's token.
+pub const SHARE_HEADER: &str = "share";
+
+/// A share link's id: the SHA-256 of its token, hex. Storage and memory keep only this.
+pub fn share_id(token: &str) -> String {
+    crate::secret::hex(&Sha256::digest(token.as_bytes()))
 }
 
 /// Why authentication failed. Logged; the client only sees "authentication failed".
@@ -59,9 +98,12 @@ pub enum AuthError {
     /// The token did not validate.
     #[error("invalid token: {0}")]
     Token(#[from] jsonwebtoken::errors::Error),
-    /// The token's `sub` is empty or contains control characters.
+    /// The token's `sub` is empty, contains control characters or names a share link.
     #[error("invalid principal {0:?} in token")]
     BadPrincipal(String),
+    /// A share link's token that is unknown or revoked.
+    #[error("unknown or revoked share link")]
+    UnknownShare,
     /// A configured login with the wrong passcode.
     #[error("wrong passcode for configured user {0:?}")]
     WrongPasscode(String),
@@ -85,6 +127,7 @@ impl AuthError {
             AuthError::BadPrincipal(_) => "invalid-principal",
             AuthError::WrongPasscode(_) => "wrong-passcode",
             AuthError::UnknownLogin(_) => "unknown-login",
+            AuthError::UnknownShare => "unknown-share",
         }
     }
 }
@@ -98,6 +141,13 @@ pub struct KeyError(String);
 /// secret can be found by trying candidates against any token the server issued.
 pub(crate) const MIN_SECRET_BYTES: usize = 32;
 
+/// The share links in memory: by id (a CONNECT's lookup) and by task.
+#[derive(Debug, Default)]
+struct Shares {
+    by_id: HashMap<String, Arc<SharedTask>>,
+    by_task: HashMap<String, String>,
+}
+
 /// Validates credentials against the configured keys and users.
 pub struct Authenticator {
     algorithm: Algorithm,
@@ -108,6 +158,8 @@ pub struct Authenticator {
     users: HashMap<String, String>,
     /// Revoked `jti`s; the storage keeps them across restarts.
     revoked: RwLock<HashSet<String>>,
+    /// Share links; the storage keeps them, the task shares service keeps this.
+    shares: RwLock<Shares>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -175,11 +227,13 @@ impl Authenticator {
             validation,
             users,
             revoked: RwLock::default(),
+            shares: RwLock::default(),
         })
     }
 
-    /// Authenticates a CONNECT: `Authorization: Bearer`, then configured `login`/`passcode`,
-    /// then a token in `passcode`, then the URL's `access_token`.
+    /// Authenticates a CONNECT: a share link's token in [`SHARE_HEADER`], then
+    /// `Authorization: Bearer`, then configured `login`/`passcode`, then a token in
+    /// `passcode`, then the URL's `access_token`.
     ///
     /// # Errors
     /// An [`AuthError`] saying why, for the log.
@@ -188,6 +242,9 @@ impl Authenticator {
         connect: &Connect,
         access_token: Option<&str>,
     ) -> Result<Principal, AuthError> {
+        if let Some(token) = connect.header(SHARE_HEADER) {
+            return self.watcher(token.trim());
+        }
         let bearer =
             connect.header("Authorization").or_else(|| connect.header("authorization")).and_then(
                 |value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")),
@@ -204,6 +261,7 @@ impl Authenticator {
                     token_id: None,
                     configured: true,
                     expires_at: None,
+                    watches: None,
                 })
             } else {
                 Err(AuthError::WrongPasscode(login.to_owned()))
@@ -227,7 +285,57 @@ impl Authenticator {
         let claims = self.validate_claims(token)?;
         let configured = self.algorithm != Algorithm::HS256;
         let expires_at = Some(claims.exp.saturating_add(self.validation.leeway));
-        Ok(Principal { name: claims.sub, token_id: claims.jti, configured, expires_at })
+        Ok(Principal {
+            name: claims.sub,
+            token_id: claims.jti,
+            configured,
+            expires_at,
+            watches: None,
+        })
+    }
+
+    /// The watcher a share link's `token` admits.
+    ///
+    /// # Errors
+    /// [`AuthError::UnknownShare`]: no link has this token (never had, or was revoked).
+    pub fn watcher(&self, token: &str) -> Result<Principal, AuthError> {
+        let shared = self.shared(token).ok_or(AuthError::UnknownShare)?;
+        Ok(Principal {
+            name: shared.principal(),
+            token_id: None,
+            configured: false,
+            expires_at: None,
+            watches: Some(shared),
+        })
+    }
+
+    /// The task a share link's `token` shows, if the link exists.
+    pub fn shared(&self, token: &str) -> Option<Arc<SharedTask>> {
+        self.shares.read().by_id.get(&share_id(token)).cloned()
+    }
+
+    /// Whether `task_no` has a share link.
+    pub fn is_shared(&self, task_no: &str) -> bool {
+        self.shares.read().by_task.contains_key(task_no)
+    }
+
+    /// Admits the holders of `share`'s token from now on (instead of its task's earlier link).
+    pub fn add_share(&self, share: SharedTask) {
+        let mut shares = self.shares.write();
+        if let Some(old) = shares.by_task.insert(share.task_no.clone(), share.id.clone()) {
+            shares.by_id.remove(&old);
+        }
+        shares.by_id.insert(share.id.clone(), Arc::new(share));
+    }
+
+    /// Refuses the holders of the share link `id` from now on.
+    pub fn remove_share(&self, id: &str) {
+        let mut shares = self.shares.write();
+        if let Some(share) = shares.by_id.remove(id)
+            && shares.by_task.get(&share.task_no).is_some_and(|current| current == id)
+        {
+            shares.by_task.remove(&share.task_no);
+        }
     }
 
     /// Validates one token and returns its claims (logout needs `jti` and `exp`).
@@ -237,7 +345,10 @@ impl Authenticator {
     pub fn validate_claims(&self, token: &str) -> Result<Claims, AuthError> {
         let claims =
             jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)?.claims;
-        if claims.sub.is_empty() || claims.sub.chars().any(char::is_control) {
+        if claims.sub.is_empty()
+            || claims.sub.chars().any(char::is_control)
+            || claims.sub.starts_with(SHARE_PRINCIPAL_PREFIX)
+        {
             return Err(AuthError::BadPrincipal(claims.sub));
         }
         if let Some(jti) = &claims.jti

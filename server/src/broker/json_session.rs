@@ -276,6 +276,7 @@ impl JsonSession {
                 outbox: self.outbox.clone(),
                 sub: Arc::from(channel.as_str()),
                 ack: AckMode::Auto,
+                task: None,
             };
             connected.subscriptions.insert(channel, destination.clone());
             // Private channels resume; a position means nothing on a topic or queue.

@@ -23,7 +23,9 @@ use std::{
     time::Duration,
 };
 
-pub use auth::{AuthError, Authenticator, Claims, KeyError, Principal};
+pub use auth::{
+    AuthError, Authenticator, Claims, KeyError, Principal, SHARE_HEADER, SharedTask, share_id,
+};
 use bytes::Bytes;
 pub use destination::{Destination, DestinationError, pattern_matches};
 pub use json_session::JsonSession;
@@ -125,6 +127,18 @@ struct Subscriber {
     outbox: Arc<Outbox>,
     sub: Arc<str>,
     ack: AckMode,
+    /// Only messages about this task (their [`Coalesce`] key): a share link's watcher sees
+    /// its one task of the owner's tasks destination, and none of the owner's notices.
+    task: Option<Arc<str>>,
+}
+
+impl Subscriber {
+    fn wants(&self, message: &Message) -> bool {
+        match &self.task {
+            None => true,
+            Some(task) => message.coalesce.as_ref().is_some_and(|c| c.key == *task),
+        }
+    }
 }
 
 /// A `/queue/**` destination: messages waiting for a consumer and the consumers in turn.
@@ -215,6 +229,8 @@ pub struct ReplayRequest {
     pub path: String,
     /// The position the client sent, if any.
     pub resume: Option<ResumePosition>,
+    /// Set for a share link's watcher: the catch-up is this one task's current state.
+    pub task: Option<Arc<str>>,
     /// The subscription whose live messages are held meanwhile.
     pub held: HeldSubscription,
 }
@@ -602,6 +618,9 @@ impl Broker {
         let mut handed = 0;
         let mut coalesced = 0;
         for s in subscribers {
+            if !s.wants(&message) {
+                continue;
+            }
             match s.outbox.deliver(&s.sub, s.ack, &message, None) {
                 Delivery::Queued => handed += 1,
                 Delivery::Coalesced => {
@@ -677,6 +696,7 @@ impl Broker {
             return false;
         };
         subscriber.outbox.hold(&subscriber.sub);
+        let task = subscriber.task.clone();
         let held = HeldSubscription {
             broker: self.clone(),
             outbox: subscriber.outbox.clone(),
@@ -687,7 +707,7 @@ impl Broker {
             released: false,
         };
         self.subscribe(destination, subscriber);
-        source.replay(ReplayRequest { user, path, resume, held });
+        source.replay(ReplayRequest { user, path, resume, task, held });
         true
     }
 

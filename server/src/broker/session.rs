@@ -13,9 +13,9 @@ use taskpulse_shared::stomp::{
     Frame, Headers, HeartBeat, Limits, Send, Subscribe, Version, can_encode_header,
 };
 
-use taskpulse_shared::resume::ResumePosition;
+use taskpulse_shared::resume::{ResumePosition, TASKS_DESTINATION, TASKS_PATH};
 
-use super::{Broker, Destination, Opened, Outbox, RouteError, Subscriber, Wire};
+use super::{Broker, Destination, Opened, Outbox, RouteError, SharedTask, Subscriber, Wire};
 
 /// What the transport knows about the connection before CONNECT.
 #[derive(Debug, Clone, Default)]
@@ -67,6 +67,8 @@ struct Connected {
     /// When the credentials expire (seconds since the epoch); the session ends then unless
     /// renewed through [`AUTH_REFRESH`].
     expires_at: Option<u64>,
+    /// A share link's watcher: it may subscribe to its one task, and do nothing else.
+    watches: Option<Arc<SharedTask>>,
 }
 
 /// Where a client SENDs a fresh token (in `Authorization: Bearer`, or as the body) to keep
@@ -341,6 +343,7 @@ impl Session {
         let token_id = principal.token_id;
         let configured = principal.configured;
         let expires_at = principal.expires_at;
+        let watches = principal.watches;
         let principal: Arc<str> = Arc::from(principal.name);
         self.broker
             .attach(&principal, token_id.as_deref(), &self.outbox)
@@ -377,6 +380,7 @@ impl Session {
             transactions: HashMap::new(),
             transaction_bytes: 0,
             expires_at,
+            watches,
         });
         Ok(Flow::Continue)
     }
@@ -471,6 +475,12 @@ impl Session {
     }
 
     fn apply_send(&mut self, send: Send) -> Result<(), Refusal> {
+        if self.connected.as_ref().is_some_and(|c| c.watches.is_some()) {
+            return Err(refuse(
+                "not allowed",
+                "A share link only watches its task: it cannot SEND.".to_owned(),
+            ));
+        }
         if send.destination == AUTH_REFRESH {
             return self.refresh(&send);
         }
@@ -533,8 +543,27 @@ impl Session {
                 ),
             ));
         }
-        let destination = Destination::resolve(&subscribe.destination, &connected.principal)
-            .map_err(|e| refuse("invalid destination", e.to_string()))?;
+        let (destination, task) = match &connected.watches {
+            None => (
+                Destination::resolve(&subscribe.destination, &connected.principal)
+                    .map_err(|e| refuse("invalid destination", e.to_string()))?,
+                None,
+            ),
+            Some(shared) if subscribe.destination == TASKS_DESTINATION => (
+                Destination::User { user: shared.owner.clone(), path: TASKS_PATH.to_owned() },
+                Some(Arc::from(shared.task_no.as_str())),
+            ),
+            Some(_) => {
+                return Err(refuse(
+                    "not allowed",
+                    format!(
+                        "A share link watches one task, at {TASKS_DESTINATION}; {:?} is not \
+                         open to it.",
+                        subscribe.destination
+                    ),
+                ));
+            }
+        };
         if let Destination::App(name) = &destination {
             return Err(refuse(
                 "invalid destination",
@@ -565,6 +594,7 @@ impl Session {
             outbox: self.outbox.clone(),
             sub: Arc::from(subscribe.id.as_str()),
             ack: subscribe.ack,
+            task,
         };
         connected.subscriptions.insert(
             subscribe.id,

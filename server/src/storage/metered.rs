@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use taskpulse_shared::dto::TaskEvent;
 
 use super::{
-    Append, Appended, LogEntry, OfflineMark, Storage, StorageError, TaskQuery, TaskRecord,
-    UserRecord,
+    Append, Appended, LogEntry, OfflineMark, ShareRecord, Storage, StorageError, TaskQuery,
+    TaskRecord, UserRecord,
 };
 use crate::metrics::{Metrics, timed};
 
@@ -131,6 +131,18 @@ impl Storage for Metered {
 
     async fn result(&self, task_no: &str) -> Result<Option<Vec<u8>>, StorageError> {
         timed(&self.metrics, "result", self.inner.result(task_no)).await
+    }
+
+    async fn put_share(&self, share: &ShareRecord) -> Result<Option<String>, StorageError> {
+        timed(&self.metrics, "put_share", self.inner.put_share(share)).await
+    }
+
+    async fn delete_share(&self, task_no: &str) -> Result<Option<String>, StorageError> {
+        timed(&self.metrics, "delete_share", self.inner.delete_share(task_no)).await
+    }
+
+    async fn shares(&self) -> Result<Vec<ShareRecord>, StorageError> {
+        timed(&self.metrics, "shares", self.inner.shares()).await
     }
 
     async fn shared_secret(&self, name: &str, candidate: &str) -> Result<String, StorageError> {

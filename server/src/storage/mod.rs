@@ -1,5 +1,5 @@
 //! Durable state behind one small trait: accounts, revoked tokens, tasks and their pushed
-//! history, the user log. [`SqlStorage`] implements it on SQLite (the default) and
+//! history, share links, the user log. [`SqlStorage`] implements it on SQLite (the default) and
 //! PostgreSQL.
 //!
 //! Every method is one transaction, so a crash leaves either the old or the new state.
@@ -50,6 +50,19 @@ pub struct TaskRecord {
     pub updated_at: i64,
     /// Milliseconds since the Unix epoch, once terminal.
     pub finished_at: Option<i64>,
+}
+
+/// A task's share link as stored: whoever holds the token may watch that one task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareRecord {
+    /// The task (a task has at most one link).
+    pub task_no: String,
+    /// Its owner.
+    pub owner: String,
+    /// The SHA-256 of the link's token, hex: the token itself is never stored.
+    pub id: String,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
 }
 
 /// One message of a user's log: what was sent to `/user{path}` as number `seq`.
@@ -312,6 +325,16 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 
     /// A task's result file, if one was stored.
     async fn result(&self, task_no: &str) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Stores `share` as its task's link, replacing the one it had; returns the replaced
+    /// link's id.
+    async fn put_share(&self, share: &ShareRecord) -> Result<Option<String>, StorageError>;
+
+    /// Deletes a task's link; returns its id, or `None` when it had none.
+    async fn delete_share(&self, task_no: &str) -> Result<Option<String>, StorageError>;
+
+    /// Every share link.
+    async fn shares(&self) -> Result<Vec<ShareRecord>, StorageError>;
 
     /// The secret called `name` that every server sharing this database uses: the stored one,
     /// or `candidate` if none was stored yet (it is stored then; the first server wins).

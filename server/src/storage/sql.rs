@@ -20,8 +20,8 @@ use taskpulse_shared::{
 };
 
 use super::{
-    Append, Appended, LogEntry, OfflineMark, Storage, StorageError, TaskQuery, TaskRecord,
-    UserRecord,
+    Append, Appended, LogEntry, OfflineMark, ShareRecord, Storage, StorageError, TaskQuery,
+    TaskRecord, UserRecord,
 };
 
 /// Which database a [`SqlStorage`] talks to.
@@ -247,6 +247,51 @@ impl Storage for SqlStorage {
             .bind(task_no)
             .fetch_optional(&self.pool)
             .await?)
+    }
+
+    async fn put_share(&self, share: &ShareRecord) -> Result<Option<String>, StorageError> {
+        // Writing first: a SQLite transaction that read before it writes can fail with
+        // SQLITE_BUSY when another connection writes meanwhile (the lock cannot upgrade).
+        let mut tx = self.pool.begin().await?;
+        let replaced: Option<String> =
+            sqlx::query_scalar("DELETE FROM task_shares WHERE task_no = $1 RETURNING id")
+                .bind(&share.task_no)
+                .fetch_optional(&mut *tx)
+                .await?;
+        sqlx::query(
+            "INSERT INTO task_shares (task_no, owner, id, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&share.task_no)
+        .bind(&share.owner)
+        .bind(&share.id)
+        .bind(share.created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(replaced)
+    }
+
+    async fn delete_share(&self, task_no: &str) -> Result<Option<String>, StorageError> {
+        Ok(sqlx::query_scalar("DELETE FROM task_shares WHERE task_no = $1 RETURNING id")
+            .bind(task_no)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn shares(&self) -> Result<Vec<ShareRecord>, StorageError> {
+        let rows = sqlx::query("SELECT task_no, owner, id, created_at FROM task_shares")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ShareRecord {
+                    task_no: row.try_get("task_no")?,
+                    owner: row.try_get("owner")?,
+                    id: row.try_get("id")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
     }
 
     async fn shared_secret(&self, name: &str, candidate: &str) -> Result<String, StorageError> {

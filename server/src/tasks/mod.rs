@@ -11,6 +11,7 @@ mod executor;
 mod fetch;
 mod lane;
 mod results;
+mod shares;
 mod snapshots;
 mod validation;
 
@@ -23,6 +24,7 @@ pub use fetch::{HostRule, is_public};
 use lane::Lane;
 use parking_lot::Mutex;
 pub use results::{ResultStore, SignedUrlError};
+pub use shares::{SHARE_PAGE, ShareError, TaskShares};
 pub use snapshots::TaskSnapshots;
 use taskpulse_shared::{
     TaskProgressDto,
@@ -758,6 +760,7 @@ impl TaskService {
             updated_at: record.updated_at,
             finished_at: record.finished_at,
             cost: record.cost,
+            shared: false,
         }
     }
 

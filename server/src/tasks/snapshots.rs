@@ -40,4 +40,9 @@ impl SnapshotSource for TaskSnapshots {
             .filter_map(|task| serde_json::to_vec(&self.results.signed(&task.state)).ok())
             .collect())
     }
+
+    async fn task(&self, user: &str, task_no: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let task = self.storage.task(task_no).await?.filter(|t| t.owner == user);
+        Ok(task.and_then(|t| serde_json::to_vec(&self.results.signed(&t.state)).ok()))
+    }
 }

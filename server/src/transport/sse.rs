@@ -8,6 +8,9 @@
 //! URL). Its first use sets an HttpOnly, SameSite=Strict cookie scoped to `/sse`, valid no
 //! longer than the token it came from, which lets the browser's own reconnects (to the same
 //! URL, whose ticket is spent) back in. Tickets and stream passes are kept in this process.
+//!
+//! `GET /sse/share?token=` streams the one task a share link shows, to anyone holding the
+//! link: its current state first, then its updates, until the owner revokes the link.
 
 use std::{
     collections::HashMap,
@@ -27,12 +30,13 @@ use axum::{
 use futures_util::{Stream, StreamExt, stream};
 use parking_lot::Mutex;
 use taskpulse_shared::resume::{ResumePosition, error_code};
+use tracing::Instrument;
 
 use prometheus_client::metrics::counter::Counter;
 
 use crate::{
     AppError, AppState,
-    broker::{LogPlace, Outgoing, SseSession},
+    broker::{LogPlace, Outgoing, Principal, SseSession},
     metrics::{OpenConnection, Transport},
     secret::random_hex,
 };
@@ -279,15 +283,17 @@ fn open(state: &AppState, query: SseQuery, headers: &HeaderMap) -> Result<Respon
         .map(str::to_owned)
         .or(query.last_event_id);
     let resume = last.as_deref().filter(|id| !id.is_empty()).map(position).transpose()?;
-    let session =
-        SseSession::open(state.broker.clone(), &pass.user, pass.token_id.as_deref(), resume)
-            .map_err(|reason| AppError::TooManyRequests { message: reason, retry_after: None })?;
+    let principal = Principal {
+        name: pass.user.clone(),
+        token_id: pass.token_id.clone(),
+        configured: false,
+        expires_at: Some(pass.token_expires_at),
+        watches: None,
+    };
+    let session = SseSession::open(state.broker.clone(), &principal, resume)
+        .map_err(|reason| AppError::TooManyRequests { message: reason, retry_after: None })?;
     let until = pass.token_expires_at;
-    let open = Arc::new(state.metrics.open(Transport::Sse));
-    let sent = state.metrics.sent_counter("sse", "message");
-    let mut response = Sse::new(events(session, until, in_use, open, sent))
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
-        .into_response();
+    let mut response = stream(state, session, &principal.name, Some(until), in_use);
     if let Some(secret) = new_cookie {
         let max_age = until.saturating_sub(unix_now());
         let value =
@@ -296,8 +302,63 @@ fn open(state: &AppState, query: SseQuery, headers: &HeaderMap) -> Result<Respon
             response.headers_mut().append(header::SET_COOKIE, value);
         }
     }
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
+}
+
+/// The event stream of `session`'s outbox, until the broker closes it or `until` (seconds
+/// since the epoch); `guard` is dropped with the response.
+fn stream(
+    state: &AppState,
+    session: SseSession,
+    user: &str,
+    until: Option<u64>,
+    guard: impl Send + Sync + 'static,
+) -> Response {
+    let open = Arc::new(state.metrics.open(Transport::Sse));
+    let sent = state.metrics.sent_counter("sse", "message");
+    // Every line logged for this stream says which one and whose, as for a WebSocket session.
+    let span = tracing::info_span!("session", id = session.outbox().id, transport = "sse", %user);
+    span.in_scope(|| tracing::debug!("event stream opened"));
+    let mut response = Sse::new(events(session, until, guard, open, sent, span))
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Query parameters of `/sse/share`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub(crate) struct ShareQuery {
+    /// The share link's token.
+    token: String,
+}
+
+/// `GET /sse/share?token=...`: the task a share link shows, as an event stream.
+#[utoipa::path(get, path = "/sse/share", tag = "live", security(()),
+    params(ShareQuery),
+    responses(
+        (status = 200, description = "`task_progress` events (`TaskProgressDto`): the task's current state, then its updates; `error` `{code, message}` when the stream ends (`disconnected` when the link is revoked)", content_type = "text/event-stream"),
+        (status = 404, description = "No link has this token (revoked, replaced or never made)", body = taskpulse_shared::dto::ApiError),
+        (status = 429, description = "Too many watchers of this link", body = taskpulse_shared::dto::ApiError),
+    ))]
+pub(crate) async fn share(
+    State(state): State<AppState>,
+    Query(query): Query<ShareQuery>,
+) -> Response {
+    let principal = match state.broker.authenticator().watcher(&query.token) {
+        Ok(principal) => principal,
+        Err(reason) => {
+            state.metrics.authentication(reason.outcome());
+            return AppError::NotFound(reason.to_string()).into_response();
+        }
+    };
+    state.metrics.authentication("success");
+    match SseSession::open(state.broker.clone(), &principal, None) {
+        Ok(session) => stream(&state, session, &principal.name, None, ()),
+        Err(reason) => {
+            AppError::TooManyRequests { message: reason, retry_after: None }.into_response()
+        }
+    }
 }
 
 /// A stream's use of its pass, ended when dropped.
@@ -315,17 +376,19 @@ impl Drop for InUse {
 /// The session's outbox as events, until the broker closes it or the token expires.
 fn events(
     session: SseSession,
-    token_expires_at: u64,
-    in_use: InUse,
+    token_expires_at: Option<u64>,
+    in_use: impl Send + Sync + 'static,
     open: Arc<OpenConnection>,
     sent: Counter,
+    span: tracing::Span,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let ending = open.clone();
-    let deadline = tokio::time::Instant::now()
-        + Duration::from_secs(token_expires_at.saturating_sub(unix_now()));
+    // A share link's stream has no token to expire: about a century stands for never.
+    let seconds = token_expires_at.map_or(100 * 365 * 86_400, |at| at.saturating_sub(unix_now()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
     stream::unfold(Some(session), move |session| {
-        let (ending, sent) = (ending.clone(), sent.clone());
-        async move {
+        let (ending, sent, span) = (ending.clone(), sent.clone(), span.clone());
+        let step = async move {
         let session = session?;
         let mut batch = std::collections::VecDeque::new();
         let (events, ended) = tokio::select! {
@@ -341,12 +404,14 @@ fn events(
             }
         };
         if ended && let Some(why) = session.outbox().ending() {
+            tracing::debug!(reason = %why.reason, "event stream ended");
             ending.end(&why.reason, why.error);
         }
         // Dropping the session leaves the broker; the stream then ends.
         let next = if ended { None } else { Some(session) };
         Some((stream::iter(events.into_iter().map(Ok)), next))
-        }
+        };
+        step.instrument(span)
     })
     .flatten()
     // The stream owns the pass's use: it ends when the response does.

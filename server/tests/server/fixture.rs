@@ -183,6 +183,15 @@ impl Api {
         self.send(request).await
     }
 
+    /// DELETE with an optional Bearer token.
+    pub(crate) async fn delete(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.delete(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        self.send(request).await
+    }
+
     /// POST with an `X-API-Key`.
     pub(crate) async fn post_as_backend(&self, path: &str, key: &str, body: Value) -> (u16, Value) {
         self.send(self.http.post(self.url(path)).header("x-api-key", key).json(&body)).await

@@ -12,6 +12,7 @@ mod metrics;
 mod openapi;
 mod replay;
 mod restart;
+mod share;
 mod sockjs;
 mod sse;
 mod stomp;

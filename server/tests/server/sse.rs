@@ -17,22 +17,26 @@ fn fast(config: &mut taskpulse_server::Config) {
 
 /// One event of the stream.
 #[derive(Debug)]
-struct SseEvent {
-    event: String,
-    id: Option<String>,
-    data: String,
+pub(crate) struct SseEvent {
+    pub(crate) event: String,
+    pub(crate) id: Option<String>,
+    pub(crate) data: String,
 }
 
-/// An open `/sse/tasks` response, read event by event.
-struct EventStream {
+/// An open event stream (`/sse/tasks`, `/sse/share`), read event by event.
+pub(crate) struct EventStream {
     response: reqwest::Response,
     buffer: String,
 }
 
 impl EventStream {
+    pub(crate) fn new(response: reqwest::Response) -> EventStream {
+        EventStream { response, buffer: String::new() }
+    }
+
     /// The next event (keep-alive comments skipped); `None` when the stream ended. Panics
     /// when none comes within [`PATIENCE`].
-    async fn next(&mut self) -> Option<SseEvent> {
+    pub(crate) async fn next(&mut self) -> Option<SseEvent> {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
@@ -64,7 +68,7 @@ impl EventStream {
     }
 
     /// Task updates of `task_no` until it ends, with their event ids.
-    async fn until_done(&mut self, task_no: &str) -> Vec<(String, TaskProgressDto)> {
+    pub(crate) async fn until_done(&mut self, task_no: &str) -> Vec<(String, TaskProgressDto)> {
         let mut seen = Vec::new();
         loop {
             let event = self.next().await.expect("the stream goes on");
@@ -124,7 +128,7 @@ async fn an_event_stream_follows_tasks_and_resumes_from_its_last_event_id() {
         assert!(cookie.contains(part), "{cookie}");
     }
     let pass = cookie.split(';').next().unwrap().to_owned();
-    let mut stream = EventStream { response, buffer: String::new() };
+    let mut stream = EventStream::new(response);
 
     // A ticket is single use: the same URL without the cookie is refused.
     let again = open(&http, &server, &format!("?ticket={ticket}"), &[]).await;
@@ -158,7 +162,7 @@ async fn an_event_stream_follows_tasks_and_resumes_from_its_last_event_id() {
     let headers = [("cookie", pass.as_str()), ("last-event-id", last_id.as_str())];
     let response = open(&http, &server, &format!("?ticket={ticket}"), &headers).await;
     assert_eq!(response.status(), 200);
-    let mut stream = EventStream { response, buffer: String::new() };
+    let mut stream = EventStream::new(response);
     let resumed = stream.until_done(&second).await;
     assert_eq!(seq(&resumed[0].0), seq(&last_id) + 1, "nothing skipped, nothing again");
     assert_eq!(resumed.last().unwrap().1.status, TaskStatus::Completed);
