@@ -5,8 +5,8 @@
 use std::{future::Future, sync::Arc};
 
 use taskpulse_server::storage::{
-    Append, Appended, LogEntry, OfflineMark, SqlStorage, Storage, StorageError, TaskChange,
-    TaskQuery, TaskRecord, UserRecord,
+    Append, Appended, LogEntry, OfflineMark, ShareRecord, SqlStorage, Storage, StorageError,
+    TaskChange, TaskQuery, TaskRecord, UserRecord,
 };
 use taskpulse_shared::{
     TaskProgressDto, TaskStatus,
@@ -302,6 +302,26 @@ async fn results_and_shared_secrets_are_kept_for_every_server(db: Db) {
     assert_ne!(db.epoch().await.unwrap(), "first", "secrets do not clash with the epoch");
 }
 
+async fn a_task_has_one_share_link_until_it_is_revoked(db: Db) {
+    let share = |task: &str, id: &str| ShareRecord {
+        task_no: task.into(),
+        owner: "alice".into(),
+        id: id.into(),
+        created_at: 7,
+    };
+    assert!(db.shares().await.unwrap().is_empty());
+    assert_eq!(db.put_share(&share("T1", "a")).await.unwrap(), None);
+    assert_eq!(db.put_share(&share("T2", "b")).await.unwrap(), None);
+    // A new link replaces the task's old one, and says which it replaced.
+    assert_eq!(db.put_share(&share("T1", "c")).await.unwrap().as_deref(), Some("a"));
+    let mut all = db.shares().await.unwrap();
+    all.sort_by(|x, y| x.id.cmp(&y.id));
+    assert_eq!(all, [share("T2", "b"), share("T1", "c")]);
+    assert_eq!(db.delete_share("T1").await.unwrap().as_deref(), Some("c"));
+    assert_eq!(db.delete_share("T1").await.unwrap(), None, "nothing left to revoke");
+    assert_eq!(db.shares().await.unwrap(), [share("T2", "b")]);
+}
+
 /// Runs every check, each on a database from `fresh`.
 async fn every_check<F: Future<Output = Db>>(fresh: impl Fn() -> F) {
     the_log_numbers_keeps_order_bounds_and_its_newest_entry(fresh().await).await;
@@ -317,6 +337,7 @@ async fn every_check<F: Future<Output = Db>>(fresh: impl Fn() -> F) {
     history_and_pages_are_ordered(fresh().await).await;
     revocations_expire(fresh().await).await;
     results_and_shared_secrets_are_kept_for_every_server(fresh().await).await;
+    a_task_has_one_share_link_until_it_is_revoked(fresh().await).await;
 }
 
 #[tokio::test]
