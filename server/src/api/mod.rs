@@ -5,6 +5,8 @@
 mod accounts;
 mod tasks;
 
+pub(crate) use tasks::missing_token;
+
 use axum::{
     body::Bytes,
     extract::{FromRequest, FromRequestParts, Request},

@@ -173,7 +173,12 @@ pub(super) async fn unshare(
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 pub(super) struct SharedQuery {
     /// The share link's token.
-    token: String,
+    token: Option<String>,
+}
+
+/// The answer to a share link's endpoint called without its token.
+pub(crate) fn missing_token() -> AppError {
+    AppError::field("token", "the share link's token is missing (?token=...)")
 }
 
 /// The task a share link shows, now (its live updates: STOMP with the CONNECT header
@@ -182,13 +187,15 @@ pub(super) struct SharedQuery {
     params(SharedQuery),
     responses(
         (status = 200, description = "The task's current state", body = TaskProgressDto),
+        (status = 400, description = "No token", body = ApiError),
         (status = 404, description = "No link has this token (revoked, replaced or never made)", body = ApiError),
     ))]
 pub(super) async fn shared(
     State(state): State<AppState>,
     Query(query): Query<SharedQuery>,
 ) -> Result<Json<TaskProgressDto>, AppError> {
-    Ok(Json(state.shares.task(&query.token).await?))
+    let token = query.token.ok_or_else(missing_token)?;
+    Ok(Json(state.shares.task(&token).await?))
 }
 
 /// Ends the task `failed` / `cancelled`, stops its executor, refunds its credits.

@@ -330,7 +330,7 @@ fn stream(
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 pub(crate) struct ShareQuery {
     /// The share link's token.
-    token: String,
+    token: Option<String>,
 }
 
 /// `GET /sse/share?token=...`: the task a share link shows, as an event stream.
@@ -338,6 +338,7 @@ pub(crate) struct ShareQuery {
     params(ShareQuery),
     responses(
         (status = 200, description = "`task_progress` events (`TaskProgressDto`): the task's current state, then its updates; `error` `{code, message}` when the stream ends (`disconnected` when the link is revoked)", content_type = "text/event-stream"),
+        (status = 400, description = "No token", body = taskpulse_shared::dto::ApiError),
         (status = 404, description = "No link has this token (revoked, replaced or never made)", body = taskpulse_shared::dto::ApiError),
         (status = 429, description = "Too many watchers of this link", body = taskpulse_shared::dto::ApiError),
     ))]
@@ -345,7 +346,10 @@ pub(crate) async fn share(
     State(state): State<AppState>,
     Query(query): Query<ShareQuery>,
 ) -> Response {
-    let principal = match state.broker.authenticator().watcher(&query.token) {
+    let Some(token) = query.token else {
+        return crate::api::missing_token().into_response();
+    };
+    let principal = match state.broker.authenticator().watcher(&token) {
         Ok(principal) => principal,
         Err(reason) => {
             state.metrics.authentication(reason.outcome());

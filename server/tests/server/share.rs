@@ -69,6 +69,10 @@ async fn a_share_link_shows_one_task_live_to_anyone_until_it_is_revoked() {
     let (status, why) = api.get("/api/shared?token=guess", None).await;
     assert_eq!(status, 404);
     assert!(why["error"].as_str().unwrap().contains("share link"), "{why}");
+    let (status, why) = api.get("/api/shared", None).await;
+    assert_eq!((status, why["field"].as_str()), (400, Some("token")), "{why}");
+    let (status, why) = api.get("/sse/share", None).await;
+    assert_eq!((status, why["field"].as_str()), (400, Some("token")), "{why}");
 
     // STOMP: the watcher may subscribe to its task and nothing else; it cannot SEND.
     let (mut refused, answer) = watcher(&server, &token).await;
