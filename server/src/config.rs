@@ -180,6 +180,12 @@ TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the fil
 [metrics]
   enabled = true           GET /metrics answers in the Prometheus text format (false: 404)
   token = \"\"               when set, GET /metrics requires Authorization: Bearer <token>
+
+[cluster]
+  redis_url = \"\"           redis://host:port: this server is one node of several sharing Redis
+                           (the bus) and [storage] url's PostgreSQL; empty: a single node
+  gap_wait_ms = 50         how long a node holds a user's message whose predecessor has not
+                           arrived before it reads the missing ones from storage
 ";
 
 /// The command line. Everything else comes from [`Settings`].
@@ -385,6 +391,8 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// Stopping.
     pub server: ServerSettings,
+    /// Several nodes sharing Redis and PostgreSQL.
+    pub cluster: ClusterSettings,
 }
 
 impl Settings {
@@ -397,6 +405,22 @@ impl Settings {
             && self.jwt.public_key_file.as_os_str().is_empty()
         {
             return Err(invalid("jwt.public_key_file", "required for RS256 and ES256"));
+        }
+        if self.cluster.enabled() {
+            let url = &self.storage.url;
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(invalid(
+                    "cluster.redis_url",
+                    "several nodes need [storage] url = \"postgres://...\": they share one \
+                     log, one task table and one set of secrets, and SQLite is a file on one \
+                     machine",
+                ));
+            }
+            if !(self.cluster.redis_url.starts_with("redis://")
+                || self.cluster.redis_url.starts_with("rediss://"))
+            {
+                return Err(invalid("cluster.redis_url", "must start with redis:// or rediss://"));
+            }
         }
         if self.stomp.heartbeat_min_ms > self.stomp.heartbeat_max_ms {
             return Err(invalid("stomp.heartbeat_min_ms", "must not exceed heartbeat_max_ms"));
@@ -931,6 +955,31 @@ impl Default for ServerSettings {
     }
 }
 
+/// `[cluster]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// The bus; empty for a single node.
+    #[serde(deserialize_with = "text")]
+    pub redis_url: String,
+    /// How long a user's message waits for its predecessor before the gap is read from
+    /// storage, milliseconds.
+    pub gap_wait_ms: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings { redis_url: String::new(), gap_wait_ms: 50 }
+    }
+}
+
+impl ClusterSettings {
+    /// Whether this server is one node of several.
+    pub fn enabled(&self) -> bool {
+        !self.redis_url.is_empty()
+    }
+}
+
 /// `[metrics]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -1085,6 +1134,13 @@ mod tests {
         assert!(operator.contains("auth.operators") && operator.contains("\"ops\""), "{operator}");
         let stall = err(&[("TASKPULSE_DEMO_DURATION_MS", "600000"), ("TASKPULSE_DEMO_STEPS", "1")]);
         assert!(stall.contains("demo.stall_timeout_s") && stall.contains("600000 ms"), "{stall}");
+        let sqlite = err(&[("TASKPULSE_CLUSTER_REDIS_URL", "redis://127.0.0.1:6379")]);
+        assert!(sqlite.contains("cluster.redis_url") && sqlite.contains("postgres://"), "{sqlite}");
+        let scheme = err(&[
+            ("TASKPULSE_CLUSTER_REDIS_URL", "127.0.0.1:6379"),
+            ("TASKPULSE_STORAGE_URL", "postgres://u@127.0.0.1/db"),
+        ]);
+        assert!(scheme.contains("redis://"), "{scheme}");
         let cors = err(&[("TASKPULSE_API_CORS_ORIGINS", r#"["localhost:5173"]"#)]);
         assert!(cors.contains("api.cors_origins") && cors.contains("localhost:5173"), "{cors}");
         Jail::expect_with(|jail| {

@@ -8,6 +8,7 @@
 pub mod accounts;
 mod api;
 pub mod broker;
+pub mod cluster;
 mod config;
 mod error;
 pub mod metrics;
@@ -23,10 +24,10 @@ mod web;
 use std::{future::Future, io, sync::Arc, time::Duration};
 
 pub use config::{
-    AccountSettings, ApiSettings, AuthSettings, AuthorizationSettings, Cli, ComfyUiSettings,
-    Config, ConfigError, ConfigUser, CreditSettings, DemoSettings, JwtAlgorithm, JwtSettings,
-    LimitSettings, LogFormat, MetricsSettings, ReplaySettings, SETTINGS_HELP, ServerSettings,
-    Settings, SockJsSettings, StompSettings, StorageSettings, TaskSettings,
+    AccountSettings, ApiSettings, AuthSettings, AuthorizationSettings, Cli, ClusterSettings,
+    ComfyUiSettings, Config, ConfigError, ConfigUser, CreditSettings, DemoSettings, JwtAlgorithm,
+    JwtSettings, LimitSettings, LogFormat, MetricsSettings, ReplaySettings, SETTINGS_HELP,
+    ServerSettings, Settings, SockJsSettings, StompSettings, StorageSettings, TaskSettings,
 };
 pub use error::AppError;
 use tokio::net::TcpListener;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub accounts: Accounts,
     /// Tasks' share links.
     pub shares: TaskShares,
+    /// The bus, when this is one node of several.
+    pub bus: Option<cluster::Bus>,
     /// The per-user log: seq/epoch, replay, snapshots.
     pub log: UserLog,
     /// Where pushes go: to the sessions of this process (and, clustered, of the others).
@@ -101,6 +104,9 @@ pub enum StartError {
     /// The database cannot be opened or migrated.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
+    /// The bus of several nodes cannot be reached.
+    #[error(transparent)]
+    Cluster(#[from] cluster::BusError),
     /// The task service cannot start.
     #[error(transparent)]
     Tasks(#[from] ServiceError),
@@ -133,6 +139,12 @@ impl AppState {
         let settings = &config.settings;
         let auth = Authenticator::new(&settings.jwt, &settings.auth)?;
         let broker = Broker::new(settings.clone(), auth, metrics.clone());
+        let bus = match settings.cluster.enabled() {
+            true => {
+                Some(cluster::Bus::start(&settings.cluster, broker.clone(), storage.clone()).await?)
+            }
+            false => None,
+        };
         let fanout: Arc<dyn Fanout> = Arc::new(broker.clone());
         let accounts =
             Accounts::start(storage.clone(), broker.clone(), fanout.clone(), settings.clone())
@@ -177,6 +189,7 @@ impl AppState {
             tasks,
             accounts,
             shares,
+            bus,
             log,
             fanout,
             connections: Arc::default(),

@@ -185,6 +185,9 @@ pub struct Metrics {
     task_duration: Labelled<Histogram>,
     storage: Labelled<Histogram>,
     storage_errors: Labelled<Counter>,
+    bus_lag: Histogram,
+    bus_dropped: Counter,
+    bus_filled: Counter,
 }
 
 impl Default for Metrics {
@@ -214,6 +217,9 @@ impl Default for Metrics {
             task_duration: Labelled::with(task_histogram),
             storage: Labelled::with(storage_histogram),
             storage_errors: Labelled::new(),
+            bus_lag: storage_histogram(),
+            bus_dropped: Counter::default(),
+            bus_filled: Counter::default(),
         }
     }
 }
@@ -364,6 +370,21 @@ impl Metrics {
         }
     }
 
+    /// A message from another node arrived `lag` seconds after it was sent.
+    pub fn bus_received(&self, lag: f64) {
+        self.bus_lag.observe(lag);
+    }
+
+    /// A publication could not be queued for the bus.
+    pub fn bus_dropped(&self) {
+        self.bus_dropped.inc();
+    }
+
+    /// `entries` missing from the bus were read from storage.
+    pub fn bus_filled(&self, entries: u64) {
+        self.bus_filled.inc_by(entries);
+    }
+
     /// The Prometheus text exposition (format 0.0.4) of every figure.
     pub fn prometheus(&self) -> String {
         let mut registry = Registry::with_prefix("taskpulse");
@@ -448,6 +469,16 @@ impl Metrics {
             self.tasks_stalled.family(),
         );
         r.register(
+            "bus_dropped",
+            "Publications this node could not queue for the bus (clustered)",
+            self.bus_dropped.clone(),
+        );
+        r.register(
+            "bus_filled",
+            "User messages missing from the bus, read from storage instead (clustered)",
+            self.bus_filled.clone(),
+        );
+        r.register(
             "storage_errors",
             "Storage operations that failed, by operation",
             self.storage_errors.family(),
@@ -468,6 +499,12 @@ impl Metrics {
         for (name, help, family) in timed {
             registry.register_with_unit(name, help, Unit::Seconds, family.family());
         }
+        registry.register_with_unit(
+            "bus_lag",
+            "Time from another node's publication to its arrival here (clustered)",
+            Unit::Seconds,
+            self.bus_lag.clone(),
+        );
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);

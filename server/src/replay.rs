@@ -317,6 +317,9 @@ impl UserLog {
         let ReplayRequest { user, path, resume, task, held } = request;
         let settings = &self.inner.settings;
         let storage = &self.inner.storage;
+        // On a node of several: what is committed from now on reaches this node, so nothing
+        // falls between the storage read below and the live messages after it.
+        held.ready(&user).await;
         if let Some(task) = task {
             // A share link's watcher: its task's current state, whatever it last saw (one
             // document is as cheap as a replay, and a replay of the owner's log would be
@@ -356,7 +359,7 @@ impl UserLog {
         let mut after = after;
         let mut entries = Vec::new();
         if let Some(from) = after.filter(|a| *a != i64::MAX) {
-            entries = storage.log_after(&user, &path, from, settings.max_replay).await?;
+            entries = storage.log_after(&user, Some(&path), from, settings.max_replay).await?;
             let bytes: usize = entries.iter().map(|e| e.body.len() + REPLAY_OVERHEAD).sum();
             if bytes > budget {
                 tracing::info!(%user, %path, bytes, budget, "catch-up larger than half of limits.outbound_buffer; not replayed");

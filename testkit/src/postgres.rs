@@ -31,7 +31,7 @@ impl Postgres {
             .filter(|p| p.join("postgres").is_file())
             .max()
             .ok_or("no PostgreSQL version with bin/postgres under /usr/lib/postgresql")?;
-        let dir = unique_dir()?;
+        let dir = unique_dir("pg")?;
         if is_root() {
             let (uid, gid) = postgres_user()?;
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
@@ -110,14 +110,15 @@ impl Drop for Postgres {
     }
 }
 
-/// A new directory under the system's temporary directory.
-fn unique_dir() -> Result<PathBuf, String> {
+/// A new directory under the system's temporary directory, named after `kind`.
+pub(crate) fn unique_dir(kind: &str) -> Result<PathBuf, String> {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let dir = std::env::temp_dir().join(format!("taskpulse-pg-{}-{n}-{nanos}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("taskpulse-{kind}-{}-{n}-{nanos}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     Ok(dir)
 }

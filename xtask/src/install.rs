@@ -12,8 +12,9 @@ use std::{
 use crate::{root, status};
 
 pub(crate) const TRUNK_VERSION: &str = "0.21.14";
-/// Debian packages the tests drive: a real browser and its driver, and PostgreSQL.
-pub(crate) const TEST_PACKAGES: [&str; 3] = ["chromium", "chromium-driver", "postgresql"];
+/// Debian packages the tests drive: a real browser and its driver, PostgreSQL and Redis.
+pub(crate) const TEST_PACKAGES: [&str; 4] =
+    ["chromium", "chromium-driver", "postgresql", "redis-server"];
 
 /// The directory `cargo install` puts binaries in.
 fn cargo_bin_dir() -> PathBuf {

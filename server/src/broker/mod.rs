@@ -208,6 +208,45 @@ impl Fanout for Broker {
     }
 }
 
+/// What a broker that is one node of several hands to the others (`cluster::Bus`), and how
+/// it learns what its own sessions need. The broker calls it; what comes back from the other
+/// nodes reaches the broker's `deliver_*` and `*_here` methods, which never relay.
+pub trait Relay: Send + Sync + std::fmt::Debug {
+    /// A user message made on this node: the relay delivers it here (numbered ones in `seq`
+    /// order, through [`Broker::deliver_to_user`]) and on the other nodes. Returns how many
+    /// subscriptions here took it at once.
+    fn to_user(&self, user: &str, path: &str, publication: Publication) -> usize;
+
+    /// A topic publication made on this node (already delivered here).
+    fn topic(&self, name: &str, publication: &Publication);
+
+    /// A token revoked on this node (its sessions here are closed).
+    fn revoke_token(&self, token_id: &str);
+
+    /// A user disconnected on this node (its sessions here are closed).
+    fn disconnect_user(&self, user: &str, reason: &str);
+
+    /// A share link made (`Some`) or ended (`None`, with its id) on this node.
+    fn share(&self, added: Option<&SharedTask>, removed: Option<&str>);
+
+    /// This node's sessions now need (`true`) or no longer need the messages of a route: a
+    /// user's (any of their paths) or a topic's.
+    fn interest(&self, route: Route<'_>, needed: bool);
+
+    /// Resolves once this node receives every message of `user` committed from now on
+    /// (a catch-up reads storage only after it, so nothing falls between the two).
+    fn ready(&self, user: &str) -> futures_util::future::BoxFuture<'static, ()>;
+}
+
+/// A route a [`Relay`] subscribes to for this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// Every private destination of a user.
+    User(&'a str),
+    /// A `/topic/**` name.
+    Topic(&'a str),
+}
+
 /// Decides which SUBSCRIBEs to user destinations start with what the client missed, and
 /// produces it (the user log of the replay issue lives outside the broker).
 pub trait ReplaySource: Send + Sync {
@@ -249,6 +288,11 @@ pub struct HeldSubscription {
 }
 
 impl HeldSubscription {
+    /// See [`Relay::ready`]: resolves at once on a single node.
+    pub async fn ready(&self, user: &str) {
+        self.broker.ready_for(user).await;
+    }
+
     /// Queues `replay`, then the held live messages not already in it (those with `seq` above
     /// `replayed_up_to`), and lets live messages flow again.
     pub fn release(mut self, replay: Vec<Publication>, replayed_up_to: Option<i64>) {
@@ -308,6 +352,8 @@ struct Inner {
     apps: RwLock<Vec<(String, AppHandler)>>,
     /// Where SUBSCRIBEs to user destinations get what they missed.
     replay: RwLock<Option<Arc<dyn ReplaySource>>>,
+    /// The other nodes, when this is one of several; set once at start.
+    relay: std::sync::OnceLock<Arc<dyn Relay>>,
     next_session: AtomicU64,
     next_message: AtomicU64,
     /// Distinguishes ids of this process from those of earlier runs.
@@ -335,6 +381,7 @@ impl Broker {
                 sessions: Mutex::default(),
                 apps: RwLock::default(),
                 replay: RwLock::default(),
+                relay: std::sync::OnceLock::new(),
                 next_session: AtomicU64::new(1),
                 next_message: AtomicU64::new(1),
                 instance,
@@ -361,8 +408,52 @@ impl Broker {
     /// `send_to_user("alice", "/queue/tasks-progress", …)`. Returns the number of
     /// subscriptions it was handed to.
     pub fn send_to_user(&self, user: &str, path: &str, publication: Publication) -> usize {
+        match self.inner.relay.get() {
+            Some(relay) => relay.to_user(user, path, publication),
+            None => self.deliver_to_user(user, path, publication),
+        }
+    }
+
+    /// [`Broker::send_to_user`] on this node only (what a [`Relay`] delivers here).
+    pub fn deliver_to_user(&self, user: &str, path: &str, publication: Publication) -> usize {
         let destination = Destination::User { user: user.to_owned(), path: path.to_owned() };
         self.fan_out(&destination, publication)
+    }
+
+    /// A topic publication on this node only (what a [`Relay`] delivers here).
+    pub fn deliver_to_topic(&self, name: &str, publication: Publication) -> usize {
+        self.fan_out(&Destination::Topic(name.to_owned()), publication)
+    }
+
+    /// Makes this broker one node of several: what the others must see goes to `relay`.
+    ///
+    /// # Errors
+    /// A relay was already set.
+    pub fn set_relay(&self, relay: Arc<dyn Relay>) -> Result<(), Arc<dyn Relay>> {
+        self.inner.relay.set(relay)
+    }
+
+    /// See [`Relay::ready`]; at once on a single node.
+    pub async fn ready_for(&self, user: &str) {
+        if let Some(relay) = self.inner.relay.get() {
+            relay.ready(user).await;
+        }
+    }
+
+    /// Admits the holders of `share`'s token from now on, on every node.
+    pub fn add_share(&self, share: SharedTask) {
+        if let Some(relay) = self.inner.relay.get() {
+            relay.share(Some(&share), None);
+        }
+        self.inner.auth.add_share(share);
+    }
+
+    /// Refuses the holders of the share link `id` from now on, on every node.
+    pub fn remove_share(&self, id: &str) {
+        if let Some(relay) = self.inner.relay.get() {
+            relay.share(None, Some(id));
+        }
+        self.inner.auth.remove_share(id);
     }
 
     /// Publishes to a `/topic/**` or `/queue/**` destination (or `/user/{name}/…`) on the
@@ -415,6 +506,14 @@ impl Broker {
     /// Revokes a token: it is refused from now on, and every session that authenticated
     /// with it is closed with ERROR `token revoked`. Returns how many were closed.
     pub fn revoke_token(&self, token_id: &str) -> usize {
+        if let Some(relay) = self.inner.relay.get() {
+            relay.revoke_token(token_id);
+        }
+        self.revoke_token_here(token_id)
+    }
+
+    /// [`Broker::revoke_token`] on this node only.
+    pub fn revoke_token_here(&self, token_id: &str) -> usize {
         self.inner.auth.revoke(token_id);
         let sessions = self.inner.sessions.lock();
         let mut closed = 0;
@@ -434,6 +533,14 @@ impl Broker {
     /// Closes every session of `user` with ERROR `disconnected` saying why (an operator's
     /// kick). Returns how many were closed.
     pub fn disconnect_user(&self, user: &str, reason: &str) -> usize {
+        if let Some(relay) = self.inner.relay.get() {
+            relay.disconnect_user(user, reason);
+        }
+        self.disconnect_user_here(user, reason)
+    }
+
+    /// [`Broker::disconnect_user`] on this node only.
+    pub fn disconnect_user_here(&self, user: &str, reason: &str) -> usize {
         let sessions = self.inner.sessions.lock();
         let mut closed = 0;
         for session in sessions.by_id.values().filter(|s| &*s.principal == user) {
@@ -598,7 +705,13 @@ impl Broker {
         match destination {
             Destination::Queue(name) => self.enqueue(name, publication),
             Destination::App(name) => Err(RouteError::NoHandler(name.clone())),
-            _ => Ok(self.fan_out(destination, publication)),
+            Destination::User { user, path } => Ok(self.send_to_user(user, path, publication)),
+            Destination::Topic(name) => {
+                if let Some(relay) = self.inner.relay.get() {
+                    relay.topic(name, &publication);
+                }
+                Ok(self.fan_out(destination, publication))
+            }
         }
     }
 
@@ -718,7 +831,25 @@ impl Broker {
             queues.by_name.entry(key.clone()).or_default().consumers.push(subscriber);
             queues.dispatch(&key, None);
         } else if let Some(key) = Self::route_key(destination) {
-            self.inner.routes.write().entry(key).or_default().push(subscriber);
+            let first = {
+                let mut routes = self.inner.routes.write();
+                let subscribers = routes.entry(key.clone()).or_default();
+                subscribers.push(subscriber);
+                subscribers.len() == 1
+            };
+            if first {
+                self.interest(&key, true);
+            }
+        }
+    }
+
+    /// Tells the relay, if any, that a route gained its first or lost its last subscriber.
+    fn interest(&self, key: &RouteKey, needed: bool) {
+        if let Some(relay) = self.inner.relay.get() {
+            match key {
+                RouteKey::User(user, _) => relay.interest(Route::User(user), needed),
+                RouteKey::Topic(name) => relay.interest(Route::Topic(name), needed),
+            }
         }
     }
 
@@ -731,12 +862,19 @@ impl Broker {
             }
             queues.drop_if_idle(name);
         } else if let Some(key) = Self::route_key(destination) {
-            let mut routes = self.inner.routes.write();
-            if let Some(subscribers) = routes.get_mut(&key) {
-                subscribers.retain(keep);
-                if subscribers.is_empty() {
+            let last = {
+                let mut routes = self.inner.routes.write();
+                let emptied = routes.get_mut(&key).is_some_and(|subscribers| {
+                    subscribers.retain(keep);
+                    subscribers.is_empty()
+                });
+                if emptied {
                     routes.remove(&key);
                 }
+                emptied
+            };
+            if last {
+                self.interest(&key, false);
             }
         }
     }

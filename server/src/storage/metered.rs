@@ -59,7 +59,7 @@ impl Storage for Metered {
     async fn log_after(
         &self,
         user: &str,
-        path: &str,
+        path: Option<&str>,
         after: i64,
         limit: u32,
     ) -> Result<Vec<LogEntry>, StorageError> {

@@ -259,11 +259,12 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// The lowest and the highest `seq` kept in `user`'s log; `(0, 0)` when it is empty.
     async fn log_range(&self, user: &str) -> Result<(i64, i64), StorageError>;
 
-    /// `user`'s entries for `path` after `after`, oldest first, at most `limit`.
+    /// `user`'s entries for `path` (every path: `None`) after `after`, oldest first, at
+    /// most `limit`.
     async fn log_after(
         &self,
         user: &str,
-        path: &str,
+        path: Option<&str>,
         after: i64,
         limit: u32,
     ) -> Result<Vec<LogEntry>, StorageError>;

@@ -337,20 +337,24 @@ impl Storage for SqlStorage {
     async fn log_after(
         &self,
         user: &str,
-        path: &str,
+        path: Option<&str>,
         after: i64,
         limit: u32,
     ) -> Result<Vec<LogEntry>, StorageError> {
-        let rows = sqlx::query(
-            "SELECT seq, at, path, content_type, body FROM user_log \
-             WHERE username = $1 AND path = $2 AND seq > $3 ORDER BY seq LIMIT $4",
-        )
-        .bind(user)
-        .bind(path)
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        let query = match path {
+            Some(path) => sqlx::query(
+                "SELECT seq, at, path, content_type, body FROM user_log \
+                 WHERE username = $1 AND path = $2 AND seq > $3 ORDER BY seq LIMIT $4",
+            )
+            .bind(user)
+            .bind(path),
+            None => sqlx::query(
+                "SELECT seq, at, path, content_type, body FROM user_log \
+                 WHERE username = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            )
+            .bind(user),
+        };
+        let rows = query.bind(after).bind(i64::from(limit)).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|row| {
                 Ok(LogEntry {

@@ -102,7 +102,7 @@ impl TaskShares {
         }
         let ShareRecord { id, created_at, .. } = share;
         let shared = SharedTask { id, owner: owner.to_owned(), task_no: task_no.to_owned() };
-        self.broker.authenticator().add_share(shared);
+        self.broker.add_share(shared);
         Ok(ShareLink { url: format!("{SHARE_PAGE}#{token}"), token, created_at })
     }
 
@@ -152,7 +152,7 @@ impl TaskShares {
     fn forget(&self, id: &str, task_no: &str, owner: &str, why: &str) {
         let shared =
             SharedTask { id: id.to_owned(), owner: owner.to_owned(), task_no: task_no.to_owned() };
-        self.broker.authenticator().remove_share(id);
+        self.broker.remove_share(id);
         let closed = self.fanout.disconnect_user(&shared.principal(), why);
         tracing::info!(%owner, task_no, closed, "share link ended: {why}");
     }

@@ -1,6 +1,7 @@
 //! Integration tests of the real server on an ephemeral port (one test binary).
 
 mod chaos;
+mod cluster;
 mod comfyui;
 mod comfyui_real;
 mod comfyui_sim;

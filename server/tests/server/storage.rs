@@ -69,11 +69,19 @@ async fn the_log_numbers_keeps_order_bounds_and_its_newest_entry(db: Db) {
         assert_eq!(db.append_log(&entry("alice", seq * 100, path)).await.unwrap(), seq);
     }
     assert_eq!(db.append_log(&entry("bob", 50, "/queue/a")).await.unwrap(), 1);
-    let evens: Vec<i64> =
-        db.log_after("alice", "/queue/a", 4, 10).await.unwrap().iter().map(|e| e.seq).collect();
+    let evens: Vec<i64> = db
+        .log_after("alice", Some("/queue/a"), 4, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
     assert_eq!(evens, [6, 8, 10]);
-    let limited = db.log_after("alice", "/queue/a", 0, 2).await.unwrap();
+    let limited = db.log_after("alice", Some("/queue/a"), 0, 2).await.unwrap();
     assert_eq!(limited.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 4]);
+    let every_path: Vec<i64> =
+        db.log_after("alice", None, 7, 10).await.unwrap().iter().map(|e| e.seq).collect();
+    assert_eq!(every_path, [8, 9, 10], "every path, in seq order");
     assert_eq!(limited[0].body, b"{\"at\":200}");
     assert_eq!(db.log_range("alice").await.unwrap(), (1, 10));
     // Keep 4 per user, and nothing older than 350 ms.
@@ -120,7 +128,7 @@ async fn a_group_is_numbered_per_user_in_order_and_stored_whole(db: Db) {
         let seqs: Vec<i64> = group.iter().filter(|e| e.user == user).map(|e| e.seq).collect();
         let first = if user == "bob" { 2 } else { 1 };
         assert_eq!(seqs, (first..first + 400).collect::<Vec<i64>>(), "{user}");
-        let stored = db.log_after(user, "/queue/n", 0, 10_000).await.unwrap();
+        let stored = db.log_after(user, Some("/queue/n"), 0, 10_000).await.unwrap();
         let stored_at: Vec<i64> = stored.iter().map(|e| e.at).collect();
         let given_at: Vec<i64> = group.iter().filter(|e| e.user == user).map(|e| e.at).collect();
         assert!(stored_at.ends_with(&given_at), "{user}: stored in the order given");

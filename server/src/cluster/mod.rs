@@ -1,0 +1,606 @@
+//! Several nodes: Redis pub/sub is the bus between brokers that share one PostgreSQL.
+//! [`Bus`] is the broker's [`Relay`]: what a node's broker makes for others (user messages,
+//! topic publications, revocations, disconnects, share links) goes out on the bus, and what
+//! comes in is delivered by the broker here. A node subscribes to a user's or a topic's
+//! channel only while its own sessions need it.
+//!
+//! Order and gaps: storage numbers each user's messages, and several nodes publish them, so
+//! each user's numbered messages pass a [`sequencer::Sequencer`] on every node (the node's
+//! own ones too): early ones wait for their predecessors, and a gap still open after
+//! `cluster.gap_wait_ms` is read from storage. When the bus comes back after an outage,
+//! every user followed here is read from storage from where it stood.
+
+mod envelope;
+mod sequencer;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Weak},
+    time::Duration,
+};
+
+use futures_util::{FutureExt, StreamExt, future::BoxFuture};
+use parking_lot::Mutex;
+use redis::aio::ConnectionManager;
+use tokio::sync::{mpsc, oneshot};
+
+use self::{
+    envelope::{Body, CONTROL, Envelope, Wire, topic_channel, user_channel},
+    sequencer::Sequencer,
+};
+use crate::{
+    broker::{Broker, LogPlace, Publication, Relay, Route, SharedTask},
+    config::ClusterSettings,
+    now_ms,
+    storage::{Storage, StorageError},
+};
+
+/// Messages waiting to be published at most; past it a node's own publications are dropped
+/// (logged and counted): other nodes read numbered ones from storage at the next gap.
+const OUTGOING: usize = 100_000;
+
+/// Publications sent to Redis in one pipeline at most.
+const BATCH: usize = 512;
+
+/// Entries one gap fill reads at most (a longer gap takes several).
+const FILL: u32 = 1_000;
+
+/// How long a catch-up waits for the bus to confirm a new subscription before it reads
+/// storage anyway (the bus is down; its return fills what was missed).
+const READY_WAIT: Duration = Duration::from_secs(2);
+
+/// Why a node could not join the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The URL or the first connection failed.
+    #[error("cluster.redis_url: cannot reach Redis at {url}: {source}")]
+    Redis {
+        /// The URL, without its password.
+        url: String,
+        /// Why.
+        source: redis::RedisError,
+    },
+    /// Reading the log's epoch failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// A message of one user waiting in its sequencer.
+#[derive(Debug)]
+struct Pending {
+    path: String,
+    publication: Publication,
+}
+
+/// One user followed by this node: where its messages stand.
+#[derive(Debug, Default)]
+struct Follower {
+    sequencer: Sequencer<Pending>,
+    /// Catch-ups waiting for [`Sequencer::start`].
+    waiting: Vec<oneshot::Sender<()>>,
+    /// A gap fill is scheduled or running.
+    filling: bool,
+}
+
+/// A followed user: how many of its routes have subscribers here, and its follower.
+#[derive(Debug)]
+struct Followed {
+    routes: usize,
+    follower: Arc<tokio::sync::Mutex<Follower>>,
+}
+
+/// What the subscriber task is asked to do.
+#[derive(Debug)]
+enum Command {
+    /// Subscribe to a channel; `done` when Redis confirmed it.
+    Subscribe(String, Option<oneshot::Sender<()>>),
+    Unsubscribe(String),
+}
+
+/// This node's end of the bus. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Bus {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    node: String,
+    broker: Broker,
+    storage: Arc<dyn Storage>,
+    epoch: Arc<str>,
+    gap_wait: Duration,
+    outgoing: mpsc::Sender<(String, Vec<u8>)>,
+    commands: mpsc::UnboundedSender<Command>,
+    /// Users followed here, each behind its own lock (delivery happens under it, in order).
+    users: Mutex<HashMap<String, Followed>>,
+    /// Channels this node needs, for resubscribing after a reconnect.
+    channels: Mutex<HashMap<String, usize>>,
+    /// Whether the subscriber connection is up.
+    connected: std::sync::atomic::AtomicBool,
+}
+
+impl Bus {
+    /// Connects to Redis and makes `broker` one node of several.
+    ///
+    /// # Errors
+    /// Redis cannot be reached, or reading the epoch failed.
+    pub async fn start(
+        settings: &ClusterSettings,
+        broker: Broker,
+        storage: Arc<dyn Storage>,
+    ) -> Result<Bus, BusError> {
+        let shown = redacted(&settings.redis_url);
+        let unreachable = |source| BusError::Redis { url: shown.clone(), source };
+        let client = redis::Client::open(settings.redis_url.as_str()).map_err(unreachable)?;
+        let publisher = ConnectionManager::new(client.clone()).await.map_err(unreachable)?;
+        let epoch = Arc::from(storage.epoch().await?);
+        let (outgoing, queue) = mpsc::channel(OUTGOING);
+        let (commands, requests) = mpsc::unbounded_channel();
+        let node = crate::secret::random_hex(8).unwrap_or_else(|_| format!("{}", now_ms()));
+        let bus = Bus {
+            inner: Arc::new(Inner {
+                node,
+                broker: broker.clone(),
+                storage,
+                epoch,
+                gap_wait: Duration::from_millis(settings.gap_wait_ms),
+                outgoing,
+                commands,
+                users: Mutex::default(),
+                channels: Mutex::new(HashMap::from([(CONTROL.to_owned(), 1)])),
+                connected: std::sync::atomic::AtomicBool::new(false),
+            }),
+        };
+        tokio::spawn(publish(publisher, queue));
+        tokio::spawn(subscribe(Arc::downgrade(&bus.inner), client, requests));
+        if broker.set_relay(Arc::new(bus.clone())).is_err() {
+            tracing::warn!("the broker already had a relay; this bus is not used");
+        }
+        tracing::info!(node = %bus.inner.node, redis = %shown, "joined the cluster");
+        Ok(bus)
+    }
+
+    /// Whether the bus is connected (for `/readyz`).
+    pub fn connected(&self) -> bool {
+        self.inner.connected.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// This node's id on the bus.
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+}
+
+/// `url` without its password, for logs and errors.
+fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Inner {
+    fn send(&self, channel: String, body: Body) {
+        let envelope = Envelope { node: self.node.clone(), sent_at: now_ms(), body };
+        if self.outgoing.try_send((channel, envelope.encode())).is_err() {
+            // The other nodes fill numbered messages from storage at their next gap.
+            tracing::warn!(
+                "the bus's outgoing queue is full ({OUTGOING}); a publication was dropped"
+            );
+            self.broker.metrics().bus_dropped();
+        }
+    }
+
+    fn follower(&self, user: &str) -> Option<Arc<tokio::sync::Mutex<Follower>>> {
+        self.users.lock().get(user).map(|f| f.follower.clone())
+    }
+
+    /// Hands a numbered message of `user` to its sequencer, delivering what is next here.
+    /// Returns how many subscriptions took something now.
+    async fn sequence(self: &Arc<Self>, user: &str, seq: i64, pending: Pending) -> usize {
+        let Some(follower) = self.follower(user) else { return 0 };
+        let mut follower = follower.lock().await;
+        let ready = follower.sequencer.offer(seq, pending);
+        let delivered = self.deliver(user, ready);
+        self.schedule_fill(user, &mut follower);
+        delivered
+    }
+
+    fn deliver(&self, user: &str, ready: Vec<Pending>) -> usize {
+        ready.into_iter().map(|p| self.broker.deliver_to_user(user, &p.path, p.publication)).sum()
+    }
+
+    /// Starts a gap fill after `cluster.gap_wait_ms` when one is open and none is scheduled.
+    fn schedule_fill(self: &Arc<Self>, user: &str, follower: &mut Follower) {
+        if follower.filling || follower.sequencer.gap().is_none() {
+            return;
+        }
+        follower.filling = true;
+        let (inner, user) = (Arc::downgrade(self), user.to_owned());
+        let wait = self.gap_wait;
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            if let Some(inner) = inner.upgrade() {
+                inner.fill(&user, false).await;
+            }
+        });
+    }
+
+    /// Reads `user`'s log after where its sequencer stands (when a gap is still open, or
+    /// always with `force`) and delivers what follows in order.
+    async fn fill(self: &Arc<Self>, user: &str, force: bool) {
+        let Some(follower) = self.follower(user) else { return };
+        let after = {
+            let mut f = follower.lock().await;
+            match (f.sequencer.gap(), f.sequencer.position()) {
+                (Some(after), _) => after,
+                (None, Some(after)) if force => after,
+                _ => {
+                    f.filling = false;
+                    return;
+                }
+            }
+        };
+        let entries = self.storage.log_after(user, None, after, FILL).await;
+        let mut f = follower.lock().await;
+        f.filling = false;
+        match entries {
+            Ok(entries) => {
+                let filled = entries.len();
+                let entries = entries.into_iter().map(|entry| {
+                    let place = LogPlace::Numbered {
+                        seq: entry.seq,
+                        epoch: self.epoch.clone(),
+                        replayed: false,
+                    };
+                    let publication = Publication::new(&entry.content_type, entry.body).at(place);
+                    (entry.seq, Pending { path: entry.path, publication })
+                });
+                let ready = f.sequencer.fill(entries);
+                if filled > 0 {
+                    tracing::debug!(%user, after, filled, "filled a gap from storage");
+                    self.broker.metrics().bus_filled(filled as u64);
+                }
+                self.deliver(user, ready);
+            }
+            Err(e) => tracing::warn!(%user, "gap fill failed: {e}"),
+        }
+        self.schedule_fill(user, &mut f);
+    }
+
+    /// Starts following `user`: storage's position first, then (once the bus confirmed its
+    /// channel, `confirmed`) in order from there; what was committed between the two is
+    /// read from storage.
+    async fn follow(
+        self: Arc<Self>,
+        user: String,
+        follower: Arc<tokio::sync::Mutex<Follower>>,
+        confirmed: oneshot::Receiver<()>,
+    ) {
+        let high = match self.storage.log_range(&user).await {
+            Ok((_, high)) => high,
+            Err(e) => {
+                // Nothing is known: deliver what comes, as a single node would.
+                tracing::warn!(%user, "cannot read the log's position: {e}");
+                0
+            }
+        };
+        if tokio::time::timeout(READY_WAIT, confirmed).await.is_err() {
+            tracing::warn!(%user, "the bus did not confirm a subscription in time");
+        }
+        {
+            let mut f = follower.lock().await;
+            f.sequencer.start(high);
+            for waiter in f.waiting.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+        self.fill(&user, true).await;
+    }
+
+    fn want(&self, channel: String, done: Option<oneshot::Sender<()>>) {
+        let first = {
+            let mut channels = self.channels.lock();
+            let count = channels.entry(channel.clone()).or_default();
+            *count += 1;
+            *count == 1
+        };
+        if first {
+            let _ = self.commands.send(Command::Subscribe(channel, done));
+        } else if let Some(done) = done {
+            let _ = done.send(());
+        }
+    }
+
+    fn unwant(&self, channel: String) {
+        let last = {
+            let mut channels = self.channels.lock();
+            let gone = channels.get_mut(&channel).is_some_and(|count| {
+                *count -= 1;
+                *count == 0
+            });
+            if gone {
+                channels.remove(&channel);
+            }
+            gone
+        };
+        if last {
+            let _ = self.commands.send(Command::Unsubscribe(channel));
+        }
+    }
+
+    /// A message from another node.
+    fn receive(self: &Arc<Self>, payload: &[u8]) {
+        let envelope = match Envelope::decode(payload) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                tracing::warn!("an undecodable message on the bus: {e}");
+                return;
+            }
+        };
+        if envelope.node == self.node {
+            return;
+        }
+        let lag = (now_ms() - envelope.sent_at).max(0) as f64 / 1000.0;
+        self.broker.metrics().bus_received(lag);
+        match envelope.body {
+            Body::User { user, path, message } => match message.seq() {
+                Some(seq) => {
+                    let publication = message.into_publication(&self.epoch);
+                    let inner = self.clone();
+                    // In order per user: the follower's lock, taken in arrival order by
+                    // this one reading task.
+                    let Some(follower) = self.follower(&user) else { return };
+                    match follower.try_lock() {
+                        Ok(mut f) => {
+                            let ready = f.sequencer.offer(seq, Pending { path, publication });
+                            inner.deliver(&user, ready);
+                            inner.schedule_fill(&user, &mut f);
+                        }
+                        Err(_) => {
+                            // A fill or a start holds it: wait without blocking the reader.
+                            tokio::spawn(async move {
+                                inner.sequence(&user, seq, Pending { path, publication }).await;
+                            });
+                        }
+                    }
+                }
+                None => {
+                    self.broker.deliver_to_user(
+                        &user,
+                        &path,
+                        message.into_publication(&self.epoch),
+                    );
+                }
+            },
+            Body::Topic { name, message } => {
+                self.broker.deliver_to_topic(&name, message.into_publication(&self.epoch));
+            }
+            Body::Revoke { token_id } => {
+                self.broker.revoke_token_here(&token_id);
+            }
+            Body::Disconnect { user, reason } => {
+                self.broker.disconnect_user_here(&user, &reason);
+            }
+            Body::ShareAdded { id, owner, task_no } => {
+                self.broker.authenticator().add_share(SharedTask { id, owner, task_no });
+            }
+            // Its watchers here are disconnected by the disconnect that follows it.
+            Body::ShareRemoved { id } => self.broker.authenticator().remove_share(&id),
+        }
+    }
+}
+
+impl Relay for Bus {
+    fn to_user(&self, user: &str, path: &str, publication: Publication) -> usize {
+        let wire = Wire::of(&publication);
+        let seq = wire.seq();
+        let body = Body::User { user: user.to_owned(), path: path.to_owned(), message: wire };
+        self.inner.send(user_channel(user), body);
+        let Some(seq) = seq else {
+            return self.inner.broker.deliver_to_user(user, path, publication);
+        };
+        let Some(follower) = self.inner.follower(user) else { return 0 };
+        // The user log's committer calls this in `seq` order for its own messages; the
+        // follower's lock keeps them in order with those of other nodes.
+        let pending = Pending { path: path.to_owned(), publication };
+        match follower.try_lock() {
+            Ok(mut f) => {
+                let ready = f.sequencer.offer(seq, pending);
+                let delivered = self.inner.deliver(user, ready);
+                self.inner.schedule_fill(user, &mut f);
+                delivered
+            }
+            Err(_) => {
+                let (inner, user) = (self.inner.clone(), user.to_owned());
+                tokio::spawn(async move { inner.sequence(&user, seq, pending).await });
+                0
+            }
+        }
+    }
+
+    fn topic(&self, name: &str, publication: &Publication) {
+        let body = Body::Topic { name: name.to_owned(), message: Wire::of(publication) };
+        self.inner.send(topic_channel(name), body);
+    }
+
+    fn revoke_token(&self, token_id: &str) {
+        self.inner.send(CONTROL.to_owned(), Body::Revoke { token_id: token_id.to_owned() });
+    }
+
+    fn disconnect_user(&self, user: &str, reason: &str) {
+        let body = Body::Disconnect { user: user.to_owned(), reason: reason.to_owned() };
+        self.inner.send(CONTROL.to_owned(), body);
+    }
+
+    fn share(&self, added: Option<&SharedTask>, removed: Option<&str>) {
+        if let Some(id) = removed {
+            self.inner.send(CONTROL.to_owned(), Body::ShareRemoved { id: id.to_owned() });
+        }
+        if let Some(share) = added {
+            let body = Body::ShareAdded {
+                id: share.id.clone(),
+                owner: share.owner.clone(),
+                task_no: share.task_no.clone(),
+            };
+            self.inner.send(CONTROL.to_owned(), body);
+        }
+    }
+
+    fn interest(&self, route: Route<'_>, needed: bool) {
+        match route {
+            Route::Topic(name) if needed => self.inner.want(topic_channel(name), None),
+            Route::Topic(name) => self.inner.unwant(topic_channel(name)),
+            Route::User(user) if needed => {
+                let created = {
+                    let mut users = self.inner.users.lock();
+                    match users.get_mut(user) {
+                        Some(followed) => {
+                            followed.routes += 1;
+                            None
+                        }
+                        None => {
+                            let follower = Arc::new(tokio::sync::Mutex::default());
+                            let followed = Followed { routes: 1, follower: follower.clone() };
+                            users.insert(user.to_owned(), followed);
+                            Some(follower)
+                        }
+                    }
+                };
+                if let Some(follower) = created {
+                    let (done, confirmed) = oneshot::channel();
+                    self.inner.want(user_channel(user), Some(done));
+                    let inner = self.inner.clone();
+                    tokio::spawn(inner.follow(user.to_owned(), follower, confirmed));
+                }
+            }
+            Route::User(user) => {
+                let last = {
+                    let mut users = self.inner.users.lock();
+                    let last = users.get_mut(user).is_some_and(|followed| {
+                        followed.routes = followed.routes.saturating_sub(1);
+                        followed.routes == 0
+                    });
+                    if last {
+                        users.remove(user);
+                    }
+                    last
+                };
+                if last {
+                    self.inner.unwant(user_channel(user));
+                }
+            }
+        }
+    }
+
+    fn ready(&self, user: &str) -> BoxFuture<'static, ()> {
+        let Some(follower) = self.inner.follower(user) else { return async {}.boxed() };
+        async move {
+            let waiting = {
+                let mut f = follower.lock().await;
+                if f.sequencer.started() {
+                    return;
+                }
+                let (done, waiting) = oneshot::channel();
+                f.waiting.push(done);
+                waiting
+            };
+            let _ = tokio::time::timeout(READY_WAIT * 2, waiting).await;
+        }
+        .boxed()
+    }
+}
+
+/// Publishes what the node sends, in order, a pipeline per batch.
+async fn publish(mut connection: ConnectionManager, mut queue: mpsc::Receiver<(String, Vec<u8>)>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while queue.recv_many(&mut batch, BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        for (channel, bytes) in batch.drain(..) {
+            pipe.cmd("PUBLISH").arg(channel).arg(bytes).ignore();
+        }
+        if let Err(e) = pipe.query_async::<()>(&mut connection).await {
+            // Numbered messages are read from storage by the others at their next gap.
+            tracing::warn!("publishing on the bus failed: {e}");
+        }
+    }
+}
+
+/// Keeps this node's subscriptions on the bus, and hands what arrives to the node; after a
+/// reconnect, reads every followed user's log from where it stood.
+async fn subscribe(
+    inner: Weak<Inner>,
+    client: redis::Client,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut first = true;
+    loop {
+        let pubsub = match client.get_async_pubsub().await {
+            Ok(pubsub) => pubsub,
+            Err(e) => {
+                if inner.strong_count() == 0 {
+                    return;
+                }
+                tracing::warn!("the bus is unreachable: {e}; trying again in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        let (mut sink, mut stream) = pubsub.split();
+        let Some(node) = inner.upgrade() else { return };
+        let channels: Vec<String> = node.channels.lock().keys().cloned().collect();
+        if let Err(e) = sink.subscribe(&channels).await {
+            tracing::warn!("subscribing on the bus failed: {e}");
+            continue;
+        }
+        node.connected.store(true, std::sync::atomic::Ordering::Relaxed);
+        if !first {
+            tracing::info!(channels = channels.len(), "the bus is back; reading what was missed");
+            let users: Vec<String> = node.users.lock().keys().cloned().collect();
+            for user in users {
+                let node = node.clone();
+                tokio::spawn(async move { node.fill(&user, true).await });
+            }
+        }
+        first = false;
+        drop(node);
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(Command::Subscribe(channel, done)) => {
+                        match sink.subscribe(&channel).await {
+                            Ok(()) => if let Some(done) = done { let _ = done.send(()); },
+                            // The reconnect subscribes every wanted channel again.
+                            Err(e) => { tracing::warn!("subscribing on the bus failed: {e}"); break; }
+                        }
+                    }
+                    Some(Command::Unsubscribe(channel)) => {
+                        if let Err(e) = sink.unsubscribe(&channel).await {
+                            tracing::warn!("unsubscribing on the bus failed: {e}");
+                            break;
+                        }
+                    }
+                    None => return,
+                },
+                message = stream.next() => match message {
+                    Some(message) => match inner.upgrade() {
+                        Some(node) => node.receive(message.get_payload_bytes()),
+                        None => return,
+                    },
+                    None => break,
+                },
+            }
+        }
+        if let Some(node) = inner.upgrade() {
+            node.connected.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        tracing::warn!("the bus connection was lost; reconnecting");
+    }
+}

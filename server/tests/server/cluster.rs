@@ -1,0 +1,237 @@
+//! Three nodes on loopback sharing a throw-away PostgreSQL and a throw-away redis-server:
+//! what one node makes reaches the sessions of the others (task updates, notices, topics,
+//! revocations, operator disconnects, share links), and a user's numbered messages from two
+//! publishing nodes arrive in `seq` order, none missing, on a third.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use taskpulse_shared::{TaskStatus, resume::TASKS_DESTINATION, stomp::Command};
+use taskpulse_testkit::Redis;
+
+use crate::fixture::{PATIENCE, Postgres, StompClient, TestServer, body};
+
+const BACKEND_KEY: &str = "cluster-tests-backend-key";
+
+/// Waits until `nodes` nodes subscribed the bus channel of the topic `name` (topics are best
+/// effort: nothing is promised before a node's subscription is in place).
+async fn subscribed(cluster: &Cluster, name: &str, nodes: i64) {
+    let client = redis::Client::open(cluster._redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let channel = format!("taskpulse:topic:{{{name}}}");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&channel)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        if counts.first().is_some_and(|(_, n)| *n >= nodes) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{channel} has {counts:?} subscribers");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Three nodes on one database and one Redis (and the two kept alive as long as they are).
+struct Cluster {
+    nodes: Vec<TestServer>,
+    _redis: Redis,
+    _postgres: Postgres,
+}
+
+async fn cluster() -> Cluster {
+    let redis = Redis::start().unwrap();
+    let postgres = Postgres::start().unwrap();
+    let database = postgres.fresh_database().unwrap();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let (database, redis_url) = (database.clone(), redis.url());
+        nodes.push(
+            TestServer::stomp(move |config| {
+                config.settings.storage.url = database;
+                config.settings.cluster.redis_url = redis_url;
+                config.settings.api.keys = vec![BACKEND_KEY.into()];
+                config.settings.demo.duration_ms = 600;
+                config.settings.demo.steps = 4;
+                config.settings.tasks.progress_interval_ms = 0;
+            })
+            .await,
+        );
+    }
+    Cluster { nodes, _redis: redis, _postgres: postgres }
+}
+
+impl Cluster {
+    async fn stop(self) {
+        for node in self.nodes {
+            node.stop().await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn what_one_node_makes_reaches_the_sessions_of_the_others() {
+    let cluster = cluster().await;
+    let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    let alice = a.api().register("alice").await;
+
+    // Every session of the user, on every node, follows a task submitted on another.
+    let mut on_a = a.client_with(&alice).await;
+    on_a.subscribe("tasks", TASKS_DESTINATION, "auto").await;
+    let mut on_c = c.client_with(&alice).await;
+    on_c.subscribe("tasks", TASKS_DESTINATION, "auto").await;
+    let task = b.api().submit(&alice, "a lighthouse").await;
+    for (node, client) in [("a", &mut on_a), ("c", &mut on_c)] {
+        let seen = client.updates_until_done(&task).await;
+        let statuses: Vec<TaskStatus> = seen.iter().map(|u| u.status).collect();
+        assert_eq!(statuses.last(), Some(&TaskStatus::Completed), "node {node}: {statuses:?}");
+        let rank = |s: &TaskStatus| TaskStatus::ALL.iter().position(|a| a == s);
+        assert!(
+            statuses.windows(2).all(|w| rank(&w[0]) <= rank(&w[1])),
+            "node {node}: in order: {statuses:?}"
+        );
+    }
+
+    // A backend's notice through one node reaches the user on another.
+    let notice = json!({"user": "alice", "destination": "/queue/notices", "payload": {"n": 1}});
+    // (Alice's channel is subscribed on node a already: her tasks subscription.)
+    let mut notices = a.client_with(&alice).await;
+    notices.subscribe("n", "/user/queue/notices", "auto").await;
+    let (status, answer) = c.api().post_as_backend("/api/publish", BACKEND_KEY, notice).await;
+    assert_eq!(status, 200, "{answer}");
+    let message = notices.recv().await;
+    assert_eq!(body(&message), r#"{"n":1}"#);
+
+    // Topics: a backend's publication and a client's SEND, each from one node to the others.
+    let bob = b.token("bob");
+    let mut bob_on_b = b.client_with(&bob).await;
+    bob_on_b.subscribe("news", "/topic/news", "auto").await;
+    let mut carol_on_c = c.client_with(&c.token("carol")).await;
+    carol_on_c.subscribe("news", "/topic/news", "auto").await;
+    subscribed(&cluster, "/topic/news", 2).await;
+    let news = json!({"destination": "/topic/news", "payload": {"headline": "up"}});
+    let (status, _) = a.api().post_as_backend("/api/publish", BACKEND_KEY, news).await;
+    assert_eq!(status, 200);
+    for client in [&mut bob_on_b, &mut carol_on_c] {
+        assert_eq!(body(&client.recv().await), r#"{"headline":"up"}"#);
+    }
+    for client in [&mut bob_on_b, &mut carol_on_c] {
+        client.subscribe("chat", "/topic/chat.room", "auto").await;
+    }
+    subscribed(&cluster, "/topic/chat.room", 2).await;
+    let mut dave_on_a = a.client_with(&a.token("dave")).await;
+    dave_on_a.send_to("/topic/chat.room", "from a client on a").await;
+    for client in [&mut bob_on_b, &mut carol_on_c] {
+        let message = client.recv().await;
+        assert_eq!(body(&message), "from a client on a");
+        assert_eq!(message.header("x-sender"), Some("dave"), "{message:?}");
+    }
+
+    // A share link made on one node opens on another, and its revocation on a third ends it.
+    let path = format!("/api/tasks/{task}/share");
+    let (status, link) = a.api().post(&path, Some(&alice), json!({})).await;
+    assert_eq!(status, 201, "{link}");
+    let token = link["token"].as_str().unwrap();
+    // The link reaches node c over the control channel; a moment for it to arrive.
+    let mut tries = 0;
+    while c.api().get(&format!("/api/shared?token={token}"), None).await.0 != 200 {
+        tries += 1;
+        assert!(tries < 500, "the link never reached node c");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut watcher = StompClient::open(&c.ws_url(), &["v12.stomp"]).await;
+    let answer = watcher.connect(&[("accept-version", "1.2"), ("share", token)]).await;
+    assert_eq!(answer.command, Command::Connected, "{answer:?}");
+    watcher.subscribe("t", TASKS_DESTINATION, "auto").await;
+    let state: Value = serde_json::from_slice(&watcher.recv().await.body).unwrap();
+    assert_eq!(state["status"], "completed");
+    let (status, _) = b.api().delete(&path, Some(&alice)).await;
+    assert_eq!(status, 204);
+    assert_eq!(watcher.expect_error().await.header("message"), Some("disconnected"));
+
+    // An operator's disconnect on one node closes the user's sessions on the others.
+    let (status, answer) = c
+        .api()
+        .post_as_backend("/api/admin/disconnect", BACKEND_KEY, json!({"user": "dave"}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(dave_on_a.expect_error().await.header("message"), Some("disconnected"));
+
+    // Signing out on one node revokes the token on all.
+    let (status, _) = b.api().post("/api/auth/logout", Some(&alice), json!({})).await;
+    assert_eq!(status, 204);
+    for client in [&mut on_a, &mut on_c] {
+        assert_eq!(client.expect_error().await.header("message"), Some("token revoked"));
+    }
+    let refused = StompClient::try_signed_in(&a.ws_url(), &alice).await;
+    assert!(refused.is_err(), "the revoked token is refused on every node");
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_users_numbered_messages_from_two_nodes_arrive_in_order_on_a_third() {
+    let cluster = cluster().await;
+    let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    let alice = a.api().register("alice").await;
+    let mut on_c = c.client_with(&alice).await;
+    on_c.subscribe("tasks", TASKS_DESTINATION, "auto").await;
+
+    // Two nodes publish for one user at once: storage numbers them in one order, and each
+    // node sends what it stored as soon as it committed.
+    const EACH: usize = 300;
+    let batch = |node: &str| {
+        Value::Array(
+            (0..EACH)
+                .map(|i| {
+                    json!({"user": "alice", "destination": "/queue/tasks-progress",
+                           "payload": {"from": node, "i": i}})
+                })
+                .collect(),
+        )
+    };
+    let (api_a, api_b) = (a.api(), b.api());
+    let (from_a, from_b) = (batch("a"), batch("b"));
+    let publish_a = async {
+        for chunk in from_a.as_array().unwrap().chunks(20) {
+            let (status, answer) = api_a
+                .post_as_backend("/api/publish", BACKEND_KEY, Value::Array(chunk.to_vec()))
+                .await;
+            assert_eq!(status, 200, "{answer}");
+        }
+    };
+    let publish_b = async {
+        for chunk in from_b.as_array().unwrap().chunks(20) {
+            let (status, answer) = api_b
+                .post_as_backend("/api/publish", BACKEND_KEY, Value::Array(chunk.to_vec()))
+                .await;
+            assert_eq!(status, 200, "{answer}");
+        }
+    };
+    tokio::join!(publish_a, publish_b);
+
+    let mut seqs = Vec::new();
+    let mut per_node = std::collections::HashMap::<String, Vec<i64>>::new();
+    while seqs.len() < 2 * EACH {
+        let message = on_c.recv().await;
+        assert_eq!(message.command, Command::Message, "{message:?}");
+        if message.header("x-snapshot").is_some() {
+            continue;
+        }
+        let seq: i64 = message.header("seq").and_then(|s| s.parse().ok()).expect("numbered");
+        let payload: Value = serde_json::from_slice(&message.body).unwrap();
+        per_node
+            .entry(payload["from"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(payload["i"].as_i64().unwrap());
+        seqs.push(seq);
+    }
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "every number once, in order: {seqs:?}");
+    for (node, order) in per_node {
+        assert_eq!(order, (0..EACH as i64).collect::<Vec<_>>(), "node {node}'s in its order");
+    }
+    on_c.expect_nothing(Duration::from_millis(300)).await;
+    cluster.stop().await;
+}
