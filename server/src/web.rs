@@ -255,17 +255,20 @@ struct Readiness {
     reason: Option<String>,
 }
 
-/// `GET /readyz`: 200 `{"status":"ready"}` when the database answers within 2 s; 503
-/// `{"status":"not ready","reason"}` otherwise.
+/// `GET /readyz`: 200 `{"status":"ready"}` when the database answers within 2 s (and,
+/// clustered, the bus is connected); 503 `{"status":"not ready","reason"}` otherwise.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
-        (status = 200, description = "Ready: the database answers", body = Readiness),
+        (status = 200, description = "Ready: the database answers (and, clustered, the bus is connected)", body = Readiness),
         (status = 503, description = "Not ready, and why", body = Readiness),
     ))]
 async fn readyz(State(state): State<AppState>) -> Response {
     use axum::http::StatusCode;
     let answered = tokio::time::timeout(READY_WITHIN, state.storage.epoch()).await;
     let reason = match answered {
+        Ok(Ok(_)) if state.bus.as_ref().is_some_and(|bus| !bus.connected()) => {
+            "bus: the connection to Redis (cluster.redis_url) is down".to_owned()
+        }
         Ok(Ok(_)) => return Json(Readiness { status: "ready", reason: None }).into_response(),
         Ok(Err(e)) => format!("storage: {e}"),
         Err(_) => format!("storage: no answer within {} s", READY_WITHIN.as_secs()),

@@ -515,18 +515,26 @@ impl Relay for Bus {
     }
 }
 
-/// Publishes what the node sends, in order, a pipeline per batch.
+/// Publishes what the node sends, in order, a pipeline per batch. A batch that fails is
+/// sent again until Redis takes it (the connection manager reconnects meanwhile): a message
+/// lost here could be the last of its user for a while, and no later one would show the gap.
 async fn publish(mut connection: ConnectionManager, mut queue: mpsc::Receiver<(String, Vec<u8>)>) {
     let mut batch = Vec::with_capacity(BATCH);
     while queue.recv_many(&mut batch, BATCH).await > 0 {
         let mut pipe = redis::pipe();
-        for (channel, bytes) in batch.drain(..) {
+        for (channel, bytes) in &batch {
             pipe.cmd("PUBLISH").arg(channel).arg(bytes).ignore();
         }
-        if let Err(e) = pipe.query_async::<()>(&mut connection).await {
-            // Numbered messages are read from storage by the others at their next gap.
-            tracing::warn!("publishing on the bus failed: {e}");
+        let mut backoff = Duration::from_millis(50);
+        while let Err(e) = pipe.query_async::<()>(&mut connection).await {
+            if queue.is_closed() {
+                return;
+            }
+            tracing::warn!("publishing on the bus failed: {e}; trying again in {backoff:?}");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
+        batch.clear();
     }
 }
 

@@ -16,7 +16,7 @@ const BACKEND_KEY: &str = "cluster-tests-backend-key";
 /// Waits until `nodes` nodes subscribed the bus channel of the topic `name` (topics are best
 /// effort: nothing is promised before a node's subscription is in place).
 async fn subscribed(cluster: &Cluster, name: &str, nodes: i64) {
-    let client = redis::Client::open(cluster._redis.url()).unwrap();
+    let client = redis::Client::open(cluster.redis.url()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     let channel = format!("taskpulse:topic:{{{name}}}");
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -38,7 +38,7 @@ async fn subscribed(cluster: &Cluster, name: &str, nodes: i64) {
 /// Three nodes on one database and one Redis (and the two kept alive as long as they are).
 struct Cluster {
     nodes: Vec<TestServer>,
-    _redis: Redis,
+    redis: Redis,
     _postgres: Postgres,
 }
 
@@ -61,7 +61,7 @@ async fn cluster() -> Cluster {
             .await,
         );
     }
-    Cluster { nodes, _redis: redis, _postgres: postgres }
+    Cluster { nodes, redis, _postgres: postgres }
 }
 
 impl Cluster {
@@ -233,5 +233,60 @@ async fn a_users_numbered_messages_from_two_nodes_arrive_in_order_on_a_third() {
         assert_eq!(order, (0..EACH as i64).collect::<Vec<_>>(), "node {node}'s in its order");
     }
     on_c.expect_nothing(Duration::from_millis(300)).await;
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_redis_outage_loses_nothing_numbered() {
+    let mut cluster = cluster().await;
+    let alice = cluster.nodes[0].api().register("alice").await;
+    let mut on_a = cluster.nodes[0].client_with(&alice).await;
+    on_a.subscribe("tasks", TASKS_DESTINATION, "auto").await;
+    let notice = |n: i64| json!({"user": "alice", "destination": "/queue/tasks-progress", "payload": {"n": n}});
+    let publish = |node: usize, n: i64| {
+        let api = cluster.nodes[node].api();
+        async move {
+            let (status, answer) =
+                api.post_as_backend("/api/publish", BACKEND_KEY, notice(n)).await;
+            assert_eq!(status, 200, "{answer}");
+        }
+    };
+    publish(1, 1).await;
+    assert_eq!(body(&on_a.recv().await), r#"{"n":1}"#);
+
+    cluster.redis.stop();
+    let readiness = |node: usize| {
+        let api = cluster.nodes[node].api();
+        async move { api.get("/readyz", None).await }
+    };
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, answer) = readiness(0).await;
+        if status == 503 {
+            assert!(answer["reason"].as_str().unwrap().starts_with("bus:"), "{answer}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "readyz never noticed: {answer}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Stored while the bus is down: node b cannot tell node a.
+    publish(1, 2).await;
+    publish(1, 3).await;
+    on_a.expect_nothing(Duration::from_millis(300)).await;
+
+    cluster.redis.start_again().unwrap();
+    for n in 2..=3 {
+        let message = on_a.recv().await;
+        assert_eq!(body(&message), format!(r#"{{"n":{n}}}"#), "read from storage after the outage");
+    }
+    loop {
+        if readiness(0).await.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And live again, across nodes.
+    publish(2, 4).await;
+    assert_eq!(body(&on_a.recv().await), r#"{"n":4}"#);
     cluster.stop().await;
 }
