@@ -186,6 +186,9 @@ TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the fil
                            (the bus) and [storage] url's PostgreSQL; empty: a single node
   gap_wait_ms = 50         how long a node holds a user's message whose predecessor has not
                            arrived before it reads the missing ones from storage
+  lease_s = 30             a node holds a lease on each task it runs, renewed every third of
+                           this; a task whose lease ran out (its node died) is taken over by
+                           another node and restarted or followed again
 ";
 
 /// The command line. Everything else comes from [`Settings`].
@@ -415,6 +418,9 @@ impl Settings {
                      log, one task table and one set of secrets, and SQLite is a file on one \
                      machine",
                 ));
+            }
+            if self.cluster.lease_s < 3 {
+                return Err(invalid("cluster.lease_s", "must be at least 3 seconds"));
             }
             if !(self.cluster.redis_url.starts_with("redis://")
                 || self.cluster.redis_url.starts_with("rediss://"))
@@ -965,11 +971,13 @@ pub struct ClusterSettings {
     /// How long a user's message waits for its predecessor before the gap is read from
     /// storage, milliseconds.
     pub gap_wait_ms: u64,
+    /// How long a node's lease on a task lasts unless renewed, seconds.
+    pub lease_s: u64,
 }
 
 impl Default for ClusterSettings {
     fn default() -> Self {
-        ClusterSettings { redis_url: String::new(), gap_wait_ms: 50 }
+        ClusterSettings { redis_url: String::new(), gap_wait_ms: 50, lease_s: 30 }
     }
 }
 

@@ -129,6 +129,18 @@ impl From<TaskError> for AppError {
             }
             TaskError::ShuttingDown => AppError::Unavailable(error.to_string()),
             TaskError::Storage(e) => AppError::Internal(e.to_string()),
+            TaskError::Elsewhere(failure) => {
+                let message = failure.message;
+                match failure.status {
+                    400 => AppError::BadRequest { message, field: failure.field },
+                    402 => AppError::PaymentRequired(message),
+                    404 => AppError::NotFound(message),
+                    409 => AppError::Conflict(message),
+                    429 => AppError::TooManyRequests { message, retry_after: None },
+                    503 => AppError::Unavailable(message),
+                    _ => AppError::Internal(message),
+                }
+            }
         }
     }
 }

@@ -171,8 +171,12 @@ impl AppState {
             settings.clone(),
             results,
             metrics.clone(),
+            bus.as_ref().map(|bus| bus.node().to_owned()),
         )
         .await?;
+        if let Some(bus) = &bus {
+            bus.serve(&tasks);
+        }
         let shares =
             TaskShares::start(storage.clone(), broker.clone(), fanout.clone(), tasks.clone())
                 .await?;

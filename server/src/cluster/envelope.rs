@@ -7,7 +7,12 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::broker::{Coalesce, LogPlace, Publication};
+use taskpulse_shared::TaskProgressDto;
+
+use crate::{
+    broker::{Coalesce, LogPlace, Publication},
+    tasks::{RemoteFailure, TaskCall},
+};
 
 /// Every node's control channel: revocations, disconnects, share links.
 pub(crate) const CONTROL: &str = "taskpulse:control";
@@ -15,6 +20,11 @@ pub(crate) const CONTROL: &str = "taskpulse:control";
 /// The channel of every private destination of `user`.
 pub(crate) fn user_channel(user: &str) -> String {
     format!("taskpulse:user:{{{user}}}")
+}
+
+/// The channel of one node (answers to the calls it made).
+pub(crate) fn node_channel(node: &str) -> String {
+    format!("taskpulse:node:{{{node}}}")
 }
 
 /// The channel of the topic `name`.
@@ -47,6 +57,10 @@ pub(crate) enum Body {
     ShareAdded { id: String, owner: String, task_no: String },
     /// A share link ended.
     ShareRemoved { id: String },
+    /// A call on a task, for the node that runs it; answered on `reply_to`'s channel.
+    TaskCall { call: u64, reply_to: String, task_no: String, op: TaskCall },
+    /// The answer to call `call`.
+    TaskReply { call: u64, outcome: Result<TaskProgressDto, RemoteFailure> },
 }
 
 /// A [`Publication`] as it travels: headers, body, how it coalesces, its `seq`.
@@ -108,8 +122,9 @@ impl Wire {
 impl Envelope {
     /// The bytes on the bus.
     pub(crate) fn encode(&self) -> Vec<u8> {
-        // Serializing these plain types into a Vec cannot fail.
-        rmp_serde::to_vec(self).unwrap_or_default()
+        // Field names are kept (structs as maps): fields that are skipped when empty would
+        // shift the positions of an array. Serializing into a Vec cannot fail.
+        rmp_serde::to_vec_named(self).unwrap_or_default()
     }
 
     /// An envelope from the bus.

@@ -22,10 +22,11 @@ use std::{
 use futures_util::{FutureExt, StreamExt, future::BoxFuture};
 use parking_lot::Mutex;
 use redis::aio::ConnectionManager;
+use taskpulse_shared::TaskProgressDto;
 use tokio::sync::{mpsc, oneshot};
 
 use self::{
-    envelope::{Body, CONTROL, Envelope, Wire, topic_channel, user_channel},
+    envelope::{Body, CONTROL, Envelope, Wire, node_channel, topic_channel, user_channel},
     sequencer::Sequencer,
 };
 use crate::{
@@ -33,6 +34,7 @@ use crate::{
     config::ClusterSettings,
     now_ms,
     storage::{Storage, StorageError},
+    tasks::{Remote, RemoteFailure, TaskCall, TaskService},
 };
 
 /// Messages waiting to be published at most; past it a node's own publications are dropped
@@ -48,6 +50,9 @@ const FILL: u32 = 1_000;
 /// How long a catch-up waits for the bus to confirm a new subscription before it reads
 /// storage anyway (the bus is down; its return fills what was missed).
 const READY_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a call on a task waits for the node that runs it.
+const CALL_WAIT: Duration = Duration::from_secs(5);
 
 /// Why a node could not join the bus.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +123,11 @@ struct Inner {
     channels: Mutex<HashMap<String, usize>>,
     /// Whether the subscriber connection is up.
     connected: std::sync::atomic::AtomicBool,
+    /// The task service, which answers calls on the tasks this node runs.
+    tasks: std::sync::OnceLock<TaskService>,
+    /// Calls on tasks of other nodes waiting for their answer, by id.
+    calls: Mutex<HashMap<u64, oneshot::Sender<Result<TaskProgressDto, RemoteFailure>>>>,
+    next_call: std::sync::atomic::AtomicU64,
 }
 
 impl Bus {
@@ -138,6 +148,7 @@ impl Bus {
         let (outgoing, queue) = mpsc::channel(OUTGOING);
         let (commands, requests) = mpsc::unbounded_channel();
         let node = crate::secret::random_hex(8).unwrap_or_else(|_| format!("{}", now_ms()));
+        let channels = HashMap::from([(CONTROL.to_owned(), 1), (node_channel(&node), 1)]);
         let bus = Bus {
             inner: Arc::new(Inner {
                 node,
@@ -148,8 +159,11 @@ impl Bus {
                 outgoing,
                 commands,
                 users: Mutex::default(),
-                channels: Mutex::new(HashMap::from([(CONTROL.to_owned(), 1)])),
+                channels: Mutex::new(channels),
                 connected: std::sync::atomic::AtomicBool::new(false),
+                tasks: std::sync::OnceLock::new(),
+                calls: Mutex::default(),
+                next_call: std::sync::atomic::AtomicU64::new(1),
             }),
         };
         tokio::spawn(publish(publisher, queue));
@@ -159,6 +173,13 @@ impl Bus {
         }
         tracing::info!(node = %bus.inner.node, redis = %shown, "joined the cluster");
         Ok(bus)
+    }
+
+    /// Answers other nodes' calls on the tasks `tasks` runs, and hands it this bus for calls
+    /// on theirs.
+    pub fn serve(&self, tasks: &TaskService) {
+        let _ = self.inner.tasks.set(tasks.clone());
+        tasks.set_remote(Arc::new(self.clone()));
     }
 
     /// Whether the bus is connected (for `/readyz`).
@@ -391,7 +412,58 @@ impl Inner {
             }
             // Its watchers here are disconnected by the disconnect that follows it.
             Body::ShareRemoved { id } => self.broker.authenticator().remove_share(&id),
+            Body::TaskCall { call, reply_to, task_no, op } => {
+                let Some(tasks) = self.tasks.get().cloned() else { return };
+                let inner = self.clone();
+                tokio::spawn(async move {
+                    // Only the node that runs the task answers.
+                    let Some(outcome) = tasks.call_here(&task_no, op).await else { return };
+                    let outcome = outcome.map_err(|e| RemoteFailure::from(&e));
+                    inner.send(node_channel(&reply_to), Body::TaskReply { call, outcome });
+                });
+            }
+            Body::TaskReply { call, outcome } => {
+                if let Some(waiting) = self.calls.lock().remove(&call) {
+                    let _ = waiting.send(outcome);
+                }
+            }
         }
+    }
+}
+
+impl Remote for Bus {
+    fn call(
+        &self,
+        task_no: &str,
+        op: TaskCall,
+    ) -> BoxFuture<'static, Result<TaskProgressDto, RemoteFailure>> {
+        let inner = self.inner.clone();
+        let task_no = task_no.to_owned();
+        async move {
+            let call = inner.next_call.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (done, answer) = oneshot::channel();
+            inner.calls.lock().insert(call, done);
+            let reply_to = inner.node.clone();
+            let body = Body::TaskCall { call, reply_to, task_no: task_no.clone(), op };
+            inner.send(CONTROL.to_owned(), body);
+            match tokio::time::timeout(CALL_WAIT, answer).await {
+                Ok(Ok(outcome)) => outcome,
+                _ => {
+                    inner.calls.lock().remove(&call);
+                    Err(RemoteFailure {
+                        status: 503,
+                        message: format!(
+                            "no server answered for task {task_no} within {} s: the one running \
+                             it may have stopped (another takes it over within cluster.lease_s); \
+                             try again",
+                            CALL_WAIT.as_secs()
+                        ),
+                        field: None,
+                    })
+                }
+            }
+        }
+        .boxed()
     }
 }
 

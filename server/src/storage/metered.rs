@@ -133,6 +133,26 @@ impl Storage for Metered {
         timed(&self.metrics, "result", self.inner.result(task_no)).await
     }
 
+    async fn renew_leases(
+        &self,
+        node: &str,
+        tasks: &[String],
+        until: i64,
+    ) -> Result<Vec<String>, StorageError> {
+        timed(&self.metrics, "renew_leases", self.inner.renew_leases(node, tasks, until)).await
+    }
+
+    async fn take_over(
+        &self,
+        node: &str,
+        now: i64,
+        unleased_before: i64,
+        until: i64,
+    ) -> Result<Vec<TaskRecord>, StorageError> {
+        let taking = self.inner.take_over(node, now, unleased_before, until);
+        timed(&self.metrics, "take_over", taking).await
+    }
+
     async fn put_share(&self, share: &ShareRecord) -> Result<Option<String>, StorageError> {
         timed(&self.metrics, "put_share", self.inner.put_share(share)).await
     }

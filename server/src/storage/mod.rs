@@ -327,6 +327,27 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// A task's result file, if one was stored.
     async fn result(&self, task_no: &str) -> Result<Option<Vec<u8>>, StorageError>;
 
+    /// Holds `node`'s leases on `tasks` until `until` (ms): a task without a lease gets one,
+    /// `node`'s are extended, another node's is left alone; leases of finished tasks are
+    /// forgotten. Returns the tasks of `tasks` whose lease another node holds.
+    async fn renew_leases(
+        &self,
+        node: &str,
+        tasks: &[String],
+        until: i64,
+    ) -> Result<Vec<String>, StorageError>;
+
+    /// Takes over, for `node` until `until`, every unfinished task whose lease expired
+    /// before `now`, or that has none and was created before `unleased_before`; returns
+    /// them. Two nodes never take the same task.
+    async fn take_over(
+        &self,
+        node: &str,
+        now: i64,
+        unleased_before: i64,
+        until: i64,
+    ) -> Result<Vec<TaskRecord>, StorageError>;
+
     /// Stores `share` as its task's link, replacing the one it had; returns the replaced
     /// link's id.
     async fn put_share(&self, share: &ShareRecord) -> Result<Option<String>, StorageError>;

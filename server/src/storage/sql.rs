@@ -249,6 +249,82 @@ impl Storage for SqlStorage {
             .await?)
     }
 
+    async fn renew_leases(
+        &self,
+        node: &str,
+        tasks: &[String],
+        until: i64,
+    ) -> Result<Vec<String>, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM task_leases WHERE task_no IN \
+             (SELECT task_no FROM tasks WHERE status IN ('completed', 'failed'))",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let mut lost = Vec::new();
+        for task_no in tasks {
+            let holder: Option<String> = sqlx::query_scalar(
+                "INSERT INTO task_leases (task_no, node, until) VALUES ($1, $2, $3) \
+                 ON CONFLICT (task_no) DO UPDATE SET until = excluded.until \
+                 WHERE task_leases.node = excluded.node RETURNING node",
+            )
+            .bind(task_no)
+            .bind(node)
+            .bind(until)
+            .fetch_optional(&mut *tx)
+            .await?;
+            // No row back: the conflict's WHERE refused, another node holds it.
+            if holder.is_none() {
+                lost.push(task_no.clone());
+            }
+        }
+        tx.commit().await?;
+        Ok(lost)
+    }
+
+    async fn take_over(
+        &self,
+        node: &str,
+        now: i64,
+        unleased_before: i64,
+        until: i64,
+    ) -> Result<Vec<TaskRecord>, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        let mut taken: Vec<String> = sqlx::query_scalar(
+            "UPDATE task_leases SET node = $1, until = $2 WHERE until < $3 AND node <> $1 \
+             AND task_no IN (SELECT task_no FROM tasks WHERE status NOT IN ('completed', 'failed')) \
+             RETURNING task_no",
+        )
+        .bind(node)
+        .bind(until)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let unleased: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO task_leases (task_no, node, until) \
+             SELECT t.task_no, $1, $2 FROM tasks t \
+             WHERE t.status NOT IN ('completed', 'failed') AND t.created_at < $3 \
+             AND NOT EXISTS (SELECT 1 FROM task_leases l WHERE l.task_no = t.task_no) \
+             ON CONFLICT (task_no) DO NOTHING RETURNING task_no",
+        )
+        .bind(node)
+        .bind(until)
+        .bind(unleased_before)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        taken.extend(unleased);
+        let mut records = Vec::with_capacity(taken.len());
+        for task_no in taken {
+            if let Some(record) = self.task(&task_no).await? {
+                records.push(record);
+            }
+        }
+        records.sort_by_key(|r| r.id);
+        Ok(records)
+    }
+
     async fn put_share(&self, share: &ShareRecord) -> Result<Option<String>, StorageError> {
         // Writing first: a SQLite transaction that read before it writes can fail with
         // SQLITE_BUSY when another connection writes meanwhile (the lock cannot upgrade).

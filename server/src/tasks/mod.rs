@@ -84,6 +84,9 @@ pub enum TaskError {
     /// The server is shutting down and takes no new task.
     #[error("the server is shutting down and takes no new tasks; submit again in a moment")]
     ShuttingDown,
+    /// The node that runs the task refused the call, or none answered.
+    #[error("{}", .0.message)]
+    Elsewhere(RemoteFailure),
     /// The database failed.
     #[error(transparent)]
     Storage(StorageError),
@@ -98,6 +101,52 @@ impl From<StorageError> for TaskError {
             other => TaskError::Storage(other),
         }
     }
+}
+
+/// A call on a task that runs on another node (several nodes).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum TaskCall {
+    /// Cancel it, as its owner asked.
+    Cancel,
+    /// An external worker's report.
+    Report(ProgressReport),
+}
+
+/// Why a call on another node failed, as that node would have answered it over HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RemoteFailure {
+    /// The HTTP status.
+    pub status: u16,
+    /// The message.
+    pub message: String,
+    /// The request field it blames.
+    pub field: Option<String>,
+}
+
+impl From<&TaskError> for RemoteFailure {
+    fn from(error: &TaskError) -> RemoteFailure {
+        let (status, field) = match error {
+            TaskError::Invalid { field, .. } => (400, Some((*field).to_owned())),
+            TaskError::NotFound(_) => (404, None),
+            TaskError::Conflict(_) => (409, None),
+            TaskError::InsufficientCredits { .. } => (402, None),
+            TaskError::Limited { .. } => (429, None),
+            TaskError::ShuttingDown => (503, None),
+            TaskError::Storage(_) => (500, None),
+            TaskError::Elsewhere(failure) => return failure.clone(),
+        };
+        RemoteFailure { status, message: error.to_string(), field }
+    }
+}
+
+/// How a node of several reaches the node that runs a task (`cluster::Bus`).
+pub trait Remote: Send + Sync + std::fmt::Debug {
+    /// Makes `call` on `task_no` on the node that runs it; its answer.
+    fn call(
+        &self,
+        task_no: &str,
+        call: TaskCall,
+    ) -> futures_util::future::BoxFuture<'static, Result<TaskProgressDto, RemoteFailure>>;
 }
 
 /// Why the task service could not start.
@@ -133,6 +182,20 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Set by [`TaskService::drain`]: no new task is accepted or started.
     draining: std::sync::atomic::AtomicBool,
+    /// This node's id on the bus, when it is one of several: it holds a lease on each task
+    /// it runs (`cluster.lease_s`).
+    node: Option<String>,
+    /// The other nodes, for calls on the tasks they run.
+    remote: std::sync::OnceLock<Arc<dyn Remote>>,
+}
+
+/// Why a task that was not running here is taken up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recovery {
+    /// This server started again.
+    Restart,
+    /// The node that ran it stopped renewing its lease.
+    TakeOver,
 }
 
 /// A task that is not terminal yet.
@@ -174,7 +237,9 @@ struct LiveState {
 
 impl TaskService {
     /// Builds the service with the demo executor, and the ComfyUI one when
-    /// `comfyui.url` is set, then picks up the tasks a previous run left unfinished.
+    /// `comfyui.url` is set, then picks up the tasks a previous run left unfinished. On a
+    /// node of several (`node`), it picks up only tasks whose lease ran out, and keeps doing
+    /// so, renewing the leases of its own.
     ///
     /// # Errors
     /// The ComfyUI settings are unusable, or reading the unfinished tasks failed.
@@ -184,6 +249,7 @@ impl TaskService {
         settings: Settings,
         results: ResultStore,
         metrics: Arc<Metrics>,
+        node: Option<String>,
     ) -> Result<TaskService, ServiceError> {
         let mut lanes = HashMap::new();
         let demo: Arc<dyn Executor> = Arc::new(DemoExecutor::new(&settings));
@@ -206,6 +272,8 @@ impl TaskService {
                 submissions,
                 metrics,
                 draining: std::sync::atomic::AtomicBool::new(false),
+                node,
+                remote: std::sync::OnceLock::new(),
             }),
         };
         for lane in service.inner.lanes.values() {
@@ -217,8 +285,36 @@ impl TaskService {
         {
             tokio::spawn(prune_events(Arc::downgrade(&service.inner), retention));
         }
-        service.recover().await?;
+        if service.inner.node.is_some() {
+            service.hold_leases().await?;
+            tokio::spawn(leases(Arc::downgrade(&service.inner)));
+        } else {
+            let unfinished = service.inner.storage.unfinished_tasks().await?;
+            service.recover(unfinished, Recovery::Restart).await;
+        }
         Ok(service)
+    }
+
+    /// Renews this node's leases and (unless draining) takes over the tasks whose lease ran
+    /// out.
+    async fn hold_leases(&self) -> Result<(), StorageError> {
+        let Some(node) = &self.inner.node else { return Ok(()) };
+        let lease = Duration::from_secs(self.inner.settings.cluster.lease_s).as_millis() as i64;
+        let now = crate::now_ms();
+        let mine: Vec<String> = self.inner.live.lock().keys().cloned().collect();
+        let lost = self.inner.storage.renew_leases(node, &mine, now + lease).await?;
+        for task_no in lost {
+            // Paused longer than its lease (or cut off from the database): another node
+            // runs it now, and storage refuses whichever of the two writes after the end.
+            tracing::warn!(task = %task_no, "another node took this task over");
+        }
+        if self.inner.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            // What is left when this node stops is for the others.
+            return Ok(());
+        }
+        let taken = self.inner.storage.take_over(node, now, now - lease, now + lease).await?;
+        self.recover(taken, Recovery::TakeOver).await;
+        Ok(())
     }
 
     /// The storage the service writes to.
@@ -702,8 +798,8 @@ impl TaskService {
     /// Picks up what a previous run left: queued tasks are queued again; tasks that were
     /// running start again (a ComfyUI prompt is followed by its id). External tasks wait
     /// for their worker. Each owner is told.
-    async fn recover(&self) -> Result<(), StorageError> {
-        for record in self.inner.storage.unfinished_tasks().await? {
+    async fn recover(&self, records: Vec<TaskRecord>, why: Recovery) {
+        for record in records {
             let kind = record.request.kind();
             let task_no = record.state.task_no.clone();
             let lane = self.lane_for(kind);
@@ -715,19 +811,27 @@ impl TaskService {
             self.inner.metrics.task_status(live.executor(), None, status, false);
             self.watch_stall(&task_no, lane);
             let Some(lane) = lane else { continue };
-            let why = match record.state.status {
-                TaskStatus::Processing if record.external_ref.is_some() => {
+            let message = match (why, record.state.status) {
+                (Recovery::Restart, TaskStatus::Processing) if record.external_ref.is_some() => {
                     "the server restarted; following the running job again"
                 }
-                TaskStatus::Processing => {
+                (Recovery::Restart, TaskStatus::Processing) => {
                     "the server restarted while this task ran; it will run again"
                 }
-                _ => "the server restarted; still waiting for a free slot",
+                (Recovery::Restart, _) => "the server restarted; still waiting for a free slot",
+                (Recovery::TakeOver, TaskStatus::Processing) if record.external_ref.is_some() => {
+                    "the server running it stopped; another follows the running job again"
+                }
+                (Recovery::TakeOver, TaskStatus::Processing) => {
+                    "the server running it stopped; another will run it again"
+                }
+                (Recovery::TakeOver, _) => {
+                    "the server it waited on stopped; waiting for a free slot on another"
+                }
             };
-            tracing::info!(task = %task_no, owner = %record.owner, "recovering unfinished task");
-            self.enqueue(&live, &task_no, lane, why).await;
+            tracing::info!(task = %task_no, owner = %record.owner, ?why, "taking up an unfinished task");
+            self.enqueue(&live, &task_no, lane, message).await;
         }
-        Ok(())
     }
 
     /// The task as its owner sees it.
@@ -821,26 +925,68 @@ impl TaskService {
     /// [`TaskError::NotFound`], or [`TaskError::Conflict`] when it already ended.
     pub async fn cancel(&self, owner: &str, task_no: &str) -> Result<TaskDetails, TaskError> {
         let record = self.owned(owner, task_no).await?;
-        let live = self.live(task_no);
-        let Some(live) = live.filter(|_| !record.state.status.is_terminal()) else {
+        if record.state.status.is_terminal() {
             return Err(TaskError::Conflict(format!(
                 "task {task_no} already ended ({})",
                 record.state.status
             )));
-        };
-        {
+        }
+        match self.live(task_no) {
+            Some(live) => {
+                self.cancel_live(&live, task_no).await?;
+            }
+            None => {
+                self.elsewhere(task_no, TaskCall::Cancel).await?;
+            }
+        }
+        self.details(owner, task_no).await
+    }
+
+    async fn cancel_live(
+        &self,
+        live: &Arc<LiveTask>,
+        task_no: &str,
+    ) -> Result<TaskProgressDto, TaskError> {
+        let end = {
             let mut state = live.state.lock().await;
             let end = TaskProgressDto::failed(task_no, state.current.progress, "cancelled");
             state.pending = None;
-            if !self.apply(&live, &mut state, TaskChange::Update(end), false).await {
+            if !self.apply(live, &mut state, TaskChange::Update(end.clone()), false).await {
                 return Err(TaskError::Conflict(format!("task {task_no} already ended")));
             }
-        }
+            end
+        };
         if let Some(lane) = live.lane {
             self.inner.lanes[lane].remove(task_no);
         }
         live.cancelled.notify_one();
-        self.details(owner, task_no).await
+        Ok(end)
+    }
+
+    /// Hands `call` to the node that runs `task_no` (several nodes).
+    async fn elsewhere(&self, task_no: &str, call: TaskCall) -> Result<TaskProgressDto, TaskError> {
+        match self.inner.remote.get() {
+            Some(remote) => remote.call(task_no, call).await.map_err(TaskError::Elsewhere),
+            None => Err(TaskError::Conflict(format!("task {task_no} is not running"))),
+        }
+    }
+
+    /// Lets this node reach the others for calls on the tasks they run.
+    pub fn set_remote(&self, remote: Arc<dyn Remote>) {
+        let _ = self.inner.remote.set(remote);
+    }
+
+    /// Makes `call` on `task_no` if it runs on this node; `None` when it does not.
+    pub async fn call_here(
+        &self,
+        task_no: &str,
+        call: TaskCall,
+    ) -> Option<Result<TaskProgressDto, TaskError>> {
+        let live = self.live(task_no)?;
+        Some(match call {
+            TaskCall::Cancel => self.cancel_live(&live, task_no).await,
+            TaskCall::Report(report) => self.report_live(&live, task_no, report).await,
+        })
     }
 
     /// An external worker's report on an `external` task.
@@ -865,21 +1011,50 @@ impl TaskService {
                 record.executor
             )));
         }
-        let Some(live) = self.live(task_no).filter(|_| !record.state.status.is_terminal()) else {
+        if record.state.status.is_terminal() {
             return Err(TaskError::Conflict(format!(
                 "task {task_no} already ended ({}); no transition out of a terminal status",
                 record.state.status
             )));
-        };
+        }
+        match self.live(task_no) {
+            Some(live) => self.report_live(&live, task_no, report).await,
+            None => self.elsewhere(task_no, TaskCall::Report(report)).await,
+        }
+    }
+
+    async fn report_live(
+        &self,
+        live: &Arc<LiveTask>,
+        task_no: &str,
+        report: ProgressReport,
+    ) -> Result<TaskProgressDto, TaskError> {
         let mut state = live.state.lock().await;
         let next = next_external_state(&state.current, report)?;
         let replaceable = next.status == state.current.status;
         state.pending = None;
         let change = TaskChange::Update(next.clone());
-        if !self.apply(&live, &mut state, change, replaceable).await {
+        if !self.apply(live, &mut state, change, replaceable).await {
             return Err(TaskError::Conflict(format!("task {task_no} already ended")));
         }
         Ok(next)
+    }
+}
+
+/// Renews this node's task leases and takes over expired ones, every third of
+/// `cluster.lease_s`, while the service lives.
+async fn leases(inner: std::sync::Weak<Inner>) {
+    let every = match inner.upgrade() {
+        Some(inner) => Duration::from_secs(inner.settings.cluster.lease_s) / 3,
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let service = TaskService { inner };
+        if let Err(e) = service.hold_leases().await {
+            tracing::warn!("renewing task leases failed: {e}");
+        }
     }
 }
 

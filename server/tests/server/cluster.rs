@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 use taskpulse_shared::{TaskStatus, resume::TASKS_DESTINATION, stomp::Command};
 use taskpulse_testkit::Redis;
 
-use crate::fixture::{PATIENCE, Postgres, StompClient, TestServer, body};
+use crate::fixture::{
+    Api, PATIENCE, Postgres, StompClient, TEST_SECRET, TestServer, body, spawn_with,
+};
 
 const BACKEND_KEY: &str = "cluster-tests-backend-key";
 
@@ -39,29 +41,35 @@ async fn subscribed(cluster: &Cluster, name: &str, nodes: i64) {
 struct Cluster {
     nodes: Vec<TestServer>,
     redis: Redis,
+    database: String,
     _postgres: Postgres,
 }
 
 async fn cluster() -> Cluster {
+    cluster_with(|_| {}).await
+}
+
+async fn cluster_with(tweak: impl Fn(&mut taskpulse_server::Config)) -> Cluster {
     let redis = Redis::start().unwrap();
     let postgres = Postgres::start().unwrap();
     let database = postgres.fresh_database().unwrap();
     let mut nodes = Vec::new();
     for _ in 0..3 {
-        let (database, redis_url) = (database.clone(), redis.url());
+        let (url, redis_url) = (database.clone(), redis.url());
         nodes.push(
-            TestServer::stomp(move |config| {
-                config.settings.storage.url = database;
+            TestServer::stomp(|config| {
+                config.settings.storage.url = url;
                 config.settings.cluster.redis_url = redis_url;
                 config.settings.api.keys = vec![BACKEND_KEY.into()];
                 config.settings.demo.duration_ms = 600;
                 config.settings.demo.steps = 4;
                 config.settings.tasks.progress_interval_ms = 0;
+                tweak(config);
             })
             .await,
         );
     }
-    Cluster { nodes, redis, _postgres: postgres }
+    Cluster { nodes, redis, database, _postgres: postgres }
 }
 
 impl Cluster {
@@ -288,5 +296,91 @@ async fn a_redis_outage_loses_nothing_numbered() {
     // And live again, across nodes.
     publish(2, 4).await;
     assert_eq!(body(&on_a.recv().await), r#"{"n":4}"#);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_nodes_task_is_taken_over_by_another_and_ends() {
+    let cluster = cluster_with(|config| config.settings.cluster.lease_s = 3).await;
+    // A fourth node, as a process to kill: its demo tasks take 30 s.
+    let data = tempfile::tempdir().unwrap();
+    let redis_url = cluster.redis.url();
+    let mut doomed = spawn_with(
+        data.path(),
+        &[
+            ("TASKPULSE_JWT_SECRET", TEST_SECRET),
+            ("TASKPULSE_STORAGE_URL", &cluster.database),
+            ("TASKPULSE_CLUSTER_REDIS_URL", &redis_url),
+            ("TASKPULSE_CLUSTER_LEASE_S", "3"),
+            ("TASKPULSE_DEMO_DURATION_MS", "30000"),
+            ("TASKPULSE_DEMO_STEPS", "30"),
+        ],
+    );
+    let alice = cluster.nodes[0].api().register("alice").await;
+    let mut on_a = cluster.nodes[0].client_with(&alice).await;
+    on_a.subscribe("tasks", TASKS_DESTINATION, "auto").await;
+    let task = Api::new(doomed.addr).submit(&alice, "a lighthouse").await;
+    loop {
+        let message = on_a.recv().await;
+        let update: Value = serde_json::from_slice(&message.body).unwrap();
+        if update["taskNo"] == task.as_str() && update["status"] == "processing" {
+            break;
+        }
+    }
+    doomed.kill();
+
+    // Its lease runs out within 3 s; a node that renews every second takes the task over
+    // and runs it again.
+    let seen = on_a.updates_until_done(&task).await;
+    assert_eq!(seen.last().unwrap().status, TaskStatus::Completed, "{seen:#?}");
+    assert!(
+        seen.iter().any(|u| u.message.contains("another will run it again")),
+        "the take-over is told: {seen:#?}"
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_and_worker_reports_reach_the_node_that_runs_the_task() {
+    let cluster = cluster().await;
+    let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    let alice = a.api().register("alice").await;
+    let mut on_b = b.client_with(&alice).await;
+    on_b.subscribe("tasks", TASKS_DESTINATION, "auto").await;
+    let submit = |node: &TestServer| {
+        let (api, alice) = (node.api(), alice.clone());
+        async move {
+            let body = json!({"kind": "external", "description": "export"});
+            let (status, answer) = api.post("/api/tasks", Some(&alice), body).await;
+            assert_eq!(status, 202, "{answer}");
+            answer["taskNo"].as_str().unwrap().to_owned()
+        }
+    };
+    // An external task lives on the node it was submitted to (a); its worker reports
+    // through another (c), and a bad report is refused with that node's answer.
+    let task = submit(a).await;
+    let progress = format!("/api/tasks/{task}/progress");
+    for (report, expected) in [
+        (json!({"status": "processing", "progress": 10, "message": "rows 1-100"}), 200),
+        (json!({"progress": 101}), 400),
+        (json!({"progress": 60, "message": "rows 101-600"}), 200),
+    ] {
+        let (status, answer) =
+            c.api().post_as_backend(&progress, BACKEND_KEY, report.clone()).await;
+        assert_eq!(status, expected, "{report} -> {answer}");
+        if expected == 400 {
+            assert_eq!(answer["field"], "progress", "{answer}");
+        }
+    }
+    // Its owner cancels it through a third node (b).
+    let (status, answer) =
+        b.api().post(&format!("/api/tasks/{task}/cancel"), Some(&alice), json!({})).await;
+    assert_eq!((status, answer["status"].as_str()), (200, Some("failed")), "{answer}");
+    let seen = on_b.updates_until_done(&task).await;
+    assert!(seen.iter().any(|u| u.progress == 60), "{seen:#?}");
+    assert_eq!(seen.last().unwrap().error_message.as_deref(), Some("cancelled"));
+    let (status, _) =
+        c.api().post(&format!("/api/tasks/{task}/cancel"), Some(&alice), json!({})).await;
+    assert_eq!(status, 409, "once");
     cluster.stop().await;
 }

@@ -330,6 +330,31 @@ async fn a_task_has_one_share_link_until_it_is_revoked(db: Db) {
     assert_eq!(db.shares().await.unwrap(), [share("T2", "b")]);
 }
 
+async fn a_tasks_lease_moves_only_when_it_expired(db: Db) {
+    with_alice(&db, 0).await;
+    let mut young = task("T3", "alice", 0);
+    young.created_at = 900;
+    for record in [task("T1", "alice", 0), task("T2", "alice", 0), young] {
+        insert(&db, &record).await.unwrap();
+    }
+    let done = TaskProgressDto::new("T4", TaskStatus::Created, 0, "created");
+    insert(&db, &task("T4", "alice", 0)).await.unwrap();
+    update(&db, &TaskProgressDto { status: TaskStatus::Failed, ..done }, 2).await;
+
+    assert!(db.renew_leases("n1", &["T1".into()], 1_000).await.unwrap().is_empty());
+    assert_eq!(db.renew_leases("n2", &["T1".into()], 2_000).await.unwrap(), ["T1"], "n1 holds it");
+    // At 500: T1's lease runs; T2 has none and is old enough; T3 is too young (its node may
+    // not have renewed yet); T4 ended.
+    let taken = db.take_over("n2", 500, 800, 5_000).await.unwrap();
+    assert_eq!(taken.iter().map(|t| t.state.task_no.as_str()).collect::<Vec<_>>(), ["T2"]);
+    assert!(db.take_over("n3", 500, 800, 5_000).await.unwrap().is_empty(), "taken once");
+    // At 1,500 n1's lease on T1 expired; n2's on T2 has not.
+    let taken = db.take_over("n3", 1_500, 1_000, 6_000).await.unwrap();
+    let names: Vec<&str> = taken.iter().map(|t| t.state.task_no.as_str()).collect();
+    assert_eq!(names, ["T1", "T3"]);
+    assert_eq!(db.renew_leases("n1", &["T1".into()], 9_000).await.unwrap(), ["T1"], "lost");
+}
+
 /// Runs every check, each on a database from `fresh`.
 async fn every_check<F: Future<Output = Db>>(fresh: impl Fn() -> F) {
     the_log_numbers_keeps_order_bounds_and_its_newest_entry(fresh().await).await;
@@ -346,6 +371,7 @@ async fn every_check<F: Future<Output = Db>>(fresh: impl Fn() -> F) {
     revocations_expire(fresh().await).await;
     results_and_shared_secrets_are_kept_for_every_server(fresh().await).await;
     a_task_has_one_share_link_until_it_is_revoked(fresh().await).await;
+    a_tasks_lease_moves_only_when_it_expired(fresh().await).await;
 }
 
 #[tokio::test]
