@@ -540,5 +540,6 @@ fn zero_stats(open: i64) -> taskpulse_shared::stats::Stats {
         user_log: LogStats { entries: 0, pruned: 0 },
         tasks: Default::default(),
         slowest_tasks: Vec::new(),
+        cluster: None,
     }
 }

@@ -596,6 +596,7 @@ impl Metrics {
             user_log: LogStats { entries: self.log_entries.get(), pruned: self.log_pruned.get() },
             tasks,
             slowest_tasks: Vec::new(),
+            cluster: None,
         }
     }
 }

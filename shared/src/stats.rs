@@ -28,6 +28,33 @@ pub struct Stats {
     pub tasks: BTreeMap<String, BTreeMap<String, i64>>,
     /// The tasks running longest now (filled in by the task service).
     pub slowest_tasks: Vec<RunningTask>,
+    /// When this server is one node of several: every node heard from and its connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStats>,
+}
+
+/// The nodes of a cluster in [`Stats`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStats {
+    /// This node's id.
+    pub node: String,
+    /// Open connections on every node together.
+    pub connections: u64,
+    /// Each node (this one first) and its open connections.
+    pub nodes: Vec<NodeStats>,
+}
+
+/// One node in [`ClusterStats`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStats {
+    /// Its id on the bus.
+    pub node: String,
+    /// Its open connections.
+    pub connections: u64,
 }
 
 /// A running task in [`Stats`].

@@ -236,6 +236,12 @@ pub trait Relay: Send + Sync + std::fmt::Debug {
     /// Resolves once this node receives every message of `user` committed from now on
     /// (a catch-up reads storage only after it, so nothing falls between the two).
     fn ready(&self, user: &str) -> futures_util::future::BoxFuture<'static, ()>;
+
+    /// How many connections `user` has open on the other nodes, as last heard.
+    fn connections_elsewhere(&self, user: &str) -> usize;
+
+    /// `user` now has `here` connections open on this node.
+    fn connections_changed(&self, user: &str, here: usize);
 }
 
 /// A route a [`Relay`] subscribes to for this node.
@@ -591,11 +597,14 @@ impl Broker {
         outbox: &Arc<Outbox>,
     ) -> Result<(), String> {
         let limit = self.inner.settings.limits.connections_per_user;
+        let relay = self.inner.relay.get();
         let mut sessions = self.inner.sessions.lock();
-        let open = sessions.per_user.get(principal).copied().unwrap_or(0);
+        let here = sessions.per_user.get(principal).copied().unwrap_or(0);
+        let open = here + relay.map_or(0, |r| r.connections_elsewhere(principal));
         if open >= limit {
+            let across = if relay.is_some() { " across the servers" } else { "" };
             return Err(format!(
-                "{principal:?} already has {open} open connections (limits.connections_per_user = {limit})"
+                "{principal:?} already has {open} open connections{across} (limits.connections_per_user = {limit})"
             ));
         }
         let session = OpenSession {
@@ -605,7 +614,16 @@ impl Broker {
         };
         sessions.by_id.insert(outbox.id, session);
         *sessions.per_user.entry(principal.clone()).or_default() += 1;
+        if let Some(relay) = relay {
+            relay.connections_changed(principal, here + 1);
+        }
         Ok(())
+    }
+
+    /// Open connections per principal on this node.
+    pub fn connections_per_user(&self) -> Vec<(String, usize)> {
+        let sessions = self.inner.sessions.lock();
+        sessions.per_user.iter().map(|(user, n)| (user.to_string(), *n)).collect()
     }
 
     /// The session `id` now authenticates with the token `token_id` (an in-band refresh).
@@ -621,8 +639,12 @@ impl Broker {
             && let Some(count) = sessions.per_user.get_mut(&user)
         {
             *count -= 1;
-            if *count == 0 {
+            let left = *count;
+            if left == 0 {
                 sessions.per_user.remove(&user);
+            }
+            if let Some(relay) = self.inner.relay.get() {
+                relay.connections_changed(&user, left);
             }
         }
     }

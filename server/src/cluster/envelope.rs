@@ -61,6 +61,13 @@ pub(crate) enum Body {
     TaskCall { call: u64, reply_to: String, task_no: String, op: TaskCall },
     /// The answer to call `call`.
     TaskReply { call: u64, outcome: Result<TaskProgressDto, RemoteFailure> },
+    /// The sender has `count` connections of `user` open.
+    Presence { user: String, count: usize },
+    /// The sender is alive with `connections` open; with `users`, each user's count there
+    /// (every so often, and in answer to a [`Body::Hello`]).
+    Alive { connections: usize, users: Option<Vec<(String, usize)>> },
+    /// A node joined: the others announce their connections.
+    Hello,
 }
 
 /// A [`Publication`] as it travels: headers, body, how it coalesces, its `seq`.

@@ -54,6 +54,33 @@ const READY_WAIT: Duration = Duration::from_secs(2);
 /// How long a call on a task waits for the node that runs it.
 const CALL_WAIT: Duration = Duration::from_secs(5);
 
+/// How often a node says it is alive (with its connection count).
+const ALIVE_EVERY: Duration = Duration::from_secs(2);
+
+/// Every how many alive messages a node sends its per-user counts in full (they drift if a
+/// presence change is lost while the bus is down).
+const FULL_EVERY: u32 = 15;
+
+/// A node not heard from for this long is gone: its connections no longer count.
+const GONE_AFTER: Duration = Duration::from_secs(10);
+
+/// Another node as this one last heard of it.
+#[derive(Debug)]
+struct Peer {
+    seen: std::time::Instant,
+    connections: usize,
+    users: HashMap<String, usize>,
+}
+
+/// A node of the cluster and its open connections, for `/api/admin/stats`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConnections {
+    /// Its id on the bus.
+    pub node: String,
+    /// Connections open there.
+    pub connections: usize,
+}
+
 /// Why a node could not join the bus.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -125,6 +152,8 @@ struct Inner {
     connected: std::sync::atomic::AtomicBool,
     /// The task service, which answers calls on the tasks this node runs.
     tasks: std::sync::OnceLock<TaskService>,
+    /// The other nodes, as last heard.
+    peers: Mutex<HashMap<String, Peer>>,
     /// Calls on tasks of other nodes waiting for their answer, by id.
     calls: Mutex<HashMap<u64, oneshot::Sender<Result<TaskProgressDto, RemoteFailure>>>>,
     next_call: std::sync::atomic::AtomicU64,
@@ -164,10 +193,13 @@ impl Bus {
                 tasks: std::sync::OnceLock::new(),
                 calls: Mutex::default(),
                 next_call: std::sync::atomic::AtomicU64::new(1),
+                peers: Mutex::default(),
             }),
         };
         tokio::spawn(publish(publisher, queue));
         tokio::spawn(subscribe(Arc::downgrade(&bus.inner), client, requests));
+        tokio::spawn(alive(Arc::downgrade(&bus.inner)));
+        bus.inner.send(CONTROL.to_owned(), Body::Hello);
         if broker.set_relay(Arc::new(bus.clone())).is_err() {
             tracing::warn!("the broker already had a relay; this bus is not used");
         }
@@ -191,6 +223,50 @@ impl Bus {
     pub fn node(&self) -> &str {
         &self.inner.node
     }
+
+    /// Every node heard from (this one first) and its open connections.
+    pub fn nodes(&self) -> Vec<NodeConnections> {
+        let mut nodes = vec![NodeConnections {
+            node: self.inner.node.clone(),
+            connections: self.inner.broker.session_count(),
+        }];
+        let peers = self.inner.peers.lock();
+        let mut others: Vec<NodeConnections> = peers
+            .iter()
+            .filter(|(_, peer)| peer.seen.elapsed() < GONE_AFTER)
+            .map(|(node, peer)| NodeConnections {
+                node: node.clone(),
+                connections: peer.connections,
+            })
+            .collect();
+        others.sort_by(|a, b| a.node.cmp(&b.node));
+        nodes.extend(others);
+        nodes
+    }
+}
+
+/// Says this node is alive every [`ALIVE_EVERY`], with its per-user counts every
+/// [`FULL_EVERY`]th time; forgets nodes gone silent.
+async fn alive(inner: Weak<Inner>) {
+    let mut beat = 0u32;
+    loop {
+        tokio::time::sleep(ALIVE_EVERY).await;
+        let Some(node) = inner.upgrade() else { return };
+        beat = beat.wrapping_add(1);
+        node.announce(beat % FULL_EVERY == 0);
+        node.peers.lock().retain(|_, peer| peer.seen.elapsed() < GONE_AFTER);
+    }
+}
+
+/// The peer `node`, heard from now.
+fn peer<'a>(peers: &'a mut HashMap<String, Peer>, node: &str) -> &'a mut Peer {
+    let peer = peers.entry(node.to_owned()).or_insert_with(|| Peer {
+        seen: std::time::Instant::now(),
+        connections: 0,
+        users: HashMap::new(),
+    });
+    peer.seen = std::time::Instant::now();
+    peer
 }
 
 /// `url` without its password, for logs and errors.
@@ -205,6 +281,13 @@ fn redacted(url: &str) -> String {
 }
 
 impl Inner {
+    /// Publishes this node's connection count (and, `full`, each user's).
+    fn announce(&self, full: bool) {
+        let users = full.then(|| self.broker.connections_per_user());
+        let body = Body::Alive { connections: self.broker.session_count(), users };
+        self.send(CONTROL.to_owned(), body);
+    }
+
     fn send(&self, channel: String, body: Body) {
         let envelope = Envelope { node: self.node.clone(), sent_at: now_ms(), body };
         if self.outgoing.try_send((channel, envelope.encode())).is_err() {
@@ -368,7 +451,26 @@ impl Inner {
         }
         let lag = (now_ms() - envelope.sent_at).max(0) as f64 / 1000.0;
         self.broker.metrics().bus_received(lag);
+        let sender = envelope.node;
         match envelope.body {
+            Body::Presence { user, count } => {
+                let mut peers = self.peers.lock();
+                let peer = peer(&mut peers, &sender);
+                if count == 0 {
+                    peer.users.remove(&user);
+                } else {
+                    peer.users.insert(user, count);
+                }
+            }
+            Body::Alive { connections, users } => {
+                let mut peers = self.peers.lock();
+                let peer = peer(&mut peers, &sender);
+                peer.connections = connections;
+                if let Some(users) = users {
+                    peer.users = users.into_iter().collect();
+                }
+            }
+            Body::Hello => self.announce(true),
             Body::User { user, path, message } => match message.seq() {
                 Some(seq) => {
                     let publication = message.into_publication(&self.epoch);
@@ -567,6 +669,20 @@ impl Relay for Bus {
                 }
             }
         }
+    }
+
+    fn connections_elsewhere(&self, user: &str) -> usize {
+        let peers = self.inner.peers.lock();
+        peers
+            .values()
+            .filter(|peer| peer.seen.elapsed() < GONE_AFTER)
+            .filter_map(|peer| peer.users.get(user))
+            .sum()
+    }
+
+    fn connections_changed(&self, user: &str, here: usize) {
+        let body = Body::Presence { user: user.to_owned(), count: here };
+        self.inner.send(CONTROL.to_owned(), body);
     }
 
     fn ready(&self, user: &str) -> BoxFuture<'static, ()> {

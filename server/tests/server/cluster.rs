@@ -384,3 +384,49 @@ async fn cancel_and_worker_reports_reach_the_node_that_runs_the_task() {
     assert_eq!(status, 409, "once");
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn the_per_user_connection_limit_counts_every_node_and_stats_show_each() {
+    let cluster = cluster_with(|config| config.settings.limits.connections_per_user = 2).await;
+    let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    let token = a.token("alice");
+    let stats = || async {
+        let response = reqwest::Client::new()
+            .get(c.api().url("/api/admin/stats"))
+            .header("x-api-key", BACKEND_KEY)
+            .send()
+            .await
+            .unwrap();
+        response.json::<Value>().await.unwrap()
+    };
+    // Each node hears the others' counts on the bus; wait until c sees both connections.
+    let first = a.client_with(&token).await;
+    let second = b.client_with(&token).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let seen = stats().await;
+        let nodes = seen["cluster"]["nodes"].as_array().cloned().unwrap_or_default();
+        if nodes.len() == 3 && seen["cluster"]["connections"] == 2 {
+            assert_eq!(nodes[0]["node"], seen["cluster"]["node"], "this node first: {seen}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{seen}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = StompClient::try_signed_in(&c.ws_url(), &token).await;
+    let error = refused.err().expect("a third connection anywhere is refused").to_string();
+    assert!(error.contains("too many connections"), "{error}");
+
+    // One closes; the room it leaves is seen on the others.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if StompClient::try_signed_in(&c.ws_url(), &token).await.is_ok() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the closed connection still counts");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(second);
+    cluster.stop().await;
+}
