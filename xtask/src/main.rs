@@ -29,8 +29,11 @@ usage: cargo xtask <command>
                          (taskpulse-load --help lists scenarios and sizes); on SQLite,
                          or on a throw-away PostgreSQL with --postgres, or on the
                          database TASKPULSE_STORAGE_URL names
-  chaos [TASKS]          the long chaos run: 6 users x 4 clients, TASKS demo tasks
-                         (default 1000), 8 SIGKILL restarts, random disconnects
+  chaos [--cluster] [TASKS]
+                         the long chaos run: 6 users x 4 clients, TASKS demo tasks
+                         (default 1000), 8 SIGKILL restarts, random disconnects; with
+                         --cluster on three nodes sharing PostgreSQL and Redis (a random
+                         node killed each time, Redis killed once)
   test-comfyui --comfyui DIR [--python PYTHON]
                          the ComfyUI executor against a real ComfyUI checkout in DIR on
                          CPU, with weights-free workflows (PYTHON: its interpreter, by
@@ -47,7 +50,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz(args.get(1).map(String::as_str), args.get(2).map(String::as_str)),
         Some("bench") => bench(),
         Some("load") => load(&args[1..]),
-        Some("chaos") => chaos(args.get(1).map(String::as_str)),
+        Some("chaos") => chaos(args.get(1..).unwrap_or_default()),
         Some("test-comfyui") => test_comfyui(&args[1..]),
         Some("help" | "--help" | "-h") => {
             print!("{USAGE}");
@@ -194,16 +197,22 @@ fn test_comfyui(args: &[String]) -> Result<(), String> {
     )
 }
 
-/// The long form of the chaos test (`server/tests/server/chaos.rs`); `cargo xtask test` runs
-/// the short one.
-fn chaos(tasks: Option<&str>) -> Result<(), String> {
-    let tasks = tasks.unwrap_or("1000");
+/// The long form of the chaos test (`server/tests/server/chaos.rs`), on one node (SQLite and
+/// PostgreSQL) or with `--cluster` on three; `cargo xtask test` runs the short one.
+fn chaos(args: &[String]) -> Result<(), String> {
+    let cluster = args.iter().any(|a| a == "--cluster");
+    let tasks = args.iter().find(|a| *a != "--cluster").map_or("1000", String::as_str);
     tasks.parse::<u32>().map_err(|_| format!("TASKS must be a number, got {tasks:?}"))?;
     install::nextest()?;
+    let filter = if cluster {
+        "chaos::every_client_ends_with_the_true_final_state_through_chaos_on_a_cluster"
+    } else {
+        "chaos::"
+    };
     status(
         cargo()
             .args(["nextest", "run", "-p", "taskpulse-server", "--test", "server", "--no-capture"])
-            .args(["--run-ignored", "all", "chaos::"])
+            .args(["--run-ignored", "all", filter])
             .env("TASKPULSE_CHAOS_USERS", "6")
             .env("TASKPULSE_CHAOS_CLIENTS", "4")
             .env("TASKPULSE_CHAOS_TASKS", tasks)

@@ -5,8 +5,12 @@
 //! received each terminal status at most once as a numbered message (after dropping
 //! duplicates by `seq`), and never have seen `seq` go backwards on one connection.
 //!
-//! `cargo xtask test` runs a short form. `cargo xtask chaos` runs a long one through these
-//! variables: TASKPULSE_CHAOS_USERS, _CLIENTS, _TASKS, _KILLS.
+//! The cluster form runs three nodes on one PostgreSQL and one Redis: each client session
+//! goes to a random node, tasks are submitted to random nodes, a random node is killed and
+//! restarted each time, and Redis is killed and restarted once in the middle.
+//!
+//! `cargo xtask test` runs a short form. `cargo xtask chaos [--cluster]` runs a long one
+//! through these variables: TASKPULSE_CHAOS_USERS, _CLIENTS, _TASKS, _KILLS.
 
 use std::{
     collections::HashMap,
@@ -25,6 +29,8 @@ use taskpulse_shared::{
     stomp::{Command, Decoder, Frame, Limits, Version},
 };
 use tokio_tungstenite::tungstenite::Message;
+
+use taskpulse_testkit::Redis;
 
 use crate::fixture::{Api, Postgres, Process, spawn_at};
 
@@ -69,6 +75,8 @@ struct Holder {
     duplicates: u64,
     out_of_order: u64,
     replayed_messages: u64,
+    /// Tasks told that a restart or another node took them up.
+    recovered: std::collections::HashSet<String>,
 }
 
 /// One STOMP session: connect, subscribe (resuming when it can), read until `until` or the
@@ -166,6 +174,9 @@ async fn session(
         if update.status.is_terminal() {
             *h.terminal_messages.entry(update.task_no.clone()).or_default() += 1;
         }
+        if update.message.contains("restarted") || update.message.contains("stopped") {
+            h.recovered.insert(update.task_no.clone());
+        }
         h.states.insert(update.task_no.clone(), update);
     }
 }
@@ -189,29 +200,41 @@ fn essence(state: &TaskProgressDto) -> (String, u8, String, Option<String>, Opti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_client_ends_with_the_true_final_state_through_chaos_on_sqlite() {
-    chaos(None).await;
+    chaos(None, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_client_ends_with_the_true_final_state_through_chaos_on_postgresql() {
     let postgres = Postgres::start().unwrap();
     let url = postgres.fresh_database().unwrap();
-    chaos(Some(&url)).await;
+    chaos(Some(&url), None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_ends_with_the_true_final_state_through_chaos_on_a_cluster() {
+    let postgres = Postgres::start().unwrap();
+    let url = postgres.fresh_database().unwrap();
+    chaos(Some(&url), Some(Redis::start().unwrap())).await;
+}
+
+/// A random element of `items`.
+fn pick<T: Copy>(rng: &mut Rng, items: &[T]) -> T {
+    items[rng.below(items.len() as u64) as usize]
 }
 
 /// Users with resuming clients, random drops, kicks and SIGKILL restarts, on SQLite or on the
-/// PostgreSQL database at `storage`.
-async fn chaos(storage: Option<&str>) {
+/// PostgreSQL database at `storage`; with `redis`, on three nodes sharing it.
+async fn chaos(storage: Option<&str>, redis: Option<Redis>) {
     let (users, clients, tasks, kills) =
         (setting("USERS", 3), setting("CLIENTS", 3), setting("TASKS", 120), setting("KILLS", 2));
     let seed = now_seed();
+    let nodes = if redis.is_some() { 3 } else { 1 };
     println!(
-        "chaos: {users} users x {clients} clients, {tasks} tasks, {kills} server kills, seed {seed}"
+        "chaos: {users} users x {clients} clients, {tasks} tasks, {kills} server kills, \
+         {nodes} node(s), seed {seed}"
     );
-    let data = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let listen = format!("127.0.0.1:{port}");
-    let env = [
+    let redis_url = redis.as_ref().map(Redis::url).unwrap_or_default();
+    let mut env = vec![
         ("TASKPULSE_DEMO_DURATION_MS", "150"),
         ("TASKPULSE_DEMO_STEPS", "5"),
         ("TASKPULSE_DEMO_CONCURRENCY", "4"),
@@ -220,10 +243,29 @@ async fn chaos(storage: Option<&str>) {
         ("RUST_LOG", "warn,taskpulse_server=info"),
         ("TASKPULSE_STORAGE_URL", storage.unwrap_or_default()),
     ];
-    let server: Arc<Mutex<Option<Process>>> =
-        Arc::new(Mutex::new(Some(spawn_at(data.path(), &listen, &env))));
-    let addr: SocketAddr = listen.parse().unwrap();
-    let api = Api::new(addr);
+    if redis.is_some() {
+        env.push(("TASKPULSE_CLUSTER_REDIS_URL", &redis_url));
+        // A killed node's tasks are taken over within seconds.
+        env.push(("TASKPULSE_CLUSTER_LEASE_S", "3"));
+    }
+    let redis = Arc::new(Mutex::new(redis));
+    let datas: Vec<tempfile::TempDir> = (0..nodes).map(|_| tempfile::tempdir().unwrap()).collect();
+    let listens: Vec<String> = (0..nodes)
+        .map(|_| {
+            let port =
+                std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            format!("127.0.0.1:{port}")
+        })
+        .collect();
+    let servers: Vec<Option<Process>> = datas
+        .iter()
+        .zip(&listens)
+        .map(|(data, listen)| Some(spawn_at(data.path(), listen, &env)))
+        .collect();
+    let server: Arc<Mutex<Vec<Option<Process>>>> = Arc::new(Mutex::new(servers));
+    let addrs: Arc<Vec<SocketAddr>> =
+        Arc::new(listens.iter().map(|l| l.parse().unwrap()).collect());
+    let api = Api::new(addrs[0]);
     let mut tokens = Vec::new();
     for u in 0..users {
         tokens.push(api.register(&format!("chaos{u}")).await);
@@ -237,14 +279,14 @@ async fn chaos(storage: Option<&str>) {
         for c in 0..clients {
             let holder = Arc::new(Mutex::new(Holder::default()));
             holders.push((u, holder.clone()));
-            let (token, settle) = (token.clone(), settle.clone());
+            let (token, settle, addrs) = (token.clone(), settle.clone(), addrs.clone());
             let mut rng = Rng(seed ^ ((u * 100 + c) as u64 + 1));
             runners.push(tokio::spawn(async move {
                 loop {
                     let settling = settle.load(Ordering::Relaxed);
                     let life = if settling { 3000 } else { 100 + rng.below(1400) };
                     let until = Instant::now() + Duration::from_millis(life);
-                    let _ = session(addr, &token, &holder, until).await;
+                    let _ = session(pick(&mut rng, &addrs), &token, &holder, until).await;
                     if settling {
                         return;
                     }
@@ -258,34 +300,51 @@ async fn chaos(storage: Option<&str>) {
     // Operator kicks and server kills while tasks are submitted.
     let submitting = Arc::new(AtomicBool::new(true));
     let chaos = {
-        let (server, data_dir, listen, submitting) =
-            (server.clone(), data.path().to_owned(), listen.clone(), submitting.clone());
+        let (server, submitting, addrs, redis) =
+            (server.clone(), submitting.clone(), addrs.clone(), redis.clone());
+        let dirs: Vec<std::path::PathBuf> = datas.iter().map(|d| d.path().to_owned()).collect();
+        let listens = listens.clone();
         let env: Vec<(String, String)> =
             env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let mut rng = Rng(seed.rotate_left(17));
         tokio::spawn(async move {
-            let api = Api::new(addr);
             let mut kicks = 0u64;
             let mut killed = 0;
+            let mut redis_restarted = false;
             let step = Duration::from_millis(150);
             let mut next_kill = Instant::now() + Duration::from_millis(1500);
             while submitting.load(Ordering::Relaxed) || killed < kills {
                 tokio::time::sleep(step).await;
                 let user = format!("chaos{}", rng.below(users as u64));
+                let api = Api::new(pick(&mut rng, &addrs));
                 let kick = api
                     .post_as_backend_quiet("/api/admin/disconnect", KEY, json!({ "user": user }))
                     .await;
                 kicks += u64::from(kick);
                 if killed < kills && Instant::now() >= next_kill {
-                    let old = server.lock().unwrap().take();
+                    let node = rng.below(addrs.len() as u64) as usize;
+                    let old = server.lock().unwrap()[node].take();
                     drop(old); // SIGKILL
                     tokio::time::sleep(Duration::from_millis(100 + rng.below(300))).await;
                     let env: Vec<(&str, &str)> =
                         env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                    let fresh = tokio::task::block_in_place(|| spawn_at(&data_dir, &listen, &env));
-                    *server.lock().unwrap() = Some(fresh);
+                    let fresh =
+                        tokio::task::block_in_place(|| spawn_at(&dirs[node], &listens[node], &env));
+                    server.lock().unwrap()[node] = Some(fresh);
                     killed += 1;
                     next_kill = Instant::now() + Duration::from_millis(2000 + rng.below(2000));
+                }
+                if !redis_restarted && killed * 2 >= kills && redis.lock().unwrap().is_some() {
+                    redis_restarted = true;
+                    let mut redis = redis.lock().unwrap();
+                    if let Some(redis) = redis.as_mut() {
+                        redis.stop();
+                        tokio::task::block_in_place(|| {
+                            std::thread::sleep(Duration::from_millis(500));
+                            redis.start_again().unwrap();
+                        });
+                        println!("chaos: Redis killed and restarted");
+                    }
                 }
             }
             (kicks, killed)
@@ -299,6 +358,7 @@ async fn chaos(storage: Option<&str>) {
         let u = rng.below(users as u64) as usize;
         let body = json!({"kind": "text-to-image", "prompt": format!("chaos task {n}")});
         loop {
+            let api = Api::new(pick(&mut rng, &addrs));
             if let Some((202, answer)) =
                 api.post_quiet("/api/tasks", &tokens[u], body.clone()).await
             {
@@ -379,11 +439,12 @@ async fn chaos(storage: Option<&str>) {
         totals.snapshots += h.snapshots;
         totals.duplicates += h.duplicates;
         totals.replayed_messages += h.replayed_messages;
+        totals.recovered.extend(h.recovered.iter().cloned());
     }
     let all: Vec<&TaskProgressDto> = truth.iter().flat_map(HashMap::values).collect();
     let completed = all.iter().filter(|s| s.status.to_string() == "completed").count();
     println!(
-        "chaos: {} tasks ({completed} completed, {} failed; {orphans} from submits whose answer a kill swallowed); {} messages ({} replayed); {} sessions ({} reconnects), {} resumes, {} snapshots, {} duplicates suppressed; {kicks} operator kicks, {killed} SIGKILL restarts",
+        "chaos: {} tasks ({completed} completed, {} failed; {orphans} from submits whose answer a kill swallowed); {} messages ({} replayed); {} sessions ({} reconnects), {} resumes, {} snapshots, {} duplicates suppressed; {kicks} operator kicks, {killed} SIGKILL restarts, {} tasks taken up again after one",
         all.len(),
         all.len() - completed,
         totals.messages,
@@ -393,8 +454,9 @@ async fn chaos(storage: Option<&str>) {
         totals.replays,
         totals.snapshots,
         totals.duplicates,
+        totals.recovered.len(),
     );
-    drop(server.lock().unwrap().take());
+    server.lock().unwrap().clear();
 }
 
 impl Api {
