@@ -42,6 +42,11 @@ struct Args {
     /// WebSocket URL of the server.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     url: String,
+    /// WebSocket URLs the subscribers of broadcast, destinations, latency, connect and idle
+    /// are spread over, in turn (comma-separated; other nodes of a cluster); `--url` when
+    /// empty. Publishers always use `--url`.
+    #[arg(long, value_delimiter = ',')]
+    subscriber_urls: Vec<String>,
     /// The server's HS256 secret (tokens are signed here).
     #[arg(long, env = "TASKPULSE_JWT_SECRET")]
     secret: String,
@@ -254,7 +259,12 @@ async fn open_subscribers(
     destination: impl Fn(usize) -> String,
 ) -> (Vec<Bodies>, Duration) {
     let concurrency = 64;
-    let server = Server::new(&args.url);
+    let urls = if args.subscriber_urls.is_empty() {
+        std::slice::from_ref(&args.url)
+    } else {
+        args.subscriber_urls.as_slice()
+    };
+    let servers: Arc<Vec<Server>> = Arc::new(urls.iter().map(|url| Server::new(url)).collect());
     let results = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let next = Arc::new(AtomicU64::new(0));
     let jobs: Arc<Vec<(String, String)>> = Arc::new(
@@ -263,14 +273,15 @@ async fn open_subscribers(
     let started_open = Instant::now();
     let workers: Vec<_> = (0..concurrency.min(n))
         .map(|_| {
-            let (server, results, next, jobs) =
-                (server.clone(), results.clone(), next.clone(), jobs.clone());
+            let (servers, results, next, jobs) =
+                (servers.clone(), results.clone(), next.clone(), jobs.clone());
             let transport = args.transport;
             tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                     let Some((token, destination)) = jobs.get(i) else { break };
-                    match transport.subscribe(&server, token, destination).await {
+                    let server = &servers[i % servers.len()];
+                    match transport.subscribe(server, token, destination).await {
                         Ok(bodies) => results.lock().unwrap().push(bodies),
                         Err(e) => eprintln!("subscriber {i} failed: {e}"),
                     }

@@ -24,11 +24,13 @@ usage: cargo xtask <command>
   fuzz [SECONDS] [TARGET] fuzz the STOMP decoder (decode, the default) or whole
                          sessions (session); 300 s by default
   bench                  run the codec benchmarks (criterion)
-  load [--postgres] [LOAD ARGS...]
+  load [--postgres | --cluster] [LOAD ARGS...]
                          start a release server and run the broker load tool
                          (taskpulse-load --help lists scenarios and sizes); on SQLite,
                          or on a throw-away PostgreSQL with --postgres, or on the
-                         database TASKPULSE_STORAGE_URL names
+                         database TASKPULSE_STORAGE_URL names; --cluster: three nodes on
+                         a throw-away PostgreSQL and redis-server, publishing on the
+                         first, subscribers on the other two
   chaos [--cluster] [TASKS]
                          the long chaos run: 6 users x 4 clients, TASKS demo tasks
                          (default 1000), 8 SIGKILL restarts, random disconnects; with
@@ -222,7 +224,9 @@ fn chaos(args: &[String]) -> Result<(), String> {
 }
 
 /// Builds the server and the load tool in release mode, starts the server on an ephemeral
-/// port with a known secret, and runs the tool against it.
+/// port with a known secret, and runs the tool against it; with `--cluster`, three nodes on
+/// a throw-away PostgreSQL and redis-server, publishers on the first, subscribers on the
+/// other two.
 fn load(extra: &[String]) -> Result<(), String> {
     status(
         cargo().args(["build", "--release", "-p", "taskpulse-server", "-p", "taskpulse-load"]),
@@ -231,46 +235,66 @@ fn load(extra: &[String]) -> Result<(), String> {
     let data = env::temp_dir().join(format!("taskpulse-load-{}", std::process::id()));
     std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
     let secret = "load-tests-secret-of-at-least-thirty-two-bytes";
-    // The database under test: a throw-away PostgreSQL with --postgres, else SQLite in the
-    // temporary data directory unless TASKPULSE_STORAGE_URL names another.
-    let (postgres, extra) = match extra.split_first() {
-        Some((flag, rest)) if flag == "--postgres" => {
-            (Some(taskpulse_testkit::Postgres::start()?), rest)
+    // The database under test: a throw-away PostgreSQL with --postgres or --cluster, else
+    // SQLite in the temporary data directory unless TASKPULSE_STORAGE_URL names another.
+    let (mode, extra) = match extra.split_first() {
+        Some((flag, rest)) if flag == "--postgres" || flag == "--cluster" => {
+            (Some(flag.as_str()), rest)
         }
         _ => (None, extra),
     };
+    let postgres = mode.map(|_| taskpulse_testkit::Postgres::start()).transpose()?;
+    let redis = (mode == Some("--cluster")).then(taskpulse_testkit::Redis::start).transpose()?;
     let storage = match &postgres {
         Some(postgres) => postgres.fresh_database()?,
         None => env::var("TASKPULSE_STORAGE_URL").unwrap_or_default(),
     };
-    let server = test::start_server(
-        &root().join("target/release/taskpulse-server"),
-        &data.join("no-ui"),
-        &data,
-        &[
-            ("TASKPULSE_STORAGE_URL", &storage),
-            ("TASKPULSE_JWT_SECRET", secret),
-            // The broker scenarios publish to topics as ordinary token holders.
-            ("TASKPULSE_AUTHORIZATION_SEND", r#"["/queue/**", "/topic/**"]"#),
-            ("TASKPULSE_ACCOUNTS_ATTEMPTS_PER_MINUTE", "1000000"),
-            ("TASKPULSE_TASKS_SUBMISSIONS_PER_MINUTE", "1000000"),
-            ("TASKPULSE_TASKS_MAX_ACTIVE_PER_USER", "1000000"),
-            // The tasks scenario measures the service, not the renderer: no pacing, small PNGs.
-            ("TASKPULSE_DEMO_DURATION_MS", "0"),
-            ("TASKPULSE_DEMO_SIZE", "64"),
-            ("TASKPULSE_API_KEYS", r#"["load-key-0123456789abcdef"]"#),
-        ],
-    )?;
+    let redis_url = redis.as_ref().map(taskpulse_testkit::Redis::url).unwrap_or_default();
+    let settings = [
+        ("TASKPULSE_STORAGE_URL", storage.as_str()),
+        ("TASKPULSE_CLUSTER_REDIS_URL", redis_url.as_str()),
+        ("TASKPULSE_JWT_SECRET", secret),
+        // The broker scenarios publish to topics as ordinary token holders.
+        ("TASKPULSE_AUTHORIZATION_SEND", r#"["/queue/**", "/topic/**"]"#),
+        ("TASKPULSE_ACCOUNTS_ATTEMPTS_PER_MINUTE", "1000000"),
+        ("TASKPULSE_TASKS_SUBMISSIONS_PER_MINUTE", "1000000"),
+        ("TASKPULSE_TASKS_MAX_ACTIVE_PER_USER", "1000000"),
+        ("TASKPULSE_LIMITS_CONNECTIONS_PER_USER", "100000"),
+        // The tasks scenario measures the service, not the renderer: no pacing, small PNGs.
+        ("TASKPULSE_DEMO_DURATION_MS", "0"),
+        ("TASKPULSE_DEMO_SIZE", "64"),
+        ("TASKPULSE_API_KEYS", r#"["load-key-0123456789abcdef"]"#),
+    ];
+    let nodes = if redis.is_some() { 3 } else { 1 };
+    let mut servers = Vec::new();
+    for n in 0..nodes {
+        let dir = data.join(format!("node{n}"));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let binary = root().join("target/release/taskpulse-server");
+        servers.push(test::start_server(&binary, &dir.join("no-ui"), &dir, &settings)?);
+    }
+    let server = &servers[0];
+    let mut command = Command::new(root().join("target/release/taskpulse-load"));
+    command.args(["--url", &format!("ws://{}/ws", server.addr)]);
+    if nodes > 1 {
+        let others: Vec<String> =
+            servers[1..].iter().map(|s| format!("ws://{}/ws", s.addr)).collect();
+        command.args(["--subscriber-urls", &others.join(",")]);
+        if !extra.iter().any(|a| a.starts_with("--scenarios")) {
+            command.args(["--scenarios", "broadcast,destinations,latency,publish"]);
+        }
+    } else {
+        command.args(["--server-pid", &server.pid().to_string()]);
+    }
     let result = status(
-        Command::new(root().join("target/release/taskpulse-load"))
-            .args(["--url", &format!("ws://{}/ws", server.addr)])
-            .args(["--server-pid", &server.pid().to_string()])
+        command
             .env("TASKPULSE_JWT_SECRET", secret)
             .env("TASKPULSE_LOAD_API_KEY", "load-key-0123456789abcdef")
             .args(extra),
         "running taskpulse-load",
     );
-    drop(server);
+    drop(servers);
+    drop(redis);
     drop(postgres);
     let _ = std::fs::remove_dir_all(&data);
     result

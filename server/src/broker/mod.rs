@@ -237,6 +237,10 @@ pub trait Relay: Send + Sync + std::fmt::Debug {
     /// (a catch-up reads storage only after it, so nothing falls between the two).
     fn ready(&self, user: &str) -> futures_util::future::BoxFuture<'static, ()>;
 
+    /// Resolves once this node receives the topic `name`'s publications from the other
+    /// nodes (its channel's subscription is confirmed), or after a bounded wait.
+    fn topic_ready(&self, name: &str) -> futures_util::future::BoxFuture<'static, ()>;
+
     /// How many connections `user` has open on the other nodes, as last heard.
     fn connections_elsewhere(&self, user: &str) -> usize;
 
@@ -826,10 +830,14 @@ impl Broker {
                 .map(|source| (source, user.clone(), path.clone())),
             _ => None,
         };
-        let Some((source, user, path)) = replay else {
+        let relay =
+            self.inner.relay.get().filter(|_| {
+                matches!(destination, Destination::User { .. } | Destination::Topic(_))
+            });
+        if replay.is_none() && relay.is_none() {
             self.subscribe(destination, subscriber);
             return false;
-        };
+        }
         subscriber.outbox.hold(&subscriber.sub);
         let task = subscriber.task.clone();
         let held = HeldSubscription {
@@ -842,7 +850,25 @@ impl Broker {
             released: false,
         };
         self.subscribe(destination, subscriber);
-        source.replay(ReplayRequest { user, path, resume, task, held });
+        match (replay, relay) {
+            (Some((source, user, path)), _) => {
+                source.replay(ReplayRequest { user, path, resume, task, held });
+            }
+            // On a node of several, a subscription takes effect (and its receipt is sent)
+            // once the bus brings its route's messages to this node.
+            (None, Some(relay)) => {
+                let ready = match destination {
+                    Destination::Topic(name) => relay.topic_ready(name),
+                    Destination::User { user, .. } => relay.ready(user),
+                    _ => Box::pin(async {}),
+                };
+                tokio::spawn(async move {
+                    ready.await;
+                    held.release(Vec::new(), None);
+                });
+            }
+            (None, None) => {}
+        }
         true
     }
 

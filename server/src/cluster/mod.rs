@@ -114,6 +114,13 @@ struct Follower {
     filling: bool,
 }
 
+/// Which channels Redis confirmed this node's subscription to.
+#[derive(Debug, Default)]
+struct Confirmed {
+    channels: std::collections::HashSet<String>,
+    waiting: HashMap<String, Vec<oneshot::Sender<()>>>,
+}
+
 /// A followed user: how many of its routes have subscribers here, and its follower.
 #[derive(Debug)]
 struct Followed {
@@ -148,6 +155,8 @@ struct Inner {
     users: Mutex<HashMap<String, Followed>>,
     /// Channels this node needs, for resubscribing after a reconnect.
     channels: Mutex<HashMap<String, usize>>,
+    /// Channels whose subscription Redis confirmed, and who waits for the others.
+    confirmed: Mutex<Confirmed>,
     /// Whether the subscriber connection is up.
     connected: std::sync::atomic::AtomicBool,
     /// The task service, which answers calls on the tasks this node runs.
@@ -189,6 +198,7 @@ impl Bus {
                 commands,
                 users: Mutex::default(),
                 channels: Mutex::new(channels),
+                confirmed: Mutex::default(),
                 connected: std::sync::atomic::AtomicBool::new(false),
                 tasks: std::sync::OnceLock::new(),
                 calls: Mutex::default(),
@@ -406,7 +416,7 @@ impl Inner {
         self.fill(&user, true).await;
     }
 
-    fn want(&self, channel: String, done: Option<oneshot::Sender<()>>) {
+    fn want(self: &Arc<Self>, channel: String, done: Option<oneshot::Sender<()>>) {
         let first = {
             let mut channels = self.channels.lock();
             let count = channels.entry(channel.clone()).or_default();
@@ -414,10 +424,45 @@ impl Inner {
             *count == 1
         };
         if first {
-            let _ = self.commands.send(Command::Subscribe(channel, done));
+            let (confirmed, confirmation) = oneshot::channel();
+            let _ = self.commands.send(Command::Subscribe(channel.clone(), Some(confirmed)));
+            let inner = Arc::downgrade(self);
+            tokio::spawn(async move {
+                if confirmation.await.is_err() {
+                    return;
+                }
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+                if let Some(inner) = inner.upgrade() {
+                    let mut confirmed = inner.confirmed.lock();
+                    for waiter in confirmed.waiting.remove(&channel).unwrap_or_default() {
+                        let _ = waiter.send(());
+                    }
+                    confirmed.channels.insert(channel);
+                }
+            });
         } else if let Some(done) = done {
             let _ = done.send(());
         }
+    }
+
+    /// Resolves once Redis confirmed this node's subscription to `channel` (or after
+    /// [`READY_WAIT`]).
+    fn confirmed(&self, channel: String) -> BoxFuture<'static, ()> {
+        let waiting = {
+            let mut confirmed = self.confirmed.lock();
+            if confirmed.channels.contains(&channel) {
+                return async {}.boxed();
+            }
+            let (done, waiting) = oneshot::channel();
+            confirmed.waiting.entry(channel).or_default().push(done);
+            waiting
+        };
+        async move {
+            let _ = tokio::time::timeout(READY_WAIT, waiting).await;
+        }
+        .boxed()
     }
 
     fn unwant(&self, channel: String) {
@@ -433,6 +478,7 @@ impl Inner {
             gone
         };
         if last {
+            self.confirmed.lock().channels.remove(&channel);
             let _ = self.commands.send(Command::Unsubscribe(channel));
         }
     }
@@ -669,6 +715,10 @@ impl Relay for Bus {
                 }
             }
         }
+    }
+
+    fn topic_ready(&self, name: &str) -> BoxFuture<'static, ()> {
+        self.inner.confirmed(topic_channel(name))
     }
 
     fn connections_elsewhere(&self, user: &str) -> usize {
