@@ -37,9 +37,14 @@ use crate::{
     tasks::{Remote, RemoteFailure, TaskCall, TaskService},
 };
 
-/// Messages waiting to be published at most; past it a node's own publications are dropped
-/// (logged and counted): other nodes read numbered ones from storage at the next gap.
-const OUTGOING: usize = 100_000;
+/// Messages waiting to be published at most (per publishing connection); past it a node's
+/// own publications are dropped (logged and counted): other nodes read numbered ones from
+/// storage at the next gap, topic publications are lost.
+const OUTGOING: usize = 50_000;
+
+/// Connections a node publishes on, each with its own queue. A channel always goes through
+/// the same one, so each channel's messages keep their order.
+const PUBLISHERS: usize = 4;
 
 /// Publications sent to Redis in one pipeline at most.
 const BATCH: usize = 512;
@@ -149,7 +154,9 @@ struct Inner {
     storage: Arc<dyn Storage>,
     epoch: Arc<str>,
     gap_wait: Duration,
-    outgoing: mpsc::Sender<(String, Vec<u8>)>,
+    /// One queue per publishing connection, chosen by the channel's hash.
+    outgoing: Vec<mpsc::Sender<(String, Vec<u8>)>>,
+    hashing: std::collections::hash_map::RandomState,
     commands: mpsc::UnboundedSender<Command>,
     /// Users followed here, each behind its own lock (delivery happens under it, in order).
     users: Mutex<HashMap<String, Followed>>,
@@ -181,9 +188,15 @@ impl Bus {
         let shown = redacted(&settings.redis_url);
         let unreachable = |source| BusError::Redis { url: shown.clone(), source };
         let client = redis::Client::open(settings.redis_url.as_str()).map_err(unreachable)?;
-        let publisher = ConnectionManager::new(client.clone()).await.map_err(unreachable)?;
+        let mut outgoing = Vec::with_capacity(PUBLISHERS);
+        for _ in 0..PUBLISHERS {
+            let connection =
+                ConnectionManager::new(client.clone()).await.map_err(unreachable.clone())?;
+            let (queue_in, queue) = mpsc::channel(OUTGOING);
+            tokio::spawn(publish(connection, queue));
+            outgoing.push(queue_in);
+        }
         let epoch = Arc::from(storage.epoch().await?);
-        let (outgoing, queue) = mpsc::channel(OUTGOING);
         let (commands, requests) = mpsc::unbounded_channel();
         let node = crate::secret::random_hex(8).unwrap_or_else(|_| format!("{}", now_ms()));
         let channels = HashMap::from([(CONTROL.to_owned(), 1), (node_channel(&node), 1)]);
@@ -195,6 +208,7 @@ impl Bus {
                 epoch,
                 gap_wait: Duration::from_millis(settings.gap_wait_ms),
                 outgoing,
+                hashing: std::collections::hash_map::RandomState::new(),
                 commands,
                 users: Mutex::default(),
                 channels: Mutex::new(channels),
@@ -206,7 +220,6 @@ impl Bus {
                 peers: Mutex::default(),
             }),
         };
-        tokio::spawn(publish(publisher, queue));
         tokio::spawn(subscribe(Arc::downgrade(&bus.inner), client, requests));
         tokio::spawn(alive(Arc::downgrade(&bus.inner)));
         bus.inner.send(CONTROL.to_owned(), Body::Hello);
@@ -300,7 +313,13 @@ impl Inner {
 
     fn send(&self, channel: String, body: Body) {
         let envelope = Envelope { node: self.node.clone(), sent_at: now_ms(), body };
-        if self.outgoing.try_send((channel, envelope.encode())).is_err() {
+        let queue = {
+            use std::hash::{BuildHasher, Hash, Hasher};
+            let mut hasher = self.hashing.build_hasher();
+            channel.hash(&mut hasher);
+            hasher.finish() as usize % self.outgoing.len()
+        };
+        if self.outgoing[queue].try_send((channel, envelope.encode())).is_err() {
             // The other nodes fill numbered messages from storage at their next gap.
             tracing::warn!(
                 "the bus's outgoing queue is full ({OUTGOING}); a publication was dropped"
