@@ -190,8 +190,7 @@ impl Bus {
         let client = redis::Client::open(settings.redis_url.as_str()).map_err(unreachable)?;
         let mut outgoing = Vec::with_capacity(PUBLISHERS);
         for _ in 0..PUBLISHERS {
-            let connection =
-                ConnectionManager::new(client.clone()).await.map_err(unreachable.clone())?;
+            let connection = ConnectionManager::new(client.clone()).await.map_err(unreachable)?;
             let (queue_in, queue) = mpsc::channel(OUTGOING);
             tokio::spawn(publish(connection, queue));
             outgoing.push(queue_in);
