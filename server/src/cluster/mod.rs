@@ -313,10 +313,8 @@ impl Inner {
     fn send(&self, channel: String, body: Body) {
         let envelope = Envelope { node: self.node.clone(), sent_at: now_ms(), body };
         let queue = {
-            use std::hash::{BuildHasher, Hash, Hasher};
-            let mut hasher = self.hashing.build_hasher();
-            channel.hash(&mut hasher);
-            hasher.finish() as usize % self.outgoing.len()
+            use std::hash::BuildHasher;
+            self.hashing.hash_one(&channel) as usize % self.outgoing.len()
         };
         if self.outgoing[queue].try_send((channel, envelope.encode())).is_err() {
             // The other nodes fill numbered messages from storage at their next gap.
