@@ -24,6 +24,7 @@ fn entry(n: usize) -> LogEntry {
         path: "/queue/notices".into(),
         content_type: "application/json".into(),
         body: format!(r#"{{"n":{n},"text":"{}"}}"#, "x".repeat(64)).into_bytes(),
+        task_no: None,
     }
 }
 

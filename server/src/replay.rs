@@ -218,7 +218,8 @@ impl UserLog {
         change: TaskChange,
         coalesce: Coalesce,
     ) -> Outcome {
-        let entry = new_entry(owner, TASKS_PATH, "application/json", body);
+        let mut entry = new_entry(owner, TASKS_PATH, "application/json", body);
+        entry.task_no = Some(coalesce.key.to_string());
         self.queue(Append { entry, task: Some(change) }, Some(coalesce)).await?.await
     }
 
@@ -308,9 +309,7 @@ impl UserLog {
     }
 
     fn publication(&self, entry: &LogEntry, replayed: bool) -> Publication {
-        let place =
-            LogPlace::Numbered { seq: entry.seq, epoch: self.inner.epoch.clone(), replayed };
-        Publication::new(&entry.content_type, entry.body.clone()).at(place)
+        logged(entry.clone(), &self.inner.epoch, replayed)
     }
 
     async fn serve(&self, request: ReplayRequest) -> Result<(), StorageError> {
@@ -435,6 +434,18 @@ impl ReplaySource for UserLog {
     }
 }
 
+/// A stored entry as it is sent again (`replayed`: by a catch-up; else by a node that read
+/// what the bus did not bring): at its place in the log of `epoch`, a task change with its
+/// task as coalesce key (never merged away: it may be a status change).
+pub(crate) fn logged(entry: LogEntry, epoch: &Arc<str>, replayed: bool) -> Publication {
+    let place = LogPlace::Numbered { seq: entry.seq, epoch: epoch.clone(), replayed };
+    let publication = Publication::new(&entry.content_type, entry.body).at(place);
+    match entry.task_no {
+        Some(task) => publication.coalesce(Coalesce { key: task.into(), replaceable: false }),
+        None => publication,
+    }
+}
+
 /// A new entry for `user`'s log, stamped now; storage gives it its `seq`.
 fn new_entry(user: &str, path: &str, content_type: &str, body: Vec<u8>) -> LogEntry {
     LogEntry {
@@ -444,6 +455,7 @@ fn new_entry(user: &str, path: &str, content_type: &str, body: Vec<u8>) -> LogEn
         path: path.to_owned(),
         content_type: content_type.to_owned(),
         body,
+        task_no: None,
     }
 }
 
@@ -557,6 +569,12 @@ mod tests {
         assert!(matches!(stored, Ok(Some(0))), "stored, nobody listening: {stored:?}");
         log.send("alice", "/queue/n", "text/plain", b"x".to_vec(), None).await.expect("sent");
         assert_eq!(log.inner.storage.log_range("alice").await.expect("range"), (1, 2));
+        // Read back (a replay, a gap fill), the task change keeps its task as coalesce key,
+        // which a share link's watchers are filtered by; the notice has none.
+        let stored = log.inner.storage.log_after("alice", None, 0, 10).await.expect("read");
+        let epoch: Arc<str> = Arc::from("e");
+        let again: Vec<_> = stored.into_iter().map(|e| logged(e, &epoch, true).coalesce).collect();
+        assert_eq!(again, [Some(key()), None]);
     }
 
     #[test]

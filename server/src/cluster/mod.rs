@@ -30,7 +30,7 @@ use self::{
     sequencer::Sequencer,
 };
 use crate::{
-    broker::{Broker, LogPlace, Publication, Relay, Route, SharedTask},
+    broker::{Broker, Publication, Relay, Route, SharedTask},
     config::ClusterSettings,
     now_ms,
     storage::{Storage, StorageError},
@@ -382,13 +382,9 @@ impl Inner {
             Ok(entries) => {
                 let filled = entries.len();
                 let entries = entries.into_iter().map(|entry| {
-                    let place = LogPlace::Numbered {
-                        seq: entry.seq,
-                        epoch: self.epoch.clone(),
-                        replayed: false,
-                    };
-                    let publication = Publication::new(&entry.content_type, entry.body).at(place);
-                    (entry.seq, Pending { path: entry.path, publication })
+                    let (seq, path) = (entry.seq, entry.path.clone());
+                    let publication = crate::replay::logged(entry, &self.epoch, false);
+                    (seq, Pending { path, publication })
                 });
                 let ready = f.sequencer.fill(entries);
                 if filled > 0 {

@@ -333,8 +333,9 @@ async fn insert_log(
 ) -> Result<(), StorageError> {
     for chunk in entries.chunks(ROWS_PER_INSERT) {
         let sql = format!(
-            "INSERT INTO user_log (username, seq, at, path, content_type, body) VALUES {}",
-            placeholders(backend, chunk.len(), 6)
+            "INSERT INTO user_log (username, seq, at, path, content_type, body, task_no) \
+             VALUES {}",
+            placeholders(backend, chunk.len(), 7)
         );
         let mut query = sqlx::query(&sql);
         for entry in chunk {
@@ -344,7 +345,8 @@ async fn insert_log(
                 .bind(entry.at)
                 .bind(&entry.path)
                 .bind(&entry.content_type)
-                .bind(&entry.body);
+                .bind(&entry.body)
+                .bind(&entry.task_no);
         }
         query.execute(&mut *conn).await?;
     }
@@ -364,6 +366,7 @@ mod tests {
             path: "/queue/p".into(),
             content_type: "text/plain".into(),
             body: Vec::new(),
+            task_no: None,
         };
         let task = task_no
             .map(|no| TaskChange::Update(TaskProgressDto::new(no, TaskStatus::Processing, 0, "x")));

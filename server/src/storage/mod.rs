@@ -81,6 +81,9 @@ pub struct LogEntry {
     pub content_type: String,
     /// The body.
     pub body: Vec<u8>,
+    /// The task this entry is a change of; `None` for a notice. A replay or a gap fill
+    /// gives it back as its coalesce key, which a share link's watchers are filtered by.
+    pub task_no: Option<String>,
 }
 
 /// Which of a user's tasks to list.

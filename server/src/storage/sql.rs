@@ -419,13 +419,13 @@ impl Storage for SqlStorage {
     ) -> Result<Vec<LogEntry>, StorageError> {
         let query = match path {
             Some(path) => sqlx::query(
-                "SELECT seq, at, path, content_type, body FROM user_log \
+                "SELECT seq, at, path, content_type, body, task_no FROM user_log \
                  WHERE username = $1 AND path = $2 AND seq > $3 ORDER BY seq LIMIT $4",
             )
             .bind(user)
             .bind(path),
             None => sqlx::query(
-                "SELECT seq, at, path, content_type, body FROM user_log \
+                "SELECT seq, at, path, content_type, body, task_no FROM user_log \
                  WHERE username = $1 AND seq > $2 ORDER BY seq LIMIT $3",
             )
             .bind(user),
@@ -440,6 +440,7 @@ impl Storage for SqlStorage {
                     path: row.try_get("path")?,
                     content_type: row.try_get("content_type")?,
                     body: row.try_get("body")?,
+                    task_no: row.try_get("task_no")?,
                 })
             })
             .collect()

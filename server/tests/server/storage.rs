@@ -44,6 +44,7 @@ fn entry(user: &str, at: i64, path: &str) -> LogEntry {
         path: path.into(),
         content_type: "application/json".into(),
         body: format!("{{\"at\":{at}}}").into_bytes(),
+        task_no: None,
     }
 }
 
