@@ -490,3 +490,131 @@ impl Api {
             .is_ok_and(|r| r.status().is_success())
     }
 }
+
+/// A benchmark, not a check (ignored; `cargo nextest run -p taskpulse-server --run-ignored
+/// only failover`): how long the clients of a node that dies take to be resumed on another,
+/// with nothing lost. CLIENTS clients (default 300) follow their user's tasks destination on
+/// a node process; each user gets 5 numbered messages, the node is SIGKILLed, 5 more are
+/// published through another node, and each client reconnects there with its position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: prints figures, run on demand"]
+async fn failover_of_a_killed_nodes_clients() {
+    let clients = setting("CLIENTS", 300);
+    let postgres = Postgres::start().unwrap();
+    let url = postgres.fresh_database().unwrap();
+    let redis = Redis::start().unwrap();
+    let redis_url = redis.url();
+    let env = [
+        ("TASKPULSE_STORAGE_URL", url.as_str()),
+        ("TASKPULSE_CLUSTER_REDIS_URL", redis_url.as_str()),
+        ("TASKPULSE_API_KEYS", "[\"chaos-operator-key-0123\"]"),
+        ("RUST_LOG", "warn,taskpulse_server=info"),
+    ];
+    let (doomed_dir, other_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let port = |_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (doomed_addr, other_addr) = (port(0), port(1));
+    let mut doomed = Some(spawn_at(doomed_dir.path(), &doomed_addr.to_string(), &env));
+    let other = spawn_at(other_dir.path(), &other_addr.to_string(), &env);
+    let api = Api::new(other_addr);
+    let mut tokens = Vec::new();
+    for c in 0..clients {
+        tokens.push(api.register(&format!("failover{c}")).await);
+    }
+    let publish = |round: usize| {
+        let api = api.clone();
+        async move {
+            for chunk in (0..clients).collect::<Vec<_>>().chunks(20) {
+                let items: Vec<Value> = chunk
+                    .iter()
+                    .flat_map(|c| {
+                        (0..5).map(move |i| {
+                            let n = round * 5 + i;
+                            json!({"user": format!("failover{c}"), "destination": "/queue/tasks-progress",
+                                   "payload": {"taskNo": format!("n{n}"), "status": "processing", "progress": n, "message": "m"}})
+                        })
+                    })
+                    .collect();
+                let (status, answer) =
+                    api.post_as_backend("/api/publish", KEY, Value::Array(items)).await;
+                assert_eq!(status, 200, "{answer}");
+            }
+        }
+    };
+    let holders: Vec<Arc<Mutex<Holder>>> =
+        (0..clients).map(|_| Arc::new(Mutex::new(Holder::default()))).collect();
+    let mut runners = Vec::new();
+    for (token, holder) in tokens.iter().zip(&holders) {
+        let (token, holder) = (token.clone(), holder.clone());
+        runners.push(tokio::spawn(async move {
+            let far = Instant::now() + Duration::from_secs(120);
+            // On the doomed node until it dies, then on the other until all 10 arrived.
+            let _ = session(doomed_addr, &token, &holder, far).await;
+            while holder.lock().unwrap().states.len() < 10 {
+                let until = Instant::now() + Duration::from_secs(3);
+                let _ = session(other_addr, &token, &holder, until).await;
+            }
+        }));
+    }
+    // Every client connected and subscribed (a subscription's catch-up is a snapshot of the
+    // tasks table, which does not hold notices sent before it).
+    let stats = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = stats
+            .get(format!("http://{doomed_addr}/api/admin/stats"))
+            .header("x-api-key", KEY)
+            .send()
+            .await;
+        let open = match answer {
+            Ok(r) => r.json::<Value>().await.ok().and_then(|v| v["connections"]["open"].as_u64()),
+            Err(_) => None,
+        };
+        if open == Some(clients as u64) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {open:?} of {clients} clients connected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    publish(0).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while holders.iter().any(|h| h.lock().unwrap().states.len() < 5) {
+        assert!(Instant::now() < deadline, "the first messages never all arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed = Instant::now();
+    drop(doomed.take()); // SIGKILL
+    publish(1).await;
+    // When each client had all 10, from the kill (polled every 10 ms).
+    let mut times: Vec<Option<Duration>> = vec![None; clients];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while times.iter().any(Option::is_none) {
+        for (time, holder) in times.iter_mut().zip(&holders) {
+            if time.is_none() && holder.lock().unwrap().states.len() == 10 {
+                *time = Some(killed.elapsed());
+            }
+        }
+        assert!(Instant::now() < deadline, "not every client resumed with everything");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut times: Vec<Duration> = times.into_iter().flatten().collect();
+    for runner in runners {
+        runner.abort();
+    }
+    times.sort();
+    let at = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize].as_secs_f64();
+    let (replays, snapshots, duplicates): (u64, u64, u64) =
+        holders.iter().fold((0, 0, 0), |t, h| {
+            let h = h.lock().unwrap();
+            (t.0 + h.replayed_messages, t.1 + h.snapshots, t.2 + h.duplicates)
+        });
+    println!(
+        "failover: {clients} clients of a SIGKILLed node resumed on another with all 10 messages: \
+         p50 {:.2} s, p99 {:.2} s, last {:.2} s after the kill; {replays} messages replayed, \
+         {snapshots} snapshots, {duplicates} duplicates suppressed",
+        at(0.5),
+        at(0.99),
+        at(1.0),
+    );
+    drop(other);
+}
