@@ -45,18 +45,31 @@ pub fn broker() -> Broker {
     limits.queue_bytes = 64 * 1024;
     settings.stomp.queue_pending = 16;
     match Authenticator::new(&settings.jwt, &settings.auth) {
-        Ok(auth) => Broker::new(settings, auth, std::sync::Arc::default()),
+        Ok(auth) => {
+            // A share link to a task of the first user: a watcher session of script op 5.
+            auth.add_share(super::SharedTask {
+                id: super::share_id(SHARE_TOKEN),
+                owner: USERS[0].to_owned(),
+                task_no: "t1".to_owned(),
+            });
+            Broker::new(settings, auth, std::sync::Arc::default())
+        }
         // The settings above are valid; a failure here is a bug in this driver.
         Err(e) => panic!("exercise broker: {e}"),
     }
 }
 
-/// The CONNECT frame of script op `choice`: a token or the configured login, and an
-/// `accept-version` list.
+/// The token of the exercise broker's share link.
+const SHARE_TOKEN: &str = "exercise-share-token";
+
+/// The CONNECT frame of script op `choice`: a token, the configured login, or a share link's
+/// token (known or not), and an `accept-version` list.
 fn connect_frame(broker: &Broker, choice: u8) -> Vec<u8> {
     let versions = ["1.0", "1.1", "1.2", "1.0,1.1,1.2", "1.1,1.2", "2.0"];
     let accept = versions[usize::from(choice) % versions.len()];
-    let credentials = match (choice / 8) % 5 {
+    let credentials = match (choice / 8) % 7 {
+        6 => "share:not-a-link\n".to_owned(),
+        5 => format!("share:{SHARE_TOKEN}\n"),
         4 => "login:svc\npasscode:svc-pass\n".to_owned(),
         3 => "login:svc\npasscode:wrong\n".to_owned(),
         n => {
