@@ -479,21 +479,7 @@ pub(super) async fn stats(
 ) -> Json<crate::metrics::Stats> {
     let mut stats = state.metrics.stats();
     stats.slowest_tasks = state.tasks.slowest(SLOWEST).await;
-    stats.cluster = state.bus.as_ref().map(|bus| {
-        let nodes: Vec<taskpulse_shared::stats::NodeStats> = bus
-            .nodes()
-            .into_iter()
-            .map(|n| taskpulse_shared::stats::NodeStats {
-                node: n.node,
-                connections: n.connections as u64,
-            })
-            .collect();
-        taskpulse_shared::stats::ClusterStats {
-            node: bus.node().to_owned(),
-            connections: nodes.iter().map(|n| n.connections).sum(),
-            nodes,
-        }
-    });
+    stats.cluster = state.bus.as_ref().map(crate::cluster::Bus::stats);
     Json(stats)
 }
 

@@ -22,7 +22,10 @@ use std::{
 use futures_util::{FutureExt, StreamExt, future::BoxFuture};
 use parking_lot::Mutex;
 use redis::aio::ConnectionManager;
-use taskpulse_shared::TaskProgressDto;
+use taskpulse_shared::{
+    TaskProgressDto,
+    stats::{ClusterStats, NodeStats},
+};
 use tokio::sync::{mpsc, oneshot};
 
 use self::{
@@ -75,15 +78,6 @@ struct Peer {
     seen: std::time::Instant,
     connections: usize,
     users: HashMap<String, usize>,
-}
-
-/// A node of the cluster and its open connections, for `/api/admin/stats`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeConnections {
-    /// Its id on the bus.
-    pub node: String,
-    /// Connections open there.
-    pub connections: usize,
 }
 
 /// Why a node could not join the bus.
@@ -246,24 +240,26 @@ impl Bus {
         &self.inner.node
     }
 
-    /// Every node heard from (this one first) and its open connections.
-    pub fn nodes(&self) -> Vec<NodeConnections> {
-        let mut nodes = vec![NodeConnections {
+    /// Every node heard from (this one first) with its open connections, and their sum,
+    /// for `/api/admin/stats`.
+    pub fn stats(&self) -> ClusterStats {
+        let mut nodes = vec![NodeStats {
             node: self.inner.node.clone(),
-            connections: self.inner.broker.session_count(),
+            connections: self.inner.broker.session_count() as u64,
         }];
         let peers = self.inner.peers.lock();
-        let mut others: Vec<NodeConnections> = peers
+        let mut others: Vec<NodeStats> = peers
             .iter()
             .filter(|(_, peer)| peer.seen.elapsed() < GONE_AFTER)
-            .map(|(node, peer)| NodeConnections {
+            .map(|(node, peer)| NodeStats {
                 node: node.clone(),
-                connections: peer.connections,
+                connections: peer.connections as u64,
             })
             .collect();
         others.sort_by(|a, b| a.node.cmp(&b.node));
         nodes.extend(others);
-        nodes
+        let connections = nodes.iter().map(|n| n.connections).sum();
+        ClusterStats { node: self.inner.node.clone(), connections, nodes }
     }
 }
 
@@ -329,15 +325,27 @@ impl Inner {
         self.users.lock().get(user).map(|f| f.follower.clone())
     }
 
-    /// Hands a numbered message of `user` to its sequencer, delivering what is next here.
-    /// Returns how many subscriptions took something now.
-    async fn sequence(self: &Arc<Self>, user: &str, seq: i64, pending: Pending) -> usize {
+    /// Hands a numbered message of `user` to its sequencer, delivering what is next here;
+    /// returns how many subscriptions took something now. When a fill or a start holds the
+    /// follower, the message waits for it on a task of its own (the caller is the bus reader
+    /// or the user log's committer, neither of which may block); the sequencer puts it in
+    /// order whenever it comes.
+    fn offer(self: &Arc<Self>, user: &str, seq: i64, pending: Pending) -> usize {
         let Some(follower) = self.follower(user) else { return 0 };
-        let mut follower = follower.lock().await;
-        let ready = follower.sequencer.offer(seq, pending);
-        let delivered = self.deliver(user, ready);
-        self.schedule_fill(user, &mut follower);
-        delivered
+        if let Ok(mut f) = follower.try_lock() {
+            let ready = f.sequencer.offer(seq, pending);
+            let delivered = self.deliver(user, ready);
+            self.schedule_fill(user, &mut f);
+            return delivered;
+        }
+        let (inner, user) = (self.clone(), user.to_owned());
+        tokio::spawn(async move {
+            let mut f = follower.lock().await;
+            let ready = f.sequencer.offer(seq, pending);
+            inner.deliver(&user, ready);
+            inner.schedule_fill(&user, &mut f);
+        });
+        0
     }
 
     fn deliver(&self, user: &str, ready: Vec<Pending>) -> usize {
@@ -532,23 +540,7 @@ impl Inner {
             Body::User { user, path, message } => match message.seq() {
                 Some(seq) => {
                     let publication = message.into_publication(&self.epoch);
-                    let inner = self.clone();
-                    // In order per user: the follower's lock, taken in arrival order by
-                    // this one reading task.
-                    let Some(follower) = self.follower(&user) else { return };
-                    match follower.try_lock() {
-                        Ok(mut f) => {
-                            let ready = f.sequencer.offer(seq, Pending { path, publication });
-                            inner.deliver(&user, ready);
-                            inner.schedule_fill(&user, &mut f);
-                        }
-                        Err(_) => {
-                            // A fill or a start holds it: wait without blocking the reader.
-                            tokio::spawn(async move {
-                                inner.sequence(&user, seq, Pending { path, publication }).await;
-                            });
-                        }
-                    }
+                    self.offer(&user, seq, Pending { path, publication });
                 }
                 None => {
                     self.broker.deliver_to_user(
@@ -636,23 +628,9 @@ impl Relay for Bus {
         let Some(seq) = seq else {
             return self.inner.broker.deliver_to_user(user, path, publication);
         };
-        let Some(follower) = self.inner.follower(user) else { return 0 };
         // The user log's committer calls this in `seq` order for its own messages; the
-        // follower's lock keeps them in order with those of other nodes.
-        let pending = Pending { path: path.to_owned(), publication };
-        match follower.try_lock() {
-            Ok(mut f) => {
-                let ready = f.sequencer.offer(seq, pending);
-                let delivered = self.inner.deliver(user, ready);
-                self.inner.schedule_fill(user, &mut f);
-                delivered
-            }
-            Err(_) => {
-                let (inner, user) = (self.inner.clone(), user.to_owned());
-                tokio::spawn(async move { inner.sequence(&user, seq, pending).await });
-                0
-            }
-        }
+        // user's sequencer keeps them in order with those of other nodes.
+        self.inner.offer(user, seq, Pending { path: path.to_owned(), publication })
     }
 
     fn topic(&self, name: &str, publication: &Publication) {

@@ -30,14 +30,6 @@ pub enum ShareError {
     Storage(#[from] StorageError),
 }
 
-impl ShareError {
-    fn from_lookup(task_no: &str, error: TaskError) -> ShareError {
-        match error {
-            TaskError::Storage(e) => ShareError::Storage(e),
-            _ => ShareError::NoTask(task_no.to_owned()),
-        }
-    }
-}
 use crate::{
     broker::{Broker, Fanout, SharedTask, share_id},
     now_ms,
@@ -142,11 +134,10 @@ impl TaskShares {
     }
 
     async fn owned(&self, owner: &str, task_no: &str) -> Result<(), ShareError> {
-        self.tasks
-            .details(owner, task_no)
-            .await
-            .map_err(|e| ShareError::from_lookup(task_no, e))?;
-        Ok(())
+        match self.storage.task(task_no).await? {
+            Some(record) if record.owner == owner => Ok(()),
+            _ => Err(ShareError::NoTask(task_no.to_owned())),
+        }
     }
 
     fn forget(&self, id: &str, task_no: &str, owner: &str, why: &str) {
