@@ -21,7 +21,7 @@ use taskpulse_shared::{
 use super::{Backend, Body, MaybeUser, Operator, User, field_of};
 use crate::{
     AppError, AppState,
-    broker::{Publication, RouteError},
+    broker::{Publication, RouteError, Routed},
     tasks::is_task_no,
 };
 
@@ -394,13 +394,22 @@ async fn publish_one(
         }
         Some(user) => user,
         None => {
-            let delivered = state.fanout.publish(destination, Publication::json(body)).map_err(
-                |e| match e {
-                    RouteError::Destination(_) => AppError::field("destination", e.to_string()),
-                    other => AppError::Conflict(other.to_string()),
-                },
-            )?;
-            return Ok(Either::Left(std::future::ready(Ok(delivered))));
+            let refused = |e: RouteError| match e {
+                RouteError::Destination(_) => AppError::field("destination", e.to_string()),
+                RouteError::Unavailable(_) => AppError::Unavailable(e.to_string()),
+                other => AppError::Conflict(other.to_string()),
+            };
+            return match state.fanout.publish(destination, Publication::json(body)) {
+                Ok(Routed::Delivered(delivered)) => {
+                    Ok(Either::Left(Either::Left(std::future::ready(Ok(delivered)))))
+                }
+                // On a node of several, a queue message is answered once its store has it
+                // (and none was handed out here yet).
+                Ok(Routed::Queuing(stored)) => Ok(Either::Left(Either::Right(async move {
+                    stored.await.map(|()| 0).map_err(refused)
+                }))),
+                Err(e) => Err(refused(e)),
+            };
         }
     };
     // Through the user's log: numbered, kept for replay and for the offline user.

@@ -173,10 +173,7 @@ impl JsonSession {
     }
 
     fn reply(&self, message: &Reply) {
-        match serde_json::to_vec(message) {
-            Ok(bytes) => self.outbox.reply(Bytes::from(bytes)),
-            Err(error) => tracing::error!("cannot encode a JSON reply: {error}"),
-        }
+        reply(&self.outbox, message);
     }
 
     /// An `error` that leaves the session open.
@@ -302,8 +299,17 @@ impl JsonSession {
             super::Sender { principal: &connected.principal, configured: connected.configured };
         let mut headers = Headers::new();
         headers.push("content-type", "text/plain;charset=utf-8");
-        if let Err(error) = self.broker.client_send(&sender, channel, headers, content.into()) {
-            self.error(error.summary(), error.to_string());
+        match self.broker.client_send(&sender, channel, headers, content.into()) {
+            Err(error) => self.error(error.summary(), error.to_string()),
+            Ok(super::Routed::Queuing(stored)) => {
+                let metrics = self.broker.metrics().clone();
+                self.outbox.after(stored, move |outbox, error: super::RouteError| {
+                    let code = error_code(error.summary());
+                    metrics.error(&code);
+                    reply(outbox, &Reply::Error { code, message: error.to_string() });
+                });
+            }
+            Ok(super::Routed::Delivered(_)) => {}
         }
     }
 
@@ -341,6 +347,14 @@ impl Drop for JsonSession {
             self.broker.detach(self.outbox.id);
         }
         self.broker.redeliver(self.outbox.finish());
+    }
+}
+
+/// Queues a JSON-protocol answer on `outbox`.
+fn reply(outbox: &Outbox, message: &Reply) {
+    match serde_json::to_vec(message) {
+        Ok(bytes) => outbox.reply(Bytes::from(bytes)),
+        Err(error) => tracing::error!("cannot encode a JSON reply: {error}"),
     }
 }
 

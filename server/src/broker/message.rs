@@ -101,6 +101,9 @@ pub struct Message {
     pub(crate) redelivered: bool,
     pub(crate) coalesce: Option<Coalesce>,
     pub(crate) place: Option<LogPlace>,
+    /// On a node of several, a queue message's id in the queue's shared stream (the relay
+    /// acknowledges or hands it back by this id).
+    pub(crate) entry: Option<Arc<str>>,
     /// Whether the body is valid UTF-8 (so a text WebSocket message can carry it).
     pub(crate) text: bool,
     /// See [`Message::cost`]; computed once.
@@ -127,6 +130,7 @@ impl Message {
             redelivered: false,
             coalesce,
             place,
+            entry: None,
             text,
             cost,
             encodings: Default::default(),
@@ -151,6 +155,7 @@ impl Message {
             redelivered: true,
             coalesce: self.coalesce.clone(),
             place: self.place.clone(),
+            entry: self.entry.clone(),
             text: self.text,
             cost: self.cost,
             encodings: Default::default(),

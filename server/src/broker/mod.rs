@@ -28,6 +28,7 @@ pub use auth::{
 };
 use bytes::Bytes;
 pub use destination::{Destination, DestinationError, pattern_matches};
+use futures_util::future::BoxFuture;
 pub use json_session::JsonSession;
 pub(crate) use message::ENCODINGS;
 use message::is_protocol_header;
@@ -75,6 +76,7 @@ impl RouteError {
             RouteError::Destination(_) => "invalid destination",
             RouteError::Forbidden { .. } => "not allowed",
             RouteError::QueueFull { .. } | RouteError::QueuesFull(_) => "queue full",
+            RouteError::Unavailable(_) => "queue unavailable",
             RouteError::NoHandler(_) => "unknown destination",
             RouteError::Handler { .. } => "rejected by the application",
         }
@@ -108,6 +110,9 @@ pub enum RouteError {
     /// Every queue together holds its maximum of bytes, or there are as many queues as allowed.
     #[error("{0}")]
     QueuesFull(String),
+    /// On a node of several, the shared queue store did not answer in time.
+    #[error("{0}")]
+    Unavailable(String),
     /// No handler is registered for an `/app/**` destination.
     #[error("no application handler for {0:?}")]
     NoHandler(String),
@@ -120,6 +125,29 @@ pub enum RouteError {
         reason: String,
     },
 }
+
+/// Where a routed message went.
+pub enum Routed {
+    /// Handed to this many subscriptions here (a queue's: to its consumers at once).
+    Delivered(usize),
+    /// On a node of several, a queue message on its way to the queue's shared store:
+    /// resolves once it is stored there for the consumers of every node.
+    Queuing(BoxFuture<'static, Result<(), RouteError>>),
+}
+
+impl std::fmt::Debug for Routed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Routed::Delivered(n) => f.debug_tuple("Delivered").field(n).finish(),
+            Routed::Queuing(_) => f.write_str("Queuing"),
+        }
+    }
+}
+
+/// Queue messages a node's consumers can have waiting here, per consumer, beyond what they
+/// hold: on a node of several, what the node takes from a queue's shared store at a time
+/// (the rest stays there for the other nodes' consumers).
+pub const QUEUE_PREFETCH: usize = 8;
 
 /// A subscription as the router sees it.
 #[derive(Debug, Clone)]
@@ -149,12 +177,26 @@ struct Queue {
     next: usize,
 }
 
+impl Queue {
+    /// Consumers whose connection is still open, but `except`.
+    fn live_consumers(&self, except: Option<u64>) -> usize {
+        self.consumers
+            .iter()
+            .filter(|c| !c.outbox.is_closed() && Some(c.outbox.id) != except)
+            .count()
+    }
+}
+
 /// Every `/queue/**` destination, and the bytes their pending messages hold together.
 #[derive(Debug, Default)]
 struct Queues {
     by_name: HashMap<Arc<str>, Queue>,
     /// Sum of [`Message::cost`] over every queue's `pending`.
     pending_bytes: usize,
+    /// On a node of several: messages of a queue's shared store consumed here, and those
+    /// handed back to it, for the relay once the lock is released.
+    done: Vec<(Arc<str>, Arc<Message>)>,
+    given_back: Vec<(Arc<str>, Arc<Message>)>,
 }
 
 impl Queues {
@@ -162,6 +204,23 @@ impl Queues {
     fn drop_if_idle(&mut self, name: &str) {
         if self.by_name.get(name).is_some_and(|q| q.consumers.is_empty() && q.pending.is_empty()) {
             self.by_name.remove(name);
+        }
+    }
+
+    /// On a node of several, when nobody here consumes `name` any more, hands what waits
+    /// here back to the queue's shared store, for the consumers of the other nodes.
+    fn give_back_unconsumed(&mut self, name: &str) {
+        let Some(queue) = self.by_name.get_mut(name) else { return };
+        if queue.live_consumers(None) > 0 {
+            return;
+        }
+        let (shared, kept): (VecDeque<_>, VecDeque<_>) =
+            queue.pending.drain(..).partition(|m| m.entry.is_some());
+        queue.pending = kept;
+        let key: Arc<str> = Arc::from(name);
+        for message in shared {
+            self.pending_bytes = self.pending_bytes.saturating_sub(message.cost());
+            self.given_back.push((key.clone(), message));
         }
     }
 }
@@ -181,7 +240,7 @@ pub trait Fanout: Send + Sync + std::fmt::Debug {
     ///
     /// # Errors
     /// The destination is invalid or the queue is full.
-    fn publish(&self, destination: &str, publication: Publication) -> Result<usize, RouteError>;
+    fn publish(&self, destination: &str, publication: Publication) -> Result<Routed, RouteError>;
 
     /// Refuses the token from now on and closes its sessions; returns how many.
     fn revoke_token(&self, token_id: &str) -> usize;
@@ -195,7 +254,7 @@ impl Fanout for Broker {
         self.send_to_user(user, path, publication)
     }
 
-    fn publish(&self, destination: &str, publication: Publication) -> Result<usize, RouteError> {
+    fn publish(&self, destination: &str, publication: Publication) -> Result<Routed, RouteError> {
         Broker::publish(self, destination, publication)
     }
 
@@ -246,6 +305,19 @@ pub trait Relay: Send + Sync + std::fmt::Debug {
 
     /// `user` now has `here` connections open on this node.
     fn connections_changed(&self, user: &str, here: usize);
+
+    /// Stores `message` for the `/queue/**` destination `name`, for the consumers of every
+    /// node (each node takes its share through [`Broker::take_queued`]). Resolves once it is
+    /// stored; refuses it when the queue is full.
+    fn enqueue(&self, name: &str, message: &Message) -> BoxFuture<'static, Result<(), RouteError>>;
+
+    /// Queue messages this node took through [`Broker::take_queued`] are done with here:
+    /// consumed, or (`given_back`) handed back for the consumers of any node, marked
+    /// redelivered.
+    fn queued_done(&self, name: &str, messages: Vec<Arc<Message>>, given_back: bool);
+
+    /// The consumers of queue `name` here can take more (see [`Broker::queue_demand`]).
+    fn queue_room(&self, name: &str);
 }
 
 /// A route a [`Relay`] subscribes to for this node.
@@ -255,6 +327,8 @@ pub enum Route<'a> {
     User(&'a str),
     /// A `/topic/**` name.
     Topic(&'a str),
+    /// A `/queue/**` name whose consumers here take their share of its messages.
+    Queue(&'a str),
 }
 
 /// Decides which SUBSCRIBEs to user destinations start with what the client missed, and
@@ -475,7 +549,7 @@ impl Broker {
         &self,
         destination: &str,
         publication: Publication,
-    ) -> Result<usize, RouteError> {
+    ) -> Result<Routed, RouteError> {
         let destination = match destination.strip_prefix("/user/").and_then(|r| r.split_once('/')) {
             Some((user, _)) => Destination::resolve(destination, user)?,
             None => Destination::resolve(destination, "")?,
@@ -674,7 +748,7 @@ impl Broker {
         destination: &str,
         headers: Headers,
         body: Bytes,
-    ) -> Result<(), RouteError> {
+    ) -> Result<Routed, RouteError> {
         let principal = sender.principal;
         let resolved = match Destination::resolve(destination, principal) {
             // Sending to another user's private destination is a matter of authorization.
@@ -701,6 +775,7 @@ impl Broker {
                 body,
             };
             return handler(message)
+                .map(|()| Routed::Delivered(0))
                 .map_err(|reason| RouteError::Handler { destination: name.clone(), reason });
         }
         if !self.may_send(sender, &resolved) {
@@ -720,23 +795,25 @@ impl Broker {
                 .filter(|(n, _)| !is_protocol_header(n) && !resume::is_reserved_header(n)),
         );
         publication.headers.push(resume::SENDER, principal);
-        self.route(&resolved, publication).map(|_| ())
+        self.route(&resolved, publication)
     }
 
     fn route(
         &self,
         destination: &Destination,
         publication: Publication,
-    ) -> Result<usize, RouteError> {
+    ) -> Result<Routed, RouteError> {
         match destination {
             Destination::Queue(name) => self.enqueue(name, publication),
             Destination::App(name) => Err(RouteError::NoHandler(name.clone())),
-            Destination::User { user, path } => Ok(self.send_to_user(user, path, publication)),
+            Destination::User { user, path } => {
+                Ok(Routed::Delivered(self.send_to_user(user, path, publication)))
+            }
             Destination::Topic(name) => {
                 if let Some(relay) = self.inner.relay.get() {
                     relay.topic(name, &publication);
                 }
-                Ok(self.fan_out(destination, publication))
+                Ok(Routed::Delivered(self.fan_out(destination, publication)))
             }
         }
     }
@@ -787,8 +864,12 @@ impl Broker {
         handed
     }
 
-    fn enqueue(&self, name: &str, publication: Publication) -> Result<usize, RouteError> {
+    fn enqueue(&self, name: &str, publication: Publication) -> Result<Routed, RouteError> {
         let message = self.message(&Destination::Queue(name.to_owned()), publication);
+        if let Some(relay) = self.inner.relay.get() {
+            // One store for every node's consumers; it counts `stomp.queue_pending` itself.
+            return Ok(Routed::Queuing(relay.enqueue(name, &message)));
+        }
         let settings = &self.inner.settings;
         let limit = settings.stomp.queue_pending;
         let mut queues = self.inner.queues.lock();
@@ -811,7 +892,62 @@ impl Broker {
             return Err(RouteError::QueueFull { queue: name.to_owned(), limit });
         }
         queues.pending_bytes += message.cost();
-        Ok(queues.push_and_dispatch(&key, message, false, None))
+        Ok(Routed::Delivered(queues.push_and_dispatch(&key, message, false, None)))
+    }
+
+    /// Queue messages a relay took from queue `name`'s shared store for the consumers here,
+    /// in the store's order; handed out in turn, and handed back at once when nobody here
+    /// consumes `name` any more.
+    pub fn take_queued(&self, name: &str, messages: Vec<Message>) {
+        let key: Arc<str> = Arc::from(name);
+        let mut queues = self.inner.queues.lock();
+        for message in messages {
+            let message = Arc::new(message);
+            queues.pending_bytes += message.cost();
+            queues.by_name.entry(key.clone()).or_default().pending.push_back(message);
+        }
+        queues.dispatch(&key, None);
+        queues.give_back_unconsumed(&key);
+        queues.drop_if_idle(&key);
+        self.after_queues(queues);
+    }
+
+    /// How many more messages of queue `name` the consumers here could use now: what each
+    /// can take before its ACK limit, up to [`QUEUE_PREFETCH`], less what already waits
+    /// here. (So a consumer that holds its maximum unacknowledged leaves the rest to the
+    /// other nodes' consumers.)
+    pub fn queue_demand(&self, name: &str) -> usize {
+        let queues = self.inner.queues.lock();
+        queues.by_name.get(name).map_or(0, |q| {
+            let room: usize = q
+                .consumers
+                .iter()
+                .filter(|c| !c.outbox.is_closed())
+                .map(|c| c.outbox.ack_room(&c.sub, c.ack).min(QUEUE_PREFETCH))
+                .sum();
+            room.saturating_sub(q.pending.len())
+        })
+    }
+
+    /// Releases the queues' lock, then tells the relay (if any) which messages of the shared
+    /// stores were consumed here and which were handed back.
+    fn after_queues(&self, mut queues: parking_lot::MutexGuard<'_, Queues>) {
+        let done = std::mem::take(&mut queues.done);
+        let given_back = std::mem::take(&mut queues.given_back);
+        drop(queues);
+        let Some(relay) = self.inner.relay.get() else { return };
+        for (messages, given_back) in [(done, false), (given_back, true)] {
+            let mut by_queue: Vec<(Arc<str>, Vec<Arc<Message>>)> = Vec::new();
+            for (name, message) in messages {
+                match by_queue.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, list)) => list.push(message),
+                    None => by_queue.push((name, vec![message])),
+                }
+            }
+            for (name, list) in by_queue {
+                relay.queued_done(&name, list, given_back);
+            }
+        }
     }
 
     /// Subscribes; a user destination the replay source wants is held and handed to it,
@@ -876,8 +1012,15 @@ impl Broker {
         if let Destination::Queue(name) = destination {
             let key: Arc<str> = Arc::from(name.as_str());
             let mut queues = self.inner.queues.lock();
-            queues.by_name.entry(key.clone()).or_default().consumers.push(subscriber);
+            let queue = queues.by_name.entry(key.clone()).or_default();
+            queue.consumers.retain(|c| !c.outbox.is_closed());
+            queue.consumers.push(subscriber);
+            let first = queue.consumers.len() == 1;
             queues.dispatch(&key, None);
+            self.after_queues(queues);
+            if let Some(relay) = self.inner.relay.get().filter(|_| first) {
+                relay.interest(Route::Queue(name), true);
+            }
         } else if let Some(key) = Self::route_key(destination) {
             let first = {
                 let mut routes = self.inner.routes.write();
@@ -905,10 +1048,16 @@ impl Broker {
         let keep = |s: &Subscriber| !(s.outbox.id == outbox && &*s.sub == sub);
         if let Destination::Queue(name) = destination {
             let mut queues = self.inner.queues.lock();
-            if let Some(queue) = queues.by_name.get_mut(name.as_str()) {
-                queue.consumers.retain(keep);
-            }
+            let emptied = queues.by_name.get_mut(name.as_str()).is_some_and(|queue| {
+                queue.consumers.retain(|c| keep(c) && !c.outbox.is_closed());
+                queue.consumers.is_empty()
+            });
+            queues.give_back_unconsumed(name);
             queues.drop_if_idle(name);
+            self.after_queues(queues);
+            if let Some(relay) = self.inner.relay.get().filter(|_| emptied) {
+                relay.interest(Route::Queue(name), false);
+            }
         } else if let Some(key) = Self::route_key(destination) {
             let last = {
                 let mut routes = self.inner.routes.write();
@@ -928,24 +1077,40 @@ impl Broker {
     }
 
     /// ACKed or NACKed deliveries: queue consumers have room again; NACKed queue messages go
-    /// to another consumer, marked redelivered.
+    /// to another consumer, marked redelivered. On a node of several, an ACKed message of a
+    /// queue's shared store is consumed there, and a NACKed one with no other consumer here
+    /// goes back to the store, for the consumers of every node.
     fn settled(&self, settled: Vec<Unacked>, nack: bool, from: u64) {
         let mut queues = self.inner.queues.lock();
         let mut touched: Vec<Arc<str>> = Vec::new();
         for Unacked { message, queue, .. } in settled {
             let Some(name) = queue else { continue };
-            if nack && queues.by_name.contains_key(&name) {
-                let message = Arc::new(message.redelivery());
-                queues.pending_bytes += message.cost();
-                queues.push_and_dispatch(&name, message, true, Some(from));
+            let others = queues.by_name.get(&name).map_or(0, |q| q.live_consumers(Some(from)));
+            match (nack, message.entry.is_some()) {
+                (false, true) => queues.done.push((name.clone(), message)),
+                (true, true) if others == 0 => {
+                    queues.given_back.push((name.clone(), Arc::new(message.redelivery())));
+                }
+                (true, _) if queues.by_name.contains_key(&name) => {
+                    let message = Arc::new(message.redelivery());
+                    queues.pending_bytes += message.cost();
+                    queues.push_and_dispatch(&name, message, true, Some(from));
+                }
+                _ => {}
             }
             if !touched.contains(&name) {
                 touched.push(name);
             }
         }
-        for name in touched {
-            queues.dispatch(&name, None);
-            queues.drop_if_idle(&name);
+        for name in &touched {
+            queues.dispatch(name, None);
+            queues.drop_if_idle(name);
+        }
+        self.after_queues(queues);
+        if let Some(relay) = self.inner.relay.get() {
+            for name in &touched {
+                relay.queue_room(name);
+            }
         }
     }
 
@@ -968,7 +1133,10 @@ impl Broker {
         }
         for name in touched {
             queues.dispatch(&name, None);
+            queues.give_back_unconsumed(&name);
+            queues.drop_if_idle(&name);
         }
+        self.after_queues(queues);
     }
 }
 
@@ -995,14 +1163,21 @@ impl Queues {
     /// handed out.
     fn dispatch(&mut self, name: &Arc<str>, exclude: Option<u64>) -> usize {
         let Some(queue) = self.by_name.get_mut(name) else { return 0 };
-        let handed = dispatch(name, queue, exclude);
+        let handed = dispatch(name, queue, exclude, &mut self.done);
         self.pending_bytes = self.pending_bytes.saturating_sub(handed.1);
         handed.0
     }
 }
 
-/// See [`Queues::dispatch`]; returns how many messages were handed out and their bytes.
-fn dispatch(name: &Arc<str>, queue: &mut Queue, exclude: Option<u64>) -> (usize, usize) {
+/// See [`Queues::dispatch`]; returns how many messages were handed out and their bytes. A
+/// message of a queue's shared store handed to an `auto` consumer is consumed: it joins
+/// `done`.
+fn dispatch(
+    name: &Arc<str>,
+    queue: &mut Queue,
+    exclude: Option<u64>,
+    done: &mut Vec<(Arc<str>, Arc<Message>)>,
+) -> (usize, usize) {
     let mut handed = 0;
     let mut bytes = 0;
     queue.consumers.retain(|c| !c.outbox.is_closed());
@@ -1017,6 +1192,9 @@ fn dispatch(name: &Arc<str>, queue: &mut Queue, exclude: Option<u64>) -> (usize,
             if let Delivery::Queued | Delivery::Coalesced =
                 consumer.outbox.deliver(&consumer.sub, consumer.ack, &message, Some(name))
             {
+                if consumer.ack == AckMode::Auto && message.entry.is_some() {
+                    done.push((name.clone(), message.clone()));
+                }
                 queue.pending.pop_front();
                 queue.next = idx + 1;
                 handed += 1;

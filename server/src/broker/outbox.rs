@@ -206,6 +206,11 @@ struct State {
     floors: HashMap<Arc<str>, i64>,
     /// Why it closed, first reason only (see [`Outbox::ending`]).
     ending: Option<Ending>,
+    /// Steps under way (see [`Outbox::after`]), and the answers held until they end, with
+    /// their size (counted against the ceiling like `bytes`).
+    steps: usize,
+    gated: VecDeque<Outgoing>,
+    gated_bytes: usize,
 }
 
 /// Why an outbox closed, for the metrics.
@@ -303,6 +308,8 @@ impl Outbox {
         state.bytes = last.as_ref().map_or(0, Outgoing::cost);
         state.held.clear();
         state.held_bytes = 0;
+        state.gated.clear();
+        state.gated_bytes = 0;
         state.items.extend(last);
         state.items.push_back(Outgoing::Close(reason));
         state.closed = true;
@@ -346,6 +353,11 @@ impl Outbox {
             self.fail_slow();
             return;
         }
+        if state.steps > 0 {
+            state.gated_bytes += cost;
+            state.gated.push_back(item);
+            return;
+        }
         state.bytes += cost;
         state.items.push_back(item);
         drop(state);
@@ -354,7 +366,34 @@ impl Outbox {
 
     /// Whether `cost` more bytes stay within the ceiling, beside what is queued and held.
     fn fits(&self, state: &State, cost: usize) -> bool {
-        state.bytes + state.held_bytes + cost <= self.buffer_limit
+        state.bytes + state.held_bytes + state.gated_bytes + cost <= self.buffer_limit
+    }
+
+    /// Holds the connection's later answers (receipts, replies, the close; not deliveries)
+    /// until `step` ends, in order: a SEND whose message is on its way to another node's
+    /// store gets its RECEIPT once it is stored, and so does every frame after it. A step
+    /// that fails calls `failed`, which may fail the connection.
+    pub fn after<E: Send + 'static>(
+        self: &Arc<Self>,
+        step: futures_util::future::BoxFuture<'static, Result<(), E>>,
+        failed: impl FnOnce(&Outbox, E) + Send + 'static,
+    ) {
+        self.lock().steps += 1;
+        let outbox = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = step.await {
+                failed(&outbox, e);
+            }
+            let mut state = outbox.lock();
+            state.steps -= 1;
+            if state.steps == 0 && !state.gated.is_empty() {
+                let gated = std::mem::take(&mut state.gated);
+                state.bytes += std::mem::take(&mut state.gated_bytes);
+                state.items.extend(gated);
+                drop(state);
+                outbox.wake.notify_one();
+            }
+        });
     }
 
     /// Bytes queued, held and awaiting ACK, for tests and limits checks.
@@ -559,6 +598,16 @@ impl Outbox {
             }
             notified.await;
         }
+    }
+
+    /// How many more deliveries subscription `sub` (in `mode`) takes before its ACK limit;
+    /// `usize::MAX` for `auto`, which needs no ACK.
+    pub fn ack_room(&self, sub: &str, mode: AckMode) -> usize {
+        if mode == AckMode::Auto {
+            return usize::MAX;
+        }
+        let held = self.lock().unacked_per_sub.get(sub).copied().unwrap_or(0);
+        self.unacked_limit.saturating_sub(held)
     }
 
     /// Settles the delivery with ack id `id` (and, when `cumulative` says so for its

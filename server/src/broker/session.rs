@@ -489,7 +489,14 @@ impl Session {
         };
         let sender =
             super::Sender { principal: &connected.principal, configured: connected.configured };
-        self.broker.client_send(&sender, &send.destination, send.headers, send.body)?;
+        let routed =
+            self.broker.client_send(&sender, &send.destination, send.headers, send.body)?;
+        if let super::Routed::Queuing(stored) = routed {
+            // Its RECEIPT, and every later answer, waits until the queue's store has it.
+            self.outbox.after(stored, |outbox, e: super::RouteError| {
+                outbox.fail(e.summary(), None, e.to_string());
+            });
+        }
         Ok(())
     }
 

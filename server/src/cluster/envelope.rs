@@ -9,8 +9,10 @@ use serde_bytes::ByteBuf;
 
 use taskpulse_shared::TaskProgressDto;
 
+use taskpulse_shared::stomp::Headers;
+
 use crate::{
-    broker::{Coalesce, LogPlace, Publication},
+    broker::{Coalesce, LogPlace, Message, Publication},
     tasks::{RemoteFailure, TaskCall},
 };
 
@@ -31,6 +33,20 @@ pub(crate) fn node_channel(node: &str) -> String {
 pub(crate) fn topic_channel(name: &str) -> String {
     format!("taskpulse:topic:{{{name}}}")
 }
+
+/// The channel on which the nodes consuming queue `name` hear that it has a new message.
+pub(crate) fn queue_channel(name: &str) -> String {
+    format!("taskpulse:queue:{{{name}}}")
+}
+
+/// The Redis stream that holds queue `name`'s messages (the same hash tag as its channel,
+/// so a script may publish on one while it writes the other on Redis Cluster too).
+pub(crate) fn queue_key(name: &str) -> String {
+    format!("taskpulse:stream:{{{name}}}")
+}
+
+/// The set of queue names in use, for `limits.queues` across the nodes.
+pub(crate) const QUEUE_NAMES: &str = "taskpulse:queues";
 
 /// One message on the bus.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,6 +84,56 @@ pub(crate) enum Body {
     Alive { connections: usize, users: Option<Vec<(String, usize)>> },
     /// A node joined: the others announce their connections.
     Hello,
+    /// Queue `name` has a new message in its stream.
+    Queued { name: String },
+}
+
+/// A queue message as its stream keeps it (one field, `m`): what a consumer on any node
+/// receives, with the `message-id` it keeps across redeliveries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Entry {
+    id: String,
+    headers: Vec<(String, String)>,
+    body: ByteBuf,
+    redelivered: bool,
+}
+
+impl Entry {
+    /// The parts of `message` a consumer on another node needs.
+    pub(crate) fn of(message: &Message) -> Entry {
+        Entry {
+            id: message.id.clone(),
+            headers: message.headers.iter().map(|(n, v)| (n.to_owned(), v.to_owned())).collect(),
+            body: ByteBuf::from(message.body.to_vec()),
+            redelivered: message.redelivered,
+        }
+    }
+
+    /// The bytes in the stream.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec_named(self).unwrap_or_default()
+    }
+
+    /// The message again, for `destination`, as stream entry `entry`.
+    ///
+    /// # Errors
+    /// The bytes are not an entry (another program wrote to the stream, another version).
+    pub(crate) fn decode(
+        bytes: &[u8],
+        destination: String,
+        entry: &str,
+    ) -> Result<Message, rmp_serde::decode::Error> {
+        let Entry { id, headers, body, redelivered } = rmp_serde::from_slice(bytes)?;
+        let mut publication = Publication::new("application/octet-stream", body.into_vec());
+        publication.headers = Headers::new();
+        for (name, value) in &headers {
+            publication.headers.push(name, value);
+        }
+        let mut message = Message::new(id, destination, publication);
+        message.redelivered = redelivered;
+        message.entry = Some(entry.into());
+        Ok(message)
+    }
 }
 
 /// A [`Publication`] as it travels: headers, body, how it coalesces, its `seq`.
@@ -179,5 +245,23 @@ mod tests {
     fn channels_carry_a_hash_tag_for_sharded_pub_sub() {
         assert_eq!(user_channel("alice"), "taskpulse:user:{alice}");
         assert_eq!(topic_channel("news.eu"), "taskpulse:topic:{news.eu}");
+        assert_eq!(queue_channel("jobs"), "taskpulse:queue:{jobs}");
+        assert_eq!(queue_key("jobs"), "taskpulse:stream:{jobs}");
+    }
+
+    #[test]
+    fn a_queue_message_keeps_its_id_headers_and_binary_body_in_its_stream() {
+        let publication = Publication::new("application/octet-stream", vec![0u8, 255, 10])
+            .with_header("x-sender", "dave");
+        let mut original = Message::new("n1-7".into(), "/queue/jobs".into(), publication);
+        original.redelivered = true;
+        let bytes = Entry::of(&original).encode();
+        let back = Entry::decode(&bytes, "/queue/jobs".into(), "1-0").expect("decodes");
+        assert_eq!(back.id, "n1-7");
+        assert_eq!(&back.body[..], &original.body[..]);
+        assert_eq!(back.headers, original.headers);
+        assert!(back.redelivered);
+        assert_eq!(back.entry.as_deref(), Some("1-0"));
+        assert!(Entry::decode(b"\xc1", "/queue/jobs".into(), "1-0").is_err());
     }
 }

@@ -11,6 +11,7 @@
 //! every user followed here is read from storage from where it stood.
 
 mod envelope;
+mod queues;
 mod sequencer;
 
 use std::{
@@ -33,7 +34,7 @@ use self::{
     sequencer::Sequencer,
 };
 use crate::{
-    broker::{Broker, Publication, Relay, Route, SharedTask},
+    broker::{Broker, Message, Publication, Relay, Route, RouteError, SharedTask},
     config::ClusterSettings,
     now_ms,
     storage::{Storage, StorageError},
@@ -127,6 +128,23 @@ struct Followed {
     follower: Arc<tokio::sync::Mutex<Follower>>,
 }
 
+/// What a publishing connection sends: a publication, or a command (answered with its
+/// value, or with why it failed, when `reply` is given).
+enum Outgoing {
+    Publish(String, Vec<u8>),
+    Command(redis::Cmd, Option<oneshot::Sender<Result<redis::Value, String>>>),
+}
+
+/// The connection a node reads queues' streams on.
+#[derive(Clone)]
+struct Reader(ConnectionManager);
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reader")
+    }
+}
+
 /// What the subscriber task is asked to do.
 #[derive(Debug)]
 enum Command {
@@ -148,8 +166,15 @@ struct Inner {
     storage: Arc<dyn Storage>,
     epoch: Arc<str>,
     gap_wait: Duration,
-    /// One queue per publishing connection, chosen by the channel's hash.
-    outgoing: Vec<mpsc::Sender<(String, Vec<u8>)>>,
+    /// One queue per publishing connection, chosen by the channel's (or queue's) hash.
+    outgoing: Vec<mpsc::Sender<Outgoing>>,
+    /// For reading queues' streams (commands that do not block).
+    reader: Reader,
+    /// Queues consumed here, by name.
+    consuming: Mutex<HashMap<String, Arc<queues::Consuming>>>,
+    /// Queue names this node saw registered (see `limits.queues`).
+    queue_names: Mutex<std::collections::HashSet<String>>,
+    started: std::time::Instant,
     hashing: std::collections::hash_map::RandomState,
     commands: mpsc::UnboundedSender<Command>,
     /// Users followed here, each behind its own lock (delivery happens under it, in order).
@@ -189,6 +214,7 @@ impl Bus {
             tokio::spawn(publish(connection, queue));
             outgoing.push(queue_in);
         }
+        let reader = Reader(ConnectionManager::new(client.clone()).await.map_err(unreachable)?);
         let epoch = Arc::from(storage.epoch().await?);
         let (commands, requests) = mpsc::unbounded_channel();
         let node = crate::secret::random_hex(8).unwrap_or_else(|_| format!("{}", now_ms()));
@@ -201,6 +227,10 @@ impl Bus {
                 epoch,
                 gap_wait: Duration::from_millis(settings.gap_wait_ms),
                 outgoing,
+                reader,
+                consuming: Mutex::default(),
+                queue_names: Mutex::default(),
+                started: std::time::Instant::now(),
                 hashing: std::collections::hash_map::RandomState::new(),
                 commands,
                 users: Mutex::default(),
@@ -308,17 +338,26 @@ impl Inner {
 
     fn send(&self, channel: String, body: Body) {
         let envelope = Envelope { node: self.node.clone(), sent_at: now_ms(), body };
+        let bytes = envelope.encode();
+        let route = channel.clone();
+        // The other nodes fill numbered messages from storage at their next gap.
+        self.submit(&route, Outgoing::Publish(channel, bytes));
+    }
+
+    /// Queues `item` on the publishing connection of `route` (a channel or a queue name),
+    /// after what went there before. Returns false when that queue is full (the item is
+    /// dropped, logged and counted).
+    fn submit(&self, route: &str, item: Outgoing) -> bool {
         let queue = {
             use std::hash::BuildHasher;
-            self.hashing.hash_one(&channel) as usize % self.outgoing.len()
+            self.hashing.hash_one(route) as usize % self.outgoing.len()
         };
-        if self.outgoing[queue].try_send((channel, envelope.encode())).is_err() {
-            // The other nodes fill numbered messages from storage at their next gap.
-            tracing::warn!(
-                "the bus's outgoing queue is full ({OUTGOING}); a publication was dropped"
-            );
+        if self.outgoing[queue].try_send(item).is_err() {
+            tracing::warn!("the bus's outgoing queue is full ({OUTGOING}); an item was dropped");
             self.broker.metrics().bus_dropped();
+            return false;
         }
+        true
     }
 
     fn follower(&self, user: &str) -> Option<Arc<tokio::sync::Mutex<Follower>>> {
@@ -579,6 +618,7 @@ impl Inner {
                     let _ = waiting.send(outcome);
                 }
             }
+            Body::Queued { name } => self.wake_queue(&name),
         }
     }
 }
@@ -661,8 +701,21 @@ impl Relay for Bus {
         }
     }
 
+    fn enqueue(&self, name: &str, message: &Message) -> BoxFuture<'static, Result<(), RouteError>> {
+        queues::stored(self.inner.clone(), name, message)
+    }
+
+    fn queued_done(&self, name: &str, messages: Vec<Arc<Message>>, given_back: bool) {
+        self.inner.queued_done(name, messages, given_back);
+    }
+
+    fn queue_room(&self, name: &str) {
+        self.inner.wake_queue(name);
+    }
+
     fn interest(&self, route: Route<'_>, needed: bool) {
         match route {
+            Route::Queue(name) => self.inner.consume(name, needed),
             Route::Topic(name) if needed => self.inner.want(topic_channel(name), None),
             Route::Topic(name) => self.inner.unwant(topic_channel(name)),
             Route::User(user) if needed => {
@@ -743,26 +796,59 @@ impl Relay for Bus {
     }
 }
 
-/// Publishes what the node sends, in order, a pipeline per batch. A batch that fails is
-/// sent again until Redis takes it (the connection manager reconnects meanwhile): a message
-/// lost here could be the last of its user for a while, and no later one would show the gap.
-async fn publish(mut connection: ConnectionManager, mut queue: mpsc::Receiver<(String, Vec<u8>)>) {
+/// Sends what the node publishes and the queue commands it runs, in order, a pipeline per
+/// batch. A batch that fails on the way (the connection) is sent again until Redis takes it
+/// (the connection manager reconnects meanwhile): a message lost here could be the last of
+/// its user for a while, and no later one would show the gap. (So a queue message can be
+/// stored twice when the connection fails after Redis ran its batch.) A batch Redis ran and
+/// answered with an error is not sent again.
+async fn publish(mut connection: ConnectionManager, mut queue: mpsc::Receiver<Outgoing>) {
     let mut batch = Vec::with_capacity(BATCH);
     while queue.recv_many(&mut batch, BATCH).await > 0 {
         let mut pipe = redis::pipe();
-        for (channel, bytes) in &batch {
-            pipe.cmd("PUBLISH").arg(channel).arg(bytes).ignore();
+        let mut replies = Vec::new();
+        for item in batch.drain(..) {
+            match item {
+                Outgoing::Publish(channel, bytes) => {
+                    pipe.cmd("PUBLISH").arg(channel).arg(bytes).ignore();
+                }
+                Outgoing::Command(command, Some(reply)) => {
+                    pipe.add_command(command);
+                    replies.push(reply);
+                }
+                Outgoing::Command(command, None) => {
+                    pipe.add_command(command).ignore();
+                }
+            }
         }
         let mut backoff = Duration::from_millis(50);
-        while let Err(e) = pipe.query_async::<()>(&mut connection).await {
-            if queue.is_closed() {
-                return;
+        loop {
+            match pipe.query_async::<Vec<redis::Value>>(&mut connection).await {
+                Ok(values) => {
+                    for (reply, value) in replies.drain(..).zip(values) {
+                        let _ = reply.send(Ok(value));
+                    }
+                    break;
+                }
+                Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
+                    if queue.is_closed() {
+                        return;
+                    }
+                    tracing::warn!(
+                        "publishing on the bus failed: {e}; trying again in {backoff:?}"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    tracing::warn!("Redis refused part of a batch: {e}");
+                    for reply in replies.drain(..) {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                    break;
+                }
             }
-            tracing::warn!("publishing on the bus failed: {e}; trying again in {backoff:?}");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
-        batch.clear();
     }
 }
 

@@ -408,3 +408,138 @@ async fn the_per_user_connection_limit_counts_every_node_and_stats_show_each() {
     drop(second);
     cluster.stop().await;
 }
+
+/// Receives the next message of `client` and ACKs it (client-individual).
+async fn take(client: &mut StompClient) -> taskpulse_shared::stomp::Frame {
+    let message = client.recv().await;
+    let ack = message.header("ack").expect("a client-individual delivery").to_owned();
+    client.frame(Command::Ack, &[("id", &ack)], "").await;
+    message
+}
+
+#[tokio::test]
+async fn queues_share_their_messages_between_consumers_on_every_node() {
+    let cluster = cluster_with(|config| {
+        config.settings.limits.unacked_per_subscription = 1;
+        config.settings.stomp.queue_pending = 8;
+    })
+    .await;
+    let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    let mut on_a = a.client_with(&a.token("worker-a")).await;
+    on_a.subscribe("jobs", "/queue/jobs", "client-individual").await;
+    let mut on_b = b.client_with(&b.token("worker-b")).await;
+    on_b.subscribe("jobs", "/queue/jobs", "client-individual").await;
+    let mut producer = c.client_with(&c.token("producer")).await;
+    for n in 0..6 {
+        producer.send_to("/queue/jobs", &format!("job {n}")).await;
+    }
+    // The RECEIPT of a SEND to a queue comes once the shared store has the message.
+    producer
+        .frame(Command::Send, &[("destination", "/queue/jobs"), ("receipt", "stored")], "job 6")
+        .await;
+    assert_eq!(producer.recv().await.header("receipt-id"), Some("stored"));
+
+    // Each consumer may hold one unacknowledged message, so each node takes one at a time:
+    // the two share the seven, each exactly once.
+    let (first_a, first_b) = (take(&mut on_a).await, take(&mut on_b).await);
+    let mut seen = vec![body(&first_a).to_owned(), body(&first_b).to_owned()];
+    while seen.len() < 7 {
+        for client in [&mut on_a, &mut on_b] {
+            if let Some(message) = client.try_recv(Duration::from_millis(100)).await {
+                let ack = message.header("ack").unwrap().to_owned();
+                client.frame(Command::Ack, &[("id", &ack)], "").await;
+                seen.push(body(&message).to_owned());
+            }
+        }
+    }
+    seen.sort();
+    let sent: Vec<String> = (0..7).map(|n| format!("job {n}")).collect();
+    assert_eq!(seen, sent, "every message once, across the nodes");
+    on_a.expect_nothing(Duration::from_millis(300)).await;
+    on_b.expect_nothing(Duration::from_millis(300)).await;
+
+    // NACKed with no other consumer on its node: back to the store, and out again marked
+    // redelivered, with its message-id.
+    let order = json!({"destination": "/queue/jobs", "payload": {"order": 1}});
+    let (status, answer) = c.api().post_as_backend("/api/publish", BACKEND_KEY, order).await;
+    assert_eq!(status, 200, "{answer}");
+    let mut workers = [on_a, on_b];
+    let (holder, first) = either(&mut workers).await;
+    assert_eq!(body(&first), r#"{"order":1}"#);
+    workers[holder].frame(Command::Nack, &[("id", first.header("ack").unwrap())], "").await;
+    let (holder, again) = either(&mut workers).await;
+    assert_eq!(body(&again), r#"{"order":1}"#);
+    assert_eq!(again.header("redelivered"), Some("true"), "{again:?}");
+    assert_eq!(again.header("message-id"), first.header("message-id"));
+
+    // Its consumer leaves without acknowledging it: the consumer on the other node gets it.
+    let [x, y] = workers;
+    let (mut remaining, gone) = if holder == 0 { (y, x) } else { (x, y) };
+    drop(gone);
+    let last = take(&mut remaining).await;
+    assert_eq!(body(&last), r#"{"order":1}"#);
+    assert_eq!(last.header("redelivered"), Some("true"));
+
+    // `stomp.queue_pending` holds across the nodes: messages nobody consumes fill the queue,
+    // and the one too many is refused, naming the limit.
+    for n in 0..8 {
+        producer.send_to("/queue/nobody", &format!("{n}")).await;
+    }
+    producer.frame(Command::Send, &[("destination", "/queue/nobody"), ("receipt", "r")], "9").await;
+    let error = producer.expect_error().await;
+    assert_eq!(error.header("message"), Some("queue full"), "{error:?}");
+    assert!(body(&error).contains("stomp.queue_pending"), "{error:?}");
+    // They wait in the store for a consumer on any node.
+    let mut late = a.client_with(&a.token("late")).await;
+    late.subscribe("n", "/queue/nobody", "auto").await;
+    for n in 0..8 {
+        assert_eq!(body(&late.recv().await), format!("{n}"));
+    }
+    cluster.stop().await;
+}
+
+/// The next message of either client, and which one got it.
+async fn either(clients: &mut [StompClient; 2]) -> (usize, taskpulse_shared::stomp::Frame) {
+    let [x, y] = clients;
+    tokio::select! {
+        message = x.recv() => (0, message),
+        message = y.recv() => (1, message),
+    }
+}
+
+#[tokio::test]
+async fn a_dead_nodes_unacknowledged_queue_messages_go_to_a_consumer_elsewhere() {
+    let cluster = cluster().await;
+    let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
+    // A fourth node, as a process to kill, whose consumer holds a message unacknowledged.
+    let data = tempfile::tempdir().unwrap();
+    let redis_url = cluster.redis.url();
+    let mut doomed = spawn_with(
+        data.path(),
+        &[
+            ("TASKPULSE_JWT_SECRET", TEST_SECRET),
+            ("TASKPULSE_STORAGE_URL", &cluster.database),
+            ("TASKPULSE_CLUSTER_REDIS_URL", &redis_url),
+        ],
+    );
+    let url = format!("ws://{}/ws", doomed.addr);
+    let mut on_doomed = StompClient::try_signed_in(&url, &a.token("worker-d")).await.unwrap();
+    on_doomed.subscribe("w", "/queue/work", "client-individual").await;
+    let job = json!({"destination": "/queue/work", "payload": {"job": 1}});
+    let (status, answer) = b.api().post_as_backend("/api/publish", BACKEND_KEY, job).await;
+    assert_eq!(status, 200, "{answer}");
+    let held = on_doomed.recv().await;
+    assert_eq!(body(&held), r#"{"job":1}"#);
+    let mut on_a = a.client_with(&a.token("worker-a")).await;
+    on_a.subscribe("w", "/queue/work", "client-individual").await;
+    on_a.expect_nothing(Duration::from_millis(500)).await; // the other node holds it
+
+    // Once the killed node is gone from presence (10 s), a node that consumes the queue
+    // claims what it held.
+    doomed.kill();
+    let message = on_a.try_recv(Duration::from_secs(40)).await.expect("the held message");
+    assert_eq!(body(&message), r#"{"job":1}"#);
+    assert_eq!(message.header("redelivered"), Some("true"), "{message:?}");
+    assert_eq!(message.header("message-id"), held.header("message-id"));
+    cluster.stop().await;
+}
