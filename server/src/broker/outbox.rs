@@ -778,6 +778,69 @@ mod tests {
             .collect()
     }
 
+    #[tokio::test]
+    async fn answers_after_a_step_wait_for_it_in_order_and_deliveries_do_not() {
+        use futures_util::FutureExt;
+        let sub: Arc<str> = Arc::from("s");
+        let outbox = Arc::new(Outbox::new(1, 1 << 20, 10));
+        let (stored, storing) = tokio::sync::oneshot::channel::<Result<(), String>>();
+        let step = async move { storing.await.unwrap_or(Err("gone".into())) }.boxed();
+        outbox.after(step, |_: &Outbox, _: String| unreachable!("the step succeeds"));
+        outbox.receipt("sent".into());
+        outbox.deliver(&sub, AckMode::Auto, &progress("T1", 1, false), None);
+        outbox.close();
+        // Held: the SEND's receipt and the close; a delivery is not an answer.
+        assert_eq!(bodies(&outbox), [r#"{"taskNo":"T1","progress":1}"#]);
+        stored.send(Ok(())).unwrap();
+        let mut batch = VecDeque::new();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !batch.iter().any(|i| matches!(i, Outgoing::Close(_))) {
+                let mut next = VecDeque::new();
+                outbox.next_batch(&mut next).await;
+                batch.extend(next);
+            }
+        })
+        .await
+        .expect("the held answers come once the step ends");
+        let kinds: Vec<&str> = batch
+            .iter()
+            .map(|i| match i {
+                Outgoing::Receipt(_) => "RECEIPT",
+                Outgoing::Close(_) => "CLOSE",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["other", "RECEIPT", "CLOSE"]);
+
+        // A step that fails can fail the connection; what it held never goes out.
+        let outbox = Arc::new(Outbox::new(2, 1 << 20, 10));
+        let step = async { Err::<(), _>("queue full".to_owned()) }.boxed();
+        let (release, held) = tokio::sync::oneshot::channel::<()>();
+        let gate = async move {
+            let _ = held.await;
+            Ok::<(), String>(())
+        }
+        .boxed();
+        outbox.after(gate, |_: &Outbox, _: String| {});
+        outbox.receipt("r1".into());
+        outbox.after(step, |outbox: &Outbox, message: String| {
+            outbox.fail(&message, None, "refused".into());
+        });
+        release.send(()).unwrap();
+        let mut batch = VecDeque::new();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !batch.iter().any(|i| matches!(i, Outgoing::Close(_))) {
+                let mut next = VecDeque::new();
+                outbox.next_batch(&mut next).await;
+                batch.extend(next);
+            }
+        })
+        .await
+        .expect("the failure closes");
+        assert!(matches!(batch.front(), Some(Outgoing::Error(_))), "{batch:?}");
+        assert!(!batch.iter().any(|i| matches!(i, Outgoing::Receipt(_))), "{batch:?}");
+    }
+
     #[test]
     fn a_full_buffer_merges_progress_but_keeps_status_changes() {
         let sub: Arc<str> = Arc::from("s");
