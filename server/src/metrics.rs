@@ -346,6 +346,12 @@ impl Metrics {
         }
     }
 
+    /// A task of `executor` in `status` left this node unfinished (another node took it
+    /// over): it no longer counts here.
+    pub fn task_left(&self, executor: &str, status: &str) {
+        self.tasks.get(&[("executor", executor), ("status", status)]).dec();
+    }
+
     /// A task of `executor` failed as stalled (also counted as `failed`).
     pub fn task_stalled(&self, executor: &str) {
         self.tasks_stalled.get(&[("executor", executor)]).inc();

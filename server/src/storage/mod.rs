@@ -332,7 +332,7 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 
     /// Holds `node`'s leases on `tasks` until `until` (ms): a task without a lease gets one,
     /// `node`'s are extended, another node's is left alone; leases of finished tasks are
-    /// forgotten. Returns the tasks of `tasks` whose lease another node holds.
+    /// forgotten. Returns the tasks of `tasks` whose lease another node holds, or that ended.
     async fn renew_leases(
         &self,
         node: &str,

@@ -264,8 +264,12 @@ impl Storage for SqlStorage {
         .await?;
         let mut lost = Vec::new();
         for task_no in tasks {
+            // A task that ended meanwhile (another node took it over and finished it) gets
+            // no lease: it is lost too.
             let holder: Option<String> = sqlx::query_scalar(
-                "INSERT INTO task_leases (task_no, node, until) VALUES ($1, $2, $3) \
+                "INSERT INTO task_leases (task_no, node, until) SELECT $1, $2, $3 \
+                 WHERE EXISTS (SELECT 1 FROM tasks WHERE task_no = $1 \
+                 AND status NOT IN ('completed', 'failed')) \
                  ON CONFLICT (task_no) DO UPDATE SET until = excluded.until \
                  WHERE task_leases.node = excluded.node RETURNING node",
             )

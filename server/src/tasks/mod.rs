@@ -207,6 +207,9 @@ struct LiveTask {
     job: Job,
     state: tokio::sync::Mutex<LiveState>,
     cancelled: Notify,
+    /// Another node took it over (this one's lease ran out): nothing more is written here,
+    /// and its executor stops without cancelling the work the other node follows.
+    abandoned: std::sync::atomic::AtomicBool,
 }
 
 impl LiveTask {
@@ -305,8 +308,10 @@ impl TaskService {
         let lost = self.inner.storage.renew_leases(node, &mine, now + lease).await?;
         for task_no in lost {
             // Paused longer than its lease (or cut off from the database): another node
-            // runs it now, and storage refuses whichever of the two writes after the end.
-            tracing::warn!(task = %task_no, "another node took this task over");
+            // runs it now. This one stops its part and writes nothing more for it (one write
+            // under way may still land; storage keeps the first final status either way).
+            tracing::warn!(task = %task_no, "another node took this task over; stopping it here");
+            self.abandon(&task_no).await;
         }
         if self.inner.draining.load(std::sync::atomic::Ordering::Relaxed) {
             // What is left when this node stops is for the others.
@@ -315,6 +320,19 @@ impl TaskService {
         let taken = self.inner.storage.take_over(node, now, now - lease, now + lease).await?;
         self.recover(taken, Recovery::TakeOver).await;
         Ok(())
+    }
+
+    /// Stops running `task_no` here without writing anything: another node holds it now.
+    async fn abandon(&self, task_no: &str) {
+        let Some(live) = self.inner.live.lock().remove(task_no) else { return };
+        live.abandoned.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Waits for a write under way; none starts after it.
+        let status = live.state.lock().await.current.status;
+        if let Some(lane) = live.lane {
+            self.inner.lanes[lane].remove(task_no);
+        }
+        live.cancelled.notify_one();
+        self.inner.metrics.task_left(live.executor(), status.as_str());
     }
 
     /// The storage the service writes to.
@@ -445,6 +463,7 @@ impl TaskService {
                 last_report: Instant::now(),
             }),
             cancelled: Notify::new(),
+            abandoned: std::sync::atomic::AtomicBool::new(false),
         });
         let mut tasks = self.inner.live.lock();
         let active = tasks.values().filter(|t| t.owner == owner).count();
@@ -481,7 +500,9 @@ impl TaskService {
         change: TaskChange,
         replaceable: bool,
     ) -> bool {
-        if state.current.status.is_terminal() {
+        if state.current.status.is_terminal()
+            || live.abandoned.load(std::sync::atomic::Ordering::Relaxed)
+        {
             return false;
         }
         let next = change.state().clone();
@@ -645,7 +666,11 @@ impl TaskService {
         let outcome = tokio::select! {
             outcome = lane.executor.run(job, &progress) => outcome,
             () = live.cancelled.notified() => {
-                lane.executor.cancel(job).await;
+                // An abandoned task's work is the other node's now (a ComfyUI prompt it
+                // follows by id): only this node's part stops.
+                if !live.abandoned.load(std::sync::atomic::Ordering::Relaxed) {
+                    lane.executor.cancel(job).await;
+                }
                 return;
             }
         };

@@ -543,3 +543,63 @@ async fn a_dead_nodes_unacknowledged_queue_messages_go_to_a_consumer_elsewhere()
     assert_eq!(message.header("message-id"), held.header("message-id"));
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn a_paused_node_whose_task_was_taken_over_stops_its_part_when_it_wakes() {
+    let cluster = cluster_with(|config| config.settings.cluster.lease_s = 3).await;
+    let data = tempfile::tempdir().unwrap();
+    let redis_url = cluster.redis.url();
+    let mut paused = spawn_with(
+        data.path(),
+        &[
+            ("TASKPULSE_JWT_SECRET", TEST_SECRET),
+            ("TASKPULSE_STORAGE_URL", &cluster.database),
+            ("TASKPULSE_CLUSTER_REDIS_URL", &redis_url),
+            ("TASKPULSE_CLUSTER_LEASE_S", "3"),
+            ("TASKPULSE_DEMO_DURATION_MS", "60000"),
+            ("TASKPULSE_DEMO_STEPS", "60"),
+        ],
+    );
+    let alice = cluster.nodes[0].api().register("alice").await;
+    let mut on_a = cluster.nodes[0].client_with(&alice).await;
+    on_a.subscribe("tasks", TASKS_DESTINATION, "auto").await;
+    let task = Api::new(paused.addr).submit(&alice, "a lighthouse").await;
+    loop {
+        let update: Value = serde_json::from_slice(&on_a.recv().await.body).unwrap();
+        if update["taskNo"] == task.as_str() && update["status"] == "processing" {
+            break;
+        }
+    }
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, &paused.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    // Paused past its lease: another node takes the task over and finishes it.
+    signal("-STOP");
+    let seen = on_a.updates_until_done(&task).await;
+    let ends = seen.iter().filter(|u| u.status.is_terminal()).count();
+    assert_eq!((seen.last().unwrap().status, ends), (TaskStatus::Completed, 1), "{seen:#?}");
+
+    // Awake again, the paused node learns at its next renewal that the task is not its own
+    // any more, and stops running it (its demo would otherwise go on for a minute).
+    signal("-CONT");
+    let metrics_url = format!("http://{}/metrics", paused.addr);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
+        let running = text
+            .lines()
+            .find(|l| l.starts_with("taskpulse_tasks{") && l.contains("status=\"processing\""));
+        if running.is_some_and(|l| l.ends_with(" 0")) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still running: {running:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    on_a.expect_nothing(Duration::from_millis(500)).await;
+    paused.kill();
+    cluster.stop().await;
+}

@@ -354,6 +354,9 @@ async fn a_tasks_lease_moves_only_when_it_expired(db: Db) {
     let names: Vec<&str> = taken.iter().map(|t| t.state.task_no.as_str()).collect();
     assert_eq!(names, ["T1", "T3"]);
     assert_eq!(db.renew_leases("n1", &["T1".into()], 9_000).await.unwrap(), ["T1"], "lost");
+    // A task that ended (another node finished it) is lost too, and gets no lease again.
+    assert_eq!(db.renew_leases("n1", &["T4".into()], 9_000).await.unwrap(), ["T4"], "ended");
+    assert_eq!(db.renew_leases("n1", &["T4".into()], 9_000).await.unwrap(), ["T4"], "no lease");
 }
 
 /// Runs every check, each on a database from `fresh`.
