@@ -86,6 +86,8 @@ pub(crate) enum Body {
     Hello,
     /// Queue `name` has a new message in its stream.
     Queued { name: String },
+    /// The sender dropped a numbered message of `user` on the way out: read the log.
+    Behind { user: String },
 }
 
 /// A queue message as its stream keeps it (one field, `m`): what a consumer on any node

@@ -172,6 +172,9 @@ struct Inner {
     reader: Reader,
     /// Queues consumed here, by name.
     consuming: Mutex<HashMap<String, Arc<queues::Consuming>>>,
+    /// Users one of whose numbered messages was dropped on the way out: the other nodes are
+    /// told to read their log (see [`tell_behind`]).
+    behind: Mutex<std::collections::HashSet<String>>,
     /// Queue names this node saw registered (see `limits.queues`).
     queue_names: Mutex<std::collections::HashSet<String>>,
     started: std::time::Instant,
@@ -230,6 +233,7 @@ impl Bus {
                 reader,
                 consuming: Mutex::default(),
                 queue_names: Mutex::default(),
+                behind: Mutex::default(),
                 started: std::time::Instant::now(),
                 hashing: std::collections::hash_map::RandomState::new(),
                 commands,
@@ -245,6 +249,7 @@ impl Bus {
         };
         tokio::spawn(subscribe(Arc::downgrade(&bus.inner), client, requests));
         tokio::spawn(alive(Arc::downgrade(&bus.inner)));
+        tokio::spawn(tell_behind(Arc::downgrade(&bus.inner)));
         bus.inner.send(CONTROL.to_owned(), Body::Hello);
         if broker.set_relay(Arc::new(bus.clone())).is_err() {
             tracing::warn!("the broker already had a relay; this bus is not used");
@@ -306,6 +311,26 @@ async fn alive(inner: Weak<Inner>) {
     }
 }
 
+/// How often a node tells the others about users whose numbered messages it dropped.
+const BEHIND_EVERY: Duration = Duration::from_millis(500);
+
+/// Tells the other nodes, once the outgoing queue has room again, to read the log of each
+/// user one of whose numbered messages was dropped on the way out (without it they would
+/// notice only at that user's next message).
+async fn tell_behind(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(BEHIND_EVERY).await;
+        let Some(node) = inner.upgrade() else { return };
+        let users: Vec<String> = node.behind.lock().drain().collect();
+        for user in users {
+            let body = Body::Behind { user: user.clone() };
+            if !node.send(user_channel(&user), body) {
+                node.behind.lock().insert(user);
+            }
+        }
+    }
+}
+
 /// The peer `node`, heard from now.
 fn peer<'a>(peers: &'a mut HashMap<String, Peer>, node: &str) -> &'a mut Peer {
     let peer = peers.entry(node.to_owned()).or_insert_with(|| Peer {
@@ -336,12 +361,12 @@ impl Inner {
         self.send(CONTROL.to_owned(), body);
     }
 
-    fn send(&self, channel: String, body: Body) {
+    /// Publishes `body` on `channel`; false when it was dropped (see [`Inner::submit`]).
+    fn send(&self, channel: String, body: Body) -> bool {
         let envelope = Envelope { node: self.node.clone(), sent_at: now_ms(), body };
         let bytes = envelope.encode();
         let route = channel.clone();
-        // The other nodes fill numbered messages from storage at their next gap.
-        self.submit(&route, Outgoing::Publish(channel, bytes));
+        self.submit(&route, Outgoing::Publish(channel, bytes))
     }
 
     /// Queues `item` on the publishing connection of `route` (a channel or a queue name),
@@ -619,6 +644,12 @@ impl Inner {
                 }
             }
             Body::Queued { name } => self.wake_queue(&name),
+            Body::Behind { user } => {
+                if self.follower(&user).is_some() {
+                    let node = self.clone();
+                    tokio::spawn(async move { node.fill(&user, true).await });
+                }
+            }
         }
     }
 }
@@ -664,7 +695,10 @@ impl Relay for Bus {
         let wire = Wire::of(&publication);
         let seq = wire.seq();
         let body = Body::User { user: user.to_owned(), path: path.to_owned(), message: wire };
-        self.inner.send(user_channel(user), body);
+        if !self.inner.send(user_channel(user), body) && seq.is_some() {
+            // The other nodes would see the gap only at this user's next message.
+            self.inner.behind.lock().insert(user.to_owned());
+        }
         let Some(seq) = seq else {
             return self.inner.broker.deliver_to_user(user, path, publication);
         };
