@@ -189,6 +189,8 @@ TASKPULSE_<SECTION>_<KEY>, e.g. TASKPULSE_JWT_SECRET; variables win over the fil
   lease_s = 30             a node holds a lease on each task it runs, renewed every third of
                            this; a task whose lease ran out (its node died) is taken over by
                            another node and restarted or followed again
+  sharded = false          redis_url is one node of a Redis Cluster: the bus uses sharded
+                           pub/sub (SPUBLISH/SSUBSCRIBE), each channel on its slot's shard
 ";
 
 /// The command line. Everything else comes from [`Settings`].
@@ -973,11 +975,13 @@ pub struct ClusterSettings {
     pub gap_wait_ms: u64,
     /// How long a node's lease on a task lasts unless renewed, seconds.
     pub lease_s: u64,
+    /// `redis_url` is one node of a Redis Cluster: sharded pub/sub, commands by slot.
+    pub sharded: bool,
 }
 
 impl Default for ClusterSettings {
     fn default() -> Self {
-        ClusterSettings { redis_url: String::new(), gap_wait_ms: 50, lease_s: 30 }
+        ClusterSettings { redis_url: String::new(), gap_wait_ms: 50, lease_s: 30, sharded: false }
     }
 }
 

@@ -13,6 +13,6 @@ mod stomp;
 
 pub use postgres::Postgres;
 pub use process::ServerProcess;
-pub use redis::Redis;
+pub use redis::{Redis, RedisCluster};
 #[cfg(feature = "client")]
 pub use stomp::{PATIENCE, Socket, StompClient, StompError, frame, token};

@@ -128,20 +128,99 @@ struct Followed {
     follower: Arc<tokio::sync::Mutex<Follower>>,
 }
 
-/// What a publishing connection sends: a publication, or a command (answered with its
-/// value, or with why it failed, when `reply` is given).
+/// What a publishing connection sends: a publication, or a command on `key` (answered with
+/// its value, or with why it failed, when `reply` is given).
 enum Outgoing {
     Publish(String, Vec<u8>),
-    Command(redis::Cmd, Option<oneshot::Sender<Result<redis::Value, String>>>),
+    Command {
+        command: redis::Cmd,
+        key: String,
+        reply: Option<oneshot::Sender<Result<redis::Value, String>>>,
+    },
 }
 
-/// The connection a node reads queues' streams on.
-#[derive(Clone)]
-struct Reader(ConnectionManager);
+impl Outgoing {
+    /// A command on `key` nobody waits for.
+    fn command(key: &str, command: redis::Cmd) -> Outgoing {
+        Outgoing::Command { command, key: key.to_owned(), reply: None }
+    }
 
-impl std::fmt::Debug for Reader {
+    /// What decides its slot on a Redis Cluster: the key's (or channel's) hash tag, else the
+    /// whole name. Items with the same one may share a pipeline.
+    fn slot_key(&self) -> &str {
+        let name = match self {
+            Outgoing::Publish(channel, _) => channel,
+            Outgoing::Command { key, .. } => key,
+        };
+        let tag = name.find('{').and_then(|open| {
+            let rest = &name[open + 1..];
+            rest.find('}').filter(|close| *close > 0).map(|close| &rest[..close])
+        });
+        tag.unwrap_or(name)
+    }
+}
+
+/// A connection to the bus: one Redis server, or a Redis Cluster (each command sent to its
+/// slot's shard). Cheap to clone: both multiplex.
+#[derive(Clone)]
+enum Link {
+    Single(ConnectionManager),
+    /// The client too: a cluster connection that lost a shard may not find it again when
+    /// it comes back, so a new one is made (see [`Link::reconnect`]).
+    Cluster(Box<redis::cluster::ClusterClient>, redis::cluster_async::ClusterConnection),
+}
+
+impl Link {
+    /// After `unreachable` errors: on a Redis Cluster, a new connection (the old one may
+    /// keep failing for a shard that came back); a single server's connection manager
+    /// reconnects by itself.
+    async fn reconnect(&mut self) {
+        if let Link::Cluster(client, connection) = self {
+            match client.get_async_connection().await {
+                Ok(fresh) => *connection = fresh,
+                Err(e) => tracing::debug!("reconnecting to the Redis Cluster failed: {e}"),
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Reader")
+        f.write_str(match self {
+            Link::Single(_) => "Link::Single",
+            Link::Cluster(..) => "Link::Cluster",
+        })
+    }
+}
+
+impl redis::aio::ConnectionLike for Link {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Link::Single(c) => c.req_packed_command(cmd),
+            Link::Cluster(_, c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Link::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Link::Cluster(_, c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Link::Single(c) => c.get_db(),
+            Link::Cluster(_, c) => c.get_db(),
+        }
     }
 }
 
@@ -168,8 +247,11 @@ struct Inner {
     gap_wait: Duration,
     /// One queue per publishing connection, chosen by the channel's (or queue's) hash.
     outgoing: Vec<mpsc::Sender<Outgoing>>,
-    /// For reading queues' streams (commands that do not block).
-    reader: Reader,
+    /// For reading queues' streams (commands that do not block); replaced by a new one
+    /// when it fails (see [`Link::reconnect`]).
+    reader: Mutex<Link>,
+    /// The bus is a Redis Cluster: sharded pub/sub.
+    sharded: bool,
     /// Queues consumed here, by name.
     consuming: Mutex<HashMap<String, Arc<queues::Consuming>>>,
     /// Users one of whose numbered messages was dropped on the way out: the other nodes are
@@ -209,15 +291,30 @@ impl Bus {
     ) -> Result<Bus, BusError> {
         let shown = redacted(&settings.redis_url);
         let unreachable = |source| BusError::Redis { url: shown.clone(), source };
-        let client = redis::Client::open(settings.redis_url.as_str()).map_err(unreachable)?;
+        let url = settings.redis_url.as_str();
+        let mut links = Vec::with_capacity(PUBLISHERS + 1);
+        if settings.sharded {
+            // One multiplexed connection per shard, shared; commands go by slot.
+            let client = redis::cluster::ClusterClient::new(vec![url]).map_err(unreachable)?;
+            let connection = client.get_async_connection().await.map_err(unreachable)?;
+            let link = Link::Cluster(Box::new(client), connection);
+            links.resize(PUBLISHERS + 1, link);
+        } else {
+            let client = redis::Client::open(url).map_err(unreachable)?;
+            for _ in 0..=PUBLISHERS {
+                let link = ConnectionManager::new(client.clone()).await.map_err(unreachable)?;
+                links.push(Link::Single(link));
+            }
+        }
+        let reader = links.pop().ok_or_else(|| {
+            unreachable(redis::RedisError::from((redis::ErrorKind::ClientError, "no connection")))
+        })?;
         let mut outgoing = Vec::with_capacity(PUBLISHERS);
-        for _ in 0..PUBLISHERS {
-            let connection = ConnectionManager::new(client.clone()).await.map_err(unreachable)?;
+        for link in links {
             let (queue_in, queue) = mpsc::channel(OUTGOING);
-            tokio::spawn(publish(connection, queue));
+            tokio::spawn(publish(link, queue, settings.sharded));
             outgoing.push(queue_in);
         }
-        let reader = Reader(ConnectionManager::new(client.clone()).await.map_err(unreachable)?);
         let epoch = Arc::from(storage.epoch().await?);
         let (commands, requests) = mpsc::unbounded_channel();
         let node = crate::secret::random_hex(8).unwrap_or_else(|_| format!("{}", now_ms()));
@@ -230,7 +327,8 @@ impl Bus {
                 epoch,
                 gap_wait: Duration::from_millis(settings.gap_wait_ms),
                 outgoing,
-                reader,
+                reader: Mutex::new(reader),
+                sharded: settings.sharded,
                 consuming: Mutex::default(),
                 queue_names: Mutex::default(),
                 behind: Mutex::default(),
@@ -247,7 +345,21 @@ impl Bus {
                 peers: Mutex::default(),
             }),
         };
-        tokio::spawn(subscribe(Arc::downgrade(&bus.inner), client, requests));
+        if settings.sharded {
+            // Pub/sub over a cluster connection needs RESP3: messages come as pushes.
+            let (pushes_in, pushes) = mpsc::unbounded_channel();
+            let client = redis::cluster::ClusterClientBuilder::new(vec![url])
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(pushes_in)
+                .build()
+                .map_err(unreachable)?;
+            let connection = client.get_async_connection().await.map_err(unreachable)?;
+            let weak = Arc::downgrade(&bus.inner);
+            tokio::spawn(subscribe_sharded(weak, client, connection, pushes, requests));
+        } else {
+            let client = redis::Client::open(url).map_err(unreachable)?;
+            tokio::spawn(subscribe(Arc::downgrade(&bus.inner), client, requests));
+        }
         tokio::spawn(alive(Arc::downgrade(&bus.inner)));
         tokio::spawn(tell_behind(Arc::downgrade(&bus.inner)));
         bus.inner.send(CONTROL.to_owned(), Body::Hello);
@@ -310,6 +422,9 @@ async fn alive(inner: Weak<Inner>) {
         node.peers.lock().retain(|_, peer| peer.seen.elapsed() < GONE_AFTER);
     }
 }
+
+/// How often a node on a Redis Cluster tries to subscribe again after losing a shard.
+const RESUBSCRIBE_EVERY: Duration = Duration::from_millis(500);
 
 /// How often a node tells the others about users whose numbered messages it dropped.
 const BEHIND_EVERY: Duration = Duration::from_millis(500);
@@ -831,55 +946,117 @@ impl Relay for Bus {
 }
 
 /// Sends what the node publishes and the queue commands it runs, in order, a pipeline per
-/// batch. A batch that fails on the way (the connection) is sent again until Redis takes it
-/// (the connection manager reconnects meanwhile): a message lost here could be the last of
-/// its user for a while, and no later one would show the gap. (So a queue message can be
-/// stored twice when the connection fails after Redis ran its batch.) A batch Redis ran and
-/// answered with an error is not sent again.
-async fn publish(mut connection: ConnectionManager, mut queue: mpsc::Receiver<Outgoing>) {
+/// batch (on a Redis Cluster, a pipeline per slot: one may not cross slots; what shares a
+/// channel or a queue shares a slot, so it keeps its order). A pipeline that fails on the
+/// way (the connection) is sent again until Redis takes it (the connection reconnects
+/// meanwhile): a message lost here could be the last of its user for a while, and no later
+/// one would show the gap. (So a queue message can be stored twice when the connection fails
+/// after Redis ran its batch.) A pipeline Redis ran and answered with an error is not sent
+/// again.
+async fn publish(mut connection: Link, mut queue: mpsc::Receiver<Outgoing>, sharded: bool) {
     let mut batch = Vec::with_capacity(BATCH);
     while queue.recv_many(&mut batch, BATCH).await > 0 {
-        let mut pipe = redis::pipe();
-        let mut replies = Vec::new();
+        let mut groups: Vec<(String, Pipelined)> = Vec::new();
         for item in batch.drain(..) {
-            match item {
-                Outgoing::Publish(channel, bytes) => {
-                    pipe.cmd("PUBLISH").arg(channel).arg(bytes).ignore();
+            let slot = if sharded { item.slot_key().to_owned() } else { String::new() };
+            let index = match groups.iter().position(|(s, _)| *s == slot) {
+                Some(index) => index,
+                None => {
+                    groups.push((slot, Pipelined::default()));
+                    groups.len() - 1
                 }
-                Outgoing::Command(command, Some(reply)) => {
-                    pipe.add_command(command);
-                    replies.push(reply);
-                }
-                Outgoing::Command(command, None) => {
-                    pipe.add_command(command).ignore();
-                }
+            };
+            groups[index].1.add(item, sharded);
+        }
+        let queue = &queue;
+        let runs = groups.into_iter().map(|(_, group)| group.run(connection.clone(), queue));
+        for (sent, link) in futures_util::future::join_all(runs).await {
+            if !sent {
+                return;
+            }
+            // A pipeline that had to reconnect hands its new connection on.
+            if let Some(link) = link {
+                connection = link;
             }
         }
+    }
+}
+
+/// Whether `e` says Redis (or a shard of it) could not be reached, rather than that it ran
+/// the commands and refused one: then they are sent again.
+fn unreachable(e: &redis::RedisError) -> bool {
+    use redis::ErrorKind::{
+        BusyLoadingError, ClusterConnectionNotFound, ClusterDown, MasterDown, TryAgain,
+    };
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || matches!(
+            e.kind(),
+            ClusterConnectionNotFound | ClusterDown | TryAgain | MasterDown | BusyLoadingError
+        )
+}
+
+/// One pipeline of a batch, and who waits for which of its answers.
+#[derive(Default)]
+struct Pipelined {
+    pipe: redis::Pipeline,
+    replies: Vec<oneshot::Sender<Result<redis::Value, String>>>,
+}
+
+impl Pipelined {
+    fn add(&mut self, item: Outgoing, sharded: bool) {
+        match item {
+            Outgoing::Publish(channel, bytes) => {
+                let command = if sharded { "SPUBLISH" } else { "PUBLISH" };
+                self.pipe.cmd(command).arg(channel).arg(bytes).ignore();
+            }
+            Outgoing::Command { command, reply: Some(reply), .. } => {
+                self.pipe.add_command(command);
+                self.replies.push(reply);
+            }
+            Outgoing::Command { command, reply: None, .. } => {
+                self.pipe.add_command(command).ignore();
+            }
+        }
+    }
+
+    /// Sends the pipeline until it went through; false when the node is gone meanwhile.
+    /// Returns the new connection too if it had to make one.
+    async fn run(
+        mut self,
+        mut connection: Link,
+        queue: &mpsc::Receiver<Outgoing>,
+    ) -> (bool, Option<Link>) {
         let mut backoff = Duration::from_millis(50);
+        let mut reconnected = false;
         loop {
-            match pipe.query_async::<Vec<redis::Value>>(&mut connection).await {
+            match self.pipe.query_async::<Vec<redis::Value>>(&mut connection).await {
                 Ok(values) => {
-                    for (reply, value) in replies.drain(..).zip(values) {
+                    for (reply, value) in self.replies.drain(..).zip(values) {
                         let _ = reply.send(Ok(value));
                     }
-                    break;
+                    return (true, reconnected.then_some(connection));
                 }
-                Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
+                Err(e) if unreachable(&e) => {
                     if queue.is_closed() {
-                        return;
+                        return (false, None);
                     }
                     tracing::warn!(
                         "publishing on the bus failed: {e}; trying again in {backoff:?}"
                     );
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
+                    connection.reconnect().await;
+                    reconnected = true;
                 }
                 Err(e) => {
                     tracing::warn!("Redis refused part of a batch: {e}");
-                    for reply in replies.drain(..) {
+                    for reply in self.replies.drain(..) {
                         let _ = reply.send(Err(e.to_string()));
                     }
-                    break;
+                    return (true, reconnected.then_some(connection));
                 }
             }
         }
@@ -958,5 +1135,115 @@ async fn subscribe(
             node.connected.store(false, std::sync::atomic::Ordering::Relaxed);
         }
         tracing::warn!("the bus connection was lost; reconnecting");
+    }
+}
+
+/// [`subscribe`] on a Redis Cluster: every channel (each user's, topic's, node's and
+/// queue's, and the control channel) is subscribed on its slot's shard (`SSUBSCRIBE`), and
+/// messages come as RESP3 pushes. After a connection to a shard is lost, a new connection
+/// subscribes every wanted channel, every [`RESUBSCRIBE_EVERY`] until all succeed; then every
+/// followed user's log is read from where it stood.
+async fn subscribe_sharded(
+    inner: Weak<Inner>,
+    client: redis::cluster::ClusterClient,
+    mut connection: redis::cluster_async::ClusterConnection,
+    mut pushes: mpsc::UnboundedReceiver<redis::PushInfo>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    async fn join(
+        connection: &mut redis::cluster_async::ClusterConnection,
+        channel: &str,
+        on: bool,
+    ) -> redis::RedisResult<()> {
+        if on {
+            connection.ssubscribe(channel).await
+        } else {
+            connection.sunsubscribe(channel).await
+        }
+    }
+    let channels: Vec<String> = match inner.upgrade() {
+        Some(node) => node.channels.lock().keys().cloned().collect(),
+        None => return,
+    };
+    for channel in &channels {
+        if let Err(e) = join(&mut connection, channel, true).await {
+            tracing::warn!(%channel, "subscribing on the bus failed: {e}");
+        }
+    }
+    if let Some(node) = inner.upgrade() {
+        node.connected.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let mut lost = false;
+    loop {
+        let retry = async {
+            if lost {
+                tokio::time::sleep(RESUBSCRIBE_EVERY).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            () = retry => {
+                let Some(node) = inner.upgrade() else { return };
+                // A new connection: the old one may keep a subscription that no longer
+                // receives (seen when a shard came back), and its sockets close with it.
+                match client.get_async_connection().await {
+                    Ok(fresh) => connection = fresh,
+                    Err(e) => {
+                        tracing::debug!("reconnecting to the Redis Cluster failed: {e}");
+                        continue;
+                    }
+                }
+                let channels: Vec<String> = node.channels.lock().keys().cloned().collect();
+                let mut all = true;
+                for channel in &channels {
+                    all &= join(&mut connection, channel, true).await.is_ok();
+                }
+                if all {
+                    lost = false;
+                    node.connected.store(true, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(channels = channels.len(), "the bus is back; reading what was missed");
+                    let users: Vec<String> = node.users.lock().keys().cloned().collect();
+                    for user in users {
+                        let node = node.clone();
+                        tokio::spawn(async move { node.fill(&user, true).await });
+                    }
+                }
+            }
+            command = commands.recv() => match command {
+                Some(Command::Subscribe(channel, done)) => {
+                    match join(&mut connection, &channel, true).await {
+                        Ok(()) => if let Some(done) = done { let _ = done.send(()); },
+                        // The connection subscribes again once it is back.
+                        Err(e) => tracing::warn!(%channel, "subscribing on the bus failed: {e}"),
+                    }
+                }
+                Some(Command::Unsubscribe(channel)) => {
+                    if let Err(e) = join(&mut connection, &channel, false).await {
+                        tracing::warn!(%channel, "unsubscribing on the bus failed: {e}");
+                    }
+                }
+                None => return,
+            },
+            push = pushes.recv() => {
+                let Some(push) = push else { return };
+                let Some(node) = inner.upgrade() else { return };
+                match push.kind {
+                    redis::PushKind::Message | redis::PushKind::SMessage => {
+                        if let Some(redis::Value::BulkString(payload)) = push.data.get(1) {
+                            node.receive(payload);
+                        }
+                    }
+                    redis::PushKind::Disconnection => {
+                        if !lost {
+                            tracing::warn!("a bus connection was lost; subscribing again");
+                        }
+                        node.connected.store(false, std::sync::atomic::Ordering::Relaxed);
+                        lost = true;
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 }

@@ -64,20 +64,22 @@ return 1
 ";
 
 /// Appends entry `ARGV[3]` to stream `KEYS[1]` (group `ARGV[1]`) unless it holds `ARGV[2]`
-/// messages already, and publishes notice `ARGV[5]` on channel `ARGV[4]`. Returns 1 when
-/// stored, 0 when the queue is full.
+/// messages already, and publishes notice `ARGV[5]` on channel `ARGV[4]` (with `ARGV[6]`:
+/// `PUBLISH`, or `SPUBLISH` on a Redis Cluster). Returns 1 when stored, 0 when the queue is
+/// full.
 const ENQUEUE: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
 end
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
 redis.call('XADD', KEYS[1], '*', 'm', ARGV[3])
-redis.call('PUBLISH', ARGV[4], ARGV[5])
+redis.call(ARGV[6], ARGV[4], ARGV[5])
 return 1
 ";
 
 /// Removes entry `ARGV[2]` from stream `KEYS[1]` (acknowledged in group `ARGV[1]`) and
-/// appends `ARGV[3]` in its place at the end, then publishes notice `ARGV[5]` on `ARGV[4]`.
+/// appends `ARGV[3]` in its place at the end, then publishes notice `ARGV[5]` on `ARGV[4]`
+/// (with `ARGV[6]`).
 const GIVE_BACK: &str = r"
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
@@ -85,7 +87,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
 end
 redis.call('XADD', KEYS[1], '*', 'm', ARGV[3])
-redis.call('PUBLISH', ARGV[4], ARGV[5])
+redis.call(ARGV[6], ARGV[4], ARGV[5])
 return 1
 ";
 
@@ -128,10 +130,10 @@ impl Inner {
         if !self.queue_names.lock().contains(&name) {
             let mut register = redis::cmd("EVAL");
             register.arg(REGISTER).arg(1).arg(QUEUE_NAMES).arg(&name).arg(queues);
-            if self.call(&name, register).await? != Value::Int(1) {
+            if self.call(&name, QUEUE_NAMES, register).await? != Value::Int(1) {
                 return Err(RouteError::QueuesFull(format!(
                     "there are already {queues} queues (limits.queues, across the servers); \
-                     /queue/{name} cannot be created"
+                     {name} cannot be created"
                 )));
             }
             let mut known = self.queue_names.lock();
@@ -140,21 +142,28 @@ impl Inner {
             }
             known.insert(name.clone());
         }
+        let key = queue_key(&name);
         let mut store = redis::cmd("EVAL");
         store
             .arg(ENQUEUE)
             .arg(1)
-            .arg(queue_key(&name))
+            .arg(&key)
             .arg(GROUP)
             .arg(pending)
             .arg(entry)
             .arg(queue_channel(&name))
-            .arg(self.notice(&name));
-        if self.call(&name, store).await? != Value::Int(1) {
+            .arg(self.notice(&name))
+            .arg(self.publish_command());
+        if self.call(&name, &key, store).await? != Value::Int(1) {
             return Err(RouteError::QueueFull { queue: name, limit: pending });
         }
         self.wake_queue(&name);
         Ok(())
+    }
+
+    /// The command that publishes on a user's, topic's or queue's channel.
+    fn publish_command(&self) -> &'static str {
+        if self.sharded { "SPUBLISH" } else { "PUBLISH" }
     }
 
     /// A [`Body::Queued`] notice for queue `name`, as bytes.
@@ -165,9 +174,10 @@ impl Inner {
 
     /// Runs `command` on the publishing connection of `route` (after what this node sent
     /// there before) and returns its answer.
-    async fn call(&self, route: &str, command: redis::Cmd) -> Result<Value, RouteError> {
+    async fn call(&self, route: &str, key: &str, command: redis::Cmd) -> Result<Value, RouteError> {
         let (reply, answer) = oneshot::channel();
-        if !self.submit(route, Outgoing::Command(command, Some(reply))) {
+        let item = Outgoing::Command { command, key: key.to_owned(), reply: Some(reply) };
+        if !self.submit(route, item) {
             return Err(RouteError::Unavailable(
                 "the queue store's outgoing queue is full; try again".into(),
             ));
@@ -199,8 +209,9 @@ impl Inner {
                     .arg(&**entry)
                     .arg(Entry::of(&message).encode())
                     .arg(queue_channel(name))
-                    .arg(self.notice(name));
-                self.submit(name, Outgoing::Command(give_back, None));
+                    .arg(self.notice(name))
+                    .arg(self.publish_command());
+                self.submit(name, Outgoing::command(&key, give_back));
             }
             // This node's own consumers (if any arrive) hear of it as the others do.
             self.wake_queue(name);
@@ -214,8 +225,8 @@ impl Inner {
         ack.arg(&key).arg(GROUP).arg(&entries);
         let mut delete = redis::cmd("XDEL");
         delete.arg(&key).arg(&entries);
-        self.submit(name, Outgoing::Command(ack, None));
-        self.submit(name, Outgoing::Command(delete, None));
+        self.submit(name, Outgoing::command(&key, ack));
+        self.submit(name, Outgoing::command(&key, delete));
     }
 
     /// Wakes the reader of queue `name`, if this node consumes it.
@@ -249,7 +260,7 @@ impl Inner {
     async fn take(&self, name: &str, count: usize) -> redis::RedisResult<Vec<Message>> {
         let key = queue_key(name);
         let options = StreamReadOptions::default().group(GROUP, &self.node).count(count);
-        let mut reader = self.reader.0.clone();
+        let mut reader = self.reader.lock().clone();
         let reply: redis::RedisResult<StreamReadReply> =
             reader.xread_options(&[&key], &[">"], &options).await;
         let reply = match reply {
@@ -274,7 +285,7 @@ impl Inner {
         let mut messages = Vec::with_capacity(ids.len());
         for id in ids {
             let bytes: Option<Vec<u8>> = id.get("m");
-            match bytes.map(|b| Entry::decode(&b, format!("/queue/{name}"), &id.id)) {
+            match bytes.map(|b| Entry::decode(&b, name.to_owned(), &id.id)) {
                 Some(Ok(mut message)) => {
                     message.redelivered |= claimed;
                     messages.push(message);
@@ -285,8 +296,8 @@ impl Inner {
                     ack.arg(queue_key(name)).arg(GROUP).arg(&id.id);
                     let mut delete = redis::cmd("XDEL");
                     delete.arg(queue_key(name)).arg(&id.id);
-                    self.submit(name, Outgoing::Command(ack, None));
-                    self.submit(name, Outgoing::Command(delete, None));
+                    self.submit(name, Outgoing::command(&queue_key(name), ack));
+                    self.submit(name, Outgoing::command(&queue_key(name), delete));
                 }
             }
         }
@@ -301,7 +312,7 @@ impl Inner {
             return Ok(());
         }
         let key = queue_key(name);
-        let mut reader = self.reader.0.clone();
+        let mut reader = self.reader.lock().clone();
         let consumers: StreamInfoConsumersReply = match reader.xinfo_consumers(&key, GROUP).await {
             Err(e) if e.code() == Some("NOGROUP") || e.code() == Some("ERR") => return Ok(()),
             other => other?,
@@ -362,11 +373,11 @@ impl Inner {
         release.arg(RELEASE).arg(1).arg(queue_key(&name)).arg(GROUP).arg(&self.node);
         let inner = self.clone();
         tokio::spawn(async move {
-            if inner.call(&name, release).await == Ok(Value::Int(1)) {
+            if inner.call(&name, &queue_key(&name), release).await == Ok(Value::Int(1)) {
                 let mut forget = redis::cmd("SREM");
                 forget.arg(QUEUE_NAMES).arg(&name);
                 inner.queue_names.lock().remove(&name);
-                inner.submit(&name, Outgoing::Command(forget, None));
+                inner.submit(&name, Outgoing::command(QUEUE_NAMES, forget));
             }
         });
     }
@@ -391,9 +402,14 @@ async fn read_queue(inner: Weak<Inner>, name: String, state: Arc<Consuming>) {
                 }
                 Err(e) => {
                     tracing::warn!(queue = %name, "reading the queue failed: {e}; again in {backoff:?}");
+                    let mut reader = node.reader.lock().clone();
                     drop(node);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
+                    reader.reconnect().await;
+                    if let Some(node) = inner.upgrade() {
+                        *node.reader.lock() = reader;
+                    }
                     continue;
                 }
             }

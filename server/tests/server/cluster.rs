@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use taskpulse_shared::{TaskStatus, resume::TASKS_DESTINATION, stomp::Command};
-use taskpulse_testkit::Redis;
+use taskpulse_testkit::{Redis, RedisCluster};
 
 use crate::fixture::{
     Api, PATIENCE, Postgres, StompClient, TEST_SECRET, TestServer, body, spawn_with,
@@ -29,11 +29,20 @@ async fn cluster() -> Cluster {
 
 async fn cluster_with(tweak: impl Fn(&mut taskpulse_server::Config)) -> Cluster {
     let redis = Redis::start().unwrap();
+    let (nodes, database, postgres) = nodes_on(&redis.url(), tweak).await;
+    Cluster { nodes, redis, database, _postgres: postgres }
+}
+
+/// Three nodes on the bus at `redis_url` and a fresh PostgreSQL database.
+async fn nodes_on(
+    redis_url: &str,
+    tweak: impl Fn(&mut taskpulse_server::Config),
+) -> (Vec<TestServer>, String, Postgres) {
     let postgres = Postgres::start().unwrap();
     let database = postgres.fresh_database().unwrap();
     let mut nodes = Vec::new();
     for _ in 0..3 {
-        let (url, redis_url) = (database.clone(), redis.url());
+        let (url, redis_url) = (database.clone(), redis_url.to_owned());
         nodes.push(
             TestServer::stomp(|config| {
                 config.settings.storage.url = url;
@@ -47,7 +56,7 @@ async fn cluster_with(tweak: impl Fn(&mut taskpulse_server::Config)) -> Cluster 
             .await,
         );
     }
-    Cluster { nodes, redis, database, _postgres: postgres }
+    (nodes, database, postgres)
 }
 
 impl Cluster {
@@ -442,6 +451,7 @@ async fn queues_share_their_messages_between_consumers_on_every_node() {
     // Each consumer may hold one unacknowledged message, so each node takes one at a time:
     // the two share the seven, each exactly once.
     let (first_a, first_b) = (take(&mut on_a).await, take(&mut on_b).await);
+    assert_eq!(first_a.header("destination"), Some("/queue/jobs"), "{first_a:?}");
     let mut seen = vec![body(&first_a).to_owned(), body(&first_b).to_owned()];
     while seen.len() < 7 {
         for client in [&mut on_a, &mut on_b] {
@@ -602,4 +612,107 @@ async fn a_paused_node_whose_task_was_taken_over_stops_its_part_when_it_wakes() 
     on_a.expect_nothing(Duration::from_millis(500)).await;
     paused.kill();
     cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_redis_cluster_carries_the_bus_on_sharded_pub_sub() {
+    // Three shards: each user's, topic's and queue's channel (and queue stream) lives on its
+    // slot's shard; the control channel is plain pub/sub, which reaches every node.
+    let mut shards = RedisCluster::start().unwrap();
+    let (nodes, _, _postgres) =
+        nodes_on(&shards.url(), |config| config.settings.cluster.sharded = true).await;
+    let [a, b, c] = [&nodes[0], &nodes[1], &nodes[2]];
+    let alice = a.api().register("alice").await;
+    let mut on_a = a.client_with(&alice).await;
+    on_a.subscribe("tasks", TASKS_DESTINATION, "auto").await;
+    let mut on_c = c.client_with(&alice).await;
+    on_c.subscribe("tasks", TASKS_DESTINATION, "auto").await;
+    let task = b.api().submit(&alice, "a lighthouse").await;
+    for client in [&mut on_a, &mut on_c] {
+        let seen = client.updates_until_done(&task).await;
+        assert_eq!(seen.last().map(|u| u.status), Some(TaskStatus::Completed), "{seen:#?}");
+    }
+
+    // Topics over several shards.
+    let mut bob_on_b = b.client_with(&b.token("bob")).await;
+    let mut carol_on_c = c.client_with(&c.token("carol")).await;
+    let topics = ["/topic/news", "/topic/sport", "/topic/weather", "/topic/chat.room"];
+    for topic in topics {
+        bob_on_b.subscribe(topic, topic, "auto").await;
+        carol_on_c.subscribe(topic, topic, "auto").await;
+    }
+    for topic in topics {
+        let news = json!({"destination": topic, "payload": {"on": topic}});
+        let (status, _) = a.api().post_as_backend("/api/publish", BACKEND_KEY, news).await;
+        assert_eq!(status, 200);
+        for client in [&mut bob_on_b, &mut carol_on_c] {
+            let message = client.recv().await;
+            assert_eq!(message.header("destination"), Some(topic));
+        }
+    }
+
+    // A queue: its stream and its notices on its shard.
+    let mut worker = a.client_with(&a.token("worker")).await;
+    worker.subscribe("w", "/queue/work", "client-individual").await;
+    let mut producer = c.client_with(&c.token("producer")).await;
+    producer
+        .frame(Command::Send, &[("destination", "/queue/work"), ("receipt", "stored")], "job")
+        .await;
+    assert_eq!(producer.recv().await.header("receipt-id"), Some("stored"));
+    assert_eq!(body(&take(&mut worker).await), "job");
+
+    // The channels are spread over the shards, each on one.
+    let channels = shards.shard_channels();
+    let all: Vec<&String> = channels.iter().flatten().collect();
+    assert!(all.iter().any(|c| *c == "taskpulse:user:{alice}"), "{channels:?}");
+    assert!(all.iter().any(|c| *c == "taskpulse:topic:{/topic/news}"), "{channels:?}");
+    assert!(all.iter().any(|c| *c == "taskpulse:queue:{/queue/work}"), "{channels:?}");
+    assert!(channels.iter().filter(|c| !c.is_empty()).count() >= 2, "{channels:?}");
+
+    // The shard that carries alice's channel dies: what is stored meanwhile reaches her
+    // once it is back (the subscription comes back by itself, then the log is read).
+    let notice = |n: i64| json!({"user": "alice", "destination": "/queue/tasks-progress", "payload": {"n": n}});
+    let shard = channels.iter().position(|c| c.iter().any(|c| c == "taskpulse:user:{alice}"));
+    let shard = shard.unwrap();
+    shards.stop_shard(shard);
+    for n in 1..=2 {
+        let (status, answer) =
+            b.api().post_as_backend("/api/publish", BACKEND_KEY, notice(n)).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    // (Blocking: it waits for the cluster to be whole again.)
+    let shards = tokio::task::spawn_blocking(move || {
+        shards.start_shard_again(shard).unwrap();
+        shards
+    })
+    .await
+    .unwrap();
+    for client in [&mut on_a, &mut on_c] {
+        for n in 1..=2 {
+            let message = client.try_recv(Duration::from_secs(30)).await.expect("after the outage");
+            assert_eq!(body(&message), format!(r#"{{"n":{n}}}"#));
+        }
+    }
+
+    // Queues work again too (whichever shard their stream is on).
+    for queue in ["/queue/work", "/queue/other", "/queue/third"] {
+        if queue != "/queue/work" {
+            worker.subscribe(queue, queue, "client-individual").await;
+        }
+        let send = [("destination", queue), ("receipt", "again")];
+        producer.frame(Command::Send, &send, "after the outage").await;
+        assert_eq!(producer.recv().await.header("receipt-id"), Some("again"));
+        assert_eq!(body(&take(&mut worker).await), "after the outage");
+    }
+
+    // The control channel: signing out on one node revokes the token on the others.
+    let (status, _) = b.api().post("/api/auth/logout", Some(&alice), json!({})).await;
+    assert_eq!(status, 204);
+    for client in [&mut on_a, &mut on_c] {
+        assert_eq!(client.expect_error().await.header("message"), Some("token revoked"));
+    }
+    for node in nodes {
+        node.stop().await;
+    }
+    drop(shards);
 }
