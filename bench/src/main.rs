@@ -16,6 +16,7 @@ use std::{
 };
 
 mod publish;
+mod queue;
 mod replay;
 mod tasks;
 mod transport;
@@ -54,10 +55,10 @@ struct Args {
     #[arg(long)]
     server_pid: Option<u32>,
     /// Which scenarios: broadcast, destinations, latency, connect, idle, tasks, replay,
-    /// publish (comma-separated).
+    /// publish, queue (comma-separated).
     #[arg(
         long,
-        default_value = "broadcast,destinations,latency,connect,idle,tasks,replay,publish"
+        default_value = "broadcast,destinations,latency,connect,idle,tasks,replay,publish,queue"
     )]
     scenarios: String,
     /// The subscribers' transport in broadcast, destinations, latency, connect and idle
@@ -104,6 +105,12 @@ struct Args {
     /// Tasks per second in the tasks scenario's paced phase (for latency).
     #[arg(long, default_value_t = 50)]
     task_rate: usize,
+    /// Consumers of the queue scenario.
+    #[arg(long, default_value_t = 100)]
+    queue_consumers: usize,
+    /// Messages the queue scenario sends.
+    #[arg(long, default_value_t = 50_000)]
+    queue_messages: usize,
 }
 
 impl Args {
@@ -532,6 +539,7 @@ async fn main() {
             "tasks" => tasks::run(&args).await,
             "replay" => replay::run(&args).await,
             "publish" => publish::run(&args).await,
+            "queue" => queue::run(&args).await,
             other => eprintln!("unknown scenario {other:?}"),
         }
     }

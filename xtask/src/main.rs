@@ -281,7 +281,7 @@ fn load(extra: &[String]) -> Result<(), String> {
             servers[1..].iter().map(|s| format!("ws://{}/ws", s.addr)).collect();
         command.args(["--subscriber-urls", &others.join(",")]);
         if !extra.iter().any(|a| a.starts_with("--scenarios")) {
-            command.args(["--scenarios", "broadcast,destinations,latency,publish"]);
+            command.args(["--scenarios", "broadcast,destinations,latency,publish,queue"]);
         }
     } else {
         command.args(["--server-pid", &server.pid().to_string()]);

@@ -258,7 +258,7 @@ struct Inner {
     /// told to read their log (see [`tell_behind`]).
     behind: Mutex<std::collections::HashSet<String>>,
     /// Queue names this node saw registered (see `limits.queues`).
-    queue_names: Mutex<std::collections::HashSet<String>>,
+    queue_names: Mutex<HashMap<String, queues::Registration>>,
     started: std::time::Instant,
     hashing: std::collections::hash_map::RandomState,
     commands: mpsc::UnboundedSender<Command>,
@@ -851,7 +851,7 @@ impl Relay for Bus {
     }
 
     fn enqueue(&self, name: &str, message: &Message) -> BoxFuture<'static, Result<(), RouteError>> {
-        queues::stored(self.inner.clone(), name, message)
+        queues::stored(&self.inner, name, message)
     }
 
     fn queued_done(&self, name: &str, messages: Vec<Arc<Message>>, given_back: bool) {

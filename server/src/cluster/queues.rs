@@ -118,44 +118,101 @@ pub(super) struct Consuming {
 }
 
 impl Inner {
-    /// Stores `entry` in queue `name`'s stream (registering the name first if this node has
-    /// not seen it).
-    pub(super) async fn enqueue(
-        self: Arc<Self>,
-        name: String,
+    /// Stores `entry` in queue `name`'s stream, registering the name first if this node has
+    /// not seen it. The command is queued before this returns (what waits for a registration
+    /// is queued, in order, once it is answered), so one node's messages to a queue are
+    /// stored in the order they were sent; the future is the answer.
+    pub(super) fn enqueue(
+        self: &Arc<Self>,
+        name: &str,
         entry: Vec<u8>,
-    ) -> Result<(), RouteError> {
-        let settings = self.broker.settings();
-        let (pending, queues) = (settings.stomp.queue_pending, settings.limits.queues);
-        if !self.queue_names.lock().contains(&name) {
-            let mut register = redis::cmd("EVAL");
-            register.arg(REGISTER).arg(1).arg(QUEUE_NAMES).arg(&name).arg(queues);
-            if self.call(&name, QUEUE_NAMES, register).await? != Value::Int(1) {
-                return Err(RouteError::QueuesFull(format!(
-                    "there are already {queues} queues (limits.queues, across the servers); \
-                     {name} cannot be created"
-                )));
+    ) -> BoxFuture<'static, Result<(), RouteError>> {
+        let mut names = self.queue_names.lock();
+        match names.get_mut(name) {
+            Some(Registration::Known) => {
+                let answer = self.store(name, entry);
+                drop(names);
+                self.clone().stored(name.to_owned(), answer).boxed()
             }
-            let mut known = self.queue_names.lock();
-            if known.len() >= queues {
-                known.clear();
+            Some(Registration::Pending(waiting)) => {
+                let (done, result) = oneshot::channel();
+                waiting.push((entry, done));
+                async move { result.await.unwrap_or_else(|_| Err(gone())) }.boxed()
             }
-            known.insert(name.clone());
+            None => {
+                let (done, result) = oneshot::channel();
+                names.insert(name.to_owned(), Registration::Pending(vec![(entry, done)]));
+                drop(names);
+                tokio::spawn(self.clone().register(name.to_owned()));
+                async move { result.await.unwrap_or_else(|_| Err(gone())) }.boxed()
+            }
         }
-        let key = queue_key(&name);
+    }
+
+    /// Registers queue name `name` (within `limits.queues` across the nodes), then stores
+    /// what waited for it, in order, or refuses it all.
+    async fn register(self: Arc<Self>, name: String) {
+        let queues = self.broker.settings().limits.queues;
+        let mut register = redis::cmd("EVAL");
+        register.arg(REGISTER).arg(1).arg(QUEUE_NAMES).arg(&name).arg(queues);
+        let answer = self.command(&name, QUEUE_NAMES, register);
+        let outcome = match answered(answer).await {
+            Ok(Value::Int(1)) => Ok(()),
+            Ok(_) => Err(RouteError::QueuesFull(format!(
+                "there are already {queues} queues (limits.queues, across the servers); \
+                 {name} cannot be created"
+            ))),
+            Err(e) => Err(e),
+        };
+        let mut names = self.queue_names.lock();
+        let waiting = match names.remove(&name) {
+            Some(Registration::Pending(waiting)) => waiting,
+            _ => Vec::new(),
+        };
+        match outcome {
+            Ok(()) => {
+                if names.len() >= queues {
+                    names.retain(|_, r| matches!(r, Registration::Pending(_)));
+                }
+                names.insert(name.clone(), Registration::Known);
+                for (entry, done) in waiting {
+                    let answer = self.store(&name, entry);
+                    let stored = self.clone().stored(name.clone(), answer);
+                    tokio::spawn(async move {
+                        let _ = done.send(stored.await);
+                    });
+                }
+            }
+            Err(e) => {
+                for (_, done) in waiting {
+                    let _ = done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Queues the script that appends `entry` to queue `name`'s stream.
+    fn store(&self, name: &str, entry: Vec<u8>) -> Answer {
+        let key = queue_key(name);
         let mut store = redis::cmd("EVAL");
         store
             .arg(ENQUEUE)
             .arg(1)
             .arg(&key)
             .arg(GROUP)
-            .arg(pending)
+            .arg(self.broker.settings().stomp.queue_pending)
             .arg(entry)
-            .arg(queue_channel(&name))
-            .arg(self.notice(&name))
+            .arg(queue_channel(name))
+            .arg(self.notice(name))
             .arg(self.publish_command());
-        if self.call(&name, &key, store).await? != Value::Int(1) {
-            return Err(RouteError::QueueFull { queue: name, limit: pending });
+        self.command(name, &key, store)
+    }
+
+    /// What [`Inner::store`]'s script answered, as the SEND's outcome.
+    async fn stored(self: Arc<Self>, name: String, answer: Answer) -> Result<(), RouteError> {
+        if answered(answer).await? != Value::Int(1) {
+            let limit = self.broker.settings().stomp.queue_pending;
+            return Err(RouteError::QueueFull { queue: name, limit });
         }
         self.wake_queue(&name);
         Ok(())
@@ -174,23 +231,12 @@ impl Inner {
 
     /// Runs `command` on the publishing connection of `route` (after what this node sent
     /// there before) and returns its answer.
-    async fn call(&self, route: &str, key: &str, command: redis::Cmd) -> Result<Value, RouteError> {
+    /// Queues `command` on `key` on the publishing connection of `route` (after what this
+    /// node sent there before); the answer comes later.
+    fn command(&self, route: &str, key: &str, command: redis::Cmd) -> Answer {
         let (reply, answer) = oneshot::channel();
         let item = Outgoing::Command { command, key: key.to_owned(), reply: Some(reply) };
-        if !self.submit(route, item) {
-            return Err(RouteError::Unavailable(
-                "the queue store's outgoing queue is full; try again".into(),
-            ));
-        }
-        match tokio::time::timeout(STORE_WAIT, answer).await {
-            Ok(Ok(Ok(value))) => Ok(value),
-            Ok(Ok(Err(e))) => Err(RouteError::Unavailable(format!("the queue store failed: {e}"))),
-            _ => Err(RouteError::Unavailable(format!(
-                "the queue store (Redis) did not answer within {} s; the message may or may \
-                 not be queued",
-                STORE_WAIT.as_secs()
-            ))),
-        }
+        if self.submit(route, item) { Some(answer) } else { None }
     }
 
     /// Messages of queue `name` this node is done with: acknowledged and deleted in the
@@ -373,10 +419,15 @@ impl Inner {
         release.arg(RELEASE).arg(1).arg(queue_key(&name)).arg(GROUP).arg(&self.node);
         let inner = self.clone();
         tokio::spawn(async move {
-            if inner.call(&name, &queue_key(&name), release).await == Ok(Value::Int(1)) {
+            let answer = inner.command(&name, &queue_key(&name), release);
+            if answered(answer).await == Ok(Value::Int(1)) {
                 let mut forget = redis::cmd("SREM");
                 forget.arg(QUEUE_NAMES).arg(&name);
-                inner.queue_names.lock().remove(&name);
+                let mut names = inner.queue_names.lock();
+                if matches!(names.get(&name), Some(Registration::Known)) {
+                    names.remove(&name);
+                }
+                drop(names);
                 inner.submit(&name, Outgoing::command(QUEUE_NAMES, forget));
             }
         });
@@ -430,11 +481,49 @@ async fn read_queue(inner: Weak<Inner>, name: String, state: Arc<Consuming>) {
     }
 }
 
-/// The future a SEND to a queue waits for on a node of several.
+/// The future a SEND to a queue waits for on a node of several (its command is queued
+/// already).
 pub(super) fn stored(
-    inner: Arc<Inner>,
+    inner: &Arc<Inner>,
     name: &str,
     message: &Message,
 ) -> BoxFuture<'static, Result<(), RouteError>> {
-    inner.enqueue(name.to_owned(), Entry::of(message).encode()).boxed()
+    inner.enqueue(name, Entry::of(message).encode())
+}
+
+/// Where a queue name stands on this node: registered, or waiting for the answer with the
+/// messages sent to it meanwhile (and who waits for each).
+#[derive(Debug)]
+pub(super) enum Registration {
+    Known,
+    Pending(Vec<Waiting>),
+}
+
+/// A message waiting for its queue's registration, and who waits for its outcome.
+type Waiting = (Vec<u8>, oneshot::Sender<Result<(), RouteError>>);
+
+/// A command's answer to come: `None` when it could not even be queued.
+type Answer = Option<oneshot::Receiver<Result<Value, String>>>;
+
+/// Waits for `answer`, at most [`STORE_WAIT`].
+async fn answered(answer: Answer) -> Result<Value, RouteError> {
+    let Some(answer) = answer else {
+        return Err(RouteError::Unavailable(
+            "the queue store's outgoing queue is full; try again".into(),
+        ));
+    };
+    match tokio::time::timeout(STORE_WAIT, answer).await {
+        Ok(Ok(Ok(value))) => Ok(value),
+        Ok(Ok(Err(e))) => Err(RouteError::Unavailable(format!("the queue store failed: {e}"))),
+        _ => Err(RouteError::Unavailable(format!(
+            "the queue store (Redis) did not answer within {} s; the message may or may not \
+             be queued",
+            STORE_WAIT.as_secs()
+        ))),
+    }
+}
+
+/// The error for a message whose registration never ended (the node stopped).
+fn gone() -> RouteError {
+    RouteError::Unavailable("the server is stopping; the message was not queued".into())
 }
