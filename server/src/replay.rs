@@ -262,7 +262,11 @@ impl UserLog {
             let result = match stored {
                 Appended::Stored => {
                     let taken = self.deliver(entry, coalesce.clone());
-                    let marked = taken == 0 && entry.path != TASKS_PATH;
+                    // For the offline queue only when nobody listens on the path, here or on
+                    // another node (a subscriber elsewhere gets it through the bus).
+                    let marked = taken == 0
+                        && entry.path != TASKS_PATH
+                        && !self.inner.fanout.listened(&entry.user, &entry.path);
                     if marked {
                         marks.push(OfflineMark {
                             user: entry.user.clone(),
@@ -345,10 +349,10 @@ impl UserLog {
                     Plan::Snapshot => None,
                 }
             }
-            // A plain SUBSCRIBE gets what was sent there while nobody listened.
+            // A plain SUBSCRIBE gets what was sent there while nobody listened; without a
+            // mark, live messages only (no floor: every later message is new to it).
             None if path != TASKS_PATH => {
-                let first = storage.take_offline(&user, &path).await?;
-                Some(first.map_or(i64::MAX, |seq| seq - 1))
+                storage.take_offline(&user, &path).await?.map(|first| first - 1)
             }
             None => None,
         };
@@ -357,7 +361,7 @@ impl UserLog {
         let budget = self.inner.catch_up_budget;
         let mut after = after;
         let mut entries = Vec::new();
-        if let Some(from) = after.filter(|a| *a != i64::MAX) {
+        if let Some(from) = after {
             entries = storage.log_after(&user, Some(&path), from, settings.max_replay).await?;
             let bytes: usize = entries.iter().map(|e| e.body.len() + REPLAY_OVERHEAD).sum();
             if bytes > budget {
@@ -419,7 +423,11 @@ impl UserLog {
 
 impl ReplaySource for UserLog {
     fn wants(&self, path: &str, resume: bool) -> bool {
-        resume || path == TASKS_PATH || self.inner.offline_paths.lock().contains(path)
+        // On a node of several, another node may have marked any path: storage is asked.
+        resume
+            || path == TASKS_PATH
+            || self.inner.fanout.clustered()
+            || self.inner.offline_paths.lock().contains(path)
     }
 
     fn replay(&self, request: ReplayRequest) {

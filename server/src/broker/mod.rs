@@ -247,6 +247,14 @@ pub trait Fanout: Send + Sync + std::fmt::Debug {
 
     /// Closes every session of `user`, saying why; returns how many.
     fn disconnect_user(&self, user: &str, reason: &str) -> usize;
+
+    /// Whether `user` has a subscriber on `/user{path}` anywhere (here, or on another node
+    /// as last heard): a message none took at once is then not for the offline queue.
+    fn listened(&self, user: &str, path: &str) -> bool;
+
+    /// Whether other nodes share this node's storage (then offline marks this node did not
+    /// make may exist on any path).
+    fn clustered(&self) -> bool;
 }
 
 impl Fanout for Broker {
@@ -264,6 +272,16 @@ impl Fanout for Broker {
 
     fn disconnect_user(&self, user: &str, reason: &str) -> usize {
         Broker::disconnect_user(self, user, reason)
+    }
+
+    fn clustered(&self) -> bool {
+        self.inner.relay.get().is_some()
+    }
+
+    fn listened(&self, user: &str, path: &str) -> bool {
+        let key = RouteKey::User(user.to_owned(), path.to_owned());
+        self.inner.routes.read().get(&key).is_some_and(|s| !s.is_empty())
+            || self.inner.relay.get().is_some_and(|r| r.listened_elsewhere(user, path))
     }
 }
 
@@ -303,6 +321,9 @@ pub trait Relay: Send + Sync + std::fmt::Debug {
     /// How many connections `user` has open on the other nodes, as last heard.
     fn connections_elsewhere(&self, user: &str) -> usize;
 
+    /// Whether another node has a subscriber on `user`'s private `path`, as last heard.
+    fn listened_elsewhere(&self, user: &str, path: &str) -> bool;
+
     /// `user` now has `here` connections open on this node.
     fn connections_changed(&self, user: &str, here: usize);
 
@@ -323,8 +344,9 @@ pub trait Relay: Send + Sync + std::fmt::Debug {
 /// A route a [`Relay`] subscribes to for this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route<'a> {
-    /// Every private destination of a user.
-    User(&'a str),
+    /// A user's private destination `/user{path}` (the relay follows the user's channel
+    /// while any of its paths has subscribers).
+    User(&'a str, &'a str),
     /// A `/topic/**` name.
     Topic(&'a str),
     /// A `/queue/**` name whose consumers here take their share of its messages.
@@ -698,6 +720,19 @@ impl Broker {
         Ok(())
     }
 
+    /// Every `(user, path)` with a subscriber on this node.
+    pub fn listened_paths(&self) -> Vec<(String, String)> {
+        let routes = self.inner.routes.read();
+        routes
+            .iter()
+            .filter(|(_, subscribers)| !subscribers.is_empty())
+            .filter_map(|(key, _)| match key {
+                RouteKey::User(user, path) => Some((user.clone(), path.clone())),
+                RouteKey::Topic(_) => None,
+            })
+            .collect()
+    }
+
     /// Open connections per principal on this node.
     pub fn connections_per_user(&self) -> Vec<(String, usize)> {
         let sessions = self.inner.sessions.lock();
@@ -1038,7 +1073,7 @@ impl Broker {
     fn interest(&self, key: &RouteKey, needed: bool) {
         if let Some(relay) = self.inner.relay.get() {
             match key {
-                RouteKey::User(user, _) => relay.interest(Route::User(user), needed),
+                RouteKey::User(user, path) => relay.interest(Route::User(user, path), needed),
                 RouteKey::Topic(name) => relay.interest(Route::Topic(name), needed),
             }
         }

@@ -81,7 +81,15 @@ pub(crate) enum Body {
     Presence { user: String, count: usize },
     /// The sender is alive with `connections` open; with `users`, each user's count there
     /// (every so often, and in answer to a [`Body::Hello`]).
-    Alive { connections: usize, users: Option<Vec<(String, usize)>> },
+    Alive {
+        connections: usize,
+        users: Option<Vec<(String, usize)>>,
+        /// With `users`: every `(user, path)` with a subscriber on the sender.
+        #[serde(default)]
+        paths: Option<Vec<(String, String)>>,
+    },
+    /// The sender has (`on`) or no longer has a subscriber on `user`'s private `path`.
+    Listening { user: String, path: String, on: bool },
     /// A node joined: the others announce their connections.
     Hello,
     /// Queue `name` has a new message in its stream.

@@ -79,6 +79,8 @@ struct Peer {
     seen: std::time::Instant,
     connections: usize,
     users: HashMap<String, usize>,
+    /// `(user, path)` pairs with a subscriber there.
+    paths: std::collections::HashSet<(String, String)>,
 }
 
 /// Why a node could not join the bus.
@@ -452,6 +454,7 @@ fn peer<'a>(peers: &'a mut HashMap<String, Peer>, node: &str) -> &'a mut Peer {
         seen: std::time::Instant::now(),
         connections: 0,
         users: HashMap::new(),
+        paths: std::collections::HashSet::new(),
     });
     peer.seen = std::time::Instant::now();
     peer
@@ -472,7 +475,8 @@ impl Inner {
     /// Publishes this node's connection count (and, `full`, each user's).
     fn announce(&self, full: bool) {
         let users = full.then(|| self.broker.connections_per_user());
-        let body = Body::Alive { connections: self.broker.session_count(), users };
+        let paths = full.then(|| self.broker.listened_paths());
+        let body = Body::Alive { connections: self.broker.session_count(), users, paths };
         self.send(CONTROL.to_owned(), body);
     }
 
@@ -707,12 +711,24 @@ impl Inner {
                     peer.users.insert(user, count);
                 }
             }
-            Body::Alive { connections, users } => {
+            Body::Alive { connections, users, paths } => {
                 let mut peers = self.peers.lock();
                 let peer = peer(&mut peers, &sender);
                 peer.connections = connections;
                 if let Some(users) = users {
                     peer.users = users.into_iter().collect();
+                }
+                if let Some(paths) = paths {
+                    peer.paths = paths.into_iter().collect();
+                }
+            }
+            Body::Listening { user, path, on } => {
+                let mut peers = self.peers.lock();
+                let peer = peer(&mut peers, &sender);
+                if on {
+                    peer.paths.insert((user, path));
+                } else {
+                    peer.paths.remove(&(user, path));
                 }
             }
             Body::Hello => self.announce(true),
@@ -867,7 +883,10 @@ impl Relay for Bus {
             Route::Queue(name) => self.inner.consume(name, needed),
             Route::Topic(name) if needed => self.inner.want(topic_channel(name), None),
             Route::Topic(name) => self.inner.unwant(topic_channel(name)),
-            Route::User(user) if needed => {
+            Route::User(user, path) if needed => {
+                let body =
+                    Body::Listening { user: user.to_owned(), path: path.to_owned(), on: true };
+                self.inner.send(CONTROL.to_owned(), body);
                 let created = {
                     let mut users = self.inner.users.lock();
                     match users.get_mut(user) {
@@ -890,7 +909,10 @@ impl Relay for Bus {
                     tokio::spawn(inner.follow(user.to_owned(), follower, confirmed));
                 }
             }
-            Route::User(user) => {
+            Route::User(user, path) => {
+                let body =
+                    Body::Listening { user: user.to_owned(), path: path.to_owned(), on: false };
+                self.inner.send(CONTROL.to_owned(), body);
                 let last = {
                     let mut users = self.inner.users.lock();
                     let last = users.get_mut(user).is_some_and(|followed| {
@@ -920,6 +942,12 @@ impl Relay for Bus {
             .filter(|peer| peer.seen.elapsed() < GONE_AFTER)
             .filter_map(|peer| peer.users.get(user))
             .sum()
+    }
+
+    fn listened_elsewhere(&self, user: &str, path: &str) -> bool {
+        let key = (user.to_owned(), path.to_owned());
+        let peers = self.inner.peers.lock();
+        peers.values().any(|peer| peer.seen.elapsed() < GONE_AFTER && peer.paths.contains(&key))
     }
 
     fn connections_changed(&self, user: &str, here: usize) {

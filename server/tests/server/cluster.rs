@@ -716,3 +716,34 @@ async fn a_redis_cluster_carries_the_bus_on_sharded_pub_sub() {
     }
     drop(shards);
 }
+
+#[tokio::test]
+async fn only_a_notice_nobody_listens_to_on_any_node_waits_for_the_next_subscribe() {
+    let cluster = cluster().await;
+    let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    let alice = a.api().register("alice").await;
+    let notice =
+        |n: i64| json!({"user": "alice", "destination": "/queue/notices", "payload": {"n": n}});
+    let mut on_a = a.client_with(&alice).await;
+    on_a.subscribe("n", "/user/queue/notices", "auto").await;
+    // Who listens where travels on the bus, as presence does: a moment for b to hear it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, answer) = b.api().post_as_backend("/api/publish", BACKEND_KEY, notice(1)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(body(&on_a.recv().await), r#"{"n":1}"#);
+    // Delivered on a, so not queued as missed: a new session elsewhere does not get it again.
+    let mut on_c = c.client_with(&alice).await;
+    on_c.subscribe("n", "/user/queue/notices", "auto").await;
+    on_c.expect_nothing(Duration::from_millis(300)).await;
+
+    // Nobody listens anywhere: the notice waits for the next plain SUBSCRIBE, on any node.
+    drop((on_a, on_c));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, answer) = b.api().post_as_backend("/api/publish", BACKEND_KEY, notice(2)).await;
+    assert_eq!(status, 200, "{answer}");
+    let mut later = c.client_with(&alice).await;
+    later.subscribe("n", "/user/queue/notices", "auto").await;
+    assert_eq!(body(&later.recv().await), r#"{"n":2}"#);
+    later.expect_nothing(Duration::from_millis(300)).await;
+    cluster.stop().await;
+}

@@ -165,10 +165,17 @@ async fn notices_for_an_offline_user_wait_in_the_log() {
         .map(|f| body(f).to_owned())
         .collect();
     assert_eq!(bodies, [r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":3}"#]);
-    // Delivered once: a second subscriber starts with live messages only.
+    // Delivered once: a second subscriber starts with live messages only, and gets them
+    // (a plain SUBSCRIBE with no mark to take once dropped every later live message).
     let mut other = server.client_with(&token).await;
     other.subscribe("notices", "/user/queue/notices", "auto").await;
     other.expect_nothing(Duration::from_millis(150)).await;
+    let notice = json!({"user": "alice", "destination": "/queue/notices", "payload": {"n": 4}});
+    let (status, answer) = api.post_as_backend("/api/publish", BACKEND_KEY, notice).await;
+    assert_eq!((status, answer["delivered"].as_u64()), (200, Some(2)), "{answer}");
+    for client in [&mut client, &mut other] {
+        assert_eq!(body(&client.recv().await), r#"{"n":4}"#);
+    }
     server.stop().await;
 }
 
