@@ -778,6 +778,21 @@ mod tests {
             .collect()
     }
 
+    /// What the writer takes from `outbox` up to its close (`None` after 5 s without one).
+    async fn until_close(outbox: &Outbox) -> Option<VecDeque<Outgoing>> {
+        let mut batch = VecDeque::new();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !batch.iter().any(|i| matches!(i, Outgoing::Close(_))) {
+                let mut next = VecDeque::new();
+                outbox.next_batch(&mut next).await;
+                batch.extend(next);
+            }
+        })
+        .await
+        .ok()?;
+        Some(batch)
+    }
+
     #[tokio::test]
     async fn answers_after_a_step_wait_for_it_in_order_and_deliveries_do_not() {
         use futures_util::FutureExt;
@@ -792,16 +807,7 @@ mod tests {
         // Held: the SEND's receipt and the close; a delivery is not an answer.
         assert_eq!(bodies(&outbox), [r#"{"taskNo":"T1","progress":1}"#]);
         stored.send(Ok(())).unwrap();
-        let mut batch = VecDeque::new();
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while !batch.iter().any(|i| matches!(i, Outgoing::Close(_))) {
-                let mut next = VecDeque::new();
-                outbox.next_batch(&mut next).await;
-                batch.extend(next);
-            }
-        })
-        .await
-        .expect("the held answers come once the step ends");
+        let batch = until_close(&outbox).await.expect("the held answers come once the step ends");
         let kinds: Vec<&str> = batch
             .iter()
             .map(|i| match i {
@@ -827,16 +833,7 @@ mod tests {
             outbox.fail(&message, None, "refused".into());
         });
         release.send(()).unwrap();
-        let mut batch = VecDeque::new();
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while !batch.iter().any(|i| matches!(i, Outgoing::Close(_))) {
-                let mut next = VecDeque::new();
-                outbox.next_batch(&mut next).await;
-                batch.extend(next);
-            }
-        })
-        .await
-        .expect("the failure closes");
+        let batch = until_close(&outbox).await.expect("the failure closes");
         assert!(matches!(batch.front(), Some(Outgoing::Error(_))), "{batch:?}");
         assert!(!batch.iter().any(|i| matches!(i, Outgoing::Receipt(_))), "{batch:?}");
     }

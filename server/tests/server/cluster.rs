@@ -10,7 +10,7 @@ use taskpulse_shared::{TaskStatus, resume::TASKS_DESTINATION, stomp::Command};
 use taskpulse_testkit::{Redis, RedisCluster};
 
 use crate::fixture::{
-    Api, PATIENCE, Postgres, StompClient, TEST_SECRET, TestServer, body, spawn_with,
+    Api, PATIENCE, Postgres, Process, StompClient, TEST_SECRET, TestServer, body, spawn_with,
 };
 
 const BACKEND_KEY: &str = "cluster-tests-backend-key";
@@ -60,6 +60,20 @@ async fn nodes_on(
 }
 
 impl Cluster {
+    /// A fourth node, as a process to kill or pause, with `env` beside the cluster's own
+    /// settings (and the directory it keeps its data in).
+    fn process_node(&self, env: &[(&str, &str)]) -> (Process, tempfile::TempDir) {
+        let data = tempfile::tempdir().unwrap();
+        let redis_url = self.redis.url();
+        let mut settings = vec![
+            ("TASKPULSE_JWT_SECRET", TEST_SECRET),
+            ("TASKPULSE_STORAGE_URL", self.database.as_str()),
+            ("TASKPULSE_CLUSTER_REDIS_URL", redis_url.as_str()),
+        ];
+        settings.extend_from_slice(env);
+        (spawn_with(data.path(), &settings), data)
+    }
+
     async fn stop(self) {
         for node in self.nodes {
             node.stop().await;
@@ -286,34 +300,31 @@ async fn a_redis_outage_loses_nothing_numbered() {
     cluster.stop().await;
 }
 
+/// A new user's session following her tasks on the first node, and a task of hers
+/// submitted to `node` and seen `processing`.
+async fn processing_on(cluster: &Cluster, node: &Process) -> (StompClient, String) {
+    let alice = cluster.nodes[0].api().register("alice").await;
+    let mut on_a = cluster.nodes[0].client_with(&alice).await;
+    on_a.subscribe("tasks", TASKS_DESTINATION, "auto").await;
+    let task = Api::new(node.addr).submit(&alice, "a lighthouse").await;
+    loop {
+        let update: Value = serde_json::from_slice(&on_a.recv().await.body).unwrap();
+        if update["taskNo"] == task.as_str() && update["status"] == "processing" {
+            return (on_a, task);
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_dead_nodes_task_is_taken_over_by_another_and_ends() {
     let cluster = cluster_with(|config| config.settings.cluster.lease_s = 3).await;
     // A fourth node, as a process to kill: its demo tasks take 30 s.
-    let data = tempfile::tempdir().unwrap();
-    let redis_url = cluster.redis.url();
-    let mut doomed = spawn_with(
-        data.path(),
-        &[
-            ("TASKPULSE_JWT_SECRET", TEST_SECRET),
-            ("TASKPULSE_STORAGE_URL", &cluster.database),
-            ("TASKPULSE_CLUSTER_REDIS_URL", &redis_url),
-            ("TASKPULSE_CLUSTER_LEASE_S", "3"),
-            ("TASKPULSE_DEMO_DURATION_MS", "30000"),
-            ("TASKPULSE_DEMO_STEPS", "30"),
-        ],
-    );
-    let alice = cluster.nodes[0].api().register("alice").await;
-    let mut on_a = cluster.nodes[0].client_with(&alice).await;
-    on_a.subscribe("tasks", TASKS_DESTINATION, "auto").await;
-    let task = Api::new(doomed.addr).submit(&alice, "a lighthouse").await;
-    loop {
-        let message = on_a.recv().await;
-        let update: Value = serde_json::from_slice(&message.body).unwrap();
-        if update["taskNo"] == task.as_str() && update["status"] == "processing" {
-            break;
-        }
-    }
+    let (mut doomed, _data) = cluster.process_node(&[
+        ("TASKPULSE_CLUSTER_LEASE_S", "3"),
+        ("TASKPULSE_DEMO_DURATION_MS", "30000"),
+        ("TASKPULSE_DEMO_STEPS", "30"),
+    ]);
+    let (mut on_a, task) = processing_on(&cluster, &doomed).await;
     doomed.kill();
 
     // Its lease runs out within 3 s; a node that renews every second takes the task over
@@ -522,16 +533,7 @@ async fn a_dead_nodes_unacknowledged_queue_messages_go_to_a_consumer_elsewhere()
     let cluster = cluster().await;
     let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
     // A fourth node, as a process to kill, whose consumer holds a message unacknowledged.
-    let data = tempfile::tempdir().unwrap();
-    let redis_url = cluster.redis.url();
-    let mut doomed = spawn_with(
-        data.path(),
-        &[
-            ("TASKPULSE_JWT_SECRET", TEST_SECRET),
-            ("TASKPULSE_STORAGE_URL", &cluster.database),
-            ("TASKPULSE_CLUSTER_REDIS_URL", &redis_url),
-        ],
-    );
+    let (mut doomed, _data) = cluster.process_node(&[]);
     let url = format!("ws://{}/ws", doomed.addr);
     let mut on_doomed = StompClient::try_signed_in(&url, &a.token("worker-d")).await.unwrap();
     on_doomed.subscribe("w", "/queue/work", "client-individual").await;
@@ -557,29 +559,12 @@ async fn a_dead_nodes_unacknowledged_queue_messages_go_to_a_consumer_elsewhere()
 #[tokio::test]
 async fn a_paused_node_whose_task_was_taken_over_stops_its_part_when_it_wakes() {
     let cluster = cluster_with(|config| config.settings.cluster.lease_s = 3).await;
-    let data = tempfile::tempdir().unwrap();
-    let redis_url = cluster.redis.url();
-    let mut paused = spawn_with(
-        data.path(),
-        &[
-            ("TASKPULSE_JWT_SECRET", TEST_SECRET),
-            ("TASKPULSE_STORAGE_URL", &cluster.database),
-            ("TASKPULSE_CLUSTER_REDIS_URL", &redis_url),
-            ("TASKPULSE_CLUSTER_LEASE_S", "3"),
-            ("TASKPULSE_DEMO_DURATION_MS", "60000"),
-            ("TASKPULSE_DEMO_STEPS", "60"),
-        ],
-    );
-    let alice = cluster.nodes[0].api().register("alice").await;
-    let mut on_a = cluster.nodes[0].client_with(&alice).await;
-    on_a.subscribe("tasks", TASKS_DESTINATION, "auto").await;
-    let task = Api::new(paused.addr).submit(&alice, "a lighthouse").await;
-    loop {
-        let update: Value = serde_json::from_slice(&on_a.recv().await.body).unwrap();
-        if update["taskNo"] == task.as_str() && update["status"] == "processing" {
-            break;
-        }
-    }
+    let (mut paused, _data) = cluster.process_node(&[
+        ("TASKPULSE_CLUSTER_LEASE_S", "3"),
+        ("TASKPULSE_DEMO_DURATION_MS", "60000"),
+        ("TASKPULSE_DEMO_STEPS", "60"),
+    ]);
+    let (mut on_a, task) = processing_on(&cluster, &paused).await;
     let signal = |name: &str| {
         let status = std::process::Command::new("kill")
             .args([name, &paused.pid().to_string()])
