@@ -20,26 +20,13 @@ use crate::{
     socket::describe,
 };
 
+/// The task DTO as TypeScript, checked against `shared`'s Rust type (and its JSON) by
+/// `shared/tests/protocol/typescript.rs`.
+#[wasm_bindgen(typescript_custom_section)]
+const DTO_TYPES: &str = include_str!("dto.d.ts");
+
 #[wasm_bindgen(typescript_custom_section)]
 const TYPES: &str = r#"
-/** A task's lifecycle: created -> queued -> processing -> completed | failed. */
-export type TaskStatus = "created" | "queued" | "processing" | "completed" | "failed";
-
-/** One task update, exactly as the server sends it on /user/queue/tasks-progress. */
-export interface TaskProgressDto {
-  taskNo: string;
-  status: TaskStatus;
-  /** 0..100 */
-  progress: number;
-  message: string;
-  /** Set once completed. */
-  resultUrl?: string;
-  /** Set once failed. */
-  errorMessage?: string;
-  /** While queued: 1 = next to run. */
-  queuePosition?: number;
-}
-
 /** Where a client stands in its user's log (the JSON protocol's `resume`). */
 export interface Position {
   epoch: string;
