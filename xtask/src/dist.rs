@@ -15,6 +15,18 @@ use std::{
 
 use crate::{cargo, install, root, status};
 
+/// Files of `client-wasm/npm/` copied as they are: the React and Vue adapters and the
+/// connections they share, the README and the CHANGELOG.
+const PACKAGE_FILES: [&str; 7] = [
+    "README.md",
+    "CHANGELOG.md",
+    "connections.js",
+    "react/index.js",
+    "react/index.d.ts",
+    "vue/index.js",
+    "vue/index.d.ts",
+];
+
 /// The artefact cargo writes for the client crate.
 const WASM_NAME: &str = "taskpulse_client";
 
@@ -65,8 +77,13 @@ pub(crate) fn build() -> Result<PathBuf, String> {
         copy(&npm.join(format!("{target}-index.js")), &out.join("index.js"))?;
         copy(&npm.join("index.d.ts"), &out.join("index.d.ts"))?;
     }
-    for file in ["README.md", "CHANGELOG.md"] {
-        copy(&npm.join(file), &pkg.join(file))?;
+    // The React and Vue adapters and the connections they share.
+    for file in PACKAGE_FILES {
+        let to = pkg.join(file);
+        if let Some(dir) = to.parent() {
+            fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        copy(&npm.join(file), &to)?;
     }
     let manifest = fs::read_to_string(npm.join("package.json")).map_err(|e| e.to_string())?;
     let manifest = manifest.replace("{{version}}", env!("CARGO_PKG_VERSION"));

@@ -171,7 +171,7 @@ pub(crate) fn run() -> Result<(), String> {
     tally.runner("doc tests", captured(cargo().args(["test", "--workspace", "--doc"])));
     tally.runner("client-wasm in headless Chromium (live server)", client_browser_tests());
     tally.runner("@stomp/stompjs interop (Node)", stompjs_interop());
-    tally.runner("@taskpulse/client bundled by Vite, in Chromium", vite_packaging());
+    npm_package_tests(&mut tally);
     tally.check("UI served and rendered in headless Chromium", ui_smoke());
     tally.runner("frontend components in headless Chromium", frontend_components());
     tally.runner("task monitor end to end (playwright-core)", monitor_e2e());
@@ -187,7 +187,7 @@ pub(crate) fn client_only() -> Result<(), String> {
     install::wasm_bindgen_cli()?;
     let mut tally = Tally::default();
     tally.runner("client-wasm in headless Chromium (live server)", client_browser_tests());
-    tally.runner("@taskpulse/client bundled by Vite, in Chromium", vite_packaging());
+    npm_package_tests(&mut tally);
     tally.finish()
 }
 
@@ -301,8 +301,7 @@ fn monitor_e2e() -> Result<String, String> {
     let dist = build_frontend()?;
     quiet(cargo().args(["build", "-p", "taskpulse-server"]))?;
     let dir = root().join("frontend/tests/e2e");
-    quiet(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir))
-        .map_err(|e| format!("npm ci in {}: {e}", dir.display()))?;
+    npm_ci(&dir)?;
     let _ = std::fs::create_dir_all(root().join("artifacts"));
     captured(
         Command::new("node")
@@ -363,12 +362,81 @@ fn client_browser_tests() -> Result<String, String> {
     result
 }
 
+/// The npm package (`cargo xtask dist`, built once) in a Vite app, and in React and Vue apps.
+fn npm_package_tests(tally: &mut Tally) {
+    let package = crate::dist::build();
+    tally.runner(
+        "@taskpulse/client bundled by Vite, in Chromium",
+        package.clone().and_then(|_| vite_packaging()),
+    );
+    tally.runner(
+        "React and Vue: the seed's components and the adapters, in Chromium",
+        package.and_then(|pkg| framework_apps(&pkg)),
+    );
+}
+
+/// `npm ci` in `dir`.
+fn npm_ci(dir: &Path) -> Result<(), String> {
+    quiet(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(dir))
+        .map_err(|e| format!("npm ci in {}: {e}", dir.display()))
+}
+
+/// The seed's React and Vue components, verbatim but for their import lines, and the
+/// package's `react`/`vue` adapters, in one Vite app (`client-wasm/tests/frameworks`) that
+/// installs the package from the tarball `npm pack` makes of `pkg` (so its `files` and
+/// `exports` are what a registry would serve); the adapters' types checked by `tsc` against
+/// typical and wrong uses; `vite build`, then the suite, which serves
+/// the build from the real server it kills and restarts, and runs `vite dev` too.
+fn framework_apps(pkg: &Path) -> Result<String, String> {
+    let app = root().join("client-wasm/tests/frameworks");
+    // The suite's harness (server spawner, Chromium) is the monitor suite's.
+    let harness = root().join("frontend/tests/e2e");
+    npm_ci(&harness)?;
+    quiet(Command::new("npm").args(["install", "--no-audit", "--no-fund"]).current_dir(&app))
+        .map_err(|e| format!("npm install in {}: {e}", app.display()))?;
+    let packed = tempdir("taskpulse-npm-pack")?;
+    let pack = Command::new("npm")
+        .args(["pack", "--pack-destination"])
+        .arg(&packed)
+        .current_dir(pkg)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run npm pack: {e}"))?;
+    let tarball =
+        String::from_utf8_lossy(&pack.stdout).lines().last().unwrap_or("").trim().to_owned();
+    if !pack.status.success() || tarball.is_empty() {
+        return Err(format!("npm pack in {} failed: {}", pkg.display(), pack.status));
+    }
+    quiet(
+        Command::new("npm")
+            .args(["install", "--no-save", "--no-audit", "--no-fund"])
+            .arg(packed.join(&tarball))
+            .current_dir(&app),
+    )
+    .map_err(|e| format!("installing {tarball}: {e}"))?;
+    let _ = std::fs::remove_dir_all(&packed);
+    quiet(Command::new("node_modules/.bin/tsc").args(["-p", "tsconfig.json"]).current_dir(&app))
+        .map_err(|e| format!("the adapters' TypeScript types do not check: {e}"))?;
+    // A stale pre-bundle from another build of the package would hide what `vite dev` does.
+    let _ = std::fs::remove_dir_all(app.join("node_modules/.vite"));
+    quiet(Command::new("node_modules/.bin/vite").arg("build").current_dir(&app))
+        .map_err(|e| format!("vite build: {e}"))?;
+    quiet(cargo().args(["build", "-p", "taskpulse-server"]))?;
+    let _ = std::fs::create_dir_all(root().join("artifacts"));
+    captured(
+        Command::new("node")
+            .args(["--test", "--test-reporter=tap", "--test-concurrency=1", "frameworks.test.mjs"])
+            .current_dir(&app)
+            .env("TASKPULSE_SERVER_BIN", root().join("target/debug/taskpulse-server"))
+            .env("TASKPULSE_SCREENSHOTS", root().join("artifacts")),
+    )
+}
+
 /// The npm package as a frontend team uses it: `cargo xtask dist`, its TypeScript types
 /// checked by `tsc` against typical and wrong uses and against values the Rust types
 /// serialize (`shared`'s `typescript_samples` example), a Vite 7 app that imports it,
 /// `vite build`, the bundle served by the real server, driven by playwright-core.
 fn vite_packaging() -> Result<String, String> {
-    crate::dist::build()?;
     let app = root().join("client-wasm/tests/vite-app");
     // `npm install`, not `npm ci`: this npm writes lock files that list only the platform
     // packages it installed (rollup's, esbuild's), and `npm ci` then calls the lock out of
@@ -414,8 +482,7 @@ fn vite_packaging() -> Result<String, String> {
 /// The real `@stomp/stompjs` client from npm, on Node with `ws`, against the server binary.
 fn stompjs_interop() -> Result<String, String> {
     let dir = root().join("server/tests/stompjs");
-    quiet(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir))
-        .map_err(|e| format!("npm ci in {}: {e}", dir.display()))?;
+    npm_ci(&dir)?;
     quiet(cargo().args(["build", "-p", "taskpulse-server"]))?;
     let data = tempdir("taskpulse-interop-data")?;
     let secret = "interop-tests-secret-of-thirty-two-bytes";

@@ -64,10 +64,11 @@ export function launchChromium() {
 /**
  * One suite's server and browser: registers `before`/`after` hooks that start the server
  * binary (`TASKPULSE_SERVER_BIN`) on a free port with a fresh data directory and, as its UI
- * directory, the files `site(base)` returns (name -> text or bytes; an index.html is added,
- * as the server serves a UI directory only with one), and launch Chromium.
+ * directory, `ui` (a built app) or else the files `site(base)` returns (name -> text or
+ * bytes; an index.html is added, as the server serves a UI directory only with one), and
+ * launch Chromium.
  */
-export function serverSuite({ prefix, site = () => ({}), env = {} }) {
+export function serverSuite({ prefix, site = () => ({}), env = {}, ui }) {
   const suite = { port: 0, server: null, browser: null, data: null, dir: null };
   suite.base = () => `http://127.0.0.1:${suite.port}`;
   suite.start = async () => {
@@ -88,11 +89,15 @@ export function serverSuite({ prefix, site = () => ({}), env = {} }) {
     assert.ok(process.env.TASKPULSE_SERVER_BIN, "TASKPULSE_SERVER_BIN is set by cargo xtask test");
     suite.port = await freePort();
     suite.data = mkdtempSync(join(tmpdir(), `${prefix}-data-`));
-    suite.dir = mkdtempSync(join(tmpdir(), `${prefix}-site-`));
-    const files = { "index.html": "<!doctype html><title>TaskPulse</title>", ...site(suite.base()) };
-    for (const [name, content] of Object.entries(files)) {
-      mkdirSync(dirname(join(suite.dir, name)), { recursive: true });
-      writeFileSync(join(suite.dir, name), content);
+    if (ui) {
+      suite.dir = ui;
+    } else {
+      suite.dir = mkdtempSync(join(tmpdir(), `${prefix}-site-`));
+      const files = { "index.html": "<!doctype html><title>TaskPulse</title>", ...site(suite.base()) };
+      for (const [name, content] of Object.entries(files)) {
+        mkdirSync(dirname(join(suite.dir, name)), { recursive: true });
+        writeFileSync(join(suite.dir, name), content);
+      }
     }
     await suite.start();
     suite.browser = await launchChromium();
@@ -101,7 +106,7 @@ export function serverSuite({ prefix, site = () => ({}), env = {} }) {
     await suite.browser?.close();
     if (suite.server) await kill(suite.server);
     rmSync(suite.data, { recursive: true, force: true });
-    rmSync(suite.dir, { recursive: true, force: true });
+    if (!ui) rmSync(suite.dir, { recursive: true, force: true });
   });
   /** POSTs JSON to the server (with a Bearer token if given): `{status, body}`. */
   suite.post = async (path, body, token) => {
