@@ -3,7 +3,8 @@
 // component reads as one immutable snapshot. A connection's last user leaving closes it a
 // moment later, so a component that unmounts and mounts again at once (React StrictMode,
 // a route re-entered, a token-less render) keeps the same connection and misses nothing.
-import { TaskWebSocketClient } from "./web/index.js";
+// By name, so that each bundler picks its entry (export conditions).
+import { TaskWebSocketClient } from "@taskpulse/client";
 
 /** What a component sees while it has no connection (no options, or no token yet). */
 export const IDLE = Object.freeze({ tasks: Object.freeze({}), state: "disconnected", error: null });

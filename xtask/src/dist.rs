@@ -75,6 +75,9 @@ pub(crate) fn build() -> Result<PathBuf, String> {
         )?;
         optimize(&out.join(format!("{WASM_NAME}_bg.wasm")))?;
         copy(&npm.join(format!("{target}-index.js")), &out.join("index.js"))?;
+        if target == "web" {
+            copy(&npm.join("webpack-index.js"), &out.join("webpack.js"))?;
+        }
         copy(&npm.join("index.d.ts"), &out.join("index.d.ts"))?;
     }
     // The React and Vue adapters and the connections they share.
@@ -133,16 +136,13 @@ pub(crate) struct Sizes {
     pub(crate) gzipped: u64,
 }
 
+/// Counts what a browser loads from one entry directory: the entry file, wasm-bindgen's glue
+/// and the `.wasm` (not the other entries beside them).
 pub(crate) fn measure(dir: &Path) -> Result<Sizes, String> {
     let mut sizes = Sizes { raw: 0, gzipped: 0 };
-    let entries = fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    for entry in entries.map_while(Result::ok) {
-        let path = entry.path();
-        let counted = path.extension().is_some_and(|e| e == "wasm" || e == "js");
-        if !counted {
-            continue;
-        }
-        let bytes = fs::read(&path).map_err(|e| e.to_string())?;
+    for file in ["index.js".to_owned(), format!("{WASM_NAME}.js"), format!("{WASM_NAME}_bg.wasm")] {
+        let path = dir.join(file);
+        let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         sizes.raw += bytes.len() as u64;
         sizes.gzipped += gzipped_len(&bytes)?;
     }

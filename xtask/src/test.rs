@@ -366,7 +366,7 @@ fn client_browser_tests() -> Result<String, String> {
 fn npm_package_tests(tally: &mut Tally) {
     let package = crate::dist::build();
     tally.runner(
-        "@taskpulse/client bundled by Vite, in Chromium",
+        "@taskpulse/client bundled by Vite, webpack, esbuild and none, in Chromium",
         package.clone().and_then(|_| vite_packaging()),
     );
     tally.runner(
@@ -434,8 +434,9 @@ fn framework_apps(pkg: &Path) -> Result<String, String> {
 
 /// The npm package as a frontend team uses it: `cargo xtask dist`, its TypeScript types
 /// checked by `tsc` against typical and wrong uses and against values the Rust types
-/// serialize (`shared`'s `typescript_samples` example), a Vite 7 app that imports it,
-/// `vite build`, the bundle served by the real server, driven by playwright-core.
+/// serialize (`shared`'s `typescript_samples` example), an app that imports it, bundled by
+/// Vite 7, webpack 5 and esbuild and also loaded with no bundler (`build-others.mjs`), each
+/// served by the real server and driven by playwright-core.
 fn vite_packaging() -> Result<String, String> {
     let app = root().join("client-wasm/tests/vite-app");
     // `npm install`, not `npm ci`: this npm writes lock files that list only the platform
@@ -458,6 +459,8 @@ fn vite_packaging() -> Result<String, String> {
         .map_err(|e| format!("the package's TypeScript types do not check: {e}"))?;
     quiet(Command::new("node_modules/.bin/vite").arg("build").current_dir(&app))
         .map_err(|e| format!("vite build: {e}"))?;
+    quiet(Command::new("node").arg("build-others.mjs").current_dir(&app))
+        .map_err(|e| format!("the webpack, esbuild and no-bundler builds: {e}"))?;
     quiet(cargo().args(["build", "-p", "taskpulse-server"]))?;
     let data = tempdir("taskpulse-vite-data")?;
     let server = start_server(
