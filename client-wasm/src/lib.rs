@@ -26,6 +26,12 @@ pub use js::TaskWebSocketClient;
 pub use options::{ClientOptions, TokenSource};
 pub use protocol::Session;
 
+/// Talc in place of Rust's default wasm allocator (dlmalloc): about 6 KB less `.wasm` for the
+/// npm package (docs/BENCHMARKS.md, "Package size"); the browser runs one thread.
+#[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
 use taskpulse_shared::{
     TaskProgressDto,
     stomp::{Command, Frame},

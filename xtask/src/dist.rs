@@ -3,8 +3,9 @@
 //! The client is built once with the size profile (`wasm-release`), bound twice by
 //! wasm-bindgen (`--target web` for plain ES modules and most bundlers, `--target bundler`
 //! for those that import `.wasm` as a module), shrunk by wasm-opt from npm's `binaryen`
-//! (Debian's is too old for this rustc's output), and completed with the files in
-//! `client-wasm/npm/`. Prints the gzipped size of what a browser downloads.
+//! (Debian's is too old for this rustc's output), its JavaScript glue minified by esbuild,
+//! and completed with the files in `client-wasm/npm/`. Prints the gzipped size of what a
+//! browser downloads.
 
 use std::{
     fs,
@@ -74,6 +75,7 @@ pub(crate) fn build() -> Result<PathBuf, String> {
             &format!("wasm-bindgen --target {target}"),
         )?;
         optimize(&out.join(format!("{WASM_NAME}_bg.wasm")))?;
+        minify(&out)?;
         copy(&npm.join(format!("{target}-index.js")), &out.join("index.js"))?;
         if target == "web" {
             copy(&npm.join("webpack-index.js"), &out.join("webpack.js"))?;
@@ -94,22 +96,38 @@ pub(crate) fn build() -> Result<PathBuf, String> {
     Ok(pkg)
 }
 
-/// `wasm-opt -Oz` from npm's binaryen, installed into `client-wasm/npm/tools` on first use.
-fn optimize(wasm: &Path) -> Result<(), String> {
+/// The dist tools from npm (`client-wasm/npm/tools`), installed on first use: binaryen's
+/// `wasm-opt` and `esbuild`.
+fn tool(name: &str) -> Result<PathBuf, String> {
     let tools = root().join("client-wasm/npm/tools");
-    let wasm_opt = tools.join("node_modules/.bin/wasm-opt");
-    if !wasm_opt.exists() {
+    let bin = tools.join("node_modules/.bin").join(name);
+    if !bin.exists() {
         status(
             Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&tools),
-            "installing wasm-opt (npm binaryen)",
+            "installing the dist tools (npm binaryen and esbuild)",
         )?;
     }
+    Ok(bin)
+}
+
+/// `wasm-opt -Oz` from npm's binaryen. `--low-memory-unused`: Rust's wasm32 stack sits below
+/// the data and grows down towards 0, so the first 1,024 bytes are reached only by a stack
+/// overflow; `--converge` repeats the passes while they still shrink the module.
+fn optimize(wasm: &Path) -> Result<(), String> {
+    let wasm_opt = tool("wasm-opt")?;
     let before = fs::metadata(wasm).map_err(|e| e.to_string())?.len();
     // The features this rustc's wasm32 target emits by default.
     status(
         Command::new(&wasm_opt)
             .arg(wasm)
-            .args(["-Oz", "--strip-debug", "--strip-producers", "-o"])
+            .args([
+                "-Oz",
+                "--converge",
+                "--low-memory-unused",
+                "--strip-debug",
+                "--strip-producers",
+                "-o",
+            ])
             .arg(wasm)
             .args([
                 "--enable-bulk-memory",
@@ -123,6 +141,30 @@ fn optimize(wasm: &Path) -> Result<(), String> {
     )?;
     let after = fs::metadata(wasm).map_err(|e| e.to_string())?.len();
     println!("xtask: wasm-opt: {before} -> {after} bytes");
+    Ok(())
+}
+
+/// Minifies wasm-bindgen's JavaScript in place with esbuild: its doc comments and long
+/// names are most of its bytes, and the types live in the `.d.ts` beside it. Exports and
+/// `new URL("….wasm", import.meta.url)` (which bundlers look for) are kept as they are.
+fn minify(dir: &Path) -> Result<(), String> {
+    let esbuild = tool("esbuild")?;
+    for entry in fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        let glue = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(WASM_NAME) && n.ends_with(".js"));
+        if glue {
+            status(
+                Command::new(&esbuild)
+                    .arg(&path)
+                    .args(["--minify", "--format=esm", "--log-level=warning", "--allow-overwrite"])
+                    .arg(format!("--outfile={}", path.display())),
+                &format!("esbuild --minify {}", path.display()),
+            )?;
+        }
+    }
     Ok(())
 }
 
