@@ -16,7 +16,7 @@ use crate::{
     backoff::Backoff,
     client::{Client, ClientEvent},
     dto_js,
-    options::{ClientOptions, TokenFuture, TokenSource},
+    options::{ClientOptions, TokenFuture, TokenSource, split_scheme},
     socket::describe,
 };
 
@@ -507,10 +507,15 @@ fn check_keys(value: &JsValue, prefix: &str, known: &[&str]) -> Result<(), JsVal
     for key in Object::keys(object).iter() {
         let key = key.as_string().unwrap_or_default();
         if !known.contains(&key.as_str()) {
-            return Err(invalid_options(&format!(
-                "unknown option {prefix}{key} (known: {})",
-                known.join(", ")
-            )));
+            let mut text = format!("unknown option {prefix}{key} (known: ");
+            for (i, name) in known.iter().enumerate() {
+                if i > 0 {
+                    text.push_str(", ");
+                }
+                text.push_str(name);
+            }
+            text.push(')');
+            return Err(invalid_options(&text));
         }
     }
     Ok(())
@@ -555,7 +560,7 @@ fn resolve_url(url: Option<&str>) -> Result<String, JsValue> {
     let location = web_sys::window().map(|w| w.location());
     let origin = location.as_ref().and_then(|l| l.origin().ok());
     match (url, origin) {
-        (Some(url), _) if url.contains("://") => Ok(url.to_owned()),
+        (Some(url), _) if split_scheme(url).is_some() => Ok(url.to_owned()),
         (Some(path), Some(origin)) if path.starts_with('/') => Ok(format!("{origin}{path}")),
         (None, Some(origin)) => Ok(origin),
         (Some(other), _) => Ok(other.to_owned()),

@@ -8,6 +8,7 @@
 //! natively; the rest runs in the browser.
 
 pub mod backoff;
+mod channel;
 mod client;
 mod dto_js;
 mod error;

@@ -77,7 +77,7 @@ impl ClientOptions {
 /// [`ClientError::InvalidUrl`] for any other scheme or a URL without a host.
 pub fn endpoint(url: &str) -> Result<String, ClientError> {
     let invalid = || ClientError::InvalidUrl(url.to_owned());
-    let (scheme, rest) = url.split_once("://").ok_or_else(invalid)?;
+    let (scheme, rest) = split_scheme(url).ok_or_else(invalid)?;
     let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     if host_end == 0 {
         return Err(invalid());
@@ -93,6 +93,13 @@ pub fn endpoint(url: &str) -> Result<String, ClientError> {
         }
         _ => Err(invalid()),
     }
+}
+
+/// `scheme://rest` as `(scheme, rest)`, split at the first `:` when `//` follows it. (A
+/// `"://"` pattern search would bring a substring searcher into the package for this.)
+pub(crate) fn split_scheme(url: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = url.split_once(':')?;
+    rest.strip_prefix("//").map(|rest| (scheme, rest))
 }
 
 #[cfg(test)]
@@ -112,8 +119,15 @@ mod tests {
         for (input, expected) in cases {
             assert_eq!(endpoint(input).unwrap(), expected, "{input}");
         }
-        for bad in ["localhost:8081", "ftp://h", "http:///ws", ""] {
+        for bad in ["localhost:8081", "ftp://h", "http:///ws", "", "http:/h", "a:b://h"] {
             assert!(matches!(endpoint(bad), Err(ClientError::InvalidUrl(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_scheme_ends_at_the_first_colon_followed_by_two_slashes() {
+        assert_eq!(split_scheme("ws://h/ws?next=http://x"), Some(("ws", "h/ws?next=http://x")));
+        assert_eq!(split_scheme("/ws?x=a:b"), None);
+        assert_eq!(split_scheme("h:8080//ws"), None);
     }
 }

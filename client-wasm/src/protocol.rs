@@ -2,7 +2,7 @@
 //! it sends, what a CONNECTED frame settles, and when heart-beats are due or missing.
 //! Frames are the `shared` crate's; this module only decides their headers.
 
-use taskpulse_shared::stomp::{Command, Frame, HeartBeat, ServerCommand, Version};
+use taskpulse_shared::stomp::{Command, Frame, HeartBeat, Version};
 
 use crate::ClientError;
 
@@ -79,25 +79,33 @@ pub struct Session {
 /// [`ClientError::Rejected`] for ERROR (the credentials were refused),
 /// [`ClientError::Protocol`] for anything else that is not a valid CONNECTED.
 pub fn connected(frame: Frame, offered: HeartBeat, tolerance: f64) -> Result<Session, ClientError> {
-    match ServerCommand::parse(frame, Version::V1_2) {
-        Ok(ServerCommand::Connected { version, heart_beat, server, session, user_name }) => {
+    let owned = |name: &str| frame.header(name).map(str::to_owned);
+    match frame.command {
+        Command::Connected => {
+            let version = match frame.header("version") {
+                None => Version::V1_0,
+                Some(text) => Version::parse(text).ok_or_else(|| {
+                    ClientError::Protocol(format!(
+                        "CONNECTED has the version \"{text}\"; expected 1.0, 1.1 or 1.2"
+                    ))
+                })?,
+            };
+            let heart_beat =
+                frame.header("heart-beat").and_then(HeartBeat::parse).unwrap_or_default();
             let (send_every_ms, expect_within_ms) = HeartBeat::negotiate(offered, heart_beat);
             Ok(Session {
                 version,
-                id: session,
-                user: user_name,
-                server,
+                id: owned("session"),
+                user: owned("user-name"),
+                server: owned("server"),
                 heartbeats: Heartbeats { send_every_ms, expect_within_ms, tolerance },
             })
         }
-        Ok(ServerCommand::Error { message, body, .. }) => {
-            Err(ClientError::Rejected { message, body })
-        }
-        Ok(other) => Err(ClientError::Protocol(format!(
-            "expected CONNECTED, got {}",
-            other.into_frame().command
-        ))),
-        Err(e) => Err(ClientError::Protocol(e.to_string())),
+        Command::Error => Err(ClientError::Rejected {
+            message: owned("message").unwrap_or_default(),
+            body: String::from_utf8_lossy(&frame.body).into_owned(),
+        }),
+        other => Err(ClientError::Protocol(format!("expected CONNECTED, got {other}"))),
     }
 }
 
@@ -178,6 +186,18 @@ mod tests {
         // We send every max(4000, 1000); the server sends every max(4000, 5000).
         assert_eq!(session.heartbeats.send_every_ms, 4000);
         assert_eq!(session.heartbeats.expect_within_ms, 5000);
+    }
+
+    #[test]
+    fn connected_without_a_version_is_1_0_and_an_unknown_version_is_refused() {
+        let session = connected(Frame::new(Command::Connected), OFFER, 2.0).unwrap();
+        assert_eq!(session.version, Version::V1_0);
+        assert_eq!(session.heartbeats.send_every_ms, 0, "no heart-beat header: none");
+        let frame = Frame::new(Command::Connected).with_header("version", "2.0");
+        let Err(ClientError::Protocol(text)) = connected(frame, OFFER, 2.0) else {
+            panic!("version 2.0 accepted")
+        };
+        assert!(text.contains("\"2.0\""), "{text}");
     }
 
     #[test]

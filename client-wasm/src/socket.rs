@@ -1,11 +1,12 @@
 //! The browser's `WebSocket` as an async stream of events and a `send`. The only place that
 //! touches the socket; the handlers are removed and the socket closed when it is dropped.
 
-use futures_channel::mpsc;
 use futures_util::StreamExt;
 use js_sys::{ArrayBuffer, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue, closure::Closure};
 use web_sys::{BinaryType, CloseEvent, Event, MessageEvent, WebSocket};
+
+use crate::channel::{Receiver, channel};
 
 /// What the socket reports.
 #[derive(Debug)]
@@ -22,7 +23,7 @@ pub(crate) enum SocketEvent {
 pub(crate) struct Socket {
     ws: WebSocket,
     /// The events, in order; a fused stream, so usable in `select!`.
-    pub(crate) events: mpsc::UnboundedReceiver<SocketEvent>,
+    pub(crate) events: Receiver<SocketEvent>,
     _on_open: Closure<dyn FnMut(Event)>,
     _on_message: Closure<dyn FnMut(MessageEvent)>,
     _on_close: Closure<dyn FnMut(CloseEvent)>,
@@ -40,11 +41,11 @@ impl Socket {
     pub(crate) fn open(url: &str) -> Result<Socket, String> {
         let ws = WebSocket::new(url).map_err(describe)?;
         ws.set_binary_type(BinaryType::Arraybuffer);
-        let (tx, events) = mpsc::unbounded();
+        let (tx, events) = channel();
 
         let open_tx = tx.clone();
         let on_open = Closure::<dyn FnMut(Event)>::new(move |_: Event| {
-            let _ = open_tx.unbounded_send(SocketEvent::Open);
+            open_tx.send(SocketEvent::Open);
         });
         let message_tx = tx.clone();
         let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
@@ -56,10 +57,10 @@ impl Socket {
                     Err(_) => return,
                 },
             };
-            let _ = message_tx.unbounded_send(SocketEvent::Data(bytes));
+            message_tx.send(SocketEvent::Data(bytes));
         });
         let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |event: CloseEvent| {
-            let _ = tx.unbounded_send(SocketEvent::Closed {
+            tx.send(SocketEvent::Closed {
                 code: event.code(),
                 reason: event.reason(),
                 was_clean: event.was_clean(),

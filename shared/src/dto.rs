@@ -51,7 +51,7 @@ impl TaskStatus {
 
 /// A status spelling that is none of the five.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("status {0:?} is not one of created, queued, processing, completed, failed")]
+#[error("status {} is not one of created, queued, processing, completed, failed", crate::Quoted(.0))]
 pub struct UnknownStatus(pub String);
 
 impl std::str::FromStr for TaskStatus {

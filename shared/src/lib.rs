@@ -9,8 +9,10 @@
 
 pub mod dto;
 pub mod json;
+mod quoted;
 pub mod resume;
 pub mod stats;
 pub mod stomp;
 
 pub use dto::{TaskProgressDto, TaskStatus};
+pub use quoted::Quoted;

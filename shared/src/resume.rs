@@ -67,7 +67,7 @@ pub enum ResumeError {
     #[error("a resume position needs both {RESUME_EPOCH} and {RESUME_SEQ}")]
     Incomplete,
     /// `x-resume-seq` is not a non-negative integer, or the epoch is empty.
-    #[error("{RESUME_SEQ} must be a non-negative integer and {RESUME_EPOCH} not empty, got {0:?}")]
+    #[error("{RESUME_SEQ} must be a non-negative integer and {RESUME_EPOCH} not empty, got {}", crate::Quoted(.0))]
     Invalid(String),
 }
 

@@ -1,6 +1,7 @@
 //! `cargo xtask dist`: the npm package `@taskpulse/client` in `client-wasm/pkg/`.
 //!
-//! The client is built once with the size profile (`wasm-release`), bound twice by
+//! The client is built once with the size profile (`wasm-release`, a pinned nightly for an
+//! immediate-abort standard library: see [`compile`]), bound twice by
 //! wasm-bindgen (`--target web` for plain ES modules and most bundlers, `--target bundler`
 //! for those that import `.wasm` as a module), shrunk by wasm-opt from npm's `binaryen`
 //! (Debian's is too old for this rustc's output), its JavaScript glue minified by esbuild,
@@ -35,32 +36,20 @@ pub(crate) fn run() -> Result<(), String> {
     let pkg = build()?;
     let sizes = measure(&pkg.join("web"))?;
     println!(
-        "xtask: {} built: {} bytes of .wasm and JS, {} bytes gzipped (-9)",
+        "xtask: {} built: {} bytes of .wasm and JS, {} bytes gzipped (-9), {} with brotli (11)",
         pkg.display(),
         sizes.raw,
-        sizes.gzipped
+        sizes.gzipped,
+        sizes.brotli
     );
     Ok(())
 }
 
 /// Builds the package and returns its directory.
 pub(crate) fn build() -> Result<PathBuf, String> {
-    install::wasm_target()?;
     install::wasm_bindgen_cli()?;
     install::node()?;
-    status(
-        cargo().args([
-            "build",
-            "-p",
-            "taskpulse-client",
-            "--lib",
-            "--target",
-            "wasm32-unknown-unknown",
-            "--profile",
-            "wasm-release",
-        ]),
-        "building the client for the npm package (profile wasm-release)",
-    )?;
+    compile()?;
     let wasm = root().join(format!("target/wasm32-unknown-unknown/wasm-release/{WASM_NAME}.wasm"));
     let npm = root().join("client-wasm/npm");
     let pkg = root().join("client-wasm/pkg");
@@ -94,6 +83,43 @@ pub(crate) fn build() -> Result<PathBuf, String> {
     let manifest = manifest.replace("{{version}}", env!("CARGO_PKG_VERSION"));
     fs::write(pkg.join("package.json"), manifest).map_err(|e| e.to_string())?;
     Ok(pkg)
+}
+
+/// Compiles the client for the package with [`install::PACKAGE_NIGHTLY`], its standard
+/// library rebuilt with `-Cpanic=immediate-abort`: no panic messages, formatting or source
+/// locations in the `.wasm` (about 7 KB of 57 gzipped). With stable, saying so, when that
+/// toolchain cannot be installed: the package works the same and is larger.
+fn compile() -> Result<(), String> {
+    const BUILD: [&str; 8] = [
+        "build",
+        "-p",
+        "taskpulse-client",
+        "--lib",
+        "--target",
+        "wasm32-unknown-unknown",
+        "--profile",
+        "wasm-release",
+    ];
+    let nightly = install::PACKAGE_NIGHTLY;
+    match install::package_nightly() {
+        Ok(()) => status(
+            Command::new("rustup")
+                .args(["run", nightly, "cargo"])
+                .args(BUILD)
+                .arg("-Zbuild-std=std,panic_abort")
+                .env("RUSTFLAGS", "-Zunstable-options -Cpanic=immediate-abort")
+                .current_dir(root()),
+            &format!("building the client for the npm package ({nightly}, immediate-abort std)"),
+        ),
+        Err(why) => {
+            println!(
+                "xtask: warning: {why}; building the npm package with the stable toolchain \
+                 instead (the same package, about 7 KB larger gzipped)"
+            );
+            install::wasm_target()?;
+            status(cargo().args(BUILD), "building the client for the npm package (stable)")
+        }
+    }
 }
 
 /// The dist tools from npm (`client-wasm/npm/tools`), installed on first use: binaryen's
@@ -176,19 +202,38 @@ fn copy(from: &Path, to: &Path) -> Result<(), String> {
 pub(crate) struct Sizes {
     pub(crate) raw: u64,
     pub(crate) gzipped: u64,
+    pub(crate) brotli: u64,
 }
 
 /// Counts what a browser loads from one entry directory: the entry file, wasm-bindgen's glue
 /// and the `.wasm` (not the other entries beside them).
 pub(crate) fn measure(dir: &Path) -> Result<Sizes, String> {
-    let mut sizes = Sizes { raw: 0, gzipped: 0 };
+    let mut sizes = Sizes { raw: 0, gzipped: 0, brotli: 0 };
     for file in ["index.js".to_owned(), format!("{WASM_NAME}.js"), format!("{WASM_NAME}_bg.wasm")] {
         let path = dir.join(file);
         let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         sizes.raw += bytes.len() as u64;
         sizes.gzipped += gzipped_len(&bytes)?;
+        sizes.brotli += brotli_len(&path)?;
     }
     Ok(sizes)
+}
+
+/// Brotli's length at quality 11 (what a server with precompressed `.br` files sends), from
+/// Node's zlib: Debian's `brotli` is one more package to install for one number.
+fn brotli_len(path: &Path) -> Result<u64, String> {
+    let script = "const z = require('zlib'); process.stdout.write(String(z.brotliCompressSync(\
+                  require('fs').readFileSync(process.argv[1]), { params: { \
+                  [z.constants.BROTLI_PARAM_QUALITY]: 11 } }).length))";
+    let out = Command::new("node")
+        .args(["-e", script])
+        .arg(path)
+        .output()
+        .map_err(|e| format!("cannot run node: {e}"))?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| format!("brotli size of {}: {}", path.display(), out.status))
 }
 
 /// `gzip -9` output length (what a server with static compression sends).

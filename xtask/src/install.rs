@@ -51,6 +51,38 @@ pub(crate) fn wasm_target() -> Result<(), String> {
     )
 }
 
+/// The nightly toolchain the npm package is built with (`cargo xtask dist`): pinned, so the
+/// package does not change with the day it is built. Nightly only for the standard library
+/// rebuilt with `-Cpanic=immediate-abort` (docs/BENCHMARKS.md, "Package size").
+pub(crate) const PACKAGE_NIGHTLY: &str = "nightly-2026-05-20";
+
+/// Installs [`PACKAGE_NIGHTLY`] (minimal profile, plus the standard library's source that
+/// `-Zbuild-std` compiles) unless it is there.
+pub(crate) fn package_nightly() -> Result<(), String> {
+    let sysroot = Command::new("rustup")
+        .args(["run", PACKAGE_NIGHTLY, "rustc", "--print", "sysroot"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    if sysroot.is_some_and(|root| root.join("lib/rustlib/src/rust/library/std").is_dir()) {
+        return Ok(());
+    }
+    status(
+        Command::new("rustup").args([
+            "toolchain",
+            "install",
+            PACKAGE_NIGHTLY,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]),
+        &format!("installing {PACKAGE_NIGHTLY} with rust-src (for the npm package)"),
+    )
+}
+
 /// Installs `krate` at `version` unless `bin --version` already reports that version.
 fn cargo_tool(bin: &str, krate: &str, version: Option<&str>, locked: bool) -> Result<(), String> {
     let present = version_of(&cargo_bin(bin));

@@ -21,7 +21,6 @@ use std::{
     task::{Context, Poll},
 };
 
-use futures_channel::{mpsc, oneshot};
 use futures_util::{Stream, StreamExt};
 use taskpulse_shared::{
     TaskProgressDto, resume,
@@ -30,6 +29,7 @@ use taskpulse_shared::{
 
 use crate::{
     ClientError,
+    channel::{Receiver, Sender, channel},
     options::ClientOptions,
     protocol::{self, Session},
     resume::{Cursor, TaskStore},
@@ -166,9 +166,9 @@ struct Inner {
     subscriptions: RefCell<Vec<(u32, Subscription)>>,
     next_subscription: Cell<u32>,
     live: RefCell<Option<Live>>,
-    control: RefCell<Option<mpsc::UnboundedSender<Control>>>,
-    connect_waiters: RefCell<Vec<oneshot::Sender<Result<(), ClientError>>>>,
-    stop_waiters: RefCell<Vec<oneshot::Sender<()>>>,
+    control: RefCell<Option<Sender<Control>>>,
+    connect_waiters: RefCell<Vec<Sender<Result<(), ClientError>>>>,
+    stop_waiters: RefCell<Vec<Sender<()>>>,
 }
 
 /// A TaskPulse client. Cheap to clone; clones share one connection.
@@ -214,27 +214,27 @@ impl Client {
         if self.inner.state.get() == ConnectionState::Connected {
             return Ok(());
         }
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = channel();
         self.inner.connect_waiters.borrow_mut().push(tx);
         self.start();
-        rx.await.unwrap_or(Err(ClientError::Stopped))
+        rx.next().await.unwrap_or(Err(ClientError::Stopped))
     }
 
     /// Ends the session (DISCONNECT with a receipt, then close) and stops reconnecting.
     /// Resolves once the client is `disconnected`.
     pub async fn disconnect(&self) {
         let Some(control) = self.inner.control.borrow().clone() else { return };
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = channel();
         self.inner.stop_waiters.borrow_mut().push(tx);
-        let _ = control.unbounded_send(Control::Stop);
-        let _ = rx.await;
+        control.send(Control::Stop);
+        rx.next().await;
     }
 
     /// Skips the wait before the next reconnect attempt ("retry now"; also done on the
     /// page's `online` and `visibilitychange` events).
     pub fn retry_now(&self) {
         if let Some(control) = self.inner.control.borrow().as_ref() {
-            let _ = control.unbounded_send(Control::RetryNow);
+            control.send(Control::RetryNow);
         }
     }
 
@@ -281,9 +281,9 @@ impl Client {
 
     /// Every event from now on, as a stream; dropping it removes the listener.
     pub fn events(&self) -> Events {
-        let (tx, rx) = mpsc::unbounded();
+        let (tx, rx) = channel();
         let id = self.listen(move |event| {
-            let _ = tx.unbounded_send(event.clone());
+            tx.send(event.clone());
         });
         Events { client: self.clone(), id, rx }
     }
@@ -359,7 +359,7 @@ impl Client {
         if self.inner.control.borrow().is_some() {
             return;
         }
-        let (tx, rx) = mpsc::unbounded();
+        let (tx, rx) = channel();
         *self.inner.control.borrow_mut() = Some(tx.clone());
         let inner = self.inner.clone();
         wasm_bindgen_futures::spawn_local(async move {
@@ -374,7 +374,7 @@ impl Client {
 pub struct Events {
     client: Client,
     id: ListenerId,
-    rx: mpsc::UnboundedReceiver<ClientEvent>,
+    rx: Receiver<ClientEvent>,
 }
 
 impl Stream for Events {
@@ -513,7 +513,7 @@ impl Inner {
     fn settle_connect_waiters(&self, result: Result<(), ClientError>) {
         let waiters: Vec<_> = self.connect_waiters.borrow_mut().drain(..).collect();
         for waiter in waiters {
-            let _ = waiter.send(result.clone());
+            waiter.send(result.clone());
         }
     }
 
@@ -525,7 +525,7 @@ impl Inner {
         self.settle_connect_waiters(result);
         let waiters: Vec<_> = self.stop_waiters.borrow_mut().drain(..).collect();
         for waiter in waiters {
-            let _ = waiter.send(());
+            waiter.send(());
         }
     }
 
@@ -537,18 +537,17 @@ impl Inner {
 
     fn log_frame(&self, direction: &str, frame: &Frame) {
         if self.options.debug {
-            let headers: Vec<String> = frame
-                .headers
-                .iter()
-                .filter(|(name, _)| !name.eq_ignore_ascii_case("authorization"))
-                .map(|(name, value)| format!("{name}:{value}"))
-                .collect();
-            self.log(&format!(
-                "{direction} {} {} ({} bytes)",
-                frame.command,
-                headers.join(" "),
-                frame.body.len()
-            ));
+            let mut text = format!("{direction} {}", frame.command);
+            for (name, value) in frame.headers.iter() {
+                if !name.eq_ignore_ascii_case("authorization") {
+                    text.push(' ');
+                    text.push_str(name);
+                    text.push(':');
+                    text.push_str(value);
+                }
+            }
+            text.push_str(&format!(" ({} bytes)", frame.body.len()));
+            self.log(&text);
         }
     }
 }

@@ -1,9 +1,9 @@
 //! Page events (`online`, `visibilitychange`) that end a backoff wait early.
 
-use futures_channel::mpsc;
 use wasm_bindgen::{JsCast, closure::Closure};
 
 use super::Control;
+use crate::channel::Sender;
 
 /// `online` and `visibilitychange` (to visible) listeners that skip the backoff wait:
 /// background tabs throttle timers, and a returning network should not wait 30 s.
@@ -13,7 +13,7 @@ pub(super) struct PageEvents {
 }
 
 impl PageEvents {
-    pub(super) fn install(control: mpsc::UnboundedSender<Control>) -> Option<PageEvents> {
+    pub(super) fn install(control: Sender<Control>) -> Option<PageEvents> {
         let window = web_sys::window()?;
         let document = window.document();
         let callback = Closure::<dyn FnMut(web_sys::Event)>::new(move |_: web_sys::Event| {
@@ -21,7 +21,7 @@ impl PageEvents {
                 .and_then(|w| w.document())
                 .is_none_or(|d| d.visibility_state() == web_sys::VisibilityState::Visible);
             if visible {
-                let _ = control.unbounded_send(Control::RetryNow);
+                control.send(Control::RetryNow);
             }
         });
         let mut targets: Vec<(web_sys::EventTarget, &'static str)> =

@@ -3,9 +3,7 @@
 
 use std::{cell::Cell, rc::Rc};
 
-use futures_channel::mpsc;
 use futures_util::{FutureExt, StreamExt, select_biased, stream};
-use gloo_timers::future::{IntervalStream, TimeoutFuture};
 use taskpulse_shared::{
     resume,
     stomp::{Command, Decoder, Frame, Limits, Version},
@@ -18,7 +16,8 @@ use super::{
 };
 use crate::{
     ClientError,
-    options::TokenSource,
+    channel::{Interval, Receiver, Timeout},
+    options::{TokenSource, split_scheme},
     protocol::{self, Session},
     socket::{Socket, SocketEvent},
 };
@@ -34,7 +33,7 @@ enum Outcome {
 }
 
 /// Connects, runs sessions and waits between attempts until stopped or refused.
-pub(super) async fn supervise(inner: &Rc<Inner>, mut control: mpsc::UnboundedReceiver<Control>) {
+pub(super) async fn supervise(inner: &Rc<Inner>, mut control: Receiver<Control>) {
     let mut attempt: u32 = 0;
     let mut ever_connected = false;
     loop {
@@ -69,7 +68,7 @@ pub(super) async fn supervise(inner: &Rc<Inner>, mut control: mpsc::UnboundedRec
         inner.set_state(ConnectionState::Reconnecting);
         inner.log(&format!("reconnecting in {delay} ms (attempt {attempt})"));
         let stop = select_biased! {
-            () = TimeoutFuture::new(delay).fuse() => false,
+            () = Timeout::new(delay) => false,
             message = control.next() => !matches!(message, Some(Control::RetryNow)),
         };
         inner.next_retry_at.set(None);
@@ -81,7 +80,7 @@ pub(super) async fn supervise(inner: &Rc<Inner>, mut control: mpsc::UnboundedRec
 }
 
 /// One attempt: token, socket, CONNECT, then the session until it ends.
-async fn run_attempt(inner: &Rc<Inner>, control: &mut mpsc::UnboundedReceiver<Control>) -> Outcome {
+async fn run_attempt(inner: &Rc<Inner>, control: &mut Receiver<Control>) -> Outcome {
     let token = match &inner.options.token {
         TokenSource::Fixed(token) => token.clone(),
         TokenSource::Provider(get) => {
@@ -107,7 +106,7 @@ async fn run_attempt(inner: &Rc<Inner>, control: &mut mpsc::UnboundedReceiver<Co
     let timeout_ms = inner.options.connection_timeout_ms;
     let handshake = {
         let mut handshake = handshake(inner, &mut socket, &token).boxed_local().fuse();
-        let mut timeout = TimeoutFuture::new(timeout_ms).fuse();
+        let mut timeout = Timeout::new(timeout_ms);
         loop {
             select_biased! {
                 result = handshake => break result,
@@ -183,7 +182,7 @@ async fn run_session(
     mut socket: Socket,
     mut decoder: Decoder,
     session: Session,
-    control: &mut mpsc::UnboundedReceiver<Control>,
+    control: &mut Receiver<Control>,
 ) -> Outcome {
     let started = now();
     *inner.live.borrow_mut() = Some(Live {
@@ -213,11 +212,11 @@ async fn run_session(
         inner.send_or_drop(frame);
     }
     let mut ready = false;
-    let mut ready_timeout = TimeoutFuture::new(inner.options.connection_timeout_ms).fuse();
+    let mut ready_timeout = Timeout::new(inner.options.connection_timeout_ms);
 
     let heartbeats = session.heartbeats;
     let mut ticks = match heartbeats.tick_ms() {
-        Some(ms) => IntervalStream::new(ms).boxed_local(),
+        Some(ms) => Interval::new(ms).boxed_local(),
         None => stream::pending().boxed_local(),
     }
     .fuse();
@@ -276,7 +275,7 @@ async fn run_session(
                     stopping = true;
                     inner.send_or_drop(&protocol::disconnect_frame(DISCONNECT_RECEIPT));
                     // Give the server a moment to confirm; close regardless.
-                    let mut timer = TimeoutFuture::new(DISCONNECT_RECEIPT_MS).fuse();
+                    let mut timer = Timeout::new(DISCONNECT_RECEIPT_MS);
                     let confirmed = loop {
                         select_biased! {
                             () = timer => break false,
@@ -361,7 +360,7 @@ fn drain(inner: &Inner, decoder: &mut Decoder) -> Result<Flow, ClientError> {
 
 /// The `host` header: the URL's host[:port].
 fn host_of(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = split_scheme(url).map_or(url, |(_, rest)| rest);
     rest.split(['/', '?', '#']).next().unwrap_or(rest).to_owned()
 }
 

@@ -43,7 +43,7 @@ impl Limits {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     /// The command line is not a STOMP command.
-    #[error("unknown command {0:?}")]
+    #[error("unknown command {}", crate::Quoted(.0))]
     UnknownCommand(String),
     /// The frame is larger than [`Limits::max_frame_bytes`].
     #[error(
@@ -76,10 +76,14 @@ pub enum DecodeError {
         actual: usize,
     },
     /// A header line has no `:` separating name and value.
-    #[error("header line {0:?} has no colon")]
+    #[error("header line {} has no colon", crate::Quoted(.0))]
     MissingColon(String),
     /// A header uses an escape sequence the version does not define.
-    #[error("header {header:?} contains the undefined escape sequence {sequence:?}")]
+    #[error(
+        "header {} contains the undefined escape sequence {}",
+        crate::Quoted(header),
+        crate::Quoted(sequence)
+    )]
     InvalidEscape {
         /// The raw header line.
         header: String,
@@ -90,7 +94,7 @@ pub enum DecodeError {
     #[error("{0} is not valid UTF-8")]
     NonUtf8(&'static str),
     /// `content-length` is not a decimal octet count.
-    #[error("content-length {0:?} is not a number of octets")]
+    #[error("content-length {} is not a number of octets", crate::Quoted(.0))]
     InvalidContentLength(String),
     /// The octet after a `content-length` body is not the NUL that must end the frame.
     #[error("the {content_length}-octet body given by content-length is not followed by a NUL")]
@@ -111,7 +115,10 @@ pub enum DecodeError {
 pub enum EncodeError {
     /// The header cannot be expressed (newline without escaping, `:` in a name, or a
     /// trailing carriage return that a reader would take for a CRLF line end).
-    #[error("header {name:?} cannot be written in a STOMP {version} {command} frame")]
+    #[error(
+        "header {} cannot be written in a STOMP {version} {command} frame",
+        crate::Quoted(name)
+    )]
     UnrepresentableHeader {
         /// The header's name.
         name: String,
@@ -124,7 +131,7 @@ pub enum EncodeError {
     #[error("the body contains a NUL octet, so the frame needs a content-length header")]
     NulWithoutContentLength,
     /// `content-length` disagrees with the body.
-    #[error("content-length {declared:?} does not match the {actual}-octet body")]
+    #[error("content-length {} does not match the {actual}-octet body", crate::Quoted(declared))]
     ContentLengthMismatch {
         /// The header's value.
         declared: String,

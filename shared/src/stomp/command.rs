@@ -11,7 +11,7 @@ use super::frame::{Command, Frame, Headers, Version};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommandError {
     /// A header the version requires is absent.
-    #[error("{command} frame is missing the required {header:?} header")]
+    #[error("{command} frame is missing the required {} header", crate::Quoted(header))]
     MissingHeader {
         /// The frame's command.
         command: Command,
@@ -19,7 +19,11 @@ pub enum CommandError {
         header: &'static str,
     },
     /// A header is present but its value is not allowed.
-    #[error("{command} frame has an invalid {header:?} header {value:?}: {reason}")]
+    #[error(
+        "{command} frame has an invalid {} header {}: {reason}",
+        crate::Quoted(header),
+        crate::Quoted(value)
+    )]
     InvalidHeader {
         /// The frame's command.
         command: Command,
