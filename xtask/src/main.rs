@@ -23,7 +23,10 @@ usage: cargo xtask <command>
   dist                   build the npm package @taskpulse/client into client-wasm/pkg
   fuzz [SECONDS] [TARGET] fuzz the STOMP decoder (decode, the default) or whole
                          sessions (session); 300 s by default
-  bench                  run the codec benchmarks (criterion)
+  bench [codec | page-load]
+                         codec (the default): the codec benchmarks (criterion);
+                         page-load: ms from page load to the first task update in
+                         Chromium, @taskpulse/client beside @stomp/stompjs (RUNS=20)
   load [--postgres | --cluster] [LOAD ARGS...]
                          start a release server and run the broker load tool
                          (taskpulse-load --help lists scenarios and sizes); on SQLite,
@@ -50,7 +53,7 @@ fn main() -> ExitCode {
         Some("test-client") => test::client_only(),
         Some("dist") => dist::run(),
         Some("fuzz") => fuzz(args.get(1).map(String::as_str), args.get(2).map(String::as_str)),
-        Some("bench") => bench(),
+        Some("bench") => bench(args.get(1).map(String::as_str)),
         Some("load") => load(&args[1..]),
         Some("chaos") => chaos(args.get(1..).unwrap_or_default()),
         Some("test-comfyui") => test_comfyui(&args[1..]),
@@ -161,11 +164,15 @@ fn fuzz(seconds: Option<&str>, target: Option<&str>) -> Result<(), String> {
     )
 }
 
-fn bench() -> Result<(), String> {
-    status(
-        cargo().args(["bench", "-p", "taskpulse-shared", "--bench", "codec"]),
-        "codec benchmarks",
-    )
+fn bench(which: Option<&str>) -> Result<(), String> {
+    match which.unwrap_or("codec") {
+        "codec" => status(
+            cargo().args(["bench", "-p", "taskpulse-shared", "--bench", "codec"]),
+            "codec benchmarks",
+        ),
+        "page-load" => test::page_load_bench(),
+        other => Err(format!("unknown benchmark {other:?}: codec or page-load\n\n{USAGE}")),
+    }
 }
 
 /// The ComfyUI executor against a real ComfyUI (`server/tests/server/comfyui_real.rs`,

@@ -385,7 +385,8 @@ fn npm_ci(dir: &Path) -> Result<(), String> {
 /// package's `react`/`vue` adapters, in one Vite app (`client-wasm/tests/frameworks`) that
 /// installs the package from the tarball `npm pack` makes of `pkg` (so its `files` and
 /// `exports` are what a registry would serve); the adapters' types checked by `tsc` against
-/// typical and wrong uses; `vite build`, then the suite, which serves
+/// typical and wrong uses; `vite build`, and again for the React pages against React 18
+/// (`vite.react18.config.js`); then the suite, which serves
 /// the build from the real server it kills and restarts, and runs `vite dev` too.
 fn framework_apps(pkg: &Path) -> Result<String, String> {
     let app = root().join("client-wasm/tests/frameworks");
@@ -421,6 +422,12 @@ fn framework_apps(pkg: &Path) -> Result<String, String> {
     let _ = std::fs::remove_dir_all(app.join("node_modules/.vite"));
     quiet(Command::new("node_modules/.bin/vite").arg("build").current_dir(&app))
         .map_err(|e| format!("vite build: {e}"))?;
+    quiet(
+        Command::new("node_modules/.bin/vite")
+            .args(["build", "--config", "vite.react18.config.js"])
+            .current_dir(&app),
+    )
+    .map_err(|e| format!("vite build of the React 18 pages: {e}"))?;
     quiet(cargo().args(["build", "-p", "taskpulse-server"]))?;
     let _ = std::fs::create_dir_all(root().join("artifacts"));
     captured(
@@ -457,10 +464,7 @@ fn vite_packaging() -> Result<String, String> {
         .map_err(|e| format!("writing protocol-samples.ts: {e}"))?;
     quiet(Command::new("node_modules/.bin/tsc").args(["-p", "tsconfig.json"]).current_dir(&app))
         .map_err(|e| format!("the package's TypeScript types do not check: {e}"))?;
-    quiet(Command::new("node_modules/.bin/vite").arg("build").current_dir(&app))
-        .map_err(|e| format!("vite build: {e}"))?;
-    quiet(Command::new("node").arg("build-others.mjs").current_dir(&app))
-        .map_err(|e| format!("the webpack, esbuild and no-bundler builds: {e}"))?;
+    build_vite_app(&app)?;
     quiet(cargo().args(["build", "-p", "taskpulse-server"]))?;
     let data = tempdir("taskpulse-vite-data")?;
     let server = start_server(
@@ -476,6 +480,43 @@ fn vite_packaging() -> Result<String, String> {
             .current_dir(&app)
             .env("TASKPULSE_APP_URL", format!("http://{}/", server.addr))
             .env("TASKPULSE_SCREENSHOT", root().join("artifacts/vite-app.png")),
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&data);
+    result
+}
+
+/// `vite build` of `client-wasm/tests/vite-app` (installed), then its webpack, esbuild and
+/// no-bundler builds, all into its `dist/`.
+fn build_vite_app(app: &Path) -> Result<(), String> {
+    quiet(Command::new("node_modules/.bin/vite").arg("build").current_dir(app))
+        .map_err(|e| format!("vite build: {e}"))?;
+    quiet(Command::new("node").arg("build-others.mjs").current_dir(app))
+        .map_err(|e| format!("the webpack, esbuild and no-bundler builds: {e}"))
+}
+
+/// `cargo xtask bench page-load`: `page-load.bench.mjs` against a release server that serves
+/// the Vite app's builds (the package as it ships is `dist/plain/taskpulse/`).
+pub(crate) fn page_load_bench() -> Result<(), String> {
+    install::test_packages()?;
+    crate::dist::build()?;
+    let app = root().join("client-wasm/tests/vite-app");
+    quiet(Command::new("npm").args(["install", "--no-audit", "--no-fund"]).current_dir(&app))
+        .map_err(|e| format!("npm install in {}: {e}", app.display()))?;
+    build_vite_app(&app)?;
+    quiet(cargo().args(["build", "--release", "-p", "taskpulse-server"]))?;
+    let data = tempdir("taskpulse-page-load-data")?;
+    let server = start_server(
+        &root().join("target/release/taskpulse-server"),
+        &app.join("dist"),
+        &data,
+        &[("TASKPULSE_DEMO_DURATION_MS", "200"), ("TASKPULSE_DEMO_SIZE", "64")],
+    )?;
+    let result = quiet(
+        Command::new("node")
+            .arg("page-load.bench.mjs")
+            .current_dir(&app)
+            .env("TASKPULSE_APP_URL", format!("http://{}/", server.addr)),
     );
     drop(server);
     let _ = std::fs::remove_dir_all(&data);

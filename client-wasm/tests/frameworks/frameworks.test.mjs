@@ -74,8 +74,9 @@ function row(page, taskNo, status) {
  * processing when the server is killed and finishes after the restart; one success toast
  * each, never two.
  */
-async function followAcrossRestart(path, shot) {
+async function followAcrossRestart(path, shot, react) {
   const { page, token, problems } = await openAs(path);
+  if (react) await assertReact(page, react);
   const first = await submit(token, `${shot} before`);
   await seedCard(page, first, "completed");
   const second = await submit(token, `${shot} across a restart`);
@@ -94,9 +95,20 @@ async function followAcrossRestart(path, shot) {
   await page.context().close();
 }
 
-test("the seed's React TaskMonitor, as written, follows tasks to completed across a server restart", async () => {
-  await followAcrossRestart("/react-seed/", "react-seed");
-});
+/** The React builds: React 19 at the root, React 18 under /react18/ (vite.react18.config.js). */
+const REACTS = [["19", ""], ["18", "/react18"]];
+
+/** Fails unless the page runs React `major` (main.jsx writes the version it imported). */
+async function assertReact(page, major) {
+  const version = await page.evaluate(() => document.documentElement.dataset.react);
+  assert.equal(version?.split(".")[0], major, `React ${major} expected, the page runs ${version}`);
+}
+
+for (const [major, prefix] of REACTS) {
+  test(`React ${major}: the seed's React TaskMonitor, as written, follows tasks to completed across a server restart`, async () => {
+    await followAcrossRestart(`${prefix}/react-seed/`, `react${major}-seed`, major);
+  });
+}
 
 test("the seed's Vue 3 TaskMonitor, as written with element-plus, follows tasks across a server restart", async () => {
   await followAcrossRestart("/vue-seed/", "vue-seed");
@@ -106,8 +118,9 @@ test("the seed's Vue 3 TaskMonitor, as written with element-plus, follows tasks 
  * An adapter page: two components share one connection, rows follow their tasks through a
  * restart, and unmounting them closes the connection.
  */
-async function adapterStory(path, shot, base) {
+async function adapterStory(path, shot, base, react) {
   const { page, token, problems, sockets } = await openAs(path, base);
+  if (react) await assertReact(page, react);
   await waitIn(page, "__rendered", () => document.querySelector("#state")?.textContent === "connected");
   const first = await submit(token, `${shot} before`);
   await row(page, first, "completed");
@@ -136,9 +149,11 @@ async function adapterStory(path, shot, base) {
   await page.context().close();
 }
 
-test("React: useTaskPulse and useTask share one connection, follow a restart, close on unmount", async () => {
-  await adapterStory("/react-hooks/", "react-hooks");
-});
+for (const [major, prefix] of REACTS) {
+  test(`React ${major}: useTaskPulse and useTask share one connection, follow a restart, close on unmount`, async () => {
+    await adapterStory(`${prefix}/react-hooks/`, `react${major}-hooks`, undefined, major);
+  });
+}
 
 test("Vue: useTaskPulse and useTask share one connection, follow a restart, close on unmount", async () => {
   await adapterStory("/vue-composables/", "vue-composables");

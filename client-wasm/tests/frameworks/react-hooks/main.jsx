@@ -1,7 +1,7 @@
 // The React adapter as an app uses it: two components with the same options (one
 // connection), rows reading one task each with useTask, in StrictMode (double mount in
 // development), and a button that unmounts everything (the connection then closes).
-import { StrictMode, useEffect, useState } from "react";
+import { StrictMode, useEffect, useState, version } from "react";
 import { createRoot } from "react-dom/client";
 import { useTask, useTaskPulse } from "@taskpulse/client/react";
 import { BASE_URL } from "../page.js";
@@ -50,6 +50,8 @@ function App() {
   );
 }
 
+// Which React this build runs (the React 18 build aliases react to react-18).
+document.documentElement.dataset.react = version;
 createRoot(document.querySelector("#root")).render(
   <StrictMode>
     <App />
