@@ -19,10 +19,11 @@ use crate::{cargo, install, root, status};
 
 /// Files of `client-wasm/npm/` copied as they are: the React and Vue adapters and the
 /// connections they share, the README and the CHANGELOG.
-const PACKAGE_FILES: [&str; 7] = [
+const PACKAGE_FILES: [&str; 8] = [
     "README.md",
     "CHANGELOG.md",
     "connections.js",
+    "connections.d.ts",
     "react/index.js",
     "react/index.d.ts",
     "vue/index.js",

@@ -446,6 +446,8 @@ fn framework_apps(pkg: &Path) -> Result<String, String> {
 /// served by the real server and driven by playwright-core.
 fn vite_packaging() -> Result<String, String> {
     let app = root().join("client-wasm/tests/vite-app");
+    // Chromium is launched by the monitor suite's harness.
+    npm_ci(&root().join("frontend/tests/e2e"))?;
     // `npm install`, not `npm ci`: this npm writes lock files that list only the platform
     // packages it installed (rollup's, esbuild's), and `npm ci` then calls the lock out of
     // sync. With the lock present, `npm install` installs exactly its versions.
@@ -501,6 +503,7 @@ pub(crate) fn page_load_bench() -> Result<(), String> {
     install::test_packages()?;
     crate::dist::build()?;
     let app = root().join("client-wasm/tests/vite-app");
+    npm_ci(&root().join("frontend/tests/e2e"))?;
     quiet(Command::new("npm").args(["install", "--no-audit", "--no-fund"]).current_dir(&app))
         .map_err(|e| format!("npm install in {}: {e}", app.display()))?;
     build_vite_app(&app)?;

@@ -3,11 +3,10 @@ import type {
   TaskProgressDto,
   TaskPulseError,
   TaskWebSocketClient,
-  TaskWebSocketClientOptions,
 } from "../web/index.js";
+import type { TaskPulseOptions } from "../connections.js";
 
-/** The client's options; `token` may be null or missing until the user has one. */
-export type TaskPulseOptions = Omit<TaskWebSocketClientOptions, "token"> & { token?: string | null };
+export type { TaskPulseOptions };
 
 export interface TaskPulse {
   /** The latest update of every task seen, by taskNo (a new object on every change). */

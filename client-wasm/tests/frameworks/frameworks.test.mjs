@@ -100,7 +100,10 @@ const REACTS = [["19", ""], ["18", "/react18"]];
 
 /** Fails unless the page runs React `major` (main.jsx writes the version it imported). */
 async function assertReact(page, major) {
-  const version = await page.evaluate(() => document.documentElement.dataset.react);
+  // Written once main.jsx runs, which is after the package's .wasm is in (its entry awaits
+  // it), possibly after the load event.
+  const handle = await page.waitForFunction(() => document.documentElement.dataset.react, null, { timeout: 30_000 });
+  const version = await handle.jsonValue();
   assert.equal(version?.split(".")[0], major, `React ${major} expected, the page runs ${version}`);
 }
 

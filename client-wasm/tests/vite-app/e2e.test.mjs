@@ -3,7 +3,8 @@
 // shows a task's live updates through to `completed`, with its .wasm from that server.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { chromium } from "playwright-core";
+// Debian's Chromium with the suites' flags, as every browser suite launches it.
+import { launchChromium } from "../../../frontend/tests/e2e/harness.mjs";
 
 const url = process.env.TASKPULSE_APP_URL;
 const screenshot = process.env.TASKPULSE_SCREENSHOT;
@@ -18,14 +19,7 @@ const BUILDS = [
 for (const [name, path] of BUILDS) {
   test(`${name}: the bundled package shows live task updates`, async () => {
     assert.ok(url, "TASKPULSE_APP_URL is set by cargo xtask test");
-    const browser = await chromium.launch({
-      executablePath: "/usr/bin/chromium",
-      args: [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--no-first-run",
-      ],
-    });
+    const browser = await launchChromium();
     try {
       const page = await browser.newPage();
       const errors = [];
