@@ -10,7 +10,7 @@
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -37,7 +37,7 @@ async fn subscribe(client: &mut StompClient, destination: &str) -> Result<(), St
 }
 
 /// Command line.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "taskpulse-load", about = "Load generator for the TaskPulse STOMP broker")]
 struct Args {
     /// WebSocket URL of the server.
@@ -111,6 +111,14 @@ struct Args {
     /// Messages the queue scenario sends.
     #[arg(long, default_value_t = 50_000)]
     queue_messages: usize,
+    /// A yardstick server (`taskpulse-yardstick`): broadcast, destinations and latency run
+    /// against it first, then against TaskPulse, and a `compare` line gives TaskPulse's
+    /// deliveries/s and server CPU per delivery as a share of the yardstick's.
+    #[arg(long)]
+    compare_url: Option<String>,
+    /// The yardstick's process id, for its CPU time.
+    #[arg(long)]
+    compare_pid: Option<u32>,
 }
 
 impl Args {
@@ -128,13 +136,17 @@ impl Args {
     }
 }
 
-/// The server's process id (`--server-pid`), for its CPU time and RSS.
-static SERVER_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+/// The process id whose CPU time is measured (`--server-pid`, or `--compare-pid` while the
+/// yardstick runs); 0 for none.
+static SERVER_PID: AtomicU32 = AtomicU32::new(0);
 
 /// The server's CPU time so far (user + system, from `/proc/<pid>/stat`), in seconds; `None`
 /// without `--server-pid`.
 fn server_cpu() -> Option<f64> {
-    let pid = SERVER_PID.get()?;
+    let pid = SERVER_PID.load(Ordering::Relaxed);
+    if pid == 0 {
+        return None;
+    }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The fields after the command name, which is in parentheses and may hold spaces:
     // utime and stime (fields 14 and 15) are the 12th and 13th of them.
@@ -144,14 +156,19 @@ fn server_cpu() -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
+/// Server CPU µs per counted thing since `start` (a [`server_cpu`] reading).
+fn cpu_us_per(start: Option<f64>, count: u64) -> Option<f64> {
+    match (start, server_cpu()) {
+        (Some(start), Some(now)) if count > 0 => Some((now - start) * 1e6 / count as f64),
+        _ => None,
+    }
+}
+
 /// ", server CPU N µs per <unit>" since `start` (a [`server_cpu`] reading), or nothing.
 fn cpu_per(start: Option<f64>, count: u64, unit: &str) -> String {
-    match (start, server_cpu()) {
-        (Some(start), Some(now)) if count > 0 => {
-            format!("; server CPU {:.1} µs per {unit}", (now - start) * 1e6 / count as f64)
-        }
-        _ => String::new(),
-    }
+    cpu_us_per(start, count)
+        .map(|us| format!("; server CPU {us:.1} µs per {unit}"))
+        .unwrap_or_default()
 }
 
 /// What one subscriber saw.
@@ -312,20 +329,30 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     sorted[idx] as f64 / 1000.0
 }
 
-/// Prints one result line from the subscribers' observations; `cpu_start` is the server's
-/// CPU time when publishing began.
+/// A delivery scenario's two figures that `--compare` puts side by side.
+#[derive(Debug, Clone, Copy)]
+struct Outcome {
+    deliveries_per_s: f64,
+    p99_ms: f64,
+    cpu_us_per_delivery: Option<f64>,
+}
+
+/// Prints one result line from the subscribers' observations and returns its figures;
+/// `cpu_start` is the server's CPU time when publishing began.
 fn report(
     name: &str,
     seen: Vec<Seen>,
     expected_each: &[u64],
     elapsed: Duration,
     cpu_start: Option<f64>,
-) {
+) -> Outcome {
+    let cpu_us_per_delivery = cpu_us_per(cpu_start, seen.iter().map(|s| s.received).sum());
     let delivered: u64 = seen.iter().map(|s| s.received).sum();
     let expected: u64 = expected_each.iter().sum();
     let reordered: u64 = seen.iter().map(|s| s.duplicates_or_reordered).sum();
     let mut latencies: Vec<u32> = seen.into_iter().flat_map(|s| s.latencies_us).collect();
     latencies.sort_unstable();
+    let p99_ms = percentile(&latencies, 0.99);
     println!(
         "{name}: {delivered} deliveries in {:.3} s = {:.0} deliveries/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; lost {}, duplicated or out of order {}{}",
         elapsed.as_secs_f64(),
@@ -335,8 +362,15 @@ fn report(
         percentile(&latencies, 1.0),
         expected.saturating_sub(delivered),
         reordered,
-        cpu_per(cpu_start, delivered, "delivery"),
+        cpu_us_per_delivery
+            .map(|us| format!("; server CPU {us:.1} µs per delivery"))
+            .unwrap_or_default(),
     );
+    Outcome {
+        deliveries_per_s: delivered as f64 / elapsed.as_secs_f64(),
+        p99_ms,
+        cpu_us_per_delivery,
+    }
 }
 
 /// Publishes `count` messages to destinations chosen by `destination(seq)`, as fast as
@@ -374,7 +408,13 @@ async fn publish(
     let _ = tokio::time::timeout(Duration::from_secs(60), conn.next()).await;
 }
 
-async fn broadcast(args: &Args, subscribers: usize, messages: u64, rate: Option<f64>, name: &str) {
+async fn broadcast(
+    args: &Args,
+    subscribers: usize,
+    messages: u64,
+    rate: Option<f64>,
+    name: &str,
+) -> Outcome {
     let (subs, _) = open_subscribers(
         args,
         |i| format!("sub{i}"),
@@ -405,10 +445,10 @@ async fn broadcast(args: &Args, subscribers: usize, messages: u64, rate: Option<
         &expected,
         started.elapsed(),
         cpu_start,
-    );
+    )
 }
 
-async fn destinations(args: &Args) {
+async fn destinations(args: &Args, label: &str) -> Outcome {
     let d = args.destinations;
     let per = args.per_destination as u64;
     let (subs, _) =
@@ -442,13 +482,65 @@ async fn destinations(args: &Args) {
     let expected = vec![per; d];
     report(
         &format!(
-            "destinations ({d} destinations x {per} messages, 4 publishers, {:?} subscribers)",
+            "{label}destinations ({d} destinations x {per} messages, 4 publishers, {:?} subscribers)",
             args.transport
         ),
         seen,
         &expected,
         started.elapsed(),
         cpu_start,
+    )
+}
+
+/// broadcast, destinations or latency against `args.url`, its result line prefixed by `label`.
+async fn topic_scenario(args: &Args, scenario: &str, label: &str) -> Outcome {
+    match scenario {
+        "broadcast" => {
+            let name = format!("{label}broadcast");
+            broadcast(args, args.subscribers, args.messages as u64, None, &name).await
+        }
+        "destinations" => destinations(args, label).await,
+        _ => {
+            // `rate` deliveries/s as 100 subscribers x rate/100 messages/s, for 5 s.
+            let subscribers = 100;
+            let per_second = args.rate as f64 / subscribers as f64;
+            let messages = (per_second * 5.0) as u64;
+            let name = format!("{label}latency at {} deliveries/s", args.rate);
+            broadcast(args, subscribers, messages, Some(per_second), &name).await
+        }
+    }
+}
+
+/// `--compare`: the scenario against the yardstick, then against TaskPulse, then the ratios.
+async fn compare(args: &Args, yardstick_url: &str, scenario: &str) {
+    let mut yardstick = args.clone();
+    yardstick.url = yardstick_url.to_owned();
+    yardstick.subscriber_urls.clear();
+    SERVER_PID.store(args.compare_pid.unwrap_or(0), Ordering::Relaxed);
+    let theirs = topic_scenario(&yardstick, scenario, "yardstick: ").await;
+    SERVER_PID.store(args.server_pid.unwrap_or(0), Ordering::Relaxed);
+    let ours = topic_scenario(args, scenario, "TaskPulse: ").await;
+    let cpu = match (ours.cpu_us_per_delivery, theirs.cpu_us_per_delivery) {
+        (Some(ours), Some(theirs)) if theirs > 0.0 => format!(
+            "; server CPU per delivery {ours:.2} µs vs {theirs:.2} µs = {:.2}x",
+            ours / theirs
+        ),
+        _ => String::new(),
+    };
+    // The latency scenario publishes at a fixed rate: there the rates match by design and
+    // CPU and p99 are what differ.
+    let share = if scenario == "latency" {
+        String::from(" (a fixed rate)")
+    } else {
+        format!(
+            " = {:.1}% of the yardstick's {:.0}",
+            100.0 * ours.deliveries_per_s / theirs.deliveries_per_s,
+            theirs.deliveries_per_s
+        )
+    };
+    println!(
+        "compare {scenario}: TaskPulse {:.0} deliveries/s{share}; p99 {:.2} ms vs {:.2} ms{cpu}",
+        ours.deliveries_per_s, ours.p99_ms, theirs.p99_ms,
     );
 }
 
@@ -463,9 +555,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    if let Some(pid) = args.server_pid {
-        let _ = SERVER_PID.set(pid);
-    }
+    SERVER_PID.store(args.server_pid.unwrap_or(0), Ordering::Relaxed);
     let scenarios: Vec<&str> = args.scenarios.split(',').map(str::trim).collect();
     for scenario in &scenarios {
         let topics = ["broadcast", "destinations", "latency"];
@@ -474,24 +564,12 @@ async fn main() {
             continue;
         }
         match *scenario {
-            "broadcast" => {
-                broadcast(&args, args.subscribers, args.messages as u64, None, "broadcast").await
-            }
-            "destinations" => destinations(&args).await,
-            "latency" => {
-                // `rate` deliveries/s as 100 subscribers x rate/100 messages/s, for 5 s.
-                let subscribers = 100;
-                let per_second = args.rate as f64 / subscribers as f64;
-                let messages = (per_second * 5.0) as u64;
-                broadcast(
-                    &args,
-                    subscribers,
-                    messages,
-                    Some(per_second),
-                    &format!("latency at {} deliveries/s", args.rate),
-                )
-                .await;
-            }
+            "broadcast" | "destinations" | "latency" => match &args.compare_url {
+                Some(yardstick) => compare(&args, yardstick, scenario).await,
+                None => {
+                    topic_scenario(&args, scenario, "").await;
+                }
+            },
             "connect" => {
                 let (conns, elapsed) = open_subscribers(
                     &args,

@@ -40,18 +40,29 @@ impl ServerProcess {
         for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("TASKPULSE_")) {
             command.env_remove(name);
         }
-        let mut child = command
+        command
             .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
             .arg("--ui-dir")
             .arg(ui_dir)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .env("NO_COLOR", "1")
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        ServerProcess::spawn(command)
+    }
+
+    /// Starts `command` (any program that prints "listening on http://ADDR" once it listens,
+    /// such as the load tool's yardstick) and waits for that line.
+    ///
+    /// # Errors
+    /// The program cannot be started or does not report its address within 30 s.
+    pub fn spawn(mut command: Command) -> Result<ServerProcess, String> {
+        let program = command.get_program().to_string_lossy().into_owned();
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+            .map_err(|e| format!("cannot start {program}: {e}"))?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let (tx, rx) = mpsc::channel();
         // Reads the address, then keeps draining so the server never blocks on a full pipe.
@@ -67,7 +78,7 @@ impl ServerProcess {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                Err(format!("{} did not report its address within 30 s", binary.display()))
+                Err(format!("{program} did not report its address within 30 s"))
             }
         }
     }

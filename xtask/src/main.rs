@@ -27,13 +27,16 @@ usage: cargo xtask <command>
                          codec (the default): the codec benchmarks (criterion);
                          page-load: ms from page load to the first task update in
                          Chromium, @taskpulse/client beside @stomp/stompjs (RUNS=20)
-  load [--postgres | --cluster] [LOAD ARGS...]
+  load [--postgres | --cluster | --compare] [LOAD ARGS...]
                          start a release server and run the broker load tool
                          (taskpulse-load --help lists scenarios and sizes); on SQLite,
                          or on a throw-away PostgreSQL with --postgres, or on the
                          database TASKPULSE_STORAGE_URL names; --cluster: three nodes on
                          a throw-away PostgreSQL and redis-server, publishing on the
-                         first, subscribers on the other two
+                         first, subscribers on the other two; --compare: broadcast,
+                         destinations and latency against taskpulse-yardstick (a
+                         minimal encode-once STOMP fan-out server) and TaskPulse in one
+                         run, with TaskPulse's share of its deliveries/s and CPU
   chaos [--cluster] [TASKS]
                          the long chaos run: 6 users x 4 clients, TASKS demo tasks
                          (default 1000), 8 SIGKILL restarts, random disconnects; with
@@ -245,12 +248,21 @@ fn load(extra: &[String]) -> Result<(), String> {
     // The database under test: a throw-away PostgreSQL with --postgres or --cluster, else
     // SQLite in the temporary data directory unless TASKPULSE_STORAGE_URL names another.
     let (mode, extra) = match extra.split_first() {
-        Some((flag, rest)) if flag == "--postgres" || flag == "--cluster" => {
+        Some((flag, rest)) if ["--postgres", "--cluster", "--compare"].contains(&flag.as_str()) => {
             (Some(flag.as_str()), rest)
         }
         _ => (None, extra),
     };
-    let postgres = mode.map(|_| taskpulse_testkit::Postgres::start()).transpose()?;
+    let postgres = matches!(mode, Some("--postgres" | "--cluster"))
+        .then(taskpulse_testkit::Postgres::start)
+        .transpose()?;
+    let yardstick = (mode == Some("--compare"))
+        .then(|| {
+            taskpulse_testkit::ServerProcess::spawn(Command::new(
+                root().join("target/release/taskpulse-yardstick"),
+            ))
+        })
+        .transpose()?;
     let redis = (mode == Some("--cluster")).then(taskpulse_testkit::Redis::start).transpose()?;
     let storage = match &postgres {
         Some(postgres) => postgres.fresh_database()?,
@@ -293,6 +305,13 @@ fn load(extra: &[String]) -> Result<(), String> {
     } else {
         command.args(["--server-pid", &server.pid().to_string()]);
     }
+    if let Some(yardstick) = &yardstick {
+        command.args(["--compare-url", &format!("ws://{}/ws", yardstick.addr)]);
+        command.args(["--compare-pid", &yardstick.pid().to_string()]);
+        if !extra.iter().any(|a| a.starts_with("--scenarios")) {
+            command.args(["--scenarios", "broadcast,destinations,latency"]);
+        }
+    }
     let result = status(
         command
             .env("TASKPULSE_JWT_SECRET", secret)
@@ -301,6 +320,7 @@ fn load(extra: &[String]) -> Result<(), String> {
         "running taskpulse-load",
     );
     drop(servers);
+    drop(yardstick);
     drop(redis);
     drop(postgres);
     let _ = std::fs::remove_dir_all(&data);
