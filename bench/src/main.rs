@@ -166,9 +166,12 @@ fn cpu_us_per(start: Option<f64>, count: u64) -> Option<f64> {
 
 /// ", server CPU N µs per <unit>" since `start` (a [`server_cpu`] reading), or nothing.
 fn cpu_per(start: Option<f64>, count: u64, unit: &str) -> String {
-    cpu_us_per(start, count)
-        .map(|us| format!("; server CPU {us:.1} µs per {unit}"))
-        .unwrap_or_default()
+    cpu_text(cpu_us_per(start, count), unit)
+}
+
+/// ", server CPU N µs per <unit>", or nothing without a figure.
+fn cpu_text(us: Option<f64>, unit: &str) -> String {
+    us.map(|us| format!("; server CPU {us:.1} µs per {unit}")).unwrap_or_default()
 }
 
 /// What one subscriber saw.
@@ -346,8 +349,8 @@ fn report(
     elapsed: Duration,
     cpu_start: Option<f64>,
 ) -> Outcome {
-    let cpu_us_per_delivery = cpu_us_per(cpu_start, seen.iter().map(|s| s.received).sum());
     let delivered: u64 = seen.iter().map(|s| s.received).sum();
+    let cpu_us_per_delivery = cpu_us_per(cpu_start, delivered);
     let expected: u64 = expected_each.iter().sum();
     let reordered: u64 = seen.iter().map(|s| s.duplicates_or_reordered).sum();
     let mut latencies: Vec<u32> = seen.into_iter().flat_map(|s| s.latencies_us).collect();
@@ -362,9 +365,7 @@ fn report(
         percentile(&latencies, 1.0),
         expected.saturating_sub(delivered),
         reordered,
-        cpu_us_per_delivery
-            .map(|us| format!("; server CPU {us:.1} µs per delivery"))
-            .unwrap_or_default(),
+        cpu_text(cpu_us_per_delivery, "delivery"),
     );
     Outcome {
         deliveries_per_s: delivered as f64 / elapsed.as_secs_f64(),

@@ -123,10 +123,9 @@ extern "C" {
     fn set_timeout(handler: &Closure<dyn FnMut()>, ms: u32) -> JsValue;
     #[wasm_bindgen(js_name = setInterval)]
     fn set_interval(handler: &Closure<dyn FnMut()>, ms: u32) -> JsValue;
+    /// Clears intervals too: both kinds of timer live in one map of active timers (HTML).
     #[wasm_bindgen(js_name = clearTimeout)]
-    fn clear_timeout(id: &JsValue);
-    #[wasm_bindgen(js_name = clearInterval)]
-    fn clear_interval(id: &JsValue);
+    fn clear_timer(id: &JsValue);
 }
 
 /// A JavaScript timer (`setTimeout` or `setInterval`) whose ticks arrive on a channel;
@@ -134,7 +133,6 @@ extern "C" {
 struct Timer {
     ticks: Receiver<()>,
     id: JsValue,
-    repeat: bool,
     _handler: Closure<dyn FnMut()>,
 }
 
@@ -145,7 +143,7 @@ impl Timer {
             tick.send(());
         });
         let id = if repeat { set_interval(&handler, ms) } else { set_timeout(&handler, ms) };
-        Timer { ticks, id, repeat, _handler: handler }
+        Timer { ticks, id, _handler: handler }
     }
 
     fn poll_tick(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -155,11 +153,7 @@ impl Timer {
 
 impl Drop for Timer {
     fn drop(&mut self) {
-        if self.repeat {
-            clear_interval(&self.id);
-        } else {
-            clear_timeout(&self.id);
-        }
+        clear_timer(&self.id);
     }
 }
 

@@ -364,7 +364,10 @@ fn client_browser_tests() -> Result<String, String> {
 
 /// The npm package (`cargo xtask dist`, built once) in a Vite app, and in React and Vue apps.
 fn npm_package_tests(tally: &mut Tally) {
-    let package = crate::dist::build();
+    // Both suites launch Chromium (and the frameworks suite the server) through the monitor
+    // suite's harness.
+    let package = crate::dist::build()
+        .and_then(|pkg| npm_ci(&root().join("frontend/tests/e2e")).map(|()| pkg));
     tally.runner(
         "@taskpulse/client bundled by Vite, webpack, esbuild and none, in Chromium",
         package.clone().and_then(|_| vite_packaging()),
@@ -390,9 +393,6 @@ fn npm_ci(dir: &Path) -> Result<(), String> {
 /// the build from the real server it kills and restarts, and runs `vite dev` too.
 fn framework_apps(pkg: &Path) -> Result<String, String> {
     let app = root().join("client-wasm/tests/frameworks");
-    // The suite's harness (server spawner, Chromium) is the monitor suite's.
-    let harness = root().join("frontend/tests/e2e");
-    npm_ci(&harness)?;
     quiet(Command::new("npm").args(["install", "--no-audit", "--no-fund"]).current_dir(&app))
         .map_err(|e| format!("npm install in {}: {e}", app.display()))?;
     let packed = tempdir("taskpulse-npm-pack")?;
@@ -446,8 +446,6 @@ fn framework_apps(pkg: &Path) -> Result<String, String> {
 /// served by the real server and driven by playwright-core.
 fn vite_packaging() -> Result<String, String> {
     let app = root().join("client-wasm/tests/vite-app");
-    // Chromium is launched by the monitor suite's harness.
-    npm_ci(&root().join("frontend/tests/e2e"))?;
     // `npm install`, not `npm ci`: this npm writes lock files that list only the platform
     // packages it installed (rollup's, esbuild's), and `npm ci` then calls the lock out of
     // sync. With the lock present, `npm install` installs exactly its versions.
