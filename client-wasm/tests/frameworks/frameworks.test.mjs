@@ -43,7 +43,12 @@ async function openAs(path, base = suite.base()) {
   const problems = [];
   page.on("pageerror", (error) => problems.push(error.message));
   const sockets = [];
-  page.on("websocket", (socket) => sockets.push(socket));
+  page.on("websocket", (socket) => {
+    sockets.push(socket);
+    // A session: the server answered on it. An attempt the restarting server refused is
+    // a WebSocket too, but never gets a frame.
+    socket.on("framereceived", () => (socket.answered = true));
+  });
   await page.goto(`${base}${path}`);
   return { page, token, problems, sockets };
 }
@@ -134,7 +139,7 @@ async function adapterStory(path, shot, base, react) {
   await row(page, second, "completed");
   await waitIn(page, "__rendered", () => document.querySelector("#completed")?.textContent === "2");
   await page.screenshot({ path: join(SHOTS, `${shot}.png`) }).catch(() => {});
-  const pageSockets = (list) => list.filter((s) => s.url().endsWith("/ws"));
+  const pageSockets = (list) => list.filter((s) => s.url().endsWith("/ws") && s.answered);
   assert.equal(pageSockets(sockets.slice(0, socketsBefore)).length, 1,
     `one connection for both components: ${sockets.map((s) => s.url())}`);
   assert.equal(pageSockets(sockets).length, 2, "one more after the restart, not one per component");
