@@ -55,10 +55,10 @@ struct Args {
     #[arg(long)]
     server_pid: Option<u32>,
     /// Which scenarios: broadcast, destinations, latency, connect, idle, tasks, replay,
-    /// publish, queue (comma-separated).
+    /// publish, durable, queue (comma-separated).
     #[arg(
         long,
-        default_value = "broadcast,destinations,latency,connect,idle,tasks,replay,publish,queue"
+        default_value = "broadcast,destinations,latency,connect,idle,tasks,replay,publish,durable,queue"
     )]
     scenarios: String,
     /// The subscribers' transport in broadcast, destinations, latency, connect and idle
@@ -72,6 +72,16 @@ struct Args {
     /// Notices per request in the publish scenario's batch form (at most 1,000).
     #[arg(long, default_value_t = 100)]
     publish_batch: usize,
+    /// Users online in the durable scenario, one subscription each.
+    #[arg(long, default_value_t = 1000)]
+    durable_users: usize,
+    /// RabbitMQ's Web-STOMP URL: the durable scenario runs against it first (persistent
+    /// messages to durable queues) and prints the ratio.
+    #[arg(long)]
+    rabbitmq_url: Option<String>,
+    /// RabbitMQ's process id, for its CPU time.
+    #[arg(long)]
+    rabbitmq_pid: Option<u32>,
     /// X-API-Key of the server, for publishing (the replay scenario).
     #[arg(long, env = "TASKPULSE_LOAD_API_KEY", default_value = "")]
     api_key: String,
@@ -90,7 +100,8 @@ struct Args {
     /// Messages per destination in the destinations scenario.
     #[arg(long, default_value_t = 200)]
     per_destination: usize,
-    /// Target deliveries per second in the latency scenario.
+    /// Target deliveries per second in the latency scenario, and pushes per second in the
+    /// durable scenario's paced run.
     #[arg(long, default_value_t = 20_000)]
     rate: usize,
     /// Connections opened in the connect scenario.
@@ -189,7 +200,7 @@ fn now_ns(epoch: Instant) -> u64 {
 
 /// Reads deliveries with bodies `seq:sent_ns:padding` until `expected` arrived or the
 /// deadline passes.
-async fn consume(mut bodies: Bodies, expected: u64, epoch: Instant, deadline: Instant) -> Seen {
+async fn consume(bodies: &mut Bodies, expected: u64, epoch: Instant, deadline: Instant) -> Seen {
     let mut seen = Seen::default();
     let mut last: Option<u64> = None;
     while seen.received < expected {
@@ -203,8 +214,10 @@ async fn consume(mut bodies: Bodies, expected: u64, epoch: Instant, deadline: In
 
 impl Seen {
     /// Counts one delivery whose text is `seq:sent_ns:padding`, arrived at `arrived` ns;
-    /// `last` is the previous delivery's `seq` on the same connection.
+    /// `last` is the previous delivery's `seq` on the same connection. The text may be a
+    /// JSON string (a published payload), quotes and all.
     fn record(&mut self, text: &str, arrived: u64, last: &mut Option<u64>) {
+        let text = text.trim_matches('"');
         let mut parts = text.splitn(3, ':');
         let seq: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
         let sent: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(arrived);
@@ -218,18 +231,32 @@ impl Seen {
 }
 
 /// Starts one reader per subscriber, each expecting `expected` messages within 120 s.
-fn start_readers(subs: Vec<Bodies>, expected: u64, epoch: Instant) -> Vec<JoinHandle<Seen>> {
+fn start_readers(
+    subs: Vec<Bodies>,
+    expected: u64,
+    epoch: Instant,
+) -> Vec<JoinHandle<(Bodies, Seen)>> {
     let deadline = Instant::now() + Duration::from_secs(120);
-    subs.into_iter().map(|conn| tokio::spawn(consume(conn, expected, epoch, deadline))).collect()
+    subs.into_iter()
+        .map(|mut conn| {
+            tokio::spawn(async move {
+                let seen = consume(&mut conn, expected, epoch, deadline).await;
+                (conn, seen)
+            })
+        })
+        .collect()
 }
 
-/// Waits for every reader.
-async fn join_readers(readers: Vec<JoinHandle<Seen>>) -> Vec<Seen> {
+/// Waits for every reader; gives back the subscriptions, for another run, and what each saw.
+async fn join_readers(readers: Vec<JoinHandle<(Bodies, Seen)>>) -> (Vec<Bodies>, Vec<Seen>) {
+    let mut subs = Vec::with_capacity(readers.len());
     let mut seen = Vec::with_capacity(readers.len());
     for reader in readers {
-        seen.push(reader.await.expect("reader"));
+        let (conn, saw) = reader.await.expect("reader");
+        subs.push(conn);
+        seen.push(saw);
     }
-    seen
+    (subs, seen)
 }
 
 fn body(seq: u64, epoch: Instant, size: usize) -> String {
@@ -374,14 +401,16 @@ fn report(
     }
 }
 
-/// Publishes `count` messages to destinations chosen by `destination(seq)`, as fast as
-/// possible or at `rate` messages/s, from one connection.
+/// Publishes `count` messages to destinations chosen by `destination(seq)`, with `headers`
+/// besides `destination`, as fast as possible or at `rate` messages/s, from one connection.
+#[allow(clippy::too_many_arguments)]
 async fn publish(
     mut conn: StompClient,
     count: u64,
     first: u64,
     step: u64,
     destination: impl Fn(u64) -> String,
+    headers: &'static [(&'static str, &'static str)],
     rate: Option<f64>,
     epoch: Instant,
 ) {
@@ -393,7 +422,10 @@ async fn publish(
             tokio::time::sleep_until(due.into()).await;
         }
         let dest = destination(seq);
-        let message = frame(Command::Send, &[("destination", &dest)], body(seq, epoch, 200));
+        let mut message = frame(Command::Send, &[("destination", &dest)], body(seq, epoch, 200));
+        for (name, value) in headers {
+            message.headers.push(name, value);
+        }
         if conn.feed(&message).await.is_err() {
             eprintln!("publisher connection closed");
             return;
@@ -435,10 +467,11 @@ async fn broadcast(
         0,
         1,
         |_| "/topic/bench.broadcast".into(),
+        &[],
         rate,
         epoch,
     ));
-    let seen = join_readers(readers).await;
+    let (_, seen) = join_readers(readers).await;
     let expected = vec![messages; seen.len().max(subscribers)];
     report(
         &format!("{name} ({subscribers} {:?} subscribers x {messages} messages)", args.transport),
@@ -473,11 +506,12 @@ async fn destinations(args: &Args, label: &str) -> Outcome {
             p as u64,
             publishers as u64,
             move |seq| format!("/topic/bench.d{}", seq % d),
+            &[],
             None,
             epoch,
         ));
     }
-    let seen = join_readers(readers).await;
+    let (_, seen) = join_readers(readers).await;
     // Destination i receives seqs i, i+d, i+2d…; with d a multiple of the publisher count
     // they all come from publisher i % 4, so their order is defined and checked.
     let expected = vec![per; d];
@@ -618,6 +652,7 @@ async fn main() {
             "tasks" => tasks::run(&args).await,
             "replay" => replay::run(&args).await,
             "publish" => publish::run(&args).await,
+            "durable" => publish::run_durable(&args).await,
             "queue" => queue::run(&args).await,
             other => eprintln!("unknown scenario {other:?}"),
         }

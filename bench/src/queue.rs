@@ -62,7 +62,7 @@ pub(crate) async fn run(args: &Args) {
         .collect();
     let started = Instant::now();
     let cpu_start = server_cpu();
-    tokio::spawn(publish(publisher, messages, 0, 1, |_| QUEUE.into(), None, epoch));
+    tokio::spawn(publish(publisher, messages, 0, 1, |_| QUEUE.into(), &[], None, epoch));
     let mut seen = Vec::with_capacity(readers.len());
     for reader in readers {
         if let Ok(s) = reader.await {

@@ -37,10 +37,7 @@ impl Postgres {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
                 .map_err(|e| format!("cannot hand {} to postgres: {e}", dir.display()))?;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port: {e}"))?
-            .port();
+        let port = crate::free_port()?;
         let server = Postgres { dir, port, bin, databases: AtomicUsize::new(0) };
         let data = server.dir.join("data");
         server.run(

@@ -29,10 +29,7 @@ impl Redis {
     /// It is not installed, or did not answer PING within 10 s.
     pub fn start() -> Result<Redis, String> {
         let dir = crate::postgres::unique_dir("redis")?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port: {e}"))?
-            .port();
+        let port = crate::free_port()?;
         let mut redis = Redis { dir, port, child: None, cluster: false };
         redis.start_again()?;
         Ok(redis)

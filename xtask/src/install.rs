@@ -146,6 +146,14 @@ pub(crate) fn test_packages() -> Result<(), String> {
     apt_install(&missing)
 }
 
+/// Debian's RabbitMQ, for `cargo xtask load --rabbitmq` (not a test dependency).
+pub(crate) fn rabbitmq() -> Result<(), String> {
+    if deb_installed("rabbitmq-server") {
+        return Ok(());
+    }
+    apt_install(&["rabbitmq-server"])
+}
+
 /// Node and npm, for the `@stomp/stompjs` interop suite; Debian's when none is on PATH.
 pub(crate) fn node() -> Result<(), String> {
     let works = |program: &str| version_of(&PathBuf::from(program)).is_some();

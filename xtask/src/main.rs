@@ -27,7 +27,7 @@ usage: cargo xtask <command>
                          codec (the default): the codec benchmarks (criterion);
                          page-load: ms from page load to the first task update in
                          Chromium, @taskpulse/client beside @stomp/stompjs (RUNS=20)
-  load [--postgres | --cluster | --compare] [LOAD ARGS...]
+  load [--postgres | --cluster | --compare | --rabbitmq]... [LOAD ARGS...]
                          start a release server and run the broker load tool
                          (taskpulse-load --help lists scenarios and sizes); on SQLite,
                          or on a throw-away PostgreSQL with --postgres, or on the
@@ -36,7 +36,11 @@ usage: cargo xtask <command>
                          first, subscribers on the other two; --compare: broadcast,
                          destinations and latency against taskpulse-yardstick (a
                          minimal encode-once STOMP fan-out server) and TaskPulse in one
-                         run, with TaskPulse's share of its deliveries/s and CPU
+                         run, with TaskPulse's share of its deliveries/s and CPU;
+                         --rabbitmq: the durable scenario (1,000 users online, pushes
+                         through POST /api/publish) after RabbitMQ's persistent
+                         deliveries to 1,000 durable queues (Debian's rabbitmq-server,
+                         installed if missing, Web-STOMP), with the ratio
   chaos [--cluster] [TASKS]
                          the long chaos run: 6 users x 4 clients, TASKS demo tasks
                          (default 1000), 8 SIGKILL restarts, random disconnects; with
@@ -245,25 +249,29 @@ fn load(extra: &[String]) -> Result<(), String> {
     let data = env::temp_dir().join(format!("taskpulse-load-{}", std::process::id()));
     std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
     let secret = "load-tests-secret-of-at-least-thirty-two-bytes";
-    // The database under test: a throw-away PostgreSQL with --postgres or --cluster, else
-    // SQLite in the temporary data directory unless TASKPULSE_STORAGE_URL names another.
-    let (mode, extra) = match extra.split_first() {
-        Some((flag, rest)) if ["--postgres", "--cluster", "--compare"].contains(&flag.as_str()) => {
-            (Some(flag.as_str()), rest)
-        }
-        _ => (None, extra),
-    };
-    let postgres = matches!(mode, Some("--postgres" | "--cluster"))
+    // Leading flags choose what runs beside the server: a throw-away PostgreSQL as the
+    // database under test (--postgres, --cluster; else SQLite in the temporary data
+    // directory unless TASKPULSE_STORAGE_URL names another), three nodes on redis-server
+    // (--cluster), the yardstick server (--compare), RabbitMQ (--rabbitmq).
+    const MODES: [&str; 4] = ["--postgres", "--cluster", "--compare", "--rabbitmq"];
+    let given = extra.iter().take_while(|a| MODES.contains(&a.as_str())).count();
+    let (modes, extra) = extra.split_at(given);
+    let mode = |name: &str| modes.iter().any(|m| m == name);
+    let postgres = (mode("--postgres") || mode("--cluster"))
         .then(taskpulse_testkit::Postgres::start)
         .transpose()?;
-    let yardstick = (mode == Some("--compare"))
+    let yardstick = mode("--compare")
         .then(|| {
             taskpulse_testkit::ServerProcess::spawn(Command::new(
                 root().join("target/release/taskpulse-yardstick"),
             ))
         })
         .transpose()?;
-    let redis = (mode == Some("--cluster")).then(taskpulse_testkit::Redis::start).transpose()?;
+    if mode("--rabbitmq") {
+        install::rabbitmq()?;
+    }
+    let rabbitmq = mode("--rabbitmq").then(taskpulse_testkit::RabbitMq::start).transpose()?;
+    let redis = mode("--cluster").then(taskpulse_testkit::Redis::start).transpose()?;
     let storage = match &postgres {
         Some(postgres) => postgres.fresh_database()?,
         None => env::var("TASKPULSE_STORAGE_URL").unwrap_or_default(),
@@ -312,6 +320,13 @@ fn load(extra: &[String]) -> Result<(), String> {
             command.args(["--scenarios", "broadcast,destinations,latency"]);
         }
     }
+    if let Some(rabbitmq) = &rabbitmq {
+        command.args(["--rabbitmq-url", &rabbitmq.web_stomp_url()]);
+        command.args(["--rabbitmq-pid", &rabbitmq.pid().to_string()]);
+        if !extra.iter().any(|a| a.starts_with("--scenarios")) {
+            command.args(["--scenarios", "durable"]);
+        }
+    }
     let result = status(
         command
             .env("TASKPULSE_JWT_SECRET", secret)
@@ -321,6 +336,7 @@ fn load(extra: &[String]) -> Result<(), String> {
     );
     drop(servers);
     drop(yardstick);
+    drop(rabbitmq);
     drop(redis);
     drop(postgres);
     let _ = std::fs::remove_dir_all(&data);
