@@ -441,6 +441,24 @@ async fn publish(
     let _ = tokio::time::timeout(Duration::from_secs(60), conn.next()).await;
 }
 
+/// Sends seqs `0..total` from `pubs` at full speed: publisher p sends p, p+P, p+2P, … (P
+/// publishers) to `destination(seq)`. With `seq % N` destinations and N a multiple of P,
+/// each destination's seqs come from one publisher, increasing, so their order is checked.
+fn spawn_publishers(
+    pubs: Vec<StompClient>,
+    total: u64,
+    destination: impl Fn(u64) -> String + Clone + Send + 'static,
+    headers: &'static [(&'static str, &'static str)],
+    epoch: Instant,
+) {
+    let publishers = pubs.len() as u64;
+    for (p, conn) in pubs.into_iter().enumerate() {
+        let count = total.saturating_sub(p as u64).div_ceil(publishers);
+        let destination = destination.clone();
+        tokio::spawn(publish(conn, count, p as u64, publishers, destination, headers, None, epoch));
+    }
+}
+
 async fn broadcast(
     args: &Args,
     subscribers: usize,
@@ -494,23 +512,8 @@ async fn destinations(args: &Args, label: &str) -> Outcome {
     let readers = start_readers(subs, per, epoch);
     let started = Instant::now();
     let cpu_start = server_cpu();
-    let total = d as u64 * per;
-    for (p, conn) in pubs.into_iter().enumerate() {
-        // Publisher p sends seq p, p+P, p+2P, ...; destination = seq % d, so each destination
-        // receives increasing seqs.
-        let count = (total - p as u64).div_ceil(publishers as u64);
-        let d = d as u64;
-        tokio::spawn(publish(
-            conn,
-            count,
-            p as u64,
-            publishers as u64,
-            move |seq| format!("/topic/bench.d{}", seq % d),
-            &[],
-            None,
-            epoch,
-        ));
-    }
+    let n = d as u64;
+    spawn_publishers(pubs, n * per, move |seq| format!("/topic/bench.d{}", seq % n), &[], epoch);
     let (_, seen) = join_readers(readers).await;
     // Destination i receives seqs i, i+d, i+2d…; with d a multiple of the publisher count
     // they all come from publisher i % 4, so their order is defined and checked.

@@ -21,9 +21,8 @@ use std::{
 };
 
 use crate::{
-    Args, Outcome, SERVER_PID, cpu_per, join_readers, now_ns, open_many,
-    open_subscribers, percentile, publish, report, server_cpu, start_readers,
-    transport::Transport,
+    Args, Outcome, SERVER_PID, cpu_per, join_readers, now_ns, open_many, open_subscribers,
+    percentile, report, server_cpu, spawn_publishers, start_readers, transport::Transport,
 };
 
 /// Requests in flight (one per client).
@@ -145,7 +144,8 @@ async fn push(
 async fn offline(args: &Args, users: usize, pushes: usize, batch: usize) {
     let started = Instant::now();
     let cpu_start = server_cpu();
-    let sent = push(args, "push", by_client(users, pushes, false), batch, None, Instant::now()).await;
+    let sent =
+        push(args, "push", by_client(users, pushes, false), batch, None, Instant::now()).await;
     let elapsed = started.elapsed();
     let form = if batch == 1 { "single".to_owned() } else { format!("batches of {batch}") };
     println!(
@@ -238,23 +238,9 @@ async fn rabbitmq(args: &Args, url: &str, queues: usize, total: usize) -> Option
     let readers = start_readers(subs, per, epoch);
     let started = Instant::now();
     let cpu_start = server_cpu();
-    let all = per * queues as u64;
-    for (p, conn) in pubs.into_iter().enumerate() {
-        // As in the destinations scenario: queue i gets seqs i, i+queues, … all from
-        // publisher i % 4 (queues is a multiple of 4), so their order is checked.
-        let count = (all - p as u64).div_ceil(publishers as u64);
-        let q = queues as u64;
-        tokio::spawn(publish(
-            conn,
-            count,
-            p as u64,
-            publishers as u64,
-            move |seq| format!("/queue/durable.{}", seq % q),
-            &[("persistent", "true")],
-            None,
-            epoch,
-        ));
-    }
+    let q = queues as u64;
+    let destination = move |seq| format!("/queue/durable.{}", seq % q);
+    spawn_publishers(pubs, per * q, destination, &[("persistent", "true")], epoch);
     let (_, seen) = join_readers(readers).await;
     let outcome = report(
         &format!(
@@ -278,13 +264,9 @@ pub(crate) async fn run_durable(args: &Args) {
         Some(url) => rabbitmq(args, url, users - users % 4, unlimited).await,
         None => None,
     };
-    let (subs, _) = open_subscribers(
-        args,
-        |u| format!("durable{u}"),
-        users,
-        |_| format!("/user{NOTICES}"),
-    )
-    .await;
+    let (subs, _) =
+        open_subscribers(args, |u| format!("durable{u}"), users, |_| format!("/user{NOTICES}"))
+            .await;
     if subs.len() < users {
         eprintln!("durable: {} of {users} subscribers connected; skipped", subs.len());
         return;

@@ -36,7 +36,8 @@ impl RabbitMq {
             return Err(format!("{SERVER} is missing (install Debian's rabbitmq-server)"));
         }
         let dir = crate::postgres::unique_dir("rabbitmq")?;
-        let [amqp, dist, web_stomp] = [crate::free_port()?, crate::free_port()?, crate::free_port()?];
+        let [amqp, dist, web_stomp] =
+            [crate::free_port()?, crate::free_port()?, crate::free_port()?];
         let config = format!(
             "listeners.tcp.default = 127.0.0.1:{amqp}\n\
              web_stomp.tcp.ip = 127.0.0.1\n\
