@@ -1,7 +1,9 @@
 //! A throw-away RabbitMQ for the load tool's durable comparison: Debian's `rabbitmq-server`
 //! with its Web-STOMP plugin, on free loopback ports, in a temporary directory, killed (and
 //! the directory removed) when dropped. Needs Debian's `rabbitmq-server` package (`cargo
-//! xtask load --rabbitmq` installs it). Not used by `cargo xtask test`.
+//! xtask load --rabbitmq` installs it). Not used by `cargo xtask test`. The Erlang port
+//! mapper (`epmd`) it starts as a daemon on 127.0.0.1:4369 stays up: it may be shared with
+//! another Erlang node, so it is not ours to stop.
 
 use std::{
     net::TcpStream,
