@@ -142,16 +142,18 @@ fn locked_version(package: &str) -> Result<String, String> {
 
 /// Installs the Debian packages the tests need, or explains how when not root.
 pub(crate) fn test_packages() -> Result<(), String> {
-    let missing: Vec<&str> = TEST_PACKAGES.into_iter().filter(|p| !deb_installed(p)).collect();
-    apt_install(&missing)
+    debian(&TEST_PACKAGES)
 }
 
 /// Debian's RabbitMQ, for `cargo xtask load --rabbitmq` (not a test dependency).
 pub(crate) fn rabbitmq() -> Result<(), String> {
-    if deb_installed("rabbitmq-server") {
-        return Ok(());
-    }
-    apt_install(&["rabbitmq-server"])
+    debian(&["rabbitmq-server"])
+}
+
+/// Installs those of `packages` that are missing.
+fn debian(packages: &[&str]) -> Result<(), String> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !deb_installed(p)).collect();
+    apt_install(&missing)
 }
 
 /// Node and npm, for the `@stomp/stompjs` interop suite; Debian's when none is on PATH.

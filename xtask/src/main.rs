@@ -267,10 +267,9 @@ fn load(extra: &[String]) -> Result<(), String> {
             ))
         })
         .transpose()?;
-    if mode("--rabbitmq") {
-        install::rabbitmq()?;
-    }
-    let rabbitmq = mode("--rabbitmq").then(taskpulse_testkit::RabbitMq::start).transpose()?;
+    let rabbitmq = mode("--rabbitmq")
+        .then(|| install::rabbitmq().and_then(|()| taskpulse_testkit::RabbitMq::start()))
+        .transpose()?;
     let redis = mode("--cluster").then(taskpulse_testkit::Redis::start).transpose()?;
     let storage = match &postgres {
         Some(postgres) => postgres.fresh_database()?,
