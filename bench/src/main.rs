@@ -122,9 +122,10 @@ struct Args {
     /// Messages the queue scenario sends.
     #[arg(long, default_value_t = 50_000)]
     queue_messages: usize,
-    /// A yardstick server (`taskpulse-yardstick`): broadcast, destinations and latency run
-    /// against it first, then against TaskPulse, and a `compare` line gives TaskPulse's
-    /// deliveries/s and server CPU per delivery as a share of the yardstick's.
+    /// A yardstick server (`taskpulse-yardstick`): broadcast, destinations, latency and
+    /// connect run against it first, then against TaskPulse, and a `compare` line gives
+    /// TaskPulse's deliveries/s (connections/s) and server CPU per delivery (connection) as a
+    /// share of the yardstick's.
     #[arg(long)]
     compare_url: Option<String>,
     /// The yardstick's process id, for its CPU time.
@@ -549,13 +550,59 @@ async fn topic_scenario(args: &Args, scenario: &str, label: &str) -> Outcome {
     }
 }
 
-/// `--compare`: the scenario against the yardstick, then against TaskPulse, then the ratios.
-async fn compare(args: &Args, yardstick_url: &str, scenario: &str) {
+/// The connect scenario: `--connections` new connections, each with a token in CONNECT and
+/// a confirmed subscription to the tasks destination, 64 at a time; returns connections/s
+/// and the server's CPU µs per connection.
+async fn connect(args: &Args, label: &str) -> (f64, Option<f64>) {
+    let cpu_start = server_cpu();
+    let (conns, elapsed) =
+        open_subscribers(args, |i| format!("c{i}"), args.connections, |_| TASKS_DESTINATION.into())
+            .await;
+    let cpu = cpu_us_per(cpu_start, conns.len() as u64);
+    let rate = conns.len() as f64 / elapsed.as_secs_f64();
+    println!(
+        "{label}connect ({:?}): {} connections (handshake + token + subscription to the tasks destination, confirmed) in {:.3} s = {rate:.0} connections/s{}",
+        args.transport,
+        conns.len(),
+        elapsed.as_secs_f64(),
+        cpu_text(cpu, "connection"),
+    );
+    drop(conns);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    (rate, cpu)
+}
+
+/// `--compare` for connect: the yardstick, then TaskPulse, then the ratios.
+async fn compare_connect(args: &Args, yardstick_url: &str) {
+    let (theirs, their_cpu) = connect(&yardstick_args(args, yardstick_url), "yardstick: ").await;
+    SERVER_PID.store(args.server_pid.unwrap_or(0), Ordering::Relaxed);
+    let (ours, our_cpu) = connect(args, "TaskPulse: ").await;
+    let cpu = match (our_cpu, their_cpu) {
+        (Some(ours), Some(theirs)) if theirs > 0.0 => format!(
+            "; server CPU per connection {ours:.0} µs vs {theirs:.0} µs = {:.2}x",
+            ours / theirs
+        ),
+        _ => String::new(),
+    };
+    println!(
+        "compare connect: TaskPulse {ours:.0} connections/s = {:.1}% of the yardstick's {theirs:.0}{cpu}",
+        100.0 * ours / theirs
+    );
+}
+
+/// `args` aimed at the yardstick, whose process is then the one measured.
+fn yardstick_args(args: &Args, yardstick_url: &str) -> Args {
     let mut yardstick = args.clone();
     yardstick.url = yardstick_url.to_owned();
     yardstick.subscriber_urls.clear();
     SERVER_PID.store(args.compare_pid.unwrap_or(0), Ordering::Relaxed);
-    let theirs = topic_scenario(&yardstick, scenario, "yardstick: ").await;
+    yardstick
+}
+
+/// `--compare`: the scenario against the yardstick, then against TaskPulse, then the ratios.
+async fn compare(args: &Args, yardstick_url: &str, scenario: &str) {
+    let theirs =
+        topic_scenario(&yardstick_args(args, yardstick_url), scenario, "yardstick: ").await;
     SERVER_PID.store(args.server_pid.unwrap_or(0), Ordering::Relaxed);
     let ours = topic_scenario(args, scenario, "TaskPulse: ").await;
     let cpu = match (ours.cpu_us_per_delivery, theirs.cpu_us_per_delivery) {
@@ -608,24 +655,12 @@ async fn main() {
                     topic_scenario(&args, scenario, "").await;
                 }
             },
-            "connect" => {
-                let (conns, elapsed) = open_subscribers(
-                    &args,
-                    |i| format!("c{i}"),
-                    args.connections,
-                    |_| TASKS_DESTINATION.into(),
-                )
-                .await;
-                println!(
-                    "connect ({:?}): {} connections (handshake + token + subscription to the tasks destination, confirmed) in {:.3} s = {:.0} connections/s",
-                    args.transport,
-                    conns.len(),
-                    elapsed.as_secs_f64(),
-                    conns.len() as f64 / elapsed.as_secs_f64()
-                );
-                drop(conns);
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+            "connect" => match &args.compare_url {
+                Some(yardstick) => compare_connect(&args, yardstick).await,
+                None => {
+                    connect(&args, "").await;
+                }
+            },
             "idle" => {
                 let before = args.server_pid.and_then(rss_kib);
                 let (conns, _) = open_subscribers(

@@ -9,8 +9,16 @@
 //! Invariant: every numbered push, a notice or a task change, goes through one committer
 //! task (the group commit), which stores a group, then sends it in `seq` order, before it
 //! takes the next group; so on a node, send order is `seq` order for every user.
+//!
+//! A node alone also knows, from the committer, which users have anything stored (see
+//! [`StoredUsers`]): a SUBSCRIBE of anyone else has nothing to catch up and reads nothing.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    hash::{BuildHasher, RandomState},
+    sync::Arc,
+    time::Duration,
+};
 
 use parking_lot::Mutex;
 use taskpulse_shared::resume::ResumePosition;
@@ -119,6 +127,8 @@ struct Inner {
     settings: ReplaySettings,
     /// Paths with an offline mark for some user (the marks themselves are stored).
     offline_paths: Mutex<HashSet<String>>,
+    /// Who may have something to catch up with.
+    stored_users: StoredUsers,
     /// Notices on their way to the group commit (see [`UserLog::send`]).
     commits: mpsc::Sender<Pending>,
     metrics: Arc<Metrics>,
@@ -139,6 +149,8 @@ impl UserLog {
     ) -> Result<UserLog, StorageError> {
         let epoch = Arc::from(storage.epoch().await?);
         let offline_paths = storage.offline_paths().await?.into_iter().collect();
+        let stored_users = StoredUsers::default();
+        stored_users.add(storage.users_with_log().await?.iter().map(String::as_str));
         let (commits, queue) = mpsc::channel(GROUP_QUEUE);
         let log = UserLog {
             inner: Arc::new(Inner {
@@ -149,6 +161,7 @@ impl UserLog {
                 epoch,
                 settings,
                 offline_paths: Mutex::new(offline_paths),
+                stored_users,
                 commits,
                 metrics: broker.metrics().clone(),
             }),
@@ -244,6 +257,9 @@ impl UserLog {
     async fn commit_group(&self, group: Vec<Pending>) {
         let (mut appends, waiting): (Vec<Append>, Vec<_>) =
             group.into_iter().map(|p| (p.append, (p.coalesce, p.outcome))).unzip();
+        // Before anything is stored, so a SUBSCRIBE that finds a user without anything stored
+        // subscribed before this group's delivery (see `StoredUsers`).
+        self.inner.stored_users.add(appends.iter().map(|a| a.entry.user.as_str()));
         let outcomes = match self.inner.storage.append(&mut appends).await {
             Ok(outcomes) => outcomes,
             Err(error) => {
@@ -319,16 +335,16 @@ impl UserLog {
     async fn serve(&self, request: ReplayRequest) -> Result<(), StorageError> {
         let ReplayRequest { user, path, resume, task, held } = request;
         let settings = &self.inner.settings;
-        let storage = &self.inner.storage;
         // On a node of several: what is committed from now on reaches this node, so nothing
         // falls between the storage read below and the live messages after it.
         held.ready(&user).await;
+        let stored = self.stored(&user);
         if let Some(task) = task {
             // A share link's watcher: its task's current state, whatever it last saw (one
             // document is as cheap as a replay, and a replay of the owner's log would be
             // filtered to nearly nothing).
-            let (_, high) = storage.log_range(&user).await?;
-            let document = self.inner.snapshots.task(&user, &task).await?;
+            let (_, high) = stored.range().await?;
+            let document = stored.task(&task).await?;
             let snapshot = document.map(|body| {
                 Publication::json(body).at(LogPlace::Snapshot {
                     index: 1,
@@ -343,7 +359,7 @@ impl UserLog {
         }
         let after = match resume {
             Some(ResumePosition { epoch, seq }) => {
-                let range = storage.log_range(&user).await?;
+                let range = stored.range().await?;
                 match plan(&epoch, seq, &self.inner.epoch, range, settings.max_replay) {
                     Plan::Replay { after } => Some(after),
                     Plan::Snapshot => None,
@@ -351,9 +367,7 @@ impl UserLog {
             }
             // A plain SUBSCRIBE gets what was sent there while nobody listened; without a
             // mark, live messages only (no floor: every later message is new to it).
-            None if path != TASKS_PATH => {
-                storage.take_offline(&user, &path).await?.map(|first| first - 1)
-            }
+            None if path != TASKS_PATH => stored.take_offline(&path).await?.map(|first| first - 1),
             None => None,
         };
         // A catch-up must fit the connection's outbound budget with room for live traffic;
@@ -362,7 +376,7 @@ impl UserLog {
         let mut after = after;
         let mut entries = Vec::new();
         if let Some(from) = after {
-            entries = storage.log_after(&user, Some(&path), from, settings.max_replay).await?;
+            entries = stored.log_after(&path, from).await?;
             let bytes: usize = entries.iter().map(|e| e.body.len() + REPLAY_OVERHEAD).sum();
             if bytes > budget {
                 tracing::info!(%user, %path, bytes, budget, "catch-up larger than half of limits.outbound_buffer; not replayed");
@@ -386,10 +400,8 @@ impl UserLog {
         }
         // The position first, then the tasks: a change stored in between is in the snapshot
         // and also comes live after it (the same state twice, never an older one).
-        let (_, high) = storage.log_range(&user).await?;
-        let since = now_ms() - (settings.snapshot_finished_s as i64) * 1000;
-        let documents =
-            self.inner.snapshots.snapshot(&user, since, settings.snapshot_limit).await?;
+        let (_, high) = stored.range().await?;
+        let documents = stored.snapshot().await?;
         // Task documents are bounded (tasks::MAX_TEXT_CHARS per text field), so a snapshot of
         // `replay.snapshot_limit` of them fits; the newest come first if one ever does not.
         let mut bodies = Vec::with_capacity(documents.len());
@@ -419,6 +431,63 @@ impl UserLog {
         held.release(snapshot, Some(high));
         Ok(())
     }
+
+    /// What a catch-up of `user` reads, through the storage reads it may skip.
+    fn stored<'a>(&'a self, user: &'a str) -> StoredFor<'a> {
+        // On a node of several, another node may have stored something: storage is asked.
+        let nothing = !self.inner.fanout.clustered() && !self.inner.stored_users.may_have(user);
+        StoredFor { log: self, user, nothing }
+    }
+}
+
+/// A catch-up's storage reads for one user. When the node knows that the user has nothing
+/// stored (see [`StoredUsers`]), each answers empty without asking storage, as storage would
+/// have: a new user's SUBSCRIBE costs no round trip to the database.
+struct StoredFor<'a> {
+    log: &'a UserLog,
+    user: &'a str,
+    nothing: bool,
+}
+
+impl StoredFor<'_> {
+    /// See [`Storage::log_range`].
+    async fn range(&self) -> Result<(i64, i64), StorageError> {
+        if self.nothing { Ok((0, 0)) } else { self.log.inner.storage.log_range(self.user).await }
+    }
+
+    /// See [`SnapshotSource::task`].
+    async fn task(&self, task: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        if self.nothing { Ok(None) } else { self.log.inner.snapshots.task(self.user, task).await }
+    }
+
+    /// See [`Storage::take_offline`].
+    async fn take_offline(&self, path: &str) -> Result<Option<i64>, StorageError> {
+        if self.nothing {
+            return Ok(None);
+        }
+        self.log.inner.storage.take_offline(self.user, path).await
+    }
+
+    /// The entries for `path` after `from`, at most `replay.max_replay` (see
+    /// [`Storage::log_after`]).
+    async fn log_after(&self, path: &str, from: i64) -> Result<Vec<LogEntry>, StorageError> {
+        if self.nothing {
+            return Ok(Vec::new());
+        }
+        let limit = self.log.inner.settings.max_replay;
+        self.log.inner.storage.log_after(self.user, Some(path), from, limit).await
+    }
+
+    /// The user's unfinished and recently finished tasks, as `replay.snapshot_*` say (see
+    /// [`SnapshotSource::snapshot`]).
+    async fn snapshot(&self) -> Result<Vec<Vec<u8>>, StorageError> {
+        if self.nothing {
+            return Ok(Vec::new());
+        }
+        let settings = &self.log.inner.settings;
+        let since = now_ms() - (settings.snapshot_finished_s as i64) * 1000;
+        self.log.inner.snapshots.snapshot(self.user, since, settings.snapshot_limit).await
+    }
 }
 
 impl ReplaySource for UserLog {
@@ -439,6 +508,33 @@ impl ReplaySource for UserLog {
                 tracing::error!(%user, "replay failed: {e}");
             }
         });
+    }
+}
+
+/// The users a node alone knows to have anything stored that a catch-up reads (log entries,
+/// offline marks, tasks): those storage listed at start, and every user of a group commit
+/// since, added before the group is stored. Users are kept as 64-bit hashes under a key
+/// drawn at start (about 16 bytes each; a user is added at most once); a collision only costs
+/// the storage reads this spares.
+///
+/// Why a user it does not list has nothing to catch up with, even racing a first push: the
+/// SUBSCRIBE is registered (and held) before it asks, and the committer adds a user before
+/// it stores, so a push this check missed is delivered after the registration, live.
+#[derive(Debug, Default)]
+struct StoredUsers {
+    key: RandomState,
+    hashes: Mutex<HashSet<u64>>,
+}
+
+impl StoredUsers {
+    fn add<'a>(&self, users: impl Iterator<Item = &'a str>) {
+        let hashes: Vec<u64> = users.map(|user| self.key.hash_one(user)).collect();
+        self.hashes.lock().extend(hashes);
+    }
+
+    fn may_have(&self, user: &str) -> bool {
+        let hash = self.key.hash_one(user);
+        self.hashes.lock().contains(&hash)
     }
 }
 

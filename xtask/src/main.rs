@@ -34,9 +34,9 @@ usage: cargo xtask <command>
                          database TASKPULSE_STORAGE_URL names; --cluster: three nodes on
                          a throw-away PostgreSQL and redis-server, publishing on the
                          first, subscribers on the other two; --compare: broadcast,
-                         destinations and latency against taskpulse-yardstick (a
-                         minimal encode-once STOMP fan-out server) and TaskPulse in one
-                         run, with TaskPulse's share of its deliveries/s and CPU;
+                         destinations, latency and connect against taskpulse-yardstick
+                         (a minimal encode-once STOMP fan-out server) and TaskPulse in
+                         one run, with TaskPulse's share of its rate and CPU;
                          --rabbitmq: the durable scenario (1,000 users online, pushes
                          through POST /api/publish) after RabbitMQ's persistent
                          deliveries to 1,000 durable queues (Debian's rabbitmq-server,
@@ -316,7 +316,7 @@ fn load(extra: &[String]) -> Result<(), String> {
         command.args(["--compare-url", &format!("ws://{}/ws", yardstick.addr)]);
         command.args(["--compare-pid", &yardstick.pid().to_string()]);
         if !extra.iter().any(|a| a.starts_with("--scenarios")) {
-            command.args(["--scenarios", "broadcast,destinations,latency"]);
+            command.args(["--scenarios", "broadcast,destinations,latency,connect"]);
         }
     }
     if let Some(rabbitmq) = &rabbitmq {

@@ -52,6 +52,10 @@ impl Storage for Metered {
         timed(&self.metrics, "append", self.inner.append(group)).await
     }
 
+    async fn users_with_log(&self) -> Result<Vec<String>, StorageError> {
+        timed(&self.metrics, "users_with_log", self.inner.users_with_log()).await
+    }
+
     async fn log_range(&self, user: &str) -> Result<(i64, i64), StorageError> {
         timed(&self.metrics, "log_range", self.inner.log_range(user)).await
     }

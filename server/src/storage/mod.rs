@@ -259,6 +259,10 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         Ok(group[0].entry.seq)
     }
 
+    /// Every user with a log (entries or only their counter) or a task: whoever a catch-up
+    /// may find something stored for.
+    async fn users_with_log(&self) -> Result<Vec<String>, StorageError>;
+
     /// The lowest and the highest `seq` kept in `user`'s log; `(0, 0)` when it is empty.
     async fn log_range(&self, user: &str) -> Result<(i64, i64), StorageError>;
 

@@ -403,6 +403,14 @@ impl Storage for SqlStorage {
         Ok(outcomes)
     }
 
+    async fn users_with_log(&self) -> Result<Vec<String>, StorageError> {
+        // Every entry took a number from user_seqs; tasks stored before the log existed
+        // (migration 0002) may have none.
+        Ok(sqlx::query_scalar("SELECT username FROM user_seqs UNION SELECT owner FROM tasks")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     async fn log_range(&self, user: &str) -> Result<(i64, i64), StorageError> {
         let row = sqlx::query(
             "SELECT COALESCE(MIN(seq), 0) AS low, COALESCE(MAX(seq), 0) AS high \

@@ -236,3 +236,67 @@ async fn offline_notices_survive_a_restart() {
     assert!(frame.header("seq").is_some());
     server.stop().await;
 }
+
+/// `operation`'s count in the server's storage metrics.
+async fn storage_reads(server: &TestServer, operation: &str) -> u64 {
+    let (status, text) = server.api().get("/metrics", Some(SCRAPE_TOKEN)).await;
+    assert_eq!(status, 200);
+    let series = format!("taskpulse_storage_operation_seconds_count{{operation=\"{operation}\"}} ");
+    let text = text.as_str().unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map_or(0, |count| count.trim().parse().unwrap())
+}
+
+const SCRAPE_TOKEN: &str = "scrape-token-0123456789";
+
+#[tokio::test]
+async fn a_subscribe_reads_storage_only_for_users_with_something_stored() {
+    let data = tempfile::tempdir().unwrap();
+    let ui = data.path().join("no-ui");
+    let settings = |config: &mut Config| {
+        fast(config);
+        config.settings.metrics.token = SCRAPE_TOKEN.into();
+    };
+    let server = TestServer::start(data.path(), &ui, settings).await;
+    let alice = server.api().register("alice").await;
+    let task = server.api().submit(&alice, "kept").await;
+    wait_completed(&server, &alice, &task).await;
+    let notice = json!({"user": "alice", "destination": "/queue/notices", "payload": {"n": 1}});
+    let (status, _) = server.api().post_as_backend("/api/publish", BACKEND_KEY, notice).await;
+    assert_eq!(status, 200);
+    server.stop().await;
+
+    // After a restart, the node knows whom storage holds something for from storage itself.
+    let server = TestServer::start(data.path(), &ui, settings).await;
+    let bob = server.api().register("bob").await;
+    let reads = || async {
+        let mut total = 0;
+        for operation in ["log_range", "log_after", "take_offline", "snapshot_tasks"] {
+            total += storage_reads(&server, operation).await;
+        }
+        total
+    };
+    let before = reads().await;
+    let mut client = server.client_with(&bob).await;
+    client.subscribe("tasks", PROGRESS, "auto").await;
+    client.subscribe("notices", "/user/queue/notices", "auto").await;
+    assert_eq!(reads().await, before, "a user with nothing stored costs no storage read");
+    // Nothing was missed either: bob's first push, after his SUBSCRIBE, comes live.
+    let notice = json!({"user": "bob", "destination": "/queue/notices", "payload": {"n": 1}});
+    let (status, answer) = server.api().post_as_backend("/api/publish", BACKEND_KEY, notice).await;
+    assert_eq!((status, answer["delivered"].as_u64()), (200, Some(1)), "{answer}");
+    let frame = client.recv().await;
+    assert_eq!((body(&frame), seq(&frame)), (r#"{"n":1}"#, 1));
+
+    // Alice's SUBSCRIBEs read storage: her snapshot and her offline notice.
+    let mut client = server.client_with(&alice).await;
+    client.subscribe("tasks", PROGRESS, "auto").await;
+    let snapshot = client.recv().await;
+    assert_eq!(snapshot.header("x-snapshot"), Some("1/1"));
+    assert_eq!(update(&snapshot).task_no, task);
+    client.subscribe("notices", "/user/queue/notices", "auto").await;
+    assert_eq!(body(&client.recv().await), r#"{"n":1}"#);
+    assert!(reads().await > before);
+    server.stop().await;
+}

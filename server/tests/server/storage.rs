@@ -97,6 +97,18 @@ async fn the_log_numbers_keeps_order_bounds_and_its_newest_entry(db: Db) {
     assert_eq!(db.append_log(&entry("alice", 2000, "/queue/a")).await.unwrap(), 11);
 }
 
+async fn users_with_log_are_those_with_entries_or_tasks(db: Db) {
+    assert!(db.users_with_log().await.unwrap().is_empty());
+    db.append_log(&entry("alice", 1, "/queue/a")).await.unwrap();
+    db.append_log(&entry("alice", 2, "/queue/a")).await.unwrap();
+    insert(&db, &task("T1", "bob", 0)).await.unwrap();
+    // Pruning keeps each user's newest entry, and the counter, so nobody drops out.
+    db.prune_log(i64::MAX, 0).await.unwrap();
+    let mut users = db.users_with_log().await.unwrap();
+    users.sort();
+    assert_eq!(users, ["alice", "bob"]);
+}
+
 async fn concurrent_appends_of_one_user_get_distinct_increasing_numbers(db: Db) {
     let appends = (0..20).map(|n| {
         let db = db.clone();
@@ -362,6 +374,7 @@ async fn a_tasks_lease_moves_only_when_it_expired(db: Db) {
 /// Runs every check, each on a database from `fresh`.
 async fn every_check<F: Future<Output = Db>>(fresh: impl Fn() -> F) {
     the_log_numbers_keeps_order_bounds_and_its_newest_entry(fresh().await).await;
+    users_with_log_are_those_with_entries_or_tasks(fresh().await).await;
     concurrent_appends_of_one_user_get_distinct_increasing_numbers(fresh().await).await;
     offline_marks_keep_the_first_seq_until_taken(fresh().await).await;
     a_group_is_numbered_per_user_in_order_and_stored_whole(fresh().await).await;
