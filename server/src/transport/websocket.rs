@@ -303,30 +303,49 @@ pub(crate) fn admit(
 }
 
 /// Runs one session of protocol `P` over `socket` until either side ends it.
-pub(crate) async fn serve<P: Protocol>(socket: impl Socket, broker: Broker, info: TransportInfo) {
-    serve_with::<P, P::Writer>(socket, broker, info).await;
+pub(crate) fn serve<P: Protocol>(
+    socket: impl Socket,
+    broker: Broker,
+    info: TransportInfo,
+) -> impl Future<Output = ()> + Send {
+    serve_with::<P, P::Writer>(socket, broker, info)
 }
 
 /// [`serve`] with another writer for the protocol's events (SockJS writes STOMP in its own
 /// frames).
-pub(crate) async fn serve_with<P: Protocol, W: Encode>(
+///
+/// Not an `async fn`, on purpose: the session is set up here, and the future returned (which
+/// every open connection keeps) holds each part once. An `async fn` keeps its arguments
+/// beside the locals and futures they move into, which rustc does not overlap: nested as
+/// they were, they made a STOMP connection's task 3,456 bytes (`-Zprint-type-sizes`).
+pub(crate) fn serve_with<P: Protocol, W: Encode>(
     socket: impl Socket,
     broker: Broker,
     info: TransportInfo,
-) {
-    let stomp = broker.settings().stomp.clone();
-    let peer = info.peer.clone();
+) -> impl Future<Output = ()> + Send {
+    let stomp = &broker.settings().stomp;
+    let connect_deadline = Instant::now() + Duration::from_millis(stomp.connect_timeout_ms);
+    let always_binary = stomp.always_binary;
     let metrics = broker.metrics().clone();
     let open = metrics.open(info.transport);
-    let session = P::start(broker, info);
-    let outbox = session.outbox().clone();
     // Every line logged for this session says which one, from where, and (once known) whose.
-    let span = tracing::info_span!("session", id = outbox.id, %peer, user = tracing::field::Empty);
-    let writer = Writer::new(&metrics, P::PROTOCOL);
-    serve_session::<P, W>(session, socket, stomp, writer, span.clone()).instrument(span).await;
-    if let Some(ending) = outbox.ending() {
-        open.end(&ending.reason, ending.error);
-    }
+    let peer = info.peer.clone();
+    let session = Box::new(P::start(broker, info));
+    let span = tracing::info_span!(
+        "session",
+        id = session.outbox().id,
+        %peer,
+        user = tracing::field::Empty
+    );
+    let (sink, stream) = socket.split();
+    let writer = write::<W>(
+        sink,
+        session.outbox().clone(),
+        always_binary,
+        Writer::new(&metrics, P::PROTOCOL),
+    );
+    let writer = tokio::spawn(writer.instrument(span.clone()));
+    serve_session(session, stream, writer, connect_deadline, open).instrument(span)
 }
 
 /// The counters a writer adds its frames to, looked up once per connection.
@@ -369,21 +388,17 @@ impl Writer {
     }
 }
 
-async fn serve_session<P: Protocol, W: Encode>(
-    mut session: P,
-    socket: impl Socket,
-    stomp: crate::config::StompSettings,
-    counts: Writer,
-    span: tracing::Span,
+/// Reads until the session ends, lets the writer finish, and closes.
+async fn serve_session<P: Protocol>(
+    mut session: Box<P>,
+    mut stream: impl Stream<Item = Result<Message, axum::Error>> + Unpin,
+    mut writer: tokio::task::JoinHandle<()>,
+    connect_deadline: Instant,
+    open: crate::metrics::OpenConnection,
 ) {
-    let outbox = session.outbox().clone();
-    let (sink, mut stream) = socket.split();
-    let writer = write::<W>(sink, outbox, stomp.always_binary, counts);
-    let mut writer = tokio::spawn(writer.instrument(span));
-    let connect_deadline = Instant::now() + Duration::from_millis(stomp.connect_timeout_ms);
     // The writer also ends sessions the broker closed (slow consumer, shutdown).
     let (flow, writer_done) = tokio::select! {
-        flow = read(&mut session, &mut stream, connect_deadline) => (flow, false),
+        flow = read(&mut *session, &mut stream, connect_deadline) => (flow, false),
         _ = &mut writer => (Flow::Close, true),
     };
     // A finished JoinHandle must not be polled again: tokio panics if it is.
@@ -395,9 +410,13 @@ async fn serve_session<P: Protocol, W: Encode>(
             writer.abort();
         }
     }
+    let outbox = session.outbox().clone();
     drop(session);
     if flow == Flow::Close {
         linger(&mut stream).await;
+    }
+    if let Some(ending) = outbox.ending() {
+        open.end(&ending.reason, ending.error);
     }
 }
 
