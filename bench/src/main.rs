@@ -577,17 +577,23 @@ async fn compare_connect(args: &Args, yardstick_url: &str) {
     let (theirs, their_cpu) = connect(&yardstick_args(args, yardstick_url), "yardstick: ").await;
     SERVER_PID.store(args.server_pid.unwrap_or(0), Ordering::Relaxed);
     let (ours, our_cpu) = connect(args, "TaskPulse: ").await;
-    let cpu = match (our_cpu, their_cpu) {
-        (Some(ours), Some(theirs)) if theirs > 0.0 => format!(
-            "; server CPU per connection {ours:.0} µs vs {theirs:.0} µs = {:.2}x",
-            ours / theirs
-        ),
-        _ => String::new(),
-    };
+    let cpu = cpu_ratio(our_cpu, their_cpu, "connection", 0);
     println!(
         "compare connect: TaskPulse {ours:.0} connections/s = {:.1}% of the yardstick's {theirs:.0}{cpu}",
         100.0 * ours / theirs
     );
+}
+
+/// "; server CPU per <unit> N µs vs M µs = R x" (µs with `decimals`), or nothing without
+/// both figures.
+fn cpu_ratio(ours: Option<f64>, theirs: Option<f64>, unit: &str, decimals: usize) -> String {
+    match (ours, theirs) {
+        (Some(ours), Some(theirs)) if theirs > 0.0 => format!(
+            "; server CPU per {unit} {ours:.decimals$} µs vs {theirs:.decimals$} µs = {:.2}x",
+            ours / theirs
+        ),
+        _ => String::new(),
+    }
 }
 
 /// `args` aimed at the yardstick, whose process is then the one measured.
@@ -605,13 +611,7 @@ async fn compare(args: &Args, yardstick_url: &str, scenario: &str) {
         topic_scenario(&yardstick_args(args, yardstick_url), scenario, "yardstick: ").await;
     SERVER_PID.store(args.server_pid.unwrap_or(0), Ordering::Relaxed);
     let ours = topic_scenario(args, scenario, "TaskPulse: ").await;
-    let cpu = match (ours.cpu_us_per_delivery, theirs.cpu_us_per_delivery) {
-        (Some(ours), Some(theirs)) if theirs > 0.0 => format!(
-            "; server CPU per delivery {ours:.2} µs vs {theirs:.2} µs = {:.2}x",
-            ours / theirs
-        ),
-        _ => String::new(),
-    };
+    let cpu = cpu_ratio(ours.cpu_us_per_delivery, theirs.cpu_us_per_delivery, "delivery", 2);
     // The latency scenario publishes at a fixed rate: there the rates match by design and
     // CPU and p99 are what differ.
     let share = if scenario == "latency" {
